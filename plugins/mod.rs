@@ -1,0 +1,23 @@
+//! The built-in plugin catalogue.
+//!
+//! Adding a plugin: write `plugins/<name>.rs` with a type implementing
+//! [`crate::plugin::Plugin`], then add one line `<module> => <Type>,` to the list below.
+
+use crate::registry::Registry;
+
+macro_rules! builtin_plugins {
+    ($($module:ident => $plugin:ident,)*) => {
+        $(pub mod $module;)*
+
+        /// A registry of every built-in plugin.
+        pub fn builtin() -> Registry {
+            Registry::new()$(.with::<$module::$plugin>())*
+        }
+    };
+}
+
+builtin_plugins! {
+    echo => Echo,
+    ip_restriction => IpRestriction,
+    request_id => RequestId,
+}

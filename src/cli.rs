@@ -1,0 +1,117 @@
+//! The command line: flags override the environment the gateway sets.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::codec::ProtocolSetting;
+use crate::config::{
+    parse_listen_address, Config, DEFAULT_CONF_EXPIRE_SECS, DEFAULT_LISTEN_ADDRESS,
+};
+
+/// External plugin runner for Apache APISIX's ext-plugin protocol.
+///
+/// The gateway spawns it with APISIX_LISTEN_ADDRESS and APISIX_CONF_EXPIRE_TIME set; flags
+/// override them.
+#[derive(Debug, Parser)]
+#[command(name = "ext-plugin-runner", version, about, long_about = None)]
+pub struct Cli {
+    /// Socket to listen on, as `unix:/abs/path.sock`.
+    #[arg(long, env = "APISIX_LISTEN_ADDRESS", default_value = DEFAULT_LISTEN_ADDRESS)]
+    pub listen: String,
+
+    /// The gateway's conf cache expiry in seconds; prepared chains are kept 1.2 x this long
+    /// after their last use.
+    #[arg(long, env = "APISIX_CONF_EXPIRE_TIME", default_value_t = DEFAULT_CONF_EXPIRE_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub conf_expire: u64,
+
+    /// Payload protocol: `auto` (decided per connection from its first frame) or `capnp`.
+    #[arg(long, env = "EXT_PLUGIN_RUNNER_PROTOCOL", default_value = "auto")]
+    pub protocol: ProtocolSetting,
+
+    /// Log filter in tracing's EnvFilter syntax (e.g. `info`, `ext_plugin_runner=debug`).
+    /// Overrides RUST_LOG; the default is `info`.
+    #[arg(long)]
+    pub log: Option<String>,
+
+    /// Worker threads; the default is one per CPU.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
+
+    /// Prepared chains kept at most.
+    #[arg(long, default_value_t = Config::default().conf_cache_capacity)]
+    pub conf_cache_capacity: usize,
+
+    /// Connections served at once.
+    #[arg(long, default_value_t = Config::default().max_connections)]
+    pub max_connections: usize,
+
+    /// Deadline of one call in milliseconds (plugins plus extra_info round trips).
+    #[arg(long, default_value_t = Config::default().call_timeout.as_millis() as u64)]
+    pub call_timeout_ms: u64,
+
+    /// Print the built-in plugins and exit.
+    #[arg(long)]
+    pub list_plugins: bool,
+}
+
+impl Cli {
+    /// The runner settings these flags describe.
+    pub fn config(&self) -> Result<Config, String> {
+        let listen: PathBuf = parse_listen_address(&self.listen)?;
+        if self.conf_cache_capacity == 0 {
+            return Err("--conf-cache-capacity must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if self.call_timeout_ms == 0 {
+            return Err("--call-timeout-ms must be at least 1".into());
+        }
+        Ok(Config {
+            listen,
+            conf_expire: Duration::from_secs(self.conf_expire),
+            protocol: self.protocol,
+            conf_cache_capacity: self.conf_cache_capacity,
+            max_connections: self.max_connections,
+            call_timeout: Duration::from_millis(self.call_timeout_ms),
+            ..Config::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_build_a_config() {
+        let cli = Cli::try_parse_from([
+            "ext-plugin-runner",
+            "--listen",
+            "unix:/tmp/x.sock",
+            "--conf-expire",
+            "10",
+            "--protocol",
+            "capnp",
+        ])
+        .unwrap();
+        let c = cli.config().unwrap();
+        assert_eq!(c.listen, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.conf_expire, Duration::from_secs(10));
+        assert_eq!(
+            c.protocol,
+            ProtocolSetting::Fixed(crate::codec::Protocol::Capnp)
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_clearly() {
+        let cli = Cli::try_parse_from(["ext-plugin-runner", "--listen", "/tmp/x.sock"]).unwrap();
+        assert!(cli.config().unwrap_err().contains("unix:"));
+        assert!(Cli::try_parse_from(["ext-plugin-runner", "--protocol", "morse"]).is_err());
+        assert!(Cli::try_parse_from(["ext-plugin-runner", "--conf-expire", "0"]).is_err());
+    }
+}

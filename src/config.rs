@@ -1,0 +1,95 @@
+//! Runner settings, with the defaults a gateway expects.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::codec::ProtocolSetting;
+use crate::frame::MAX_PAYLOAD;
+
+/// Where the runner listens when neither `APISIX_LISTEN_ADDRESS` nor `--listen` says.
+pub const DEFAULT_LISTEN_ADDRESS: &str = "unix:/tmp/ext-plugin-runner.sock";
+
+/// APISIX's default `APISIX_CONF_EXPIRE_TIME`, in seconds.
+pub const DEFAULT_CONF_EXPIRE_SECS: u64 = 3600;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The Unix socket path.
+    pub listen: PathBuf,
+    /// The gateway's conf expiry (`APISIX_CONF_EXPIRE_TIME`). Chains are kept 1.2 × this long
+    /// after their last use.
+    pub conf_expire: Duration,
+    pub protocol: ProtocolSetting,
+    /// Prepared chains kept at most; the least recently used go first.
+    pub conf_cache_capacity: usize,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// A call (plugins and extra_info round trips) that takes longer is answered with
+    /// SERVICE_UNAVAILABLE. Below the gateway's 60 s read timeout.
+    pub call_timeout: Duration,
+    /// On SIGTERM, how long calls in flight may take to finish (the gateway kills after 1 s).
+    pub drain_timeout: Duration,
+    /// The largest frame payload accepted; a larger one is refused and the connection closed.
+    pub max_frame: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: parse_listen_address(DEFAULT_LISTEN_ADDRESS).expect("valid default"),
+            conf_expire: Duration::from_secs(DEFAULT_CONF_EXPIRE_SECS),
+            protocol: ProtocolSetting::Auto,
+            conf_cache_capacity: 65_536,
+            max_connections: 4096,
+            call_timeout: Duration::from_secs(55),
+            drain_timeout: Duration::from_millis(800),
+            max_frame: MAX_PAYLOAD,
+        }
+    }
+}
+
+impl Config {
+    /// How long a chain is kept after its last use.
+    pub fn conf_ttl(&self) -> Duration {
+        self.conf_expire.mul_f64(1.2)
+    }
+}
+
+/// Reads `unix:/abs/path.sock`. Anything else is refused: the gateway only speaks Unix sockets.
+pub fn parse_listen_address(address: &str) -> Result<PathBuf, String> {
+    let path = address.strip_prefix("unix:").ok_or_else(|| {
+        format!(
+            "listen address `{address}` must start with `unix:` (e.g. {DEFAULT_LISTEN_ADDRESS})"
+        )
+    })?;
+    if path.is_empty() {
+        return Err(format!("listen address `{address}` has no path"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_need_the_unix_prefix() {
+        assert_eq!(
+            parse_listen_address("unix:/tmp/a.sock").unwrap(),
+            PathBuf::from("/tmp/a.sock")
+        );
+        assert!(parse_listen_address("/tmp/a.sock")
+            .unwrap_err()
+            .contains("must start with `unix:`"));
+        assert!(parse_listen_address("unix:").is_err());
+    }
+
+    #[test]
+    fn chains_outlive_the_gateway_expiry() {
+        let c = Config {
+            conf_expire: Duration::from_secs(3600),
+            ..Config::default()
+        };
+        assert_eq!(c.conf_ttl(), Duration::from_secs(4320));
+    }
+}

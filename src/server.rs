@@ -1,0 +1,188 @@
+//! The listening socket and the accept loop (PROTOCOL.md §1).
+//!
+//! [`Listener::bind`] owns the socket file's life cycle: it replaces a stale socket, refuses to
+//! replace anything else, opens the file to the gateway's workers (mode 0766, as stock runners
+//! do) and, when dropped, removes the file only if it is still the one it created (on a gateway
+//! reload a new runner may already listen on the same path). [`serve`] accepts until its
+//! shutdown future resolves, then stops accepting, lets calls in flight finish for the drain
+//! timeout, and returns.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::conf_cache::ConfCache;
+use crate::config::Config;
+use crate::connection;
+use crate::registry::Registry;
+use crate::state::StateRegistry;
+
+/// What every connection shares.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) registry: Registry,
+    pub(crate) cache: ConfCache,
+    pub(crate) state: StateRegistry,
+}
+
+/// A configured runner: settings, plugins, and the conf cache they fill.
+#[derive(Clone)]
+pub struct Runner {
+    shared: Arc<Shared>,
+}
+
+impl Runner {
+    pub fn new(config: Config, registry: Registry) -> Runner {
+        let cache = ConfCache::new(config.conf_cache_capacity, config.conf_ttl());
+        Runner {
+            shared: Arc::new(Shared {
+                config,
+                registry,
+                cache,
+                state: StateRegistry::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Prepared chains currently cached.
+    pub fn cached_confs(&self) -> usize {
+        self.shared.cache.len()
+    }
+}
+
+/// A bound Unix socket that removes its file when dropped, if the file is still its own.
+pub struct Listener {
+    inner: UnixListener,
+    _file: SocketFile,
+}
+
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        match fs::symlink_metadata(&self.path) {
+            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => {
+                if let Err(e) = fs::remove_file(&self.path) {
+                    warn!(path = %self.path.display(), error = %e, "could not remove the socket file");
+                }
+            }
+            Ok(_) => {
+                debug!(path = %self.path.display(), "socket file belongs to another runner now; left in place")
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl Listener {
+    /// Binds `path`, replacing a stale socket file. Must run inside a tokio runtime.
+    pub fn bind(path: &Path) -> io::Result<Listener> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => fs::remove_file(path)?,
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists and is not a socket; refusing to replace it",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let inner = UnixListener::bind(path)?;
+        // The gateway's workers often run as another user than the runner.
+        fs::set_permissions(path, fs::Permissions::from_mode(0o766))?;
+        let meta = fs::symlink_metadata(path)?;
+        Ok(Listener {
+            inner,
+            _file: SocketFile {
+                path: path.to_owned(),
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+        })
+    }
+}
+
+/// Serves connections until `shutdown` resolves, then drains (see the module docs).
+pub async fn serve(
+    listener: Listener,
+    runner: Runner,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let shared = runner.shared;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let mut connections = JoinSet::new();
+    let mut backoff = Duration::from_millis(1);
+    tokio::pin!(shutdown);
+
+    loop {
+        while connections.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            a = listener.inner.accept() => a,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(1);
+                let shared = shared.clone();
+                let stop = stop_rx.clone();
+                connections.spawn(async move {
+                    connection::serve(stream, shared, stop).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+
+    // Stop accepting and take the socket file away first, so the gateway's new connections fail
+    // fast instead of waiting on a runner that is leaving.
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let in_flight = connections.len();
+    let drained = tokio::time::timeout(shared.config.drain_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    match drained {
+        Ok(()) => info!(connections = in_flight, "drained; exiting"),
+        Err(_) => {
+            warn!(
+                left = connections.len(),
+                "calls still running after {:?}; abandoning them", shared.config.drain_timeout
+            );
+            connections.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! A fake gateway, for tests of the runner and of plugins.
+//!
+//! [`TestRunner`] starts a runner in-process on a fresh socket; [`FakeGateway`] connects to any
+//! runner socket and speaks the protocol the way a gateway does: it prepares chains, makes calls,
+//! answers the runner's `extra_info` requests from its tables, and can send raw bytes.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ext_plugin_runner::testing::GatewayError> {
+//! use ext_plugin_runner::model::{Method, ReqAction};
+//! use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
+//! use ext_plugin_runner::Registry;
+//!
+//! let runner = TestRunner::start(Registry::builtin()).await;
+//! let mut gw = runner.connect().await;
+//! let token = gw.prepare("route#1#ext-plugin-pre-req#1", &[("echo", "{}")]).await?;
+//! let reply = gw.call(token, &request(Method::Get, "/hi")).await?;
+//! assert!(matches!(reply.action, ReqAction::Stop(_)));
+//! runner.stop().await;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::codec::{DecodeError, GatewayCodec, Protocol};
+use crate::config::Config;
+use crate::frame::{split_frame, write_frame, Frame, FrameType};
+use crate::model::{
+    DataPair, ErrorCode, ExtraInfoReq, ExtraInfoResp, HttpReqCallReq, HttpReqCallResp,
+    HttpRespCallReq, HttpRespCallResp, Method, Pair, PrepareConfReq,
+};
+use crate::registry::Registry;
+use crate::server::{serve, Listener, Runner};
+
+/// A socket path no other test uses.
+pub fn temp_socket_path() -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    std::env::temp_dir().join(format!(
+        "epr-{}-{}.sock",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// A runner serving in this process on a temporary socket.
+pub struct TestRunner {
+    path: PathBuf,
+    runner: Runner,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestRunner {
+    /// Starts a runner with default settings. Must run inside a tokio runtime.
+    pub async fn start(registry: Registry) -> TestRunner {
+        TestRunner::start_with(Config::default(), registry).await
+    }
+
+    /// Starts a runner with `config` (its listen path is replaced by a temporary one).
+    pub async fn start_with(mut config: Config, registry: Registry) -> TestRunner {
+        let path = temp_socket_path();
+        config.listen = path.clone();
+        let listener = Listener::bind(&path).expect("binding a temporary socket");
+        let runner = Runner::new(config, registry);
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, runner.clone(), async move {
+            let _ = stopped.await;
+        }));
+        TestRunner {
+            path,
+            runner,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn runner(&self) -> &Runner {
+        &self.runner
+    }
+
+    /// A gateway connection speaking Cap'n Proto.
+    pub async fn connect(&self) -> FakeGateway {
+        self.connect_with(Protocol::Capnp).await
+    }
+
+    pub async fn connect_with(&self, protocol: Protocol) -> FakeGateway {
+        FakeGateway::connect(&self.path, protocol)
+            .await
+            .expect("connecting to the test runner")
+    }
+
+    /// Shuts the runner down (draining calls in flight) and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestRunner {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Why a gateway-side exchange did not produce the expected reply.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The runner answered with an error frame.
+    #[error("runner answered with error {0:?}")]
+    Runner(ErrorCode),
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("runner closed the connection")]
+    Closed,
+    #[error("protocol violation by the runner: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// A gateway connection.
+pub struct FakeGateway {
+    stream: UnixStream,
+    codec: Box<dyn GatewayCodec>,
+    rbuf: BytesMut,
+    next_id: u32,
+    /// Variables the gateway answers `extra_info` Var requests from; a missing name or a `None`
+    /// value answers nil.
+    pub vars: HashMap<String, Option<Bytes>>,
+    /// The answer to ReqBody requests (`None` = no body).
+    pub req_body: Option<Bytes>,
+    /// The answer to RespBody requests (`None` = no body).
+    pub resp_body: Option<Bytes>,
+    /// Every `extra_info` request the runner made, in order.
+    pub asked: Vec<ExtraInfoReq>,
+}
+
+impl FakeGateway {
+    pub async fn connect(path: &Path, protocol: Protocol) -> io::Result<FakeGateway> {
+        Ok(FakeGateway {
+            stream: UnixStream::connect(path).await?,
+            codec: protocol.gateway_codec(),
+            rbuf: BytesMut::new(),
+            next_id: 1,
+            vars: HashMap::new(),
+            req_body: None,
+            resp_body: None,
+            asked: Vec::new(),
+        })
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.codec.protocol()
+    }
+
+    /// Sets a variable the gateway will answer with.
+    pub fn set_var(&mut self, name: &str, value: &str) {
+        self.vars.insert(
+            name.to_owned(),
+            Some(Bytes::copy_from_slice(value.as_bytes())),
+        );
+    }
+
+    /// Prepares a chain of `(plugin name, JSON conf)` entries under `key`.
+    pub async fn prepare(
+        &mut self,
+        key: &str,
+        chain: &[(&str, &str)],
+    ) -> Result<u32, GatewayError> {
+        let req = PrepareConfReq {
+            key: key.to_owned().into(),
+            conf: chain
+                .iter()
+                .map(|(n, c)| Pair::new(n.to_string(), c.to_string()))
+                .collect(),
+        };
+        self.prepare_req(&req).await
+    }
+
+    pub async fn prepare_req(&mut self, req: &PrepareConfReq) -> Result<u32, GatewayError> {
+        let mut out = Vec::new();
+        frame(&mut out, FrameType::PrepareConf, |o| {
+            self.codec.encode_prepare_conf_req(req, o)
+        });
+        self.send_raw(&out).await?;
+        let f = self.reply(FrameType::PrepareConf).await?;
+        Ok(self.codec.decode_prepare_conf_resp(&f.payload)?.conf_token)
+    }
+
+    /// Runs one request through chain `token`; the gateway sets the id and token.
+    pub async fn call(
+        &mut self,
+        token: u32,
+        req: &HttpReqCallReq,
+    ) -> Result<HttpReqCallResp, GatewayError> {
+        let mut req = req.clone();
+        req.id = self.take_id();
+        req.conf_token = token;
+        let mut out = Vec::new();
+        frame(&mut out, FrameType::HttpReqCall, |o| {
+            self.codec.encode_http_req_call_req(&req, o)
+        });
+        self.send_raw(&out).await?;
+        let f = self.reply(FrameType::HttpReqCall).await?;
+        let resp = self.codec.decode_http_req_call_resp(&f.payload)?;
+        if resp.id != req.id {
+            return Err(GatewayError::Protocol(format!(
+                "reply id {} for request id {}",
+                resp.id, req.id
+            )));
+        }
+        Ok(resp)
+    }
+
+    /// Runs the response phase of chain `token` for an upstream answer.
+    pub async fn resp_call(
+        &mut self,
+        token: u32,
+        status: u16,
+        headers: &[(&str, &str)],
+    ) -> Result<HttpRespCallResp, GatewayError> {
+        let req = HttpRespCallReq {
+            id: self.take_id(),
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| Pair::new(n.to_string(), v.to_string()))
+                .collect(),
+            conf_token: token,
+        };
+        let mut out = Vec::new();
+        frame(&mut out, FrameType::HttpRespCall, |o| {
+            self.codec.encode_http_resp_call_req(&req, o)
+        });
+        self.send_raw(&out).await?;
+        let f = self.reply(FrameType::HttpRespCall).await?;
+        let resp = self.codec.decode_http_resp_call_resp(&f.payload)?;
+        if resp.id != req.id {
+            return Err(GatewayError::Protocol(format!(
+                "reply id {} for request id {}",
+                resp.id, req.id
+            )));
+        }
+        Ok(resp)
+    }
+
+    fn take_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        id
+    }
+
+    /// Reads frames until the call's reply, answering `extra_info` requests on the way. An error
+    /// frame becomes [`GatewayError::Runner`].
+    async fn reply(&mut self, expected: FrameType) -> Result<Frame, GatewayError> {
+        let mut resp_body_asked = false;
+        loop {
+            let f = self.read_frame().await?.ok_or(GatewayError::Closed)?;
+            match FrameType::from_u8(f.ty) {
+                Some(t) if t == expected => return Ok(f),
+                Some(FrameType::Error) => {
+                    return Err(GatewayError::Runner(
+                        self.codec.decode_error_resp(&f.payload)?,
+                    ))
+                }
+                Some(FrameType::ExtraInfo) => {
+                    let req = self.codec.decode_extra_info_req(&f.payload)?;
+                    let result = match &req {
+                        ExtraInfoReq::Var(name) => self.vars.get(name.as_str()).cloned().flatten(),
+                        ExtraInfoReq::ReqBody => self.req_body.clone(),
+                        ExtraInfoReq::RespBody => {
+                            if expected != FrameType::HttpRespCall || resp_body_asked {
+                                return Err(GatewayError::Protocol(
+                                    "RespBody asked outside a response call or twice".into(),
+                                ));
+                            }
+                            resp_body_asked = true;
+                            self.resp_body.clone()
+                        }
+                    };
+                    self.asked.push(req);
+                    let mut out = Vec::new();
+                    frame(&mut out, FrameType::ExtraInfo, |o| {
+                        self.codec
+                            .encode_extra_info_resp(&ExtraInfoResp { result }, o)
+                    });
+                    self.send_raw(&out).await?;
+                }
+                _ => {
+                    return Err(GatewayError::Protocol(format!(
+                        "frame of type {} while waiting for {expected:?}",
+                        f.ty
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Sends bytes as they are.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// Reads the next whole frame; `None` when the runner closed the connection between frames.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, GatewayError> {
+        loop {
+            if let Some(f) = split_frame(&mut self.rbuf) {
+                return Ok(Some(f));
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return if self.rbuf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(GatewayError::Protocol(
+                        "runner closed inside a frame".into(),
+                    ))
+                };
+            }
+        }
+    }
+
+    /// Reads an error frame's code.
+    pub fn decode_error(&self, f: &Frame) -> Result<ErrorCode, GatewayError> {
+        if f.ty != FrameType::Error as u8 {
+            return Err(GatewayError::Protocol(format!(
+                "expected an error frame, got type {}",
+                f.ty
+            )));
+        }
+        Ok(self.codec.decode_error_resp(&f.payload)?)
+    }
+}
+
+fn frame(out: &mut Vec<u8>, ty: FrameType, encode: impl FnOnce(&mut Vec<u8>)) {
+    write_frame(out, ty as u8, encode).expect("test messages fit in a frame");
+}
+
+/// A request as a gateway sends it: from 127.0.0.1, no args, no headers.
+pub fn request(method: Method, path: &str) -> HttpReqCallReq {
+    HttpReqCallReq {
+        method,
+        path: path.to_owned().into(),
+        src_ip: Some(IpAddr::from([127, 0, 0, 1])),
+        ..HttpReqCallReq::default()
+    }
+}
+
+/// Builders for test requests.
+impl HttpReqCallReq {
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers
+            .push(Pair::new(name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn with_arg(mut self, name: &str, value: &str) -> Self {
+        self.args.push(Pair::new(name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// A bare query flag (`?name`).
+    pub fn with_flag(mut self, name: &str) -> Self {
+        self.args.push(Pair::absent(name.to_owned()));
+        self
+    }
+
+    pub fn with_src_ip(mut self, ip: &str) -> Self {
+        self.src_ip = Some(ip.parse().expect("a valid IP address"));
+        self
+    }
+
+    /// A variable pushed with the request (Cap'n Proto `extraInfo`).
+    pub fn with_pushed_var(mut self, name: &str, value: Option<&str>) -> Self {
+        self.extra_info.push(DataPair {
+            name: name.to_owned().into(),
+            value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+        });
+        self
+    }
+}
