@@ -1,14 +1,21 @@
-//! The command line: flags override the environment the gateway sets.
+//! The command line: flags override the environment the gateway sets; [`run`] is the whole
+//! program.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
 
 use crate::codec::ProtocolSetting;
 use crate::config::{
     parse_listen_address, Config, DEFAULT_CONF_EXPIRE_SECS, DEFAULT_LISTEN_ADDRESS,
 };
+use crate::registry::Registry;
+use crate::server::{serve, Listener, Runner};
 
 /// External plugin runner for Apache APISIX's ext-plugin protocol.
 ///
@@ -80,6 +87,99 @@ impl Cli {
             ..Config::default()
         })
     }
+}
+
+/// Runs the runner as a gateway spawns it: parses the command line and environment, sets up
+/// logging to stderr, listens, and serves `registry`'s plugins until SIGTERM or SIGINT.
+///
+/// A runner with plugins of your own is one line: `fn main() -> ExitCode {
+/// ext_plugin_runner::cli::run(Registry::builtin().with::<MyPlugin>()) }`.
+pub fn run(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    if cli.list_plugins {
+        for name in registry.names() {
+            println!("{name}");
+        }
+        return ExitCode::SUCCESS;
+    }
+
+    // Everything on stderr lands in the gateway's error log.
+    let filter = match &cli.log {
+        Some(f) => EnvFilter::try_new(f),
+        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
+    };
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("ext-plugin-runner: bad log filter: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // The gateway copies stderr into its error log: colour only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let config = match cli.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ext-plugin-runner: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if std::env::var_os("APISIX_LISTEN_ADDRESS").is_none() && cli.listen == DEFAULT_LISTEN_ADDRESS {
+        info!("APISIX_LISTEN_ADDRESS is not set and --listen not given; using {DEFAULT_LISTEN_ADDRESS}");
+    }
+
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = cli.workers {
+        runtime.worker_threads(usize::from(n));
+    }
+    let runtime = match runtime.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ext-plugin-runner: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    runtime.block_on(async move {
+        let listener = match Listener::bind(&config.listen) {
+            Ok(l) => l,
+            Err(e) => {
+                error!("cannot listen on {}: {e}", config.listen.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                error!("cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        info!(
+            path = %config.listen.display(),
+            protocol = %config.protocol,
+            plugins = ?registry.names(),
+            "listening"
+        );
+        let runner = Runner::new(config, registry);
+        serve(listener, runner, async move {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM: draining"),
+                _ = int.recv() => info!("SIGINT: draining"),
+            }
+        })
+        .await;
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(test)]
