@@ -2,54 +2,85 @@
 //!
 //! Decoded requests hand out `Text` slices of the frame's payload (a reference count, no copy),
 //! and plugins answer with `Text` built from `&'static str` (no allocation), a `String` (moved,
-//! no copy) or a clone of a `Text` held in their conf (a reference count).
+//! no copy) or a clone of a `Text` held in their conf (a reference count). UTF-8 is checked once,
+//! when a `Text` is made, so reading one as `&str` costs nothing (plugins compare header names
+//! and values all the time).
 
 use std::borrow::Borrow;
 use std::fmt;
 use std::ops::Deref;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 /// An immutable UTF-8 string backed by [`Bytes`].
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Text(Bytes);
+pub struct Text(ByteString);
 
 impl Text {
     /// The empty text.
     pub const fn new() -> Text {
-        Text(Bytes::new())
+        Text(ByteString::new())
     }
 
     /// A text over a static string, without allocating.
     pub const fn from_static(s: &'static str) -> Text {
-        Text(Bytes::from_static(s.as_bytes()))
+        Text(ByteString::from_static(s))
     }
 
     /// Wraps bytes that are valid UTF-8; `None` otherwise.
     pub fn from_utf8(bytes: Bytes) -> Option<Text> {
-        std::str::from_utf8(&bytes).ok()?;
-        Some(Text(bytes))
+        ByteString::try_from(bytes).ok().map(Text)
     }
 
-    /// A text over the part of `buf` that `s` points into, sharing `buf`'s storage.
+    /// A text over the part of `buf` that `part` points into, sharing `buf`'s storage; `None`
+    /// when that part is not UTF-8.
     ///
-    /// `s` must lie within `buf` (decoders use this for strings they read out of a payload).
+    /// `part` must lie within `buf` (decoders use this for strings they read out of a payload).
+    pub(crate) fn slice_utf8(buf: &Bytes, part: &[u8]) -> Option<Text> {
+        if part.is_empty() {
+            return Some(Text::new());
+        }
+        Text::from_utf8(buf.slice_ref(part))
+    }
+
+    /// [`Text::slice_utf8`], replacing invalid UTF-8 with U+FFFD instead of failing.
+    ///
+    /// Gateways send what clients sent: a percent-decoded path (`/%FF`) or a header with
+    /// Latin-1 bytes is not UTF-8, and refusing the call would turn the client's request into a
+    /// 503. Plugins see the replacement character; only such rare texts are copied.
+    pub(crate) fn slice_lossy(buf: &Bytes, part: &[u8]) -> Text {
+        Text::slice_utf8(buf, part)
+            .unwrap_or_else(|| Text::from(String::from_utf8_lossy(part).into_owned()))
+    }
+
+    /// [`Text::slice_utf8`] for a part already known to be UTF-8.
     pub(crate) fn slice_of(buf: &Bytes, s: &str) -> Text {
-        Text(buf.slice_ref(s.as_bytes()))
+        Text::slice_utf8(buf, s.as_bytes()).expect("a str is UTF-8")
     }
 
     pub fn as_str(&self) -> &str {
-        // Every constructor checks or inherits UTF-8 validity.
-        std::str::from_utf8(&self.0).expect("Text is always UTF-8")
+        &self.0
+    }
+
+    /// The part of this text that `part` points into, sharing storage.
+    ///
+    /// # Panics
+    /// When `part` does not lie within this text.
+    pub fn slice_ref(&self, part: &str) -> Text {
+        if part.is_empty() {
+            return Text::new();
+        }
+        Text(self.0.slice_ref(part))
     }
 
     /// The underlying bytes, shared.
     pub fn as_bytes(&self) -> &Bytes {
-        &self.0
+        self.0.as_bytes()
     }
 
     pub fn into_bytes(self) -> Bytes {
-        self.0
+        self.0.into_bytes()
     }
 }
 
@@ -80,13 +111,13 @@ impl From<&'static str> for Text {
 
 impl From<String> for Text {
     fn from(s: String) -> Text {
-        Text(Bytes::from(s))
+        Text(ByteString::from(s))
     }
 }
 
 impl From<&String> for Text {
     fn from(s: &String) -> Text {
-        Text(Bytes::copy_from_slice(s.as_bytes()))
+        Text(ByteString::from(s.as_str()))
     }
 }
 
@@ -149,6 +180,13 @@ mod tests {
         let t = Text::slice_of(&payload, s);
         assert_eq!(t, "hello");
         assert_eq!(t.as_bytes().as_ptr(), payload[2..].as_ptr());
+    }
+
+    #[test]
+    fn lossy_slices_replace_invalid_bytes() {
+        let buf = Bytes::from_static(b"/a\xffb");
+        assert_eq!(Text::slice_lossy(&buf, &buf[..]), "/a\u{fffd}b");
+        assert_eq!(Text::slice_lossy(&buf, &buf[..2]), "/a");
     }
 
     #[test]

@@ -105,15 +105,9 @@ fn read_text(
     r: capnp::Result<text::Reader<'_>>,
     message: &'static str,
 ) -> Result<Text, DecodeError> {
-    let s = r
-        .map_err(err(message))?
-        .to_str()
-        .map_err(|e| DecodeError::new(message, format!("text is not UTF-8: {e}")))?;
-    Ok(if s.is_empty() {
-        Text::new()
-    } else {
-        Text::slice_of(payload, s)
-    })
+    // Validated once, here, as the Text is made; invalid UTF-8 is replaced, not refused.
+    let bytes = r.map_err(err(message))?.as_bytes();
+    Ok(Text::slice_lossy(payload, bytes))
 }
 
 fn read_data(payload: &Bytes, d: data::Reader<'_>) -> Bytes {
@@ -667,6 +661,20 @@ mod tests {
         ok.extend_from_slice(&[0; 8]);
         assert!(!segment_table_fits(&ok));
         assert!(gateway().decode_error_resp(&Bytes::from(ok)).is_err());
+    }
+
+    #[test]
+    fn non_utf8_text_is_decoded_lossily_not_refused() {
+        let mut msg = message::Builder::new_default();
+        let mut root = msg.init_root::<schema::h_t_t_p_req_call_req::Builder<'_>>();
+        root.set_path(text::Reader::from(&b"/caf\xe9"[..]));
+        let mut p = Vec::new();
+        serialize::write_message(&mut p, &msg).unwrap();
+        let mut out = HttpReqCallReq::default();
+        gateway()
+            .decode_http_req_call_req(&Bytes::from(p), &mut out)
+            .unwrap();
+        assert_eq!(out.path, "/caf\u{fffd}");
     }
 
     #[test]

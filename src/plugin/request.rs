@@ -123,14 +123,20 @@ impl<'c> RequestCall<'c> {
     /// The first value of query argument `name`, as rewritten so far; a bare flag (`?debug`) is
     /// `Some("")`.
     pub fn arg(&self, name: &str) -> Option<&str> {
+        self.arg_entry(name).map(|v| v.map_or("", Text::as_str))
+    }
+
+    /// The entry that decides argument `name`'s first value: a rewrite's, else the request's.
+    /// `Some(None)` is a bare flag (or a deleted argument, which reads as missing).
+    fn arg_entry(&self, name: &str) -> Option<Option<&Text>> {
         if let Some(p) = self.state.rewrite.args.iter().find(|a| a.name == *name) {
-            return p.value.as_deref();
+            return p.value.as_ref().map(Some);
         }
         self.req
             .args
             .iter()
             .find(|a| a.name == *name)
-            .map(|a| a.value.as_deref().unwrap_or(""))
+            .map(|a| a.value.as_ref())
     }
 
     /// The query arguments as the gateway sent them: decoded, repeats kept, in order; a bare flag
@@ -185,11 +191,16 @@ impl<'c> RequestCall<'c> {
 
     /// `Some(value)` for variables answered without the gateway, `None` for the others.
     fn local_var(&self, name: &str) -> Option<Option<Text>> {
-        let owned = |s: &str| Some(Text::from(s.to_owned()));
         Some(match name {
             "remote_addr" => self.req.src_ip.map(|ip| Text::from(ip.to_string())),
             "request_method" => Some(Text::from_static(self.req.method.as_str())),
-            "uri" => owned(self.path()),
+            "uri" => Some(
+                self.state
+                    .rewrite
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| self.req.path.clone()),
+            ),
             "request_uri" => {
                 let mut s = String::new();
                 encode_path(&self.req.path, &mut s);
@@ -218,18 +229,37 @@ impl<'c> RequestCall<'c> {
             },
             _ => {
                 if let Some(arg) = name.strip_prefix("arg_") {
-                    self.arg(arg).and_then(owned)
+                    self.arg_entry(arg).map(|v| v.cloned().unwrap_or_default())
                 } else if let Some(header) = name.strip_prefix("http_") {
                     self.joined_header(header)
                 } else if let Some(cookie) = name.strip_prefix("cookie_") {
-                    self.header_values("cookie")
-                        .find_map(|c| cookie_value(c, cookie))
-                        .and_then(owned)
+                    self.cookie(cookie)
                 } else {
                     return None;
                 }
             }
         })
+    }
+
+    /// Cookie `name` from the (possibly rewritten) `Cookie` headers, sharing their storage.
+    fn cookie(&self, name: &str) -> Option<Text> {
+        let rewritten = last_named(&self.state.rewrite.headers, "cookie");
+        let headers: Box<dyn Iterator<Item = &Text>> = match rewritten {
+            Some(p) => Box::new(p.value.iter()),
+            None => Box::new(
+                self.req
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+                    .filter_map(|h| h.value.as_ref()),
+            ),
+        };
+        for header in headers {
+            if let Some(v) = cookie_value(header, name) {
+                return Some(header.slice_ref(v));
+            }
+        }
+        None
     }
 
     /// Header values for an `http_*` variable, joined with `, ` as nginx joins repeats.
