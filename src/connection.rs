@@ -234,16 +234,19 @@ struct Connection<'s> {
 
 impl Connection<'_> {
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Close> {
-        let mut first = true;
+        // With `auto`, the first payload that fits a protocol decides the connection's. A first
+        // frame that fits none gets BAD_REQUEST (in the default codec) and decides nothing, so
+        // one bad frame cannot pin the connection to a protocol its gateway does not speak.
+        let mut undecided = self.shared.config.protocol == ProtocolSetting::Auto;
         while let Some(frame) = self.io.read_frame(Some(shutdown)).await? {
-            if first && self.shared.config.protocol == ProtocolSetting::Auto {
+            if undecided {
                 if let Some(p) = detect(&frame.payload) {
+                    undecided = false;
                     if p != self.io.codec.protocol() {
                         self.io.codec = p.runner_codec();
                     }
                 }
             }
-            first = false;
             let result = self.serve_frame(frame).await;
             self.scratch.release();
             self.io.flush().await?;
