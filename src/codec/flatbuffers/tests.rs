@@ -2,10 +2,11 @@
 //! hostile buffers, protocol detection and the schema file's field ids.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use super::*;
 use crate::codec::capnp::{segment_table_fits, CapnpCodec};
-use crate::codec::detect;
+use crate::codec::{detect, GatewayCodec};
 use crate::model::DataPair;
 
 fn codec() -> FlatBuffersCodec {
