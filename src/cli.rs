@@ -34,7 +34,8 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub conf_expire: u64,
 
-    /// Payload protocol: `auto` (decided per connection from its first frame) or `capnp`.
+    /// Payload protocol: `auto` (decided per connection from its first frame), `flatbuffers`
+    /// (stock Apache APISIX, ext-plugin-proto v0.6.1) or `capnp` (this project's schema).
     #[arg(long, env = "EXT_PLUGIN_RUNNER_PROTOCOL", default_value = "auto")]
     pub protocol: ProtocolSetting,
 
@@ -212,6 +213,13 @@ mod tests {
         let cli = Cli::try_parse_from(["ext-plugin-runner", "--listen", "/tmp/x.sock"]).unwrap();
         assert!(cli.config().unwrap_err().contains("unix:"));
         assert!(Cli::try_parse_from(["ext-plugin-runner", "--protocol", "morse"]).is_err());
+        let fb = Cli::try_parse_from(["ext-plugin-runner", "--protocol", "flatbuffers"]).unwrap();
+        assert_eq!(
+            fb.protocol,
+            ProtocolSetting::Fixed(crate::codec::Protocol::FlatBuffers)
+        );
+        let auto = Cli::try_parse_from(["ext-plugin-runner"]).unwrap();
+        assert_eq!(auto.protocol, ProtocolSetting::Auto);
         assert!(Cli::try_parse_from(["ext-plugin-runner", "--conf-expire", "0"]).is_err());
     }
 }

@@ -234,8 +234,9 @@ struct Connection<'s> {
 
 impl Connection<'_> {
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Close> {
-        // With `auto`, the first frame whose payload fits a protocol decides the connection's;
-        // frames before it (garbage) are answered in the default codec.
+        // With `auto`, the first payload that fits a protocol decides the connection's. A first
+        // frame that fits none gets BAD_REQUEST (in the default codec) and decides nothing, so
+        // one bad frame cannot pin the connection to a protocol its gateway does not speak.
         let mut undecided = self.shared.config.protocol == ProtocolSetting::Auto;
         while let Some(frame) = self.io.read_frame(Some(shutdown)).await? {
             if undecided {

@@ -4,7 +4,7 @@
 //! (`prepare_conf`) and runs requests and responses through them (`http_req_call`,
 //! `http_resp_call`); plugins may ask the gateway for variables and bodies mid-call
 //! (`extra_info`). `../shared/docs/PROTOCOL.md` is the wire contract; `schema/ext_plugin.capnp`
-//! is the Cap'n Proto schema.
+//! is the Cap'n Proto schema and `schema/ext-plugin.fbs` the FlatBuffers one stock APISIX speaks.
 //!
 //! # Layout
 //!

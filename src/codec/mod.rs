@@ -17,20 +17,24 @@ use crate::model::{
 };
 
 pub mod capnp;
+pub mod flatbuffers;
 
 /// A payload encoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// This project's schema, `schema/ext_plugin.capnp`.
     Capnp,
+    /// Stock Apache APISIX's ext-plugin-proto v0.6.1, `schema/ext-plugin.fbs`.
+    FlatBuffers,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 1] = [Protocol::Capnp];
+    pub const ALL: [Protocol; 2] = [Protocol::Capnp, Protocol::FlatBuffers];
 
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Capnp => "capnp",
+            Protocol::FlatBuffers => "flatbuffers",
         }
     }
 
@@ -38,6 +42,7 @@ impl Protocol {
     pub fn runner_codec(self) -> Box<dyn RunnerCodec> {
         match self {
             Protocol::Capnp => Box::new(capnp::CapnpCodec::new()),
+            Protocol::FlatBuffers => Box::new(flatbuffers::FlatBuffersCodec::new()),
         }
     }
 
@@ -45,6 +50,7 @@ impl Protocol {
     pub fn gateway_codec(self) -> Box<dyn GatewayCodec> {
         match self {
             Protocol::Capnp => Box::new(capnp::CapnpCodec::new()),
+            Protocol::FlatBuffers => Box::new(flatbuffers::FlatBuffersCodec::new()),
         }
     }
 }
@@ -94,9 +100,17 @@ impl fmt::Display for ProtocolSetting {
 }
 
 /// Tells which protocol a payload is in (PROTOCOL.md §3.3); `None` when it fits none.
+///
+/// Cap'n Proto is tried first because its test is the stricter one (the segment table must
+/// account for every byte of the payload). The two cannot both fit in practice: a one-segment
+/// Cap'n Proto message starts with a zero word, which as a FlatBuffers root offset points at a
+/// zero-length vtable.
 pub fn detect(payload: &[u8]) -> Option<Protocol> {
     if capnp::segment_table_fits(payload) {
         return Some(Protocol::Capnp);
+    }
+    if flatbuffers::root_table_fits(payload) {
+        return Some(Protocol::FlatBuffers);
     }
     None
 }
