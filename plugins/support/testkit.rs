@@ -114,3 +114,31 @@ impl TestResp {
         ResponseCall::new(&self.req, &mut self.state, &mut self.gateway)
     }
 }
+
+/// Prepare-time context for unit tests, with its own state registry: two envs of the same
+/// route and conf share state, as in the runner.
+#[derive(Default)]
+pub(crate) struct TestEnv {
+    state: crate::state::StateRegistry,
+}
+
+impl TestEnv {
+    /// Runs `f` with a [`PrepareEnv`] for `plugin` with `conf` under `key`, in `chain`.
+    pub(crate) fn with<T>(
+        &self,
+        key: &str,
+        plugin: &'static str,
+        conf: &str,
+        chain: &[&str],
+        f: impl FnOnce(&mut crate::plugin::PrepareEnv<'_>) -> T,
+    ) -> T {
+        let mut env = crate::plugin::PrepareEnv {
+            key,
+            plugin,
+            conf,
+            chain,
+            state: &self.state,
+        };
+        f(&mut env)
+    }
+}
