@@ -21,5 +21,6 @@ macro_rules! builtin_plugins {
 builtin_plugins! {
     echo => Echo,
     ip_restriction => IpRestriction,
+    limit_count => LimitCount,
     request_id => RequestId,
 }
