@@ -217,14 +217,12 @@ impl Plugin for LimitCount {
 
     async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
         for limit in &self.limits {
-            let key = match limit.key.resolve(call).await? {
-                Some(k) => k,
-                None if limit.fallback => match call.var("remote_addr").await? {
-                    Some(k) => k,
-                    None => continue,
-                },
-                None => continue,
+            let key = if limit.fallback {
+                limit.key.resolve_or_client(call).await?
+            } else {
+                limit.key.resolve(call).await?
             };
+            let Some(key) = key else { continue };
             let v = limit.counters.acquire(&key, self.clock.now());
             if v.admitted || self.dry_run {
                 if !v.admitted {

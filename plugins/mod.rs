@@ -20,7 +20,9 @@ macro_rules! builtin_plugins {
 
 builtin_plugins! {
     echo => Echo,
+    fault_injection => FaultInjection,
     ip_restriction => IpRestriction,
     limit_count => LimitCount,
+    limit_req => LimitReq,
     request_id => RequestId,
 }

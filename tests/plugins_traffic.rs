@@ -116,3 +116,41 @@ async fn sixteen_connections_never_admit_more_than_the_limit() {
     }
     assert_eq!(total, 100, "400 requests at one key of quota 100");
 }
+
+#[tokio::test]
+async fn limit_req_pass_and_reject_on_the_wire() {
+    let runner = TestRunner::start(plugins::builtin()).await;
+    let conf = r#"{"rate": 1, "burst": 0, "rejected_code": 503, "rejected_msg": "slow down", "retry_after": true}"#;
+    let (mut gw, token) = gateway(&runner, &[("limit-req", conf)]).await;
+    let req = request(Method::Get, "/").with_src_ip("10.0.0.3");
+    assert_eq!(
+        gw.call(token, &req).await.unwrap().action,
+        ReqAction::Continue
+    );
+    let s = stop(gw.call(token, &req).await.unwrap());
+    assert_eq!(s.status, 503);
+    assert_eq!(&s.body[..], b"{\"error_msg\":\"slow down\"}\n");
+    assert_eq!(s.headers, pairs(&[("Retry-After", "1")]));
+}
+
+#[tokio::test]
+async fn fault_injection_abort_on_the_wire() {
+    let runner = TestRunner::start(plugins::builtin()).await;
+    let conf = r#"{"abort": {"http_status": 503, "body": "injected for $remote_addr", "headers": {"X-Fault": "1"},
+                             "vars": [[["arg_name", "==", "jack"]]]}}"#;
+    let (mut gw, token) = gateway(&runner, &[("fault-injection", conf)]).await;
+    let hit = request(Method::Get, "/")
+        .with_arg("name", "jack")
+        .with_src_ip("10.0.0.4");
+    let s = stop(gw.call(token, &hit).await.unwrap());
+    assert_eq!(
+        (s.status, &s.body[..]),
+        (503, &b"injected for 10.0.0.4"[..])
+    );
+    assert_eq!(s.headers, pairs(&[("X-Fault", "1")]));
+    let miss = request(Method::Get, "/").with_arg("name", "rose");
+    assert_eq!(
+        gw.call(token, &miss).await.unwrap().action,
+        ReqAction::Continue
+    );
+}

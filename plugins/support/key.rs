@@ -50,7 +50,16 @@ impl KeySource {
                 }
                 KeySource::Var(name.into())
             }
-            KeyType::VarCombination => KeySource::Combination(parse_template(key)?),
+            KeyType::VarCombination => {
+                let parts =
+                    parse_template(key).map_err(|e| ConfError::new(format!("`key` {e}")))?;
+                if !parts.iter().any(|p| matches!(p, Part::Var(_))) {
+                    return Err(ConfError::new(format!(
+                        "`key` {key:?} names no `$variable`"
+                    )));
+                }
+                KeySource::Combination(parts)
+            }
         })
     }
 
@@ -60,24 +69,45 @@ impl KeySource {
             KeySource::Constant(k) => Ok(Some(k.clone())),
             KeySource::Var(name) => Ok(call.var(name).await?.filter(|v| !v.is_empty())),
             KeySource::Combination(parts) => {
-                let mut key = String::new();
-                let mut any_var = false;
-                for part in parts {
-                    match part {
-                        Part::Literal(s) => key.push_str(s),
-                        Part::Var(name) => {
-                            if let Some(v) = call.var(name).await? {
-                                any_var |= !v.is_empty();
-                                key.push_str(&v);
-                            }
-                        }
-                    }
-                }
+                let (key, any_var) = render(parts, call).await?;
                 // As APISIX: a template whose variables are all nil gives no key.
                 Ok(any_var.then(|| key.into()))
             }
         }
     }
+
+    /// The key, or the client address when it resolves to nothing (APISIX's fallback for the
+    /// main key of the limit plugins); `None` only when the gateway sent no address either.
+    pub async fn resolve_or_client(
+        &self,
+        call: &mut RequestCall<'_>,
+    ) -> Result<Option<Text>, PluginError> {
+        match self.resolve(call).await? {
+            Some(k) => Ok(Some(k)),
+            None => call.var("remote_addr").await,
+        }
+    }
+}
+
+/// Fills a template's variables in; also says whether any variable was non-empty.
+pub async fn render(
+    parts: &[Part],
+    call: &mut RequestCall<'_>,
+) -> Result<(String, bool), PluginError> {
+    let mut out = String::new();
+    let mut any_var = false;
+    for part in parts {
+        match part {
+            Part::Literal(s) => out.push_str(s),
+            Part::Var(name) => {
+                if let Some(v) = call.var(name).await? {
+                    any_var |= !v.is_empty();
+                    out.push_str(&v);
+                }
+            }
+        }
+    }
+    Ok((out, any_var))
 }
 
 fn is_var_byte(b: u8) -> bool {
@@ -85,7 +115,7 @@ fn is_var_byte(b: u8) -> bool {
 }
 
 /// Splits `"$a-$b x"` into literals and variables (`${name}` is accepted too).
-fn parse_template(key: &str) -> Result<Vec<Part>, ConfError> {
+pub fn parse_template(key: &str) -> Result<Vec<Part>, ConfError> {
     let mut parts = Vec::new();
     let mut rest = key;
     while let Some(at) = rest.find('$') {
@@ -96,7 +126,7 @@ fn parse_template(key: &str) -> Result<Vec<Part>, ConfError> {
         let (name, next) = if let Some(braced) = after.strip_prefix('{') {
             let end = braced
                 .find('}')
-                .ok_or_else(|| ConfError::new(format!("`key` {key:?}: unclosed `${{`")))?;
+                .ok_or_else(|| ConfError::new(format!("{key:?}: unclosed `${{`")))?;
             (&braced[..end], &braced[end + 1..])
         } else {
             let end = after
@@ -115,11 +145,6 @@ fn parse_template(key: &str) -> Result<Vec<Part>, ConfError> {
     }
     if !rest.is_empty() {
         parts.push(Part::Literal(rest.into()));
-    }
-    if !parts.iter().any(|p| matches!(p, Part::Var(_))) {
-        return Err(ConfError::new(format!(
-            "`key` {key:?} names no `$variable`"
-        )));
     }
     Ok(parts)
 }

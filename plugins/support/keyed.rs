@@ -91,14 +91,18 @@ impl<V> KeyedStore<V> {
 
     fn sweep(&self, shard: &mut Shard<V>, now: u64) {
         for _ in 0..SWEEP_PER_LOOKUP {
-            match shard.peek_lru() {
-                Some((_, e))
-                    if now.saturating_sub(e.last_used) > self.idle
-                        && Arc::strong_count(&e.value) == 1 =>
-                {
-                    shard.pop_lru();
+            let idle = shard
+                .peek_lru()
+                .is_some_and(|(_, e)| now.saturating_sub(e.last_used) > self.idle);
+            if !idle {
+                break;
+            }
+            if let Some((key, entry)) = shard.pop_lru() {
+                // Still held (an in-flight request): requeue it at the front so it does not
+                // block the sweep of the entries behind it.
+                if Arc::strong_count(&entry.value) > 1 {
+                    shard.push(key, entry);
                 }
-                _ => break,
             }
         }
     }
