@@ -22,6 +22,7 @@ builtin_plugins! {
     echo => Echo,
     fault_injection => FaultInjection,
     ip_restriction => IpRestriction,
+    limit_conn => LimitConn,
     limit_count => LimitCount,
     limit_req => LimitReq,
     request_id => RequestId,

@@ -154,3 +154,71 @@ async fn fault_injection_abort_on_the_wire() {
         ReqAction::Continue
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_conn_holds_across_connections_and_releases_on_the_response() {
+    let runner = TestRunner::start(plugins::builtin()).await;
+    let conf = r#"{"conn": 3, "burst": 0, "default_conn_delay": 0.1, "key_type": "constant", "key": "all",
+                   "rejected_code": 503, "rejected_msg": "busy"}"#;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (mut gw, token) = gateway(&runner, &[("limit-conn", conf)]).await;
+        tasks.push(tokio::spawn(async move {
+            let resp = gw.call(token, &request(Method::Get, "/")).await.unwrap();
+            (gw, resp)
+        }));
+    }
+    let mut admitted = Vec::new();
+    let mut rejected = 0;
+    for t in tasks {
+        let (gw, resp) = t.await.unwrap();
+        match resp.action {
+            ReqAction::Rewrite(r) => {
+                assert_eq!(r.headers[0].name.as_str(), "x-a6-runner-req");
+                admitted.push((gw, r.headers[0].value.clone().unwrap()));
+            }
+            ReqAction::Stop(s) => {
+                assert_eq!(
+                    (s.status, &s.body[..]),
+                    (503, &b"{\"error_msg\":\"busy\"}\n"[..])
+                );
+                rejected += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((admitted.len(), rejected), (3, 13));
+
+    // The post-resp half (same conf) releases one slot by the correlation id.
+    let (mut gw, id) = admitted.pop().unwrap();
+    let post = gw
+        .prepare("route#1#ext-plugin-post-resp#1", &[("limit-conn", conf)])
+        .await
+        .unwrap();
+    gw.set_var("http_x_a6_runner_req", id.as_str());
+    gw.set_var("request_time", "0.05");
+    let reply = gw
+        .resp_call(post, 200, &[("content-type", "text/plain")])
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.headers.len(), reply.body),
+        (0, 0, None),
+        "the response is untouched"
+    );
+    let (mut gw2, token) = gateway(&runner, &[("limit-conn", conf)]).await;
+    assert!(matches!(
+        gw2.call(token, &request(Method::Get, "/"))
+            .await
+            .unwrap()
+            .action,
+        ReqAction::Rewrite(_)
+    ));
+    assert!(matches!(
+        gw2.call(token, &request(Method::Get, "/"))
+            .await
+            .unwrap()
+            .action,
+        ReqAction::Stop(_)
+    ));
+}
