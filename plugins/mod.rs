@@ -5,6 +5,8 @@
 
 use crate::registry::Registry;
 
+pub mod support;
+
 macro_rules! builtin_plugins {
     ($($module:ident => $plugin:ident,)*) => {
         $(pub mod $module;)*
@@ -18,6 +20,10 @@ macro_rules! builtin_plugins {
 
 builtin_plugins! {
     echo => Echo,
+    fault_injection => FaultInjection,
     ip_restriction => IpRestriction,
+    limit_conn => LimitConn,
+    limit_count => LimitCount,
+    limit_req => LimitReq,
     request_id => RequestId,
 }
