@@ -16,8 +16,14 @@ macro_rules! builtin_plugins {
     };
 }
 
+/// Consumer loading and credential checks shared by the auth plugins.
+pub mod consumers;
+
 builtin_plugins! {
+    basic_auth => BasicAuth,
     echo => Echo,
     ip_restriction => IpRestriction,
+    jwt_auth => JwtAuth,
+    key_auth => KeyAuth,
     request_id => RequestId,
 }
