@@ -1,17 +1,18 @@
 //! The built-in plugin catalogue.
 //!
 //! Adding a plugin: write `plugins/<name>.rs` with a type implementing
-//! [`crate::plugin::Plugin`], then add one line `<module> => <Type>,` to the list below.
+//! [`crate::plugin::Plugin`], then add one line `<module> => <Type>,` to the list below. A module
+//! serving several plugin names lists its types with `|`: `<module> => <TypeA> | <TypeB>,`.
 
 use crate::registry::Registry;
 
 macro_rules! builtin_plugins {
-    ($($module:ident => $plugin:ident,)*) => {
+    ($($module:ident => $($plugin:ident)|+,)*) => {
         $(pub mod $module;)*
 
         /// A registry of every built-in plugin.
         pub fn builtin() -> Registry {
-            Registry::new()$(.with::<$module::$plugin>())*
+            Registry::new()$($(.with::<$module::$plugin>())+)*
         }
     };
 }
@@ -21,9 +22,12 @@ pub mod consumers;
 
 builtin_plugins! {
     basic_auth => BasicAuth,
+    cors => Cors,
     echo => Echo,
     ip_restriction => IpRestriction,
     jwt_auth => JwtAuth,
     key_auth => KeyAuth,
+    restriction => RefererRestriction | UaRestriction,
     request_id => RequestId,
+    uri_blocker => UriBlocker,
 }
