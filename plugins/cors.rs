@@ -62,7 +62,7 @@ impl Origins {
             )));
         }
         let regex = match regex {
-            Some(r) if r.is_empty() => {
+            Some([]) => {
                 return Err(ConfError::new(format!("`{field}_by_regex` must not be empty")))
             }
             Some(r) => Some(restriction::regex_set(&format!("{field}_by_regex"), r, false)?),
