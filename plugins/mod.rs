@@ -27,6 +27,7 @@ builtin_plugins! {
     ip_restriction => IpRestriction,
     jwt_auth => JwtAuth,
     key_auth => KeyAuth,
+    proxy_rewrite => ProxyRewrite,
     restriction => RefererRestriction | UaRestriction,
     request_id => RequestId,
     uri_blocker => UriBlocker,

@@ -721,3 +721,90 @@ async fn cors_bad_confs_fail_prepare() {
     assert_rejected("cors", r#"{"allow_origins_by_regex": ["("]}"#).await;
     assert_rejected("cors", r#"{"max_age": -2}"#).await;
 }
+
+// ---- proxy-rewrite ----
+
+#[tokio::test]
+async fn proxy_rewrite_uri_host_headers_and_args() {
+    let conf = r#"{"uri": "/v2/$arg_id/${http_x_user}", "host": "backend.internal",
+        "headers": {"add": {"X-From": "gw", "Accept": "text/html", "Set-Cookie": "b=2"},
+                    "set": {"X-Route": "$uri", "X-Remote": "$remote_addr"},
+                    "remove": ["X-Debug"]},
+        "args": {"add": {"tag": "new"}, "set": {"v": "2"}, "remove": ["debug"]}}"#;
+    let (_r, mut gw, t) = setup(&[("proxy-rewrite", conf)]).await;
+    let req = request(Method::Get, "/old")
+        .with_arg("id", "42")
+        .with_arg("tag", "old")
+        .with_flag("debug")
+        .with_header("x-user", "ann")
+        .with_header("accept", "application/json")
+        .with_header("set-cookie", "a=1")
+        .with_header("x-debug", "1")
+        .with_src_ip("10.1.2.3");
+    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    assert_eq!(r.path.as_deref(), Some("/v2/42/ann"));
+    assert_eq!(
+        pairs(&r.headers),
+        [
+            ("host", Some("backend.internal")),
+            ("accept", Some("application/json, text/html")),
+            ("x-from", Some("gw")),
+            ("x-remote", Some("10.1.2.3")),
+            ("x-route", Some("/old")),
+            ("x-debug", None),
+        ]
+    );
+    assert_eq!(
+        pairs(&r.args),
+        [
+            ("tag", Some("old")),
+            ("tag", Some("new")),
+            ("v", Some("2")),
+            ("debug", None)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn proxy_rewrite_regex_uri_uses_the_first_matching_pair() {
+    let conf = r#"{"regex_uri": ["^/nomatch", "/x", "^/api/(\\w+)/(.*)", "/svc/$1-${2}",
+            "^/api", "/never"],
+        "headers": {"set": {"X-Cap": "$1"}}}"#;
+    let (_r, mut gw, t) = setup(&[("proxy-rewrite", conf)]).await;
+    let r = rewrite(
+        gw.call(t, &request(Method::Get, "/api/users/7/x"))
+            .await
+            .unwrap()
+            .action,
+    );
+    assert_eq!(r.path.as_deref(), Some("/svc/users-7/x"));
+    assert_eq!(pairs(&r.headers), [("x-cap", Some("users"))]);
+    // No regex matches: the path stays, captures render empty.
+    let r = rewrite(
+        gw.call(t, &request(Method::Get, "/other"))
+            .await
+            .unwrap()
+            .action,
+    );
+    assert_eq!(
+        (r.path, pairs(&r.headers)),
+        (None, vec![("x-cap", Some(""))])
+    );
+}
+
+#[tokio::test]
+async fn proxy_rewrite_bad_confs_fail_prepare() {
+    for conf in [
+        r#"{"method": "POST"}"#,
+        r#"{"scheme": "https"}"#,
+        r#"{"regex_uri": ["^/a"]}"#,
+        r#"{"regex_uri": ["(?=a)", "/b"]}"#,
+        r#"{"uri": "/a?b=1"}"#,
+        r#"{"uri": "relative"}"#,
+        r#"{"headers": {"set": {"bad name": "v"}}}"#,
+        r#"{"headers": {"X-Legacy": "v"}}"#,
+        r#"{"host": "a b"}"#,
+    ] {
+        assert_rejected("proxy-rewrite", conf).await;
+    }
+}
