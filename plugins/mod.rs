@@ -30,5 +30,6 @@ builtin_plugins! {
     proxy_rewrite => ProxyRewrite,
     restriction => RefererRestriction | UaRestriction,
     request_id => RequestId,
+    request_validation => RequestValidation,
     uri_blocker => UriBlocker,
 }

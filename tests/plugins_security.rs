@@ -808,3 +808,123 @@ async fn proxy_rewrite_bad_confs_fail_prepare() {
         assert_rejected("proxy-rewrite", conf).await;
     }
 }
+
+// ---- request-validation ----
+
+const BODY_SCHEMA: &str = r#"{"body_schema": {"type": "object", "required": ["name"],
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}}}}"#;
+
+#[tokio::test]
+async fn request_validation_checks_json_bodies_and_forwards_them_canonical() {
+    let (_r, mut gw, t) = setup(&[("request-validation", BODY_SCHEMA)]).await;
+    gw.req_body = Some(r#"{ "name" : "ann",  "age": 3 }"#.into());
+    let r = rewrite(
+        gw.call(t, &request(Method::Post, "/"))
+            .await
+            .unwrap()
+            .action,
+    );
+    assert_eq!(r.body.as_deref(), Some(&br#"{"age":3,"name":"ann"}"#[..]));
+
+    let cases = [
+        (
+            r#"{"name": "ann", "age": -1}"#,
+            r#"property "/age" validation failed: -1 is less than the minimum of 0"#,
+        ),
+        (r#"{"age": 1}"#, r#""name" is a required property"#),
+    ];
+    for (sent, msg) in cases {
+        gw.req_body = Some(sent.into());
+        let s = stop(
+            gw.call(t, &request(Method::Post, "/"))
+                .await
+                .unwrap()
+                .action,
+        );
+        assert_eq!((s.status, body(&s)), (400, msg));
+    }
+    gw.req_body = Some("{oops".into());
+    let s = stop(
+        gw.call(t, &request(Method::Post, "/"))
+            .await
+            .unwrap()
+            .action,
+    );
+    assert!(body(&s).starts_with("invalid JSON body"), "{}", body(&s));
+    gw.req_body = None;
+    let s = stop(
+        gw.call(t, &request(Method::Post, "/"))
+            .await
+            .unwrap()
+            .action,
+    );
+    assert_eq!((s.status, body(&s)), (400, "request body is missing"));
+    let two = request(Method::Post, "/")
+        .with_header("content-type", "application/json")
+        .with_header("content-type", "application/x-www-form-urlencoded");
+    let s = stop(gw.call(t, &two).await.unwrap().action);
+    assert_eq!(body(&s), "duplicate Content-Type header");
+}
+
+#[tokio::test]
+async fn request_validation_decodes_forms_and_headers() {
+    let conf = r#"{"header_schema": {"type": "object", "required": ["x-tenant"]},
+        "body_schema": {"type": "object", "properties": {"n": {"pattern": "^[0-9]+$"}}},
+        "rejected_code": 422, "rejected_msg": "nope",
+        "rejected_headers": [{"key": "X-Why", "value": "schema"}]}"#;
+    let (_r, mut gw, t) = setup(&[("request-validation", conf)]).await;
+    let form = |n: &str| {
+        request(Method::Post, "/")
+            .with_header("x-tenant", "a")
+            .with_header("content-type", "application/x-www-form-urlencoded")
+            .with_arg("ignored", n)
+    };
+    gw.req_body = Some("n=123&m=x".into());
+    assert_eq!(
+        gw.call(t, &form("")).await.unwrap().action,
+        ReqAction::Continue
+    );
+    gw.req_body = Some("n=12a".into());
+    let s = stop(gw.call(t, &form("")).await.unwrap().action);
+    assert_eq!(
+        (s.status, pairs(&s.headers), body(&s)),
+        (422, vec![("x-why", Some("schema"))], "nope")
+    );
+    // Headers fail before the body is fetched.
+    gw.asked.clear();
+    let s = stop(
+        gw.call(t, &request(Method::Post, "/"))
+            .await
+            .unwrap()
+            .action,
+    );
+    assert_eq!(s.status, 422);
+    assert!(gw.asked.is_empty());
+}
+
+#[tokio::test]
+async fn request_validation_header_only_never_fetches_the_body() {
+    let conf = r#"{"header_schema": {"properties": {"x-n": {"enum": ["1", "2"]}}}}"#;
+    let (_r, mut gw, t) = setup(&[("request-validation", conf)]).await;
+    let ok = request(Method::Post, "/").with_header("x-n", "2");
+    assert_eq!(gw.call(t, &ok).await.unwrap().action, ReqAction::Continue);
+    let bad = request(Method::Post, "/").with_header("x-n", "3");
+    let s = stop(gw.call(t, &bad).await.unwrap().action);
+    assert!(
+        body(&s).starts_with("property \"/x-n\" validation failed"),
+        "{}",
+        body(&s)
+    );
+    assert!(gw.asked.is_empty());
+}
+
+#[tokio::test]
+async fn request_validation_bad_confs_fail_prepare() {
+    assert_rejected("request-validation", "{}").await;
+    assert_rejected("request-validation", r#"{"body_schema": {"type": 5}}"#).await;
+    assert_rejected(
+        "request-validation",
+        r#"{"body_schema": {}, "rejected_code": 600}"#,
+    )
+    .await;
+}
