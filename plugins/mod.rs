@@ -6,6 +6,8 @@
 
 use crate::registry::Registry;
 
+pub mod support;
+
 macro_rules! builtin_plugins {
     ($($module:ident => $($plugin:ident)|+,)*) => {
         $(pub mod $module;)*
