@@ -33,5 +33,6 @@ builtin_plugins! {
     restriction => RefererRestriction | UaRestriction,
     request_id => RequestId,
     request_validation => RequestValidation,
+    traffic_tag => TrafficTag,
     uri_blocker => UriBlocker,
 }

@@ -928,3 +928,145 @@ async fn request_validation_bad_confs_fail_prepare() {
     )
     .await;
 }
+
+// ---- traffic-tag ----
+
+const TRAFFIC: &str = r#"{"rules": [
+    {"match": [{"vars": [["http_x_user_id", "==", "12345"], ["uri", "~~", "^/index"]]}],
+     "weighted_tags": [{"tag": "gray", "weight": 1}]},
+    {"http_match": [{"headers": {"tag": {"exact": "v2"}}, "queryParams": {"beta": {"prefix": "1"}},
+                     "uri": {"prefix": "/api"}}],
+     "weighted_tags": [{"tag": "v2", "weight": 20}, {"tag": "v1", "weight": 80}],
+     "hash_on": "http_x_user_id"},
+    {"http_match": [{"uri": {"regex": "/split/.*"}}],
+     "weighted_tags": [{"tag": "v2", "weight": 20}, {"tag": "v1", "weight": 80}]}],
+  "set_host": {"v2": "svc-v2.internal"}, "path_prefix": {"v2": "/v2"}}"#;
+
+fn tag_of(r: &Rewrite) -> Option<&str> {
+    r.headers
+        .iter()
+        .find(|h| h.name == "x-opensergo-traffic")
+        .and_then(|h| h.value.as_deref())
+}
+
+#[tokio::test]
+async fn traffic_tag_vars_match_and_http_match() {
+    let (_r, mut gw, t) = setup(&[("traffic-tag", TRAFFIC)]).await;
+    let req = request(Method::Get, "/index.html")
+        .with_header("x-user-id", "12345")
+        .with_header("x-opensergo-traffic", "spoofed");
+    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    assert_eq!(
+        (pairs(&r.headers), r.path),
+        (vec![("x-opensergo-traffic", Some("gray"))], None)
+    );
+
+    // No rule matches: a client-sent tag is deleted, nothing else changes.
+    let req = request(Method::Get, "/other").with_header("x-opensergo-traffic", "gray");
+    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    assert_eq!(pairs(&r.headers), [("x-opensergo-traffic", None)]);
+    assert_eq!(
+        gw.call(t, &request(Method::Get, "/other"))
+            .await
+            .unwrap()
+            .action,
+        ReqAction::Continue
+    );
+    // http_match needs every part: a wrong query prefix falls through.
+    let req = request(Method::Get, "/api/x")
+        .with_header("tag", "v2")
+        .with_arg("beta", "0");
+    assert_eq!(gw.call(t, &req).await.unwrap().action, ReqAction::Continue);
+}
+
+#[tokio::test]
+async fn traffic_tag_weighted_split_is_exact_over_a_period() {
+    let (_r, mut gw, t) = setup(&[("traffic-tag", TRAFFIC)]).await;
+    let (mut v1, mut v2) = (0, 0);
+    for _ in 0..1000 {
+        let r = rewrite(
+            gw.call(t, &request(Method::Get, "/split/a"))
+                .await
+                .unwrap()
+                .action,
+        );
+        match tag_of(&r) {
+            Some("v1") => {
+                assert_eq!(r.path, None);
+                v1 += 1;
+            }
+            Some("v2") => {
+                assert_eq!(r.path.as_deref(), Some("/v2/split/a"));
+                assert_eq!(pairs(&r.headers)[0], ("host", Some("svc-v2.internal")));
+                v2 += 1;
+            }
+            other => panic!("unexpected tag {other:?}"),
+        }
+    }
+    // Smooth round-robin is exact over whole periods (5 requests for 20:80).
+    assert_eq!((v1, v2), (800, 200));
+}
+
+#[tokio::test]
+async fn traffic_tag_hash_on_is_sticky_and_proportional() {
+    let (_r, mut gw, t) = setup(&[("traffic-tag", TRAFFIC)]).await;
+    let req = |user: &str| {
+        request(Method::Get, "/api/x")
+            .with_header("tag", "v2")
+            .with_arg("beta", "1")
+            .with_header("x-user-id", user)
+    };
+    let mut v2 = 0;
+    let users = 2000;
+    for u in 0..users {
+        let user = format!("user-{u}");
+        let first = rewrite(gw.call(t, &req(&user)).await.unwrap().action);
+        let again = rewrite(gw.call(t, &req(&user)).await.unwrap().action);
+        assert_eq!(
+            tag_of(&first),
+            tag_of(&again),
+            "{user} must stick to one tag"
+        );
+        if tag_of(&first) == Some("v2") {
+            v2 += 1;
+        }
+    }
+    // Expected 400 (20 %); binomial sd ≈ 17.9, so ±5 sd ≈ ±90.
+    assert!((310..=490).contains(&v2), "v2 got {v2} of {users}");
+}
+
+#[tokio::test]
+async fn traffic_tag_keep_incoming_honours_the_lane() {
+    let conf = r#"{"keep_incoming": true, "tag_header": "X-Lane",
+        "rules": [{"weighted_tags": [{"tag": "v1", "weight": 1}, {"tag": "v2", "weight": 0}]}],
+        "path_prefix": {"v2": "/v2/"}}"#;
+    let (_r, mut gw, t) = setup(&[("traffic-tag", conf)]).await;
+    let req = request(Method::Get, "/p").with_header("x-lane", "v2");
+    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    assert_eq!(
+        (pairs(&r.headers), r.path.as_deref()),
+        (vec![("x-lane", Some("v2"))], Some("/v2/p"))
+    );
+    let r = rewrite(
+        gw.call(t, &request(Method::Get, "/p"))
+            .await
+            .unwrap()
+            .action,
+    );
+    assert_eq!(pairs(&r.headers), [("x-lane", Some("v1"))]);
+}
+
+#[tokio::test]
+async fn traffic_tag_bad_confs_fail_prepare() {
+    for conf in [
+        r#"{"rules": []}"#,
+        r#"{"rules": [{"weighted_tags": []}]}"#,
+        r#"{"rules": [{"weighted_tags": [{"tag": "a", "weight": 0}]}]}"#,
+        r#"{"rules": [{"weighted_tags": [{"tag": "a", "weight": 1}]}], "set_host": {"b": "h"}}"#,
+        r#"{"rules": [{"match": [{"vars": [["uri", "~~", "("]]}], "weighted_tags": [{"tag": "a", "weight": 1}]}]}"#,
+        r#"{"rules": [{"http_match": [{"uri": {"exact": "/", "prefix": "/"}}], "weighted_tags": [{"tag": "a", "weight": 1}]}]}"#,
+        r#"{"rules": [{"match": [], "http_match": [], "weighted_tags": [{"tag": "a", "weight": 1}]}]}"#,
+    ] {
+        assert_rejected("traffic-tag", conf).await;
+    }
+}
