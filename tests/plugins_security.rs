@@ -1,7 +1,7 @@
 //! The security, routing and edge plugins (PLUGINS.md §2.5–2.11, §2.14–2.16) driven through the
 //! fake gateway: exact statuses, headers and bodies on accept and reject.
 
-use ext_plugin_runner::model::{ErrorCode, Method, Pair, ReqAction, Rewrite, Stop};
+use ext_plugin_runner::model::{ErrorCode, HttpReqCallReq, Method, Pair, ReqAction, Rewrite, Stop};
 use ext_plugin_runner::testing::{request, FakeGateway, GatewayError, TestRunner};
 use ext_plugin_runner::Registry;
 
@@ -27,6 +27,11 @@ async fn assert_rejected(plugin: &str, conf: &str) {
         Err(GatewayError::Runner(ErrorCode::BadRequest)) => {}
         other => panic!("{plugin} {conf} should fail prepare_conf, got {other:?}"),
     }
+}
+
+/// What the runner answers for one request.
+async fn act(gw: &mut FakeGateway, token: u32, req: &HttpReqCallReq) -> ReqAction {
+    gw.call(token, req).await.expect("the call succeeds").action
 }
 
 fn stop(action: ReqAction) -> Stop {
@@ -84,7 +89,7 @@ async fn key_auth_accepts_header_and_query_keys_and_hides_them() {
     let (_r, mut gw, t) = setup(&[("key-auth", KEY_AUTH)]).await;
 
     let req = request(Method::Get, "/p").with_header("apikey", "jack-key");
-    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    let r = rewrite(act(&mut gw, t, &req).await);
     assert_eq!(
         pairs(&r.headers),
         [
@@ -96,7 +101,7 @@ async fn key_auth_accepts_header_and_query_keys_and_hides_them() {
     );
 
     let req = request(Method::Get, "/p").with_arg("apikey", env!("CARGO_PKG_NAME"));
-    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    let r = rewrite(act(&mut gw, t, &req).await);
     assert_eq!(pairs(&r.args), [("apikey", None)]);
     assert_eq!(
         consumer_headers(&r),
@@ -113,15 +118,11 @@ async fn key_auth_rejects_missing_and_wrong_keys() {
     let conf = r#"{"consumers": [{"username": "jack", "key": "jack-key"}]}"#;
     let (_r, mut gw, t) = setup(&[("key-auth", conf)]).await;
     let www = "apikey realm=\"key\"";
-    let a = gw
-        .call(t, &request(Method::Get, "/p"))
-        .await
-        .unwrap()
-        .action;
+    let a = act(&mut gw, t, &request(Method::Get, "/p")).await;
     assert_challenge(a, www, "Missing API key in request");
     for wrong in ["jack-ke", "jack-key ", "JACK-KEY", ""] {
         let req = request(Method::Get, "/p").with_header("apikey", wrong);
-        let a = gw.call(t, &req).await.unwrap().action;
+        let a = act(&mut gw, t, &req).await;
         assert_challenge(a, www, "Invalid API key in request");
     }
     // The header wins over a valid query key.
@@ -129,7 +130,7 @@ async fn key_auth_rejects_missing_and_wrong_keys() {
         .with_header("apikey", "nope")
         .with_arg("apikey", "jack-key");
     assert_challenge(
-        gw.call(t, &req).await.unwrap().action,
+        act(&mut gw, t, &req).await,
         www,
         "Invalid API key in request",
     );
@@ -137,7 +138,7 @@ async fn key_auth_rejects_missing_and_wrong_keys() {
     let req = request(Method::Get, "/p")
         .with_header("apikey", "jack-key")
         .with_header("x-consumer-username", "admin");
-    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    let r = rewrite(act(&mut gw, t, &req).await);
     assert_eq!(pairs(&r.headers)[0], ("x-consumer-username", Some("jack")));
     assert!(!pairs(&r.headers).iter().any(|(n, _)| *n == "apikey"));
 }
@@ -148,12 +149,7 @@ async fn key_auth_anonymous_consumer_passes_without_credentials() {
         r#"{"anonymous_consumer": "guest", "consumers": [{"username": "jack", "key": "k"}]}"#;
     let echo = r#"{"vars": ["consumer_name"]}"#;
     let (_r, mut gw, t) = setup(&[("key-auth", conf), ("echo", echo)]).await;
-    let s = stop(
-        gw.call(t, &request(Method::Get, "/p"))
-            .await
-            .unwrap()
-            .action,
-    );
+    let s = stop(act(&mut gw, t, &request(Method::Get, "/p")).await);
     let v: Value = serde_json::from_slice(&s.body).unwrap();
     assert_eq!(v["vars"]["consumer_name"], "guest");
 }
@@ -182,7 +178,7 @@ async fn key_auth_consumers_come_from_a_file() {
     let conf = json!({"consumers_file": file}).to_string();
     let (_r, mut gw, t) = setup(&[("key-auth", &conf)]).await;
     let req = request(Method::Get, "/p").with_header("apikey", "fk");
-    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    let r = rewrite(act(&mut gw, t, &req).await);
     assert_eq!(pairs(&r.headers)[0], ("x-consumer-username", Some("filed")));
 }
 
@@ -193,13 +189,13 @@ async fn key_auth_consumer_reaches_later_plugins_without_a_round_trip() {
     let echo = r#"{"vars": ["consumer_name"]}"#;
     let (_r, mut gw, t) = setup(&[("key-auth", conf), ("echo", echo)]).await;
     let req = request(Method::Get, "/p").with_header("apikey", "jack-key");
-    let s = stop(gw.call(t, &req).await.unwrap().action);
+    let s = stop(act(&mut gw, t, &req).await);
     let v: Value = serde_json::from_slice(&s.body).unwrap();
     assert_eq!(v["vars"]["consumer_name"], "jack");
     assert!(gw.asked.is_empty(), "asked the gateway: {:?}", gw.asked);
     // A rejected key stops the chain before echo.
     let req = request(Method::Get, "/p").with_header("apikey", "bad");
-    assert_eq!(stop(gw.call(t, &req).await.unwrap().action).status, 401);
+    assert_eq!(stop(act(&mut gw, t, &req).await).status, 401);
 }
 
 // ---- basic-auth ----
@@ -219,7 +215,7 @@ async fn basic_auth_accepts_and_rejects() {
     let www = "Basic realm=\"basic\"";
 
     let req = request(Method::Get, "/p").with_header("authorization", &basic("jack:pa:ss word"));
-    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    let r = rewrite(act(&mut gw, t, &req).await);
     assert_eq!(
         pairs(&r.headers),
         [
@@ -230,15 +226,11 @@ async fn basic_auth_accepts_and_rejects() {
         ]
     );
 
-    let a = gw
-        .call(t, &request(Method::Get, "/p"))
-        .await
-        .unwrap()
-        .action;
+    let a = act(&mut gw, t, &request(Method::Get, "/p")).await;
     assert_challenge(a, www, "Missing authorization in request");
     for malformed in ["Bearer x", "Basic !!", &basic("jackpass")] {
         let req = request(Method::Get, "/p").with_header("authorization", malformed);
-        let a = gw.call(t, &req).await.unwrap().action;
+        let a = act(&mut gw, t, &req).await;
         assert_challenge(a, www, "Invalid authorization in request");
     }
     for wrong in [
@@ -248,7 +240,7 @@ async fn basic_auth_accepts_and_rejects() {
         " jack:pa:ss word",
     ] {
         let req = request(Method::Get, "/p").with_header("authorization", &basic(wrong));
-        let a = gw.call(t, &req).await.unwrap().action;
+        let a = act(&mut gw, t, &req).await;
         assert_challenge(a, www, "Invalid user authorization");
     }
 }
@@ -341,7 +333,7 @@ async fn jwt_auth_accepts_every_algorithm_from_header_query_and_cookie() {
         let token = sign(alg, &key, &json!({"key": claim, "exp": exp}));
         let req =
             request(Method::Get, "/p").with_header("authorization", &format!("Bearer {token}"));
-        let r = rewrite(gw.call(t, &req).await.unwrap().action);
+        let r = rewrite(act(&mut gw, t, &req).await);
         assert_eq!(pairs(&r.headers)[0], ("authorization", None), "{user}");
         assert_eq!(
             pairs(&r.headers)[1],
@@ -355,10 +347,10 @@ async fn jwt_auth_accepts_every_algorithm_from_header_query_and_cookie() {
         &json!({"key": "user-key"}),
     );
     let req = request(Method::Get, "/p").with_arg("jwt", &token);
-    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    let r = rewrite(act(&mut gw, t, &req).await);
     assert_eq!(pairs(&r.args), [("jwt", None)]);
     let req = request(Method::Get, "/p").with_header("cookie", &format!("a=1; jwt={token}; b=2"));
-    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    let r = rewrite(act(&mut gw, t, &req).await);
     assert_eq!(pairs(&r.headers)[0], ("cookie", Some("a=1; b=2")));
 }
 
@@ -369,13 +361,9 @@ async fn jwt_auth_rejects_bad_tokens() {
     let hs = EncodingKey::from_secret(b"my-secret");
     let call = |token: String| request(Method::Get, "/p").with_header("authorization", &token);
 
-    let a = gw
-        .call(t, &request(Method::Get, "/p"))
-        .await
-        .unwrap()
-        .action;
+    let a = act(&mut gw, t, &request(Method::Get, "/p")).await;
     assert_challenge(a, www, "Missing JWT token in request");
-    let a = gw.call(t, &call("not.a.jwt".into())).await.unwrap().action;
+    let a = act(&mut gw, t, &call("not.a.jwt".into())).await;
     assert_challenge(a, www, "JWT token invalid");
 
     // `alg: none`, unsigned.
@@ -385,14 +373,15 @@ async fn jwt_auth_rejects_bad_tokens() {
         b64(json!({"alg": "none", "typ": "JWT"})),
         b64(json!({"key": "user-key"}))
     );
-    let a = gw.call(t, &call(none)).await.unwrap().action;
+    let a = act(&mut gw, t, &call(none)).await;
     assert_eq!(stop(a).status, 401);
 
-    let a = gw
-        .call(t, &call(sign(Algorithm::HS256, &hs, &json!({"sub": "x"}))))
-        .await
-        .unwrap()
-        .action;
+    let a = act(
+        &mut gw,
+        t,
+        &call(sign(Algorithm::HS256, &hs, &json!({"sub": "x"}))),
+    )
+    .await;
     assert_challenge(a, www, "missing user key in JWT token");
     let a = gw
         .call(
@@ -432,7 +421,7 @@ async fn jwt_auth_rejects_bad_tokens() {
         ),
     ];
     for token in failed {
-        let a = gw.call(t, &call(token)).await.unwrap().action;
+        let a = act(&mut gw, t, &call(token)).await;
         assert_challenge(a, www, "failed to verify jwt");
     }
     // Inside the grace period passes.
@@ -442,7 +431,7 @@ async fn jwt_auth_rejects_bad_tokens() {
         &json!({"key": "user-key", "exp": now() - 2}),
     );
     assert!(matches!(
-        gw.call(t, &call(ok)).await.unwrap().action,
+        act(&mut gw, t, &call(ok)).await,
         ReqAction::Rewrite(_)
     ));
 }
@@ -479,35 +468,32 @@ async fn ua_restriction_allow_and_deny_lists() {
 
     for blocked in ["CURL/8.0", "bot/42 x"] {
         assert_message(
-            gw.call(t, &ua(blocked)).await.unwrap().action,
+            act(&mut gw, t, &ua(blocked)).await,
             403,
             "message",
             "Go away",
         );
     }
     assert_eq!(
-        gw.call(t, &ua("Mozilla/5.0 bot/4")).await.unwrap().action,
+        act(&mut gw, t, &ua("Mozilla/5.0 bot/4")).await,
         ReqAction::Continue
     );
     // Missing UA without bypass_missing: rejected.
-    let a = gw.call(t, &request(Method::Get, "/")).await.unwrap().action;
+    let a = act(&mut gw, t, &request(Method::Get, "/")).await;
     assert_message(a, 403, "message", "Go away");
     // Any of several values on a denylist rejects.
     let two = ua("Mozilla").with_header("user-agent", "curl");
-    assert_eq!(stop(gw.call(t, &two).await.unwrap().action).status, 403);
+    assert_eq!(stop(act(&mut gw, t, &two).await).status, 403);
 
     assert_eq!(
-        gw2.call(t2, &ua("Firefox/1")).await.unwrap().action,
+        act(&mut gw2, t2, &ua("Firefox/1")).await,
         ReqAction::Continue
     );
     assert_eq!(
-        gw2.call(t2, &request(Method::Get, "/"))
-            .await
-            .unwrap()
-            .action,
+        act(&mut gw2, t2, &request(Method::Get, "/")).await,
         ReqAction::Continue
     );
-    let a = gw2.call(t2, &ua("Chrome")).await.unwrap().action;
+    let a = act(&mut gw2, t2, &ua("Chrome")).await;
     assert_message(a, 403, "message", "Not allowed");
 }
 
@@ -522,7 +508,7 @@ async fn referer_restriction_matches_hosts_and_wildcards() {
         "https://u@EXAMPLE.com",
     ] {
         assert_eq!(
-            gw.call(t, &refer(ok)).await.unwrap().action,
+            act(&mut gw, t, &refer(ok)).await,
             ReqAction::Continue,
             "{ok}"
         );
@@ -534,37 +520,23 @@ async fn referer_restriction_matches_hosts_and_wildcards() {
         "https://evil.io/?example.com",
         "garbage",
     ] {
-        assert_message(
-            gw.call(t, &refer(bad)).await.unwrap().action,
-            403,
-            "message",
-            msg,
-        );
+        assert_message(act(&mut gw, t, &refer(bad)).await, 403, "message", msg);
     }
-    let a = gw.call(t, &request(Method::Get, "/")).await.unwrap().action;
+    let a = act(&mut gw, t, &request(Method::Get, "/")).await;
     assert_message(a, 403, "message", msg);
 
     let deny = r#"{"blacklist": ["evil.io"], "bypass_missing": true}"#;
     let (_r2, mut gw2, t2) = setup(&[("referer-restriction", deny)]).await;
     assert_eq!(
-        gw2.call(t2, &refer("https://ok.io")).await.unwrap().action,
+        act(&mut gw2, t2, &refer("https://ok.io")).await,
         ReqAction::Continue
     );
     assert_eq!(
-        gw2.call(t2, &request(Method::Get, "/"))
-            .await
-            .unwrap()
-            .action,
+        act(&mut gw2, t2, &request(Method::Get, "/")).await,
         ReqAction::Continue
     );
     assert_eq!(
-        stop(
-            gw2.call(t2, &refer("http://EVIL.io/"))
-                .await
-                .unwrap()
-                .action
-        )
-        .status,
+        stop(act(&mut gw2, t2, &refer("http://EVIL.io/")).await).status,
         403
     );
 }
@@ -595,7 +567,7 @@ async fn uri_blocker_matches_path_and_query() {
         request(Method::Get, "/admin/x"),
         request(Method::Get, "/x").with_arg("debug", "1"),
     ] {
-        let s = stop(gw.call(t, &blocked).await.unwrap().action);
+        let s = stop(act(&mut gw, t, &blocked).await);
         assert_eq!(s.status, 404);
         assert_eq!(pairs(&s.headers), [("x-blocked", Some("yes"))]);
         assert_eq!(body(&s), "{\"error_msg\":\"blocked\"}\n");
@@ -604,17 +576,12 @@ async fn uri_blocker_matches_path_and_query() {
         request(Method::Get, "/ADMIN"),
         request(Method::Get, "/x/admin").with_arg("debug", "0"),
     ] {
-        assert_eq!(gw.call(t, &ok).await.unwrap().action, ReqAction::Continue);
+        assert_eq!(act(&mut gw, t, &ok).await, ReqAction::Continue);
     }
 
     let ci = r#"{"block_rules": ["^/admin"], "case_insensitive": true}"#;
     let (_r2, mut gw2, t2) = setup(&[("uri-blocker", ci)]).await;
-    let s = stop(
-        gw2.call(t2, &request(Method::Get, "/ADMIN"))
-            .await
-            .unwrap()
-            .action,
-    );
+    let s = stop(act(&mut gw2, t2, &request(Method::Get, "/ADMIN")).await);
     assert_eq!((s.status, s.body.len()), (403, 0));
 }
 
@@ -644,7 +611,7 @@ async fn cors_preflight_stops_with_headers() {
     let pre = request(Method::Options, "/api")
         .with_header("origin", "https://b.com")
         .with_header("access-control-request-headers", "x-token");
-    let s = stop(gw.call(t, &pre).await.unwrap().action);
+    let s = stop(act(&mut gw, t, &pre).await);
     assert_eq!((s.status, s.body.len()), (200, 0));
     assert_eq!(
         pairs(&s.headers),
@@ -660,7 +627,7 @@ async fn cors_preflight_stops_with_headers() {
     );
     // An origin not listed: still answered 200, without CORS headers.
     let pre = request(Method::Options, "/api").with_header("origin", "https://evil.com");
-    let s = stop(gw.call(t, &pre).await.unwrap().action);
+    let s = stop(act(&mut gw, t, &pre).await);
     assert_eq!(
         (s.status, pairs(&s.headers)),
         (200, vec![("vary", Some("Origin"))])
@@ -671,7 +638,7 @@ async fn cors_preflight_stops_with_headers() {
 async fn cors_simple_requests_get_response_headers() {
     let (_r, mut gw, t) = setup(&[("cors", "{}")]).await;
     let req = request(Method::Get, "/").with_header("origin", "https://x.io");
-    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    let r = rewrite(act(&mut gw, t, &req).await);
     assert_eq!(
         pairs(&r.resp_headers),
         [
@@ -687,7 +654,7 @@ async fn cors_simple_requests_get_response_headers() {
         "timing_allow_origins": "https://perf.io"}"#;
     let (_r2, mut gw2, t2) = setup(&[("cors", conf)]).await;
     let req = request(Method::Post, "/").with_header("origin", "https://app.example.com");
-    let r = rewrite(gw2.call(t2, &req).await.unwrap().action);
+    let r = rewrite(act(&mut gw2, t2, &req).await);
     assert_eq!(
         pairs(&r.resp_headers)[1],
         (
@@ -699,7 +666,7 @@ async fn cors_simple_requests_get_response_headers() {
         .iter()
         .any(|(n, _)| *n == "timing-allow-origin"));
     let req = request(Method::Post, "/").with_header("origin", "https://perf.io");
-    let r = rewrite(gw2.call(t2, &req).await.unwrap().action);
+    let r = rewrite(act(&mut gw2, t2, &req).await);
     assert_eq!(
         pairs(&r.resp_headers),
         [
@@ -741,7 +708,7 @@ async fn proxy_rewrite_uri_host_headers_and_args() {
         .with_header("set-cookie", "a=1")
         .with_header("x-debug", "1")
         .with_src_ip("10.1.2.3");
-    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    let r = rewrite(act(&mut gw, t, &req).await);
     assert_eq!(r.path.as_deref(), Some("/v2/42/ann"));
     assert_eq!(
         pairs(&r.headers),
@@ -771,21 +738,11 @@ async fn proxy_rewrite_regex_uri_uses_the_first_matching_pair() {
             "^/api", "/never"],
         "headers": {"set": {"X-Cap": "$1"}}}"#;
     let (_r, mut gw, t) = setup(&[("proxy-rewrite", conf)]).await;
-    let r = rewrite(
-        gw.call(t, &request(Method::Get, "/api/users/7/x"))
-            .await
-            .unwrap()
-            .action,
-    );
+    let r = rewrite(act(&mut gw, t, &request(Method::Get, "/api/users/7/x")).await);
     assert_eq!(r.path.as_deref(), Some("/svc/users-7/x"));
     assert_eq!(pairs(&r.headers), [("x-cap", Some("users"))]);
     // No regex matches: the path stays, captures render empty.
-    let r = rewrite(
-        gw.call(t, &request(Method::Get, "/other"))
-            .await
-            .unwrap()
-            .action,
-    );
+    let r = rewrite(act(&mut gw, t, &request(Method::Get, "/other")).await);
     assert_eq!(
         (r.path, pairs(&r.headers)),
         (None, vec![("x-cap", Some(""))])
@@ -818,12 +775,7 @@ const BODY_SCHEMA: &str = r#"{"body_schema": {"type": "object", "required": ["na
 async fn request_validation_checks_json_bodies_and_forwards_them_canonical() {
     let (_r, mut gw, t) = setup(&[("request-validation", BODY_SCHEMA)]).await;
     gw.req_body = Some(r#"{ "name" : "ann",  "age": 3 }"#.into());
-    let r = rewrite(
-        gw.call(t, &request(Method::Post, "/"))
-            .await
-            .unwrap()
-            .action,
-    );
+    let r = rewrite(act(&mut gw, t, &request(Method::Post, "/")).await);
     assert_eq!(r.body.as_deref(), Some(&br#"{"age":3,"name":"ann"}"#[..]));
 
     let cases = [
@@ -835,34 +787,19 @@ async fn request_validation_checks_json_bodies_and_forwards_them_canonical() {
     ];
     for (sent, msg) in cases {
         gw.req_body = Some(sent.into());
-        let s = stop(
-            gw.call(t, &request(Method::Post, "/"))
-                .await
-                .unwrap()
-                .action,
-        );
+        let s = stop(act(&mut gw, t, &request(Method::Post, "/")).await);
         assert_eq!((s.status, body(&s)), (400, msg));
     }
     gw.req_body = Some("{oops".into());
-    let s = stop(
-        gw.call(t, &request(Method::Post, "/"))
-            .await
-            .unwrap()
-            .action,
-    );
+    let s = stop(act(&mut gw, t, &request(Method::Post, "/")).await);
     assert!(body(&s).starts_with("invalid JSON body"), "{}", body(&s));
     gw.req_body = None;
-    let s = stop(
-        gw.call(t, &request(Method::Post, "/"))
-            .await
-            .unwrap()
-            .action,
-    );
+    let s = stop(act(&mut gw, t, &request(Method::Post, "/")).await);
     assert_eq!((s.status, body(&s)), (400, "request body is missing"));
     let two = request(Method::Post, "/")
         .with_header("content-type", "application/json")
         .with_header("content-type", "application/x-www-form-urlencoded");
-    let s = stop(gw.call(t, &two).await.unwrap().action);
+    let s = stop(act(&mut gw, t, &two).await);
     assert_eq!(body(&s), "duplicate Content-Type header");
 }
 
@@ -880,24 +817,16 @@ async fn request_validation_decodes_forms_and_headers() {
             .with_arg("ignored", n)
     };
     gw.req_body = Some("n=123&m=x".into());
-    assert_eq!(
-        gw.call(t, &form("")).await.unwrap().action,
-        ReqAction::Continue
-    );
+    assert_eq!(act(&mut gw, t, &form("")).await, ReqAction::Continue);
     gw.req_body = Some("n=12a".into());
-    let s = stop(gw.call(t, &form("")).await.unwrap().action);
+    let s = stop(act(&mut gw, t, &form("")).await);
     assert_eq!(
         (s.status, pairs(&s.headers), body(&s)),
         (422, vec![("x-why", Some("schema"))], "nope")
     );
     // Headers fail before the body is fetched.
     gw.asked.clear();
-    let s = stop(
-        gw.call(t, &request(Method::Post, "/"))
-            .await
-            .unwrap()
-            .action,
-    );
+    let s = stop(act(&mut gw, t, &request(Method::Post, "/")).await);
     assert_eq!(s.status, 422);
     assert!(gw.asked.is_empty());
 }
@@ -907,9 +836,9 @@ async fn request_validation_header_only_never_fetches_the_body() {
     let conf = r#"{"header_schema": {"properties": {"x-n": {"enum": ["1", "2"]}}}}"#;
     let (_r, mut gw, t) = setup(&[("request-validation", conf)]).await;
     let ok = request(Method::Post, "/").with_header("x-n", "2");
-    assert_eq!(gw.call(t, &ok).await.unwrap().action, ReqAction::Continue);
+    assert_eq!(act(&mut gw, t, &ok).await, ReqAction::Continue);
     let bad = request(Method::Post, "/").with_header("x-n", "3");
-    let s = stop(gw.call(t, &bad).await.unwrap().action);
+    let s = stop(act(&mut gw, t, &bad).await);
     assert!(
         body(&s).starts_with("property \"/x-n\" validation failed"),
         "{}",
@@ -955,7 +884,7 @@ async fn traffic_tag_vars_match_and_http_match() {
     let req = request(Method::Get, "/index.html")
         .with_header("x-user-id", "12345")
         .with_header("x-opensergo-traffic", "spoofed");
-    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    let r = rewrite(act(&mut gw, t, &req).await);
     assert_eq!(
         (pairs(&r.headers), r.path),
         (vec![("x-opensergo-traffic", Some("gray"))], None)
@@ -963,20 +892,17 @@ async fn traffic_tag_vars_match_and_http_match() {
 
     // No rule matches: a client-sent tag is deleted, nothing else changes.
     let req = request(Method::Get, "/other").with_header("x-opensergo-traffic", "gray");
-    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    let r = rewrite(act(&mut gw, t, &req).await);
     assert_eq!(pairs(&r.headers), [("x-opensergo-traffic", None)]);
     assert_eq!(
-        gw.call(t, &request(Method::Get, "/other"))
-            .await
-            .unwrap()
-            .action,
+        act(&mut gw, t, &request(Method::Get, "/other")).await,
         ReqAction::Continue
     );
     // http_match needs every part: a wrong query prefix falls through.
     let req = request(Method::Get, "/api/x")
         .with_header("tag", "v2")
         .with_arg("beta", "0");
-    assert_eq!(gw.call(t, &req).await.unwrap().action, ReqAction::Continue);
+    assert_eq!(act(&mut gw, t, &req).await, ReqAction::Continue);
 }
 
 #[tokio::test]
@@ -984,12 +910,7 @@ async fn traffic_tag_weighted_split_is_exact_over_a_period() {
     let (_r, mut gw, t) = setup(&[("traffic-tag", TRAFFIC)]).await;
     let (mut v1, mut v2) = (0, 0);
     for _ in 0..1000 {
-        let r = rewrite(
-            gw.call(t, &request(Method::Get, "/split/a"))
-                .await
-                .unwrap()
-                .action,
-        );
+        let r = rewrite(act(&mut gw, t, &request(Method::Get, "/split/a")).await);
         match tag_of(&r) {
             Some("v1") => {
                 assert_eq!(r.path, None);
@@ -1020,8 +941,8 @@ async fn traffic_tag_hash_on_is_sticky_and_proportional() {
     let users = 2000;
     for u in 0..users {
         let user = format!("user-{u}");
-        let first = rewrite(gw.call(t, &req(&user)).await.unwrap().action);
-        let again = rewrite(gw.call(t, &req(&user)).await.unwrap().action);
+        let first = rewrite(act(&mut gw, t, &req(&user)).await);
+        let again = rewrite(act(&mut gw, t, &req(&user)).await);
         assert_eq!(
             tag_of(&first),
             tag_of(&again),
@@ -1042,17 +963,12 @@ async fn traffic_tag_keep_incoming_honours_the_lane() {
         "path_prefix": {"v2": "/v2/"}}"#;
     let (_r, mut gw, t) = setup(&[("traffic-tag", conf)]).await;
     let req = request(Method::Get, "/p").with_header("x-lane", "v2");
-    let r = rewrite(gw.call(t, &req).await.unwrap().action);
+    let r = rewrite(act(&mut gw, t, &req).await);
     assert_eq!(
         (pairs(&r.headers), r.path.as_deref()),
         (vec![("x-lane", Some("v2"))], Some("/v2/p"))
     );
-    let r = rewrite(
-        gw.call(t, &request(Method::Get, "/p"))
-            .await
-            .unwrap()
-            .action,
-    );
+    let r = rewrite(act(&mut gw, t, &request(Method::Get, "/p")).await);
     assert_eq!(pairs(&r.headers), [("x-lane", Some("v1"))]);
 }
 
