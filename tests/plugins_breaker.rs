@@ -220,6 +220,13 @@ async fn consecutive_stop_has_headers_without_a_body_after_earlier_plugins_heade
         "the headers limit-count set earlier in the chain, then the breaker's"
     );
     assert_eq!(s.headers[4].value.as_deref(), Some("2"), "2^1 s");
+    ConsecutiveBreaker::advance(2);
+    let probe = set_headers(gw.call(pre, &request(Method::Get, "/")).await.unwrap());
+    assert_eq!(
+        probe[0].name.as_str(),
+        CORR,
+        "open time over: a leased probe"
+    );
 }
 
 clocked_breaker!(SharedIdBreaker);
