@@ -84,6 +84,30 @@ fn set_headers(resp: HttpReqCallResp) -> Vec<Pair> {
     }
 }
 
+/// A runner with `registry`, one connection and `chain` prepared as the route's pre-req and
+/// post-resp halves: `(runner, gateway, pre token, post token)`.
+async fn halves(registry: Registry, chain: &[(&str, &str)]) -> (TestRunner, FakeGateway, u32, u32) {
+    let runner = TestRunner::start(registry).await;
+    let mut gw = runner.connect().await;
+    let pre = gw.prepare(PRE, chain).await.unwrap();
+    let post = gw.prepare(POST, chain).await.unwrap();
+    (runner, gw, pre, post)
+}
+
+/// `n` requests whose upstream answered `status`, each answer carrying back the correlation id
+/// its request got, as the gateway would.
+async fn round_trips(gw: &mut FakeGateway, (pre, post): (u32, u32), n: usize, status: u16) {
+    let req = request(Method::Get, "/");
+    for _ in 0..n {
+        if let ReqAction::Rewrite(r) = gw.call(pre, &req).await.unwrap().action {
+            if let Some(id) = r.headers.iter().find(|h| h.name.as_str() == CORR) {
+                gw.set_var("http_x_a6_runner_req", id.value.as_deref().unwrap());
+            }
+        }
+        gw.resp_call(post, status, &[]).await.unwrap();
+    }
+}
+
 /// The upstream answered `status`; the gateway's reply leaves the response untouched.
 async fn answer(gw: &mut FakeGateway, token: u32, status: u16) {
     let reply = gw
@@ -167,15 +191,10 @@ clocked_breaker!(LostProbeBreaker);
 
 #[tokio::test]
 async fn a_probe_whose_answer_never_comes_reopens_the_breaker() {
-    let runner = TestRunner::start(Registry::new().with::<LostProbeBreaker>()).await;
-    let mut gw = runner.connect().await;
-    let pre = gw.prepare(PRE, &[("api-breaker", RATIO)]).await.unwrap();
-    let post = gw.prepare(POST, &[("api-breaker", RATIO)]).await.unwrap();
+    let chain = [("api-breaker", RATIO)];
+    let (_r, mut gw, pre, post) = halves(Registry::new().with::<LostProbeBreaker>(), &chain).await;
     let req = request(Method::Get, "/");
-    for _ in 0..4 {
-        gw.call(pre, &req).await.unwrap();
-        answer(&mut gw, post, 502).await;
-    }
+    round_trips(&mut gw, (pre, post), 4, 502).await;
     LostProbeBreaker::advance(5);
     set_headers(gw.call(pre, &req).await.unwrap()); // the upstream failed: no resp-call
     LostProbeBreaker::advance(30);
@@ -190,21 +209,15 @@ clocked_breaker!(ConsecutiveBreaker);
 
 #[tokio::test]
 async fn consecutive_stop_has_headers_without_a_body_after_earlier_plugins_headers() {
-    let registry = Registry::new()
-        .with::<LimitCount>()
-        .with::<ConsecutiveBreaker>();
-    let runner = TestRunner::start(registry).await;
     let quota = r#"{"count": 100, "time_window": 60, "key_type": "constant", "key": "all"}"#;
     let breaker = r#"{"break_response_code": 502, "break_response_headers": [{"key": "X-Breaker", "value": "open"}],
                       "unhealthy": {"http_statuses": [500], "failures": 2}}"#;
     let chain = [("limit-count", quota), ("api-breaker", breaker)];
-    let mut gw = runner.connect().await;
-    let pre = gw.prepare(PRE, &chain).await.unwrap();
-    let post = gw.prepare(POST, &chain).await.unwrap();
-    for _ in 0..2 {
-        gw.call(pre, &request(Method::Get, "/")).await.unwrap();
-        answer(&mut gw, post, 500).await;
-    }
+    let registry = Registry::new()
+        .with::<LimitCount>()
+        .with::<ConsecutiveBreaker>();
+    let (_r, mut gw, pre, post) = halves(registry, &chain).await;
+    round_trips(&mut gw, (pre, post), 2, 500).await;
     let s = stop(gw.call(pre, &request(Method::Get, "/")).await.unwrap());
     assert_eq!((s.status, s.body.len()), (502, 0));
     let names: Vec<_> = s.headers.iter().map(|h| h.name.as_str()).collect();
@@ -233,21 +246,15 @@ clocked_breaker!(SharedIdBreaker);
 
 #[tokio::test]
 async fn limit_conn_and_a_probe_share_one_correlation_id() {
+    let conn = r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "key_type": "constant", "key": "all"}"#;
+    let chain = [("limit-conn", conn), ("api-breaker", RATIO)];
     let registry = Registry::new()
         .with::<LimitConn>()
         .with::<SharedIdBreaker>();
-    let runner = TestRunner::start(registry).await;
-    let conn = r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "key_type": "constant", "key": "all"}"#;
-    let chain = [("limit-conn", conn), ("api-breaker", RATIO)];
-    let mut gw = runner.connect().await;
-    let pre = gw.prepare(PRE, &chain).await.unwrap();
-    let post = gw.prepare(POST, &chain).await.unwrap();
+    let (_r, mut gw, pre, post) = halves(registry, &chain).await;
+    // Each answer frees limit-conn's only slot (else the next request would be refused).
+    round_trips(&mut gw, (pre, post), 4, 500).await;
     let req = request(Method::Get, "/");
-    for _ in 0..4 {
-        let h = set_headers(gw.call(pre, &req).await.unwrap());
-        gw.set_var("http_x_a6_runner_req", h[0].value.as_deref().unwrap());
-        answer(&mut gw, post, 500).await;
-    }
     SharedIdBreaker::advance(5);
     let h = set_headers(gw.call(pre, &req).await.unwrap());
     assert_eq!(h.len(), 1, "one header, one id for both plugins: {h:?}");
@@ -264,19 +271,13 @@ clocked_breaker!(RequestIdBreaker);
 
 #[tokio::test]
 async fn probes_reuse_the_request_id() {
+    let chain = [("request-id", "{}"), ("api-breaker", RATIO)];
     let registry = Registry::new()
         .with::<RequestId>()
         .with::<RequestIdBreaker>();
-    let runner = TestRunner::start(registry).await;
-    let chain = [("request-id", "{}"), ("api-breaker", RATIO)];
-    let mut gw = runner.connect().await;
-    let pre = gw.prepare(PRE, &chain).await.unwrap();
-    let post = gw.prepare(POST, &chain).await.unwrap();
+    let (_r, mut gw, pre, post) = halves(registry, &chain).await;
+    round_trips(&mut gw, (pre, post), 4, 500).await;
     let req = request(Method::Get, "/").with_header("x-request-id", "client-id-1");
-    for _ in 0..4 {
-        gw.call(pre, &req).await.unwrap();
-        gw.resp_call(post, 500, &[]).await.unwrap(); // request-id echoes its header
-    }
     RequestIdBreaker::advance(5);
     let probe = set_headers(gw.call(pre, &req).await.unwrap());
     assert!(

@@ -71,6 +71,14 @@ async fn answer(p: &Pair, status: u16, corr: Option<&str>, vars: &[(&str, &str)]
     r.asked().to_vec()
 }
 
+/// Four errors in a row open a [`RATIO`] breaker.
+async fn trip(p: &Pair) {
+    for _ in 0..4 {
+        pass(p).await;
+        answer(p, 500, None, &[]).await;
+    }
+}
+
 fn retry_after(seen: &Seen) -> &str {
     let Seen::Stop(s) = seen else { panic!("passed: {seen:?}") };
     s.headers.iter().find(|h| h.name.as_str() == "Retry-After").unwrap().value.as_deref().unwrap()
@@ -107,10 +115,7 @@ async fn error_ratio_trips_rejects_then_a_probe_closes_it() {
 #[tokio::test]
 async fn a_failed_probe_reopens() {
     let p = pair(RATIO);
-    for _ in 0..4 {
-        pass(&p).await;
-        answer(&p, 500, None, &[]).await;
-    }
+    trip(&p).await;
     p.clock.advance(Duration::from_secs(5));
     let probe = pass(&p).await.unwrap();
     answer(&p, 500, Some(&probe), &[]).await;
@@ -120,10 +125,7 @@ async fn a_failed_probe_reopens() {
 #[tokio::test]
 async fn a_lost_probe_reopens_after_lease_timeout() {
     let p = pair(RATIO);
-    for _ in 0..4 {
-        pass(&p).await;
-        answer(&p, 500, None, &[]).await;
-    }
+    trip(&p).await;
     p.clock.advance(Duration::from_secs(5));
     pass(&p).await.unwrap(); // its answer never comes
     p.clock.advance(Duration::from_secs(29));
