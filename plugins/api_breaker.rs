@@ -58,6 +58,9 @@ pub struct ApiBreaker {
 
 /// Shared by the request (admit) and response (record) chains of a route.
 pub struct BreakerState {
+    /// `scope: route`: the route's one breaker, reached without a lookup.
+    route: Arc<Breaker>,
+    /// `scope: host_uri`: a breaker per host and uri.
     breakers: KeyedStore<Breaker>,
     leases: Leases<Held>,
     prepared_at: u64,
@@ -73,9 +76,6 @@ struct Held {
     ticket: Option<Ticket>,
 }
 
-/// The breaker of a route-scoped conf (one per route).
-const ROUTE_KEY: &str = "";
-
 impl Plugin for ApiBreaker {
     const NAME: &'static str = "api-breaker";
     type Conf = ApiBreakerConf;
@@ -89,7 +89,7 @@ impl Plugin for ApiBreaker {
         self.expire(now);
         self.check_post_resp(now);
         let breaker = match self.scope {
-            Scope::Route => self.breaker(ROUTE_KEY, now),
+            Scope::Route => self.state.route.clone(),
             Scope::HostUri => {
                 let host = call.var("host").await?;
                 let uri = call.var("uri").await?;
@@ -126,7 +126,7 @@ impl Plugin for ApiBreaker {
         let (breaker, ticket) = match held {
             Some(h) => (h.breaker, h.ticket),
             None => match self.scope {
-                Scope::Route => (self.breaker(ROUTE_KEY, now), None),
+                Scope::Route => (self.state.route.clone(), None),
                 Scope::HostUri => {
                     let host = call.var("host").await?;
                     let uri = call.var("uri").await?;
@@ -152,7 +152,9 @@ impl ApiBreaker {
         let idle = p.idle;
         let max_keys = p.max_keys;
         let lease_timeout = p.lease_timeout;
+        let settings = p.settings;
         let state = env.state(|| BreakerState {
+            route: Arc::new(Breaker::new(&settings)),
             breakers: KeyedStore::new(max_keys, idle),
             leases: Leases::new(lease_timeout),
             prepared_at: now,
@@ -163,7 +165,7 @@ impl ApiBreaker {
             state.seen_response.store(true, Ordering::Relaxed);
         }
         Ok(ApiBreaker {
-            settings: p.settings,
+            settings,
             unhealthy: p.unhealthy,
             healthy: p.healthy,
             max_rt: p.max_rt,

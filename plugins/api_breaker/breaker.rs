@@ -16,6 +16,7 @@
 //! answer to a request admitted before the trip is just another sample, unlike Sentinel, where
 //! any answer arriving while half-open decides.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::plugins::support::clock::NANOS_PER_SEC;
@@ -73,7 +74,11 @@ pub enum Admit {
     Reject { until: u64 },
 }
 
-pub struct Breaker(Mutex<Machine>);
+pub struct Breaker {
+    /// Mirrors "the machine is closed" so that admitting in the common case takes no lock.
+    closed: AtomicBool,
+    machine: Mutex<Machine>,
+}
 
 enum Machine {
     Consecutive(Consecutive),
@@ -82,19 +87,27 @@ enum Machine {
 
 impl Breaker {
     pub fn new(s: &Settings) -> Breaker {
-        Breaker(Mutex::new(match s.policy {
+        let machine = match s.policy {
             Policy::Consecutive => Machine::Consecutive(Consecutive::default()),
             _ => Machine::Sentinel(Sentinel {
                 phase: Phase::Closed,
                 window: LeapArray::new(s.window, s.buckets),
                 period: 0,
             }),
-        }))
+        };
+        Breaker {
+            closed: AtomicBool::new(true),
+            machine: Mutex::new(machine),
+        }
     }
 
     /// Whether a request may go to the upstream now.
     pub fn admit(&self, s: &Settings, now: u64) -> Admit {
-        match &mut *lock(&self.0) {
+        // A request racing a trip passes, as if it had come just before it.
+        if self.closed.load(Ordering::Acquire) {
+            return Admit::Pass;
+        }
+        match &mut *lock(&self.machine) {
             Machine::Consecutive(m) => m.admit(s, now),
             Machine::Sentinel(m) => m.admit(s, now),
         }
@@ -102,10 +115,19 @@ impl Breaker {
 
     /// Learns from an answer; `ticket` when the request was admitted as a probe.
     pub fn record(&self, s: &Settings, now: u64, outcome: Outcome, ticket: Option<Ticket>) {
-        match &mut *lock(&self.0) {
-            Machine::Consecutive(m) => m.record(s, now, outcome),
-            Machine::Sentinel(m) => m.record(s, now, outcome, ticket),
-        }
+        let mut machine = lock(&self.machine);
+        let closed = match &mut *machine {
+            Machine::Consecutive(m) => {
+                m.record(s, now, outcome);
+                m.tripped_at.is_none()
+            }
+            Machine::Sentinel(m) => {
+                m.record(s, now, outcome, ticket);
+                matches!(m.phase, Phase::Closed)
+            }
+        };
+        // Written under the lock, so the mirror follows the machine's order of changes.
+        self.closed.store(closed, Ordering::Release);
     }
 }
 
