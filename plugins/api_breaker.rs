@@ -63,6 +63,8 @@ pub struct BreakerState {
     /// `scope: host_uri`: a breaker per host and uri.
     breakers: KeyedStore<Breaker>,
     leases: Leases<Held>,
+    /// For the missing-post-resp warning: which route, since when.
+    route_name: Box<str>,
     prepared_at: u64,
     /// Set by the first answer recorded, or at the prepare of the post-resp half.
     seen_response: AtomicBool,
@@ -153,10 +155,12 @@ impl ApiBreaker {
         let max_keys = p.max_keys;
         let lease_timeout = p.lease_timeout;
         let settings = p.settings;
+        let route_name = env.route().into();
         let state = env.state(|| BreakerState {
             route: Arc::new(Breaker::new(&settings)),
             breakers: KeyedStore::new(max_keys, idle),
             leases: Leases::new(lease_timeout),
+            route_name,
             prepared_at: now,
             seen_response: AtomicBool::new(false),
             checked: AtomicBool::new(false),
@@ -205,6 +209,7 @@ impl ApiBreaker {
             && !state.seen_response.load(Ordering::Relaxed)
         {
             tracing::warn!(
+                route = &*state.route_name,
                 "api-breaker: no answer reached the breaker since it was prepared; it learns \
                  only through an `ext-plugin-post-resp` entry with the same conf on the route"
             );
