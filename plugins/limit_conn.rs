@@ -171,10 +171,7 @@ impl Plugin for LimitConn {
             let Ok((slot, delay)) = self.state.acquire(limit.index, &key, now) else {
                 return Ok(Flow::Stop(self.reject.clone()));
             };
-            let (id, set) = self.corr.id_for(call.header(&self.corr.header));
-            if set {
-                call.set_header(self.corr.header.clone(), id.clone());
-            }
+            let id = self.corr.id_for_call(call);
             self.state.leases.insert(&id, now, slot);
             if delay >= NANOS_PER_MS {
                 let capped = delay.min(secs_to_nanos(MAX_DELAY_SECS));

@@ -23,6 +23,7 @@ macro_rules! builtin_plugins {
 pub mod consumers;
 
 builtin_plugins! {
+    api_breaker => ApiBreaker,
     basic_auth => BasicAuth,
     cors => Cors,
     echo => Echo,

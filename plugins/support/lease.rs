@@ -10,11 +10,11 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use super::keyed::lock;
-use crate::plugin::Text;
+use crate::plugin::{RequestCall, Text};
 
 const SHARDS: usize = 16;
 /// Expired leases are looked for at most this often (plus on demand in tests).
@@ -62,6 +62,32 @@ impl Correlation {
             _ => (Text::from(fresh_id()), true),
         }
     }
+
+    /// The id for this request, with the header set when the runner owns it. Plugins of one
+    /// call that use the same header share one id (limit-conn and api-breaker in one chain): a
+    /// second fresh id would overwrite the header and orphan the first plugin's lease.
+    pub fn id_for_call(&self, call: &mut RequestCall<'_>) -> Text {
+        if let Some(set) = call.get::<CallCorrelation>() {
+            if set.header == self.header {
+                return set.id.clone();
+            }
+        }
+        let (id, set) = self.id_for(call.header(&self.header));
+        if set {
+            call.set_header(self.header.clone(), id.clone());
+        }
+        call.insert(CallCorrelation {
+            header: self.header.clone(),
+            id: id.clone(),
+        });
+        id
+    }
+}
+
+/// The correlation id a plugin of this call already chose.
+struct CallCorrelation {
+    header: Text,
+    id: Text,
 }
 
 /// A process-unique id: a random per-process prefix (so a restarted runner does not match old
@@ -79,6 +105,8 @@ pub struct Leases<T> {
     hasher: RandomState,
     timeout: u64,
     next_sweep: AtomicU64,
+    /// Leases held, kept beside the shards so that "none held" costs no lock.
+    held: AtomicUsize,
 }
 
 /// Leases by correlation id; a vector because ids may repeat.
@@ -96,6 +124,7 @@ impl<T> Leases<T> {
             hasher: RandomState::new(),
             timeout,
             next_sweep: AtomicU64::new(0),
+            held: AtomicUsize::new(0),
         }
     }
 
@@ -111,6 +140,7 @@ impl<T> Leases<T> {
             value,
         };
         let mut shard = lock(self.shard(id));
+        self.held.fetch_add(1, Ordering::AcqRel);
         match shard.get_mut(id) {
             Some(v) => v.push(lease),
             None => {
@@ -128,6 +158,7 @@ impl<T> Leases<T> {
         if held.is_empty() {
             shard.remove(id);
         }
+        self.held.fetch_sub(1, Ordering::AcqRel);
         Some(lease.value)
     }
 
@@ -151,6 +182,7 @@ impl<T> Leases<T> {
                     let (gone, kept): (Vec<Lease<T>>, Vec<_>) = std::mem::take(held)
                         .into_iter()
                         .partition(|l| l.deadline <= now);
+                    self.held.fetch_sub(gone.len(), Ordering::AcqRel);
                     expired.extend(gone.into_iter().map(|l| l.value));
                     *held = kept;
                     !held.is_empty()
@@ -161,11 +193,10 @@ impl<T> Leases<T> {
         }
     }
 
+    /// Leases held; lock-free, so a response phase can skip its correlation lookup cheaply
+    /// when nothing is held.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| lock(s).values().map(Vec::len).sum::<usize>())
-            .sum()
+        self.held.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -113,6 +113,11 @@ impl TestResp {
     pub(crate) fn call(&mut self) -> ResponseCall<'_> {
         ResponseCall::new(&self.req, &mut self.state, &mut self.gateway)
     }
+
+    /// The variables asked of the gateway so far, in order (each view caches its own).
+    pub(crate) fn asked(&self) -> &[String] {
+        &self.gateway.asked
+    }
 }
 
 /// Prepare-time context for unit tests, with its own state registry: two envs of the same
