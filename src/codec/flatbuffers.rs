@@ -2,8 +2,8 @@
 //! `schema/ext-plugin.fbs`, PROTOCOL.md §3.2).
 //!
 //! A payload is one finished buffer: root offset at byte 0, no size prefix, no file identifier.
-//! Every incoming buffer goes through the `flatbuffers` crate's verifier ([`schema`]) before it
-//! is read ([`table`]); strings come out as [`Text`] slices of the payload, so decoding copies
+//! Every incoming buffer goes through the `flatbuffers` crate's verifier (`schema`) before it
+//! is read (`table`); strings come out as [`Text`] slices of the payload, so decoding copies
 //! nothing. Replies are built with the crate's `FlatBufferBuilder`, kept per connection so its
 //! buffer is reused from reply to reply.
 //!

@@ -3,6 +3,8 @@
 //! [`TestRunner`] starts a runner in-process on a fresh socket; [`FakeGateway`] connects to any
 //! runner socket and speaks the protocol the way a gateway does: it prepares chains, makes calls,
 //! answers the runner's `extra_info` requests from its tables, and can send raw bytes.
+//! [`Harness`] and [`LocalGateway`] run prepared chains in memory instead, for plugin unit tests
+//! and benchmarks.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ext_plugin_runner::testing::GatewayError> {
@@ -40,6 +42,9 @@ use crate::model::{
 };
 use crate::registry::Registry;
 use crate::server::{serve, Listener, Runner};
+
+mod local;
+pub use local::{Harness, LocalGateway};
 
 /// A socket path no other test uses.
 pub fn temp_socket_path() -> PathBuf {
