@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ext_plugin_runner::codec::Protocol;
+use ext_plugin_runner::model::Pair;
 use ext_plugin_runner::replay::compare::compare;
 use ext_plugin_runner::replay::corpus::Corpus;
 use ext_plugin_runner::replay::drive::{self, Limit, Mode, Settings};
@@ -105,6 +106,9 @@ enum Command {
         confs: usize,
         #[arg(long, default_value_t = 1_000)]
         idle: usize,
+        /// Prepare the first route's chain of this scenario instead of the realistic chain.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -345,10 +349,32 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             protocol,
             confs,
             idle,
+            scenario,
             json,
         } => {
+            let chain = match &scenario {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    let s =
+                        Scenario::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                    let route = s
+                        .routes
+                        .first()
+                        .ok_or_else(|| format!("{}: the scenario has no route", path.display()))?;
+                    Some(
+                        route
+                            .chain
+                            .iter()
+                            .map(|p| Pair::new(p.name.clone(), p.conf.to_string()))
+                            .collect::<Vec<_>>(),
+                    )
+                }
+                None => None,
+            };
             let r = SpawnedRunner::start(&runner, &[]).map_err(|e| e.to_string())?;
-            let m = memory::measure(&r, protocol, confs, idle).map_err(|e| e.to_string())?;
+            let m = memory::measure(&r, protocol, confs, idle, chain.as_deref())
+                .map_err(|e| e.to_string())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&m).expect("serializes"));
             } else {

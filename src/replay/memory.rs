@@ -42,11 +42,13 @@ fn settle() {
 }
 
 /// Prepares `confs` chains on `runner`, then opens `idle` connections that each make one call.
+/// `chain` replaces the realistic chain (each conf still gets its own key).
 pub fn measure(
     runner: &SpawnedRunner,
     protocol: Protocol,
     confs: usize,
     idle: usize,
+    chain: Option<&[Pair]>,
 ) -> io::Result<MemoryReport> {
     settle();
     let baseline_kib = runner.rss_kib()?;
@@ -57,20 +59,23 @@ pub fn measure(
     for i in 0..confs {
         let req = PrepareConfReq {
             key: format!("route#{i}#ext-plugin-pre-req#1").into(),
-            conf: vec![
-                Pair::new(
-                    "ip-restriction",
-                    r#"{"whitelist":["10.0.0.0/8","2001:db8::/32"]}"#,
-                ),
-                Pair::new(
-                    "limit-count",
-                    format!(
-                        r#"{{"count":{},"time_window":60,"key":"remote_addr"}}"#,
-                        1_000_000 + i
+            conf: match chain {
+                Some(c) => c.to_vec(),
+                None => vec![
+                    Pair::new(
+                        "ip-restriction",
+                        r#"{"whitelist":["10.0.0.0/8","2001:db8::/32"]}"#,
                     ),
-                ),
-                Pair::new("request-id", "{}"),
-            ],
+                    Pair::new(
+                        "limit-count",
+                        format!(
+                            r#"{{"count":{},"time_window":60,"key":"remote_addr"}}"#,
+                            1_000_000 + i
+                        ),
+                    ),
+                    Pair::new("request-id", "{}"),
+                ],
+            },
         };
         stream.write_all(&frame(FrameType::PrepareConf, |o| {
             codec.encode_prepare_conf_req(&req, o)
