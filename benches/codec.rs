@@ -1,51 +1,17 @@
 //! The wire hot path without the socket: split a frame, decode a realistic request, encode
 //! replies. Run with `cargo bench --bench codec`.
 
+mod common;
+
 use bytes::{Bytes, BytesMut};
+use common::realistic;
 use divan::{black_box, Bencher};
 use ext_plugin_runner::codec::Protocol;
 use ext_plugin_runner::frame::{split_frame, write_frame, FrameType};
-use ext_plugin_runner::model::{
-    HttpReqCallReq, HttpReqCallResp, Method, Pair, ReqAction, Rewrite, Stop,
-};
+use ext_plugin_runner::model::{HttpReqCallReq, HttpReqCallResp, Pair, ReqAction, Rewrite, Stop};
 
 fn main() {
     divan::main();
-}
-
-/// A browser-like request: 12 headers, 3 args.
-fn realistic() -> HttpReqCallReq {
-    let mut req = HttpReqCallReq {
-        id: 1,
-        src_ip: Some("192.0.2.10".parse().unwrap()),
-        method: Method::Get,
-        path: "/api/v1/orders/12345".into(),
-        conf_token: 7,
-        ..Default::default()
-    };
-    for (n, v) in [
-        ("host", "api.example.com"),
-        (
-            "user-agent",
-            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
-        ),
-        ("accept", "application/json"),
-        ("accept-encoding", "gzip, deflate, br"),
-        ("accept-language", "en-US,en;q=0.9"),
-        ("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig"),
-        ("cookie", "sid=abc123; theme=dark"),
-        ("x-request-id", "3f2b9c1e-1111-2222-3333-444455556666"),
-        ("x-forwarded-for", "198.51.100.7"),
-        ("x-real-ip", "198.51.100.7"),
-        ("referer", "https://shop.example.com/cart"),
-        ("connection", "keep-alive"),
-    ] {
-        req.headers.push(Pair::new(n, v));
-    }
-    for (n, v) in [("page", "2"), ("sort", "desc"), ("fields", "id,total")] {
-        req.args.push(Pair::new(n, v));
-    }
-    req
 }
 
 fn framed(protocol: Protocol, req: &HttpReqCallReq) -> Vec<u8> {
@@ -56,6 +22,36 @@ fn framed(protocol: Protocol, req: &HttpReqCallReq) -> Vec<u8> {
     })
     .unwrap();
     out
+}
+
+/// Only the framing: find where a frame ends and take it off the read buffer.
+#[divan::bench(args = Protocol::ALL)]
+fn split_frame_only(bencher: Bencher<'_, '_>, protocol: Protocol) {
+    let wire = framed(protocol, &realistic());
+    let mut buf = BytesMut::with_capacity(wire.len() * 2);
+    bencher.bench_local(|| {
+        buf.extend_from_slice(&wire);
+        black_box(split_frame(&mut buf).unwrap());
+    });
+}
+
+/// Decode, then read every string the way plugins do (as `&str`), so lazy work would show.
+#[divan::bench(args = Protocol::ALL)]
+fn decode_and_walk_request(bencher: Bencher<'_, '_>, protocol: Protocol) {
+    let wire = framed(protocol, &realistic());
+    let payload = Bytes::copy_from_slice(&wire[4..]);
+    let codec = protocol.runner_codec();
+    let mut out = HttpReqCallReq::default();
+    bencher.bench_local(|| {
+        codec
+            .decode_http_req_call_req(black_box(&payload), &mut out)
+            .unwrap();
+        let mut n = out.path.len();
+        for p in out.headers.iter().chain(&out.args) {
+            n += p.name.as_str().len() + p.value.as_ref().map_or(0, |v| v.as_str().len());
+        }
+        black_box(n);
+    });
 }
 
 #[divan::bench(args = Protocol::ALL)]

@@ -35,6 +35,7 @@ pub mod plugin;
 pub mod plugins;
 mod proto;
 pub mod registry;
+pub mod replay;
 pub mod server;
 mod state;
 pub mod testing;

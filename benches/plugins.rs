@@ -1,0 +1,116 @@
+//! Each built-in plugin's hot path: the request phase of a one-plugin chain on a realistic
+//! request, with a conf under which the request passes (or, for `echo`, is answered). Run with
+//! `cargo bench --bench plugins`.
+
+mod common;
+
+use base64::Engine;
+use divan::{black_box, Bencher};
+use ext_plugin_runner::model::{HttpReqCallReq, Pair};
+use ext_plugin_runner::testing::{Harness, LocalGateway};
+use ext_plugin_runner::Registry;
+
+fn main() {
+    for name in Registry::builtin().names() {
+        if !CASES.contains(&name) {
+            eprintln!("plugins bench: no case for built-in plugin `{name}`; add one to CASES");
+        }
+    }
+    divan::main();
+}
+
+const CASES: &[&str] = &[
+    "echo",
+    "ip-restriction",
+    "request-id",
+    "limit-count",
+    "limit-req",
+    "limit-conn",
+    "fault-injection",
+    "key-auth",
+    "basic-auth",
+    "jwt-auth",
+    "ua-restriction",
+    "referer-restriction",
+    "traffic-tag",
+    "proxy-rewrite",
+    "cors",
+    "uri-blocker",
+    "request-validation",
+];
+
+fn hs256_token() -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let claims = serde_json::json!({"key": "user-key", "exp": 4_102_444_800u64});
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(b"bench-secret"),
+    )
+    .unwrap()
+}
+
+/// The conf and the request for `plugin`'s case.
+fn case(plugin: &str) -> (String, HttpReqCallReq) {
+    let mut req = common::realistic();
+    let mut header = |n: &str, v: String| req.headers.push(Pair::new(n.to_owned(), v));
+    let conf = match plugin {
+        "echo" => "{}".to_owned(),
+        "ip-restriction" => r#"{"whitelist": ["10.0.0.0/8", "2001:db8::/32"]}"#.into(),
+        "request-id" => r#"{"header_name": "X-Trace-Id"}"#.into(),
+        "limit-count" => r#"{"count": 1000000000, "time_window": 60}"#.into(),
+        "limit-req" => r#"{"rate": 1000000000, "burst": 0, "nodelay": true}"#.into(),
+        "limit-conn" => r#"{"conn": 1000000000, "burst": 0, "default_conn_delay": 0.1}"#.into(),
+        "fault-injection" => {
+            r#"{"abort": {"http_status": 503, "vars": [[["arg_chaos", "==", "on"]]]}}"#.into()
+        }
+        "key-auth" => {
+            header("apikey", "k-jack".into());
+            r#"{"consumers": [{"username": "jack", "key": "k-jack"}, {"username": "jill", "key": "k-jill"}]}"#.into()
+        }
+        "basic-auth" => {
+            let creds = base64::engine::general_purpose::STANDARD.encode("jack:s3cret");
+            req.headers.retain(|p| p.name.as_str() != "authorization");
+            req.headers
+                .push(Pair::new("authorization", format!("Basic {creds}")));
+            r#"{"consumers": [{"username": "jack", "password": "s3cret"}]}"#.into()
+        }
+        "jwt-auth" => {
+            req.headers.retain(|p| p.name.as_str() != "authorization");
+            req.headers
+                .push(Pair::new("authorization", format!("Bearer {}", hs256_token())));
+            r#"{"consumers": [{"username": "jack", "key": "user-key", "algorithm": "HS256", "secret": "bench-secret"}]}"#.into()
+        }
+        "ua-restriction" => r#"{"denylist": ["curl", "python-requests"]}"#.into(),
+        "referer-restriction" => r#"{"whitelist": ["*.example.com"]}"#.into(),
+        "traffic-tag" => {
+            header("x-user-id", "12345".into());
+            r#"{"rules": [{"match": [{"vars": [["http_x_user_id", "==", "12345"]]}], "weighted_tags": [{"tag": "gray", "weight": 1}]}]}"#.into()
+        }
+        "proxy-rewrite" => {
+            r#"{"uri": "/v2/$arg_page", "headers": {"set": {"X-Route": "$uri"}, "remove": ["cookie"]}}"#.into()
+        }
+        "cors" => {
+            header("origin", "https://shop.example.com".into());
+            r#"{"allow_origins": "https://shop.example.com"}"#.into()
+        }
+        "uri-blocker" => r#"{"block_rules": ["\\.\\./", "^/admin"]}"#.into(),
+        "request-validation" => {
+            r#"{"header_schema": {"type": "object", "required": ["host"]}}"#.into()
+        }
+        other => panic!("no case for {other}"),
+    };
+    (conf, req)
+}
+
+#[divan::bench(args = CASES)]
+fn request_phase(bencher: Bencher<'_, '_>, plugin: &str) {
+    let rt = common::runtime();
+    let _ctx = rt.enter();
+    let (conf, req) = case(plugin);
+    let chain = Harness::new(Registry::builtin())
+        .prepare("route#bench#ext-plugin-pre-req#1", &[(plugin, &conf)])
+        .unwrap_or_else(|e| panic!("{plugin}: {e}"));
+    let mut gw = LocalGateway::new();
+    bencher.bench_local(|| black_box(common::call(&mut gw, &chain, black_box(&req))));
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Instructions per call of the runner for a fixed workload, counted by callgrind: a stable
+# regression signal where wall-clock figures drift (a shared 2-core box has no hardware counters).
+#
+# Optional tooling, not part of CI: needs valgrind (`apt-get install valgrind`).
+#
+# How: start the release runner under callgrind, replay N calls of the corpus over one
+# connection, stop the runner (SIGTERM: callgrind writes its totals on exit); again with 2N
+# calls; (Ir(2N) - Ir(N)) / N is the runner's user-space instructions per call, with start-up,
+# prepare_conf and shutdown cancelled out. Kernel work (socket syscalls) is not counted.
+#
+# Usage: scripts/callgrind.sh [scenario.json] [N] [capnp|flatbuffers]
+#   e.g. scripts/callgrind.sh benches/scenarios/trivial.json 2000 capnp
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scenario=${1:-benches/scenarios/trivial.json}
+n=${2:-2000}
+protocol=${3:-capnp}
+
+command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed" >&2; exit 2; }
+cargo build --release --quiet --bin ext-plugin-runner --bin ext-plugin-replay
+runner=target/release/ext-plugin-runner
+replay=target/release/ext-plugin-replay
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$replay" generate --scenario "$scenario" --protocol "$protocol" --out "$work/corpus" 2>/dev/null
+
+# Prints the instruction total of the runner serving $1 calls.
+measure() {
+    local calls=$1 sock="$work/runner-$1.sock" out="$work/callgrind-$1.out"
+    # One worker thread: the same instructions either way, fewer scheduling differences.
+    valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$runner" --listen "unix:$sock" --log warn --workers 1 2>"$work/valgrind-$calls.log" &
+    local pid=$!
+    for _ in $(seq 600); do [ -S "$sock" ] && break; sleep 0.1; done
+    [ -S "$sock" ] || { echo "callgrind.sh: the runner did not listen" >&2; kill "$pid"; exit 1; }
+    "$replay" replay --corpus "$work/corpus" --socket "$sock" --count "$calls" --warmup 0s \
+        >"$work/replay-$calls.txt" || { cat "$work/replay-$calls.txt" >&2; kill "$pid"; exit 1; }
+    kill -TERM "$pid"
+    wait "$pid" || true
+    awk '/^(totals|summary):/ { print $2; exit }' "$out"
+}
+
+ir1=$(measure "$n")
+ir2=$(measure $((2 * n)))
+per_call=$(( (ir2 - ir1) / n ))
+echo "scenario $scenario, $protocol: Ir($n) = $ir1, Ir($((2 * n))) = $ir2"
+echo "instructions per call: $per_call"
