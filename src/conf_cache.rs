@@ -118,6 +118,9 @@ impl ConfCache {
             keys.remove(key);
         }
         let chain = Arc::new(build()?);
+        // The key arrives as a slice of the frame it came in: a copy, so the cache does not pin
+        // the connection's whole read buffer for as long as the conf lives.
+        let key = Text::from(key.as_str().to_owned());
         let token = self.new_token();
         let entry = Entry {
             chain,
@@ -239,6 +242,19 @@ mod tests {
         );
         // An evicted key prepares again, under a fresh token.
         assert_ne!(prep(&cache, "0"), tokens[0]);
+    }
+
+    #[test]
+    fn cached_keys_do_not_keep_the_frame_they_came_in() {
+        let cache = ConfCache::new(10, Duration::from_secs(60));
+        let frame = bytes::Bytes::from(b"....route#1#ext-plugin-pre-req#1....".to_vec());
+        let key = Text::slice_lossy(&frame, &frame[4..frame.len() - 4]);
+        cache.prepare(&key, || chain("k")).unwrap();
+        drop(key);
+        assert!(
+            frame.is_unique(),
+            "a cached key still shares the frame's storage"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::chain::{Chain, DynPlugin, Link};
 use crate::model::PrepareConfReq;
 use crate::plugin::{ConfError, Plugin, PrepareEnv};
 use crate::state::StateRegistry;
+use crate::text::Text;
 
 type Factory = fn(&str, &mut PrepareEnv<'_>) -> Result<Box<dyn DynPlugin>, ConfError>;
 
@@ -97,7 +98,8 @@ impl Registry {
             links.push(Link { name, plugin });
         }
         Ok(Chain {
-            key: req.key.clone(),
+            // A copy: the request's key is a slice of the frame, which the chain must not pin.
+            key: Text::from(req.key.as_str().to_owned()),
             links,
         })
     }
