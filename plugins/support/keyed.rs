@@ -21,7 +21,9 @@ const SWEEP_PER_LOOKUP: usize = 2;
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
 pub struct KeyedStore<V> {
-    shards: Box<[Mutex<Shard<V>>]>,
+    /// `None` until the shard's first key: a route's limiter that sees few keys (or none yet)
+    /// stays small, which matters with thousands of routes prepared.
+    shards: Box<[Mutex<Option<Shard<V>>>]>,
     hasher: RandomState,
     per_shard: usize,
     idle: u64,
@@ -38,10 +40,7 @@ impl<V> KeyedStore<V> {
     /// A store of at most about `max_keys` keys; entries unused for `idle` nanoseconds go.
     pub fn new(max_keys: usize, idle: u64) -> KeyedStore<V> {
         KeyedStore {
-            // Unbounded LRUs capped by hand: a bounded LruCache preallocates its full capacity.
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::unbounded()))
-                .collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(None)).collect(),
             hasher: RandomState::new(),
             per_shard: max_keys.div_ceil(SHARDS).max(1),
             idle,
@@ -50,8 +49,10 @@ impl<V> KeyedStore<V> {
 
     /// The cell for `key`, created by `init` when absent.
     pub fn get_or_insert(&self, key: &str, now: u64, init: impl FnOnce() -> V) -> Arc<V> {
-        let mut shard = self.shard(key);
-        self.sweep(&mut shard, now);
+        let mut guard = self.shard(key);
+        // Unbounded LRUs capped by hand: a bounded LruCache preallocates its full capacity.
+        let shard = guard.get_or_insert_with(LruCache::unbounded);
+        self.sweep(shard, now);
         if let Some(e) = shard.get_mut(key) {
             e.last_used = now;
             return e.value.clone();
@@ -72,19 +73,22 @@ impl<V> KeyedStore<V> {
 
     /// The cell for `key` if it exists, without creating or touching it.
     pub fn get(&self, key: &str) -> Option<Arc<V>> {
-        self.shard(key).peek(key).map(|e| e.value.clone())
+        self.shard(key).as_ref()?.peek(key).map(|e| e.value.clone())
     }
 
     /// Every key in the store (tests and diagnostics).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards
+            .iter()
+            .map(|s| lock(s).as_ref().map_or(0, LruCache::len))
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard<V>> {
+    fn shard(&self, key: &str) -> MutexGuard<'_, Option<Shard<V>>> {
         let i = self.hasher.hash_one(key) as usize % SHARDS;
         lock(&self.shards[i])
     }
