@@ -94,8 +94,10 @@ impl Io {
             if let Some(frame) = split_frame(&mut self.rbuf) {
                 return Ok(Some(frame));
             }
+            // Until a header says more, a small read: an idle pooled connection (there may be
+            // thousands) then holds 4 KiB, not a whole chunk, and most calls fit in it anyway.
             let wanted = FrameHeader::parse(&self.rbuf)
-                .map_or(READ_CHUNK, |h| HEADER_LEN + h.len - self.rbuf.len());
+                .map_or(READ_MIN, |h| HEADER_LEN + h.len - self.rbuf.len());
             // Grow only when the spare room is nearly used up: reserving a fresh chunk before
             // every read would double the buffer each time, whatever actually arrives.
             if self.rbuf.capacity() - self.rbuf.len() < READ_MIN {
