@@ -58,7 +58,10 @@ pub fn codec(protocol: Protocol, data: &[u8]) {
     let mut out = Vec::new();
 
     let mut prepare = PrepareConfReq::default();
-    if runner.decode_prepare_conf_req(&payload, &mut prepare).is_ok() {
+    if runner
+        .decode_prepare_conf_req(&payload, &mut prepare)
+        .is_ok()
+    {
         gateway.encode_prepare_conf_req(&prepare, &mut out);
         let mut again = PrepareConfReq::default();
         runner
@@ -262,7 +265,10 @@ pub fn codec_seeds(protocol: Protocol) -> Vec<(String, Vec<u8>)> {
         runner.encode_http_resp_call_resp(&resp, o)
     });
     for (name, msg) in [
-        ("extra_info_req_var", ExtraInfoReq::Var("request_time".into())),
+        (
+            "extra_info_req_var",
+            ExtraInfoReq::Var("request_time".into()),
+        ),
         ("extra_info_req_body", ExtraInfoReq::ReqBody),
         ("extra_info_resp_body", ExtraInfoReq::RespBody),
     ] {
@@ -315,7 +321,10 @@ pub fn conf_seeds() -> Vec<(String, Vec<u8>)> {
 
 const CONF_SEEDS: &[&[(&str, &str)]] = &[
     &[("echo", "{}")],
-    &[("request-id", r#"{"header_name":"X-Request-Id","algorithm":"uuid"}"#)],
+    &[(
+        "request-id",
+        r#"{"header_name":"X-Request-Id","algorithm":"uuid"}"#,
+    )],
     &[(
         "key-auth",
         r#"{"hide_credentials":true,"consumers":[{"username":"jack","key":"jack-key","custom_id":"t-1"}]}"#,
@@ -330,9 +339,18 @@ const CONF_SEEDS: &[&[(&str, &str)]] = &[
     )],
     &[("ip-restriction", r#"{"whitelist":["10.0.0.0/8","::1"]}"#)],
     &[("uri-blocker", r#"{"block_rules":["^/admin",".*\\.php$"]}"#)],
-    &[("ua-restriction", r#"{"denylist":["(?i)curl","^bot/\\d+"],"message":"Go away"}"#)],
-    &[("referer-restriction", r#"{"whitelist":["example.com","*.trusted.org"]}"#)],
-    &[("cors", r#"{"allow_origins":"*","allow_methods":"GET,POST"}"#)],
+    &[(
+        "ua-restriction",
+        r#"{"denylist":["(?i)curl","^bot/\\d+"],"message":"Go away"}"#,
+    )],
+    &[(
+        "referer-restriction",
+        r#"{"whitelist":["example.com","*.trusted.org"]}"#,
+    )],
+    &[(
+        "cors",
+        r#"{"allow_origins":"*","allow_methods":"GET,POST"}"#,
+    )],
     &[(
         "limit-count",
         r#"{"count":2,"time_window":60,"rejected_code":429,"rejected_msg":"Too many requests"}"#,
@@ -361,5 +379,9 @@ const CONF_SEEDS: &[&[(&str, &str)]] = &[
         "traffic-tag",
         r#"{"rules":[{"match":[{"vars":[["http_x_user_id","==","12345"],["uri","~~","^/index"]]}],"weighted_tags":[{"tag":"gray","weight":1}]}]}"#,
     )],
-    &[("echo", "{}"), ("request-id", "{}"), ("limit-count", r#"{"count":1,"time_window":1}"#)],
+    &[
+        ("echo", "{}"),
+        ("request-id", "{}"),
+        ("limit-count", r#"{"count":1,"time_window":1}"#),
+    ],
 ];
