@@ -98,10 +98,12 @@ impl Io {
             // thousands) then holds 4 KiB, not a whole chunk, and most calls fit in it anyway.
             let wanted = FrameHeader::parse(&self.rbuf)
                 .map_or(READ_MIN, |h| HEADER_LEN + h.len - self.rbuf.len());
-            // Grow only when the spare room is nearly used up: reserving a fresh chunk before
-            // every read would double the buffer each time, whatever actually arrives.
+            // Grow only when the spare room is nearly used up, and by no more than what has
+            // arrived (at most a chunk): memory follows the bytes received, never the length a
+            // header promises, and a large frame still takes few reads.
             if self.rbuf.capacity() - self.rbuf.len() < READ_MIN {
-                self.rbuf.reserve(wanted.clamp(READ_MIN, READ_CHUNK));
+                let step = wanted.clamp(READ_MIN, READ_CHUNK);
+                self.rbuf.reserve(step.min(self.rbuf.len().max(READ_MIN)));
             }
             let n = if !self.rbuf.is_empty() {
                 // A frame under way must keep making progress (slowloris).
@@ -257,7 +259,7 @@ mod tests {
             other => panic!("expected a stall, got {other:?}"),
         }
         assert!(
-            io.rbuf.capacity() <= READ_CHUNK,
+            io.rbuf.capacity() <= 2 * READ_MIN,
             "{} bytes reserved for a 16 MiB promise",
             io.rbuf.capacity()
         );
