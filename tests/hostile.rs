@@ -220,6 +220,46 @@ async fn a_promised_16_mib_then_silence_is_closed_after_the_stall_timeout() {
 }
 
 #[tokio::test]
+async fn a_gateway_that_stops_reading_replies_is_closed_after_the_stall_timeout() {
+    let _shared = FDS.read().await;
+    let runner = start().await;
+    let mut gw = runner.connect().await;
+    let token = gw
+        .prepare("route#deaf#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .await
+        .unwrap();
+    // 64 pipelined calls whose echoed replies (~30 KB each) far exceed the sockets' buffers.
+    const CALLS: usize = 64;
+    let big = "x".repeat(30_000);
+    let mut codec = Protocol::Capnp.gateway_codec();
+    let mut calls = Vec::new();
+    for id in 0..CALLS as u32 {
+        let mut call = request(Method::Get, "/").with_header("x-big", &big);
+        call.conf_token = token;
+        call.id = id;
+        calls.extend(frame(FrameType::HttpReqCall, |o| {
+            codec.encode_http_req_call_req(&call, o)
+        }));
+    }
+    // Never reading, the gateway's own write blocks once the runner stops reading; it fails
+    // when the runner, its reply write stalled, gives the connection up.
+    let sent = guarded("the runner to give up", gw.send_raw(&calls)).await;
+    assert!(
+        sent.is_err(),
+        "every call was taken: the runner never stalled"
+    );
+    let mut replies = 0;
+    while let Ok(Some(_)) = guarded("the buffered replies", gw.read_frame()).await {
+        replies += 1;
+    }
+    assert!(
+        replies < CALLS,
+        "{replies} replies: the connection was not closed"
+    );
+    fresh_call_works(&runner, Protocol::Capnp).await;
+}
+
+#[tokio::test]
 async fn lengths_up_to_the_cap_are_read_and_one_over_closes() {
     let _shared = FDS.read().await;
     let runner = start().await;
