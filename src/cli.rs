@@ -14,6 +14,7 @@ use crate::codec::ProtocolSetting;
 use crate::config::{
     parse_listen_address, Config, DEFAULT_CONF_EXPIRE_SECS, DEFAULT_LISTEN_ADDRESS,
 };
+use crate::frame::MAX_PAYLOAD;
 use crate::registry::Registry;
 use crate::server::{serve, Listener, Runner};
 
@@ -60,6 +61,24 @@ pub struct Cli {
     #[arg(long, default_value_t = Config::default().call_timeout.as_millis() as u64)]
     pub call_timeout_ms: u64,
 
+    /// The largest frame payload accepted, in bytes (at most 16777215, the protocol's own
+    /// limit); a larger one is answered BAD_REQUEST and its connection closed.
+    #[arg(long, default_value_t = Config::default().max_frame as u64,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_PAYLOAD as u64))]
+    pub max_frame: u64,
+
+    /// Seconds a connection may sit with no call in flight before the runner closes it. Keep it
+    /// above the gateway's keepalive timeout (APISIX: 180 s).
+    #[arg(long, default_value_t = Config::default().idle_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+
+    /// Milliseconds a frame may stall part-way (or a reply wait for the gateway to read it)
+    /// before the runner closes the connection.
+    #[arg(long, default_value_t = Config::default().stall_timeout.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_timeout_ms: u64,
+
     /// Print the built-in plugins and exit.
     #[arg(long)]
     pub list_plugins: bool,
@@ -85,6 +104,10 @@ impl Cli {
             conf_cache_capacity: self.conf_cache_capacity,
             max_connections: self.max_connections,
             call_timeout: Duration::from_millis(self.call_timeout_ms),
+            // The parser capped it at MAX_PAYLOAD, which fits any usize.
+            max_frame: self.max_frame as usize,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            stall_timeout: Duration::from_millis(self.stall_timeout_ms),
             ..Config::default()
         })
     }
@@ -221,5 +244,40 @@ mod tests {
         let auto = Cli::try_parse_from(["ext-plugin-runner"]).unwrap();
         assert_eq!(auto.protocol, ProtocolSetting::Auto);
         assert!(Cli::try_parse_from(["ext-plugin-runner", "--conf-expire", "0"]).is_err());
+        for limit in ["--max-frame", "--idle-timeout-secs", "--stall-timeout-ms"] {
+            assert!(Cli::try_parse_from(["ext-plugin-runner", limit, "0"]).is_err());
+        }
+        assert!(Cli::try_parse_from(["ext-plugin-runner", "--max-frame", "16777216"]).is_err());
+    }
+
+    #[test]
+    fn limit_flags_reach_the_config_and_default_to_it() {
+        let cli = Cli::try_parse_from([
+            "ext-plugin-runner",
+            "--max-frame",
+            "4096",
+            "--idle-timeout-secs",
+            "30",
+            "--stall-timeout-ms",
+            "250",
+        ])
+        .unwrap();
+        let c = cli.config().unwrap();
+        assert_eq!(c.max_frame, 4096);
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.stall_timeout, Duration::from_millis(250));
+        let d = Cli::try_parse_from(["ext-plugin-runner"])
+            .unwrap()
+            .config()
+            .unwrap();
+        let default = Config::default();
+        assert_eq!(
+            (d.max_frame, d.idle_timeout, d.stall_timeout),
+            (
+                default.max_frame,
+                default.idle_timeout,
+                default.stall_timeout
+            )
+        );
     }
 }

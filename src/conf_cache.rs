@@ -46,7 +46,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl ConfCache {
     pub(crate) fn new(capacity: usize, ttl: Duration) -> ConfCache {
-        let per_shard = NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).expect("max(1)");
+        // The shards' capacities add up to exactly `capacity` (at least 1), so the configured
+        // bound is the real one: fewer shards when the capacity is below SHARDS.
+        let capacity = capacity.max(1);
+        let shards = SHARDS.min(capacity);
+        let shard_capacity = |i: usize| {
+            let n = capacity / shards + usize::from(i < capacity % shards);
+            NonZeroUsize::new(n).expect("capacity >= shards, so every shard gets one")
+        };
         let mut seed = [0u8; 4];
         // Without OS randomness, fall back to the clock: still differs across restarts.
         if getrandom::fill(&mut seed).is_err() {
@@ -57,8 +64,8 @@ impl ConfCache {
             seed = nanos.to_le_bytes();
         }
         ConfCache {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::new(per_shard)))
+            shards: (0..shards)
+                .map(|i| Mutex::new(LruCache::new(shard_capacity(i))))
                 .collect(),
             keys: Mutex::new(HashMap::new()),
             next_token: AtomicU32::new(u32::from_le_bytes(seed)),
@@ -67,7 +74,7 @@ impl ConfCache {
     }
 
     fn shard(&self, token: u32) -> &Mutex<LruCache<u32, Entry>> {
-        &self.shards[token as usize % SHARDS]
+        &self.shards[token as usize % self.shards.len()]
     }
 
     fn new_token(&self) -> u32 {
@@ -255,6 +262,18 @@ mod tests {
             frame.is_unique(),
             "a cached key still shares the frame's storage"
         );
+    }
+
+    #[test]
+    fn the_capacity_is_exact_whatever_it_is() {
+        for capacity in [1, 5, SHARDS - 1, SHARDS + 3, 100] {
+            let cache = ConfCache::new(capacity, Duration::from_secs(60));
+            for i in 0..3 * capacity + SHARDS {
+                prep(&cache, &i.to_string());
+            }
+            assert_eq!(cache.len(), capacity, "capacity {capacity}");
+            assert!(lock(&cache.keys).len() <= capacity);
+        }
     }
 
     #[test]

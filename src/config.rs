@@ -30,7 +30,17 @@ pub struct Config {
     /// On SIGTERM, how long calls in flight may take to finish (the gateway kills after 1 s).
     pub drain_timeout: Duration,
     /// The largest frame payload accepted; a larger one is refused and the connection closed.
+    /// Also bounds a connection's read buffer: a frame is read in steps of at most 64 KiB, so
+    /// a header promising a large payload costs memory only as the bytes arrive.
     pub max_frame: usize,
+    /// A connection with no call in flight and no bytes arriving for this long is closed.
+    /// APISIX keeps idle pooled connections for up to 180 s, so the default sits well above
+    /// that: the runner never closes a connection the gateway still means to reuse.
+    pub idle_timeout: Duration,
+    /// A frame that has started arriving (or a reply being written) that makes no progress for
+    /// this long closes the connection: a gateway writes a frame in one go, so a stall is a
+    /// dead or hostile peer (slowloris), not a slow one.
+    pub stall_timeout: Duration,
 }
 
 impl Default for Config {
@@ -44,6 +54,8 @@ impl Default for Config {
             call_timeout: Duration::from_secs(55),
             drain_timeout: Duration::from_millis(800),
             max_frame: MAX_PAYLOAD,
+            idle_timeout: Duration::from_secs(600),
+            stall_timeout: Duration::from_secs(10),
         }
     }
 }

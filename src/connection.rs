@@ -4,163 +4,33 @@
 //! call state) and reuses them, so a steady stream of calls does not allocate for framing or
 //! decoding. A reply leaves in one write. The only reads inside a call are the answers to the
 //! call's own `extra_info` requests.
+//!
+//! Limits (docs/HARDENING.md): a frame over `max_frame` closes the connection; a frame (or a
+//! reply) that stops making progress for `stall_timeout` closes it; so does `idle_timeout`
+//! with no call in flight; a call over `call_timeout` is answered SERVICE_UNAVAILABLE. Hits are
+//! logged through [`crate::limits`], one line per limit per interval.
+
+mod io;
 
 use std::future::Future;
-use std::io;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::codec::{detect, Protocol, ProtocolSetting, RunnerCodec};
-use crate::frame::{split_frame, write_frame, Frame, FrameHeader, FrameType, HEADER_LEN};
+use crate::codec::{detect, Protocol, ProtocolSetting};
+use crate::frame::{Frame, FrameType};
 use crate::model::{
-    ErrorCode, ExtraInfoReq, HttpReqCallReq, HttpReqCallResp, HttpRespCallReq, PrepareConfReq,
-    PrepareConfResp, ReqAction,
+    ErrorCode, HttpReqCallReq, HttpReqCallResp, HttpRespCallReq, PrepareConfReq, PrepareConfResp,
+    ReqAction,
 };
-use crate::plugin::{CallState, GatewayVars, PluginError, RespState};
+use crate::plugin::{CallState, PluginError, RespState};
 use crate::server::Shared;
-
-/// Read-buffer growth per read while a frame is incomplete: large frames are read in steps, so a
-/// header that promises 16 MiB costs nothing until the bytes arrive.
-const READ_CHUNK: usize = 64 * 1024;
-
-/// Why a connection ends.
-#[derive(Debug, thiserror::Error)]
-enum Close {
-    #[error("i/o: {0}")]
-    Io(#[from] io::Error),
-    #[error("connection closed inside a frame")]
-    Truncated,
-    #[error("frame of {0} bytes is over the limit")]
-    TooLarge(usize),
-    #[error("{0}")]
-    Gateway(String),
-}
-
-/// The socket, its buffers and its codec.
-struct Io {
-    stream: UnixStream,
-    rbuf: BytesMut,
-    wbuf: Vec<u8>,
-    codec: Box<dyn RunnerCodec>,
-    max_frame: usize,
-    /// An extra_info request is out and its answer not yet read: if the call is abandoned now,
-    /// the stream is out of step and the connection must close.
-    in_exchange: bool,
-}
-
-impl Io {
-    /// The next whole frame; `None` on a clean end of stream, or on shutdown while idle.
-    async fn read_frame(
-        &mut self,
-        mut shutdown: Option<&mut watch::Receiver<bool>>,
-    ) -> Result<Option<Frame>, Close> {
-        loop {
-            if let Some(header) = FrameHeader::parse(&self.rbuf) {
-                if header.len > self.max_frame {
-                    return Err(Close::TooLarge(header.len));
-                }
-            }
-            if let Some(frame) = split_frame(&mut self.rbuf) {
-                return Ok(Some(frame));
-            }
-            let wanted = FrameHeader::parse(&self.rbuf)
-                .map_or(READ_CHUNK, |h| HEADER_LEN + h.len - self.rbuf.len());
-            self.rbuf.reserve(wanted.clamp(4096, READ_CHUNK));
-            let idle = self.rbuf.is_empty();
-            let n = match shutdown.as_deref_mut() {
-                Some(rx) if idle => {
-                    if *rx.borrow() {
-                        return Ok(None);
-                    }
-                    tokio::select! {
-                        n = self.stream.read_buf(&mut self.rbuf) => n?,
-                        _ = rx.changed() => return Ok(None),
-                    }
-                }
-                _ => self.stream.read_buf(&mut self.rbuf).await?,
-            };
-            if n == 0 {
-                return if self.rbuf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(Close::Truncated)
-                };
-            }
-        }
-    }
-
-    /// Appends a frame whose payload `encode` writes; a payload the protocol cannot carry (over
-    /// 16 MiB) is replaced by a SERVICE_UNAVAILABLE error frame.
-    fn queue(&mut self, ty: FrameType, encode: impl FnOnce(&mut dyn RunnerCodec, &mut Vec<u8>)) {
-        let Io { wbuf, codec, .. } = self;
-        if let Err(e) = write_frame(wbuf, ty as u8, |out| encode(codec.as_mut(), out)) {
-            warn!(error = %e, frame = ?ty, "reply cannot be framed; answering SERVICE_UNAVAILABLE");
-            self.queue_error(ErrorCode::ServiceUnavailable);
-        }
-    }
-
-    fn queue_error(&mut self, code: ErrorCode) {
-        let Io { wbuf, codec, .. } = self;
-        write_frame(wbuf, FrameType::Error as u8, |out| {
-            codec.encode_error_resp(code, out)
-        })
-        .expect("an error message is a few bytes");
-    }
-
-    async fn flush(&mut self) -> io::Result<()> {
-        if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
-            self.wbuf.clear();
-        }
-        Ok(())
-    }
-
-    async fn exchange(&mut self, req: ExtraInfoReq) -> Result<Option<Bytes>, PluginError> {
-        let gateway = |what: &str, e: &dyn std::fmt::Display| {
-            PluginError::gateway(format!("extra_info: {what}: {e}"))
-        };
-        self.queue(FrameType::ExtraInfo, |c, out| {
-            c.encode_extra_info_req(&req, out)
-        });
-        self.in_exchange = true;
-        self.flush()
-            .await
-            .map_err(|e| gateway("writing the request", &e))?;
-        let frame = match self.read_frame(None).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return Err(gateway("reading the answer", &"connection closed")),
-            Err(e) => return Err(gateway("reading the answer", &e)),
-        };
-        self.in_exchange = false;
-        if frame.ty != FrameType::ExtraInfo as u8 {
-            return Err(PluginError::gateway(format!(
-                "extra_info: expected an answer of type 3, got a frame of type {}",
-                frame.ty
-            )));
-        }
-        match self.codec.decode_extra_info_resp(&frame.payload) {
-            Ok(resp) => Ok(resp.result),
-            Err(e) => Err(gateway("decoding the answer", &e)),
-        }
-    }
-}
-
-impl GatewayVars for Io {
-    fn fetch<'a>(
-        &'a mut self,
-        req: ExtraInfoReq,
-    ) -> Pin<Box<dyn Future<Output = Result<Option<Bytes>, PluginError>> + Send + 'a>> {
-        Box::pin(self.exchange(req))
-    }
-}
+use io::{Close, Io};
 
 /// Decoded messages and call state, reused from call to call.
 #[derive(Default)]
@@ -200,27 +70,40 @@ pub(crate) async fn serve(
         ProtocolSetting::Auto => Protocol::Capnp,
     };
     let mut conn = Connection {
-        io: Io {
-            stream,
-            rbuf: BytesMut::new(),
-            wbuf: Vec::new(),
-            codec: protocol.runner_codec(),
-            max_frame: shared.config.max_frame,
-            in_exchange: false,
-        },
+        io: Io::new(stream, protocol.runner_codec(), &shared.config),
         scratch: Scratch::default(),
         shared: &shared,
     };
+    let limits = &shared.limits;
     match conn.run(&mut shutdown).await {
         Ok(()) => debug!("connection closed"),
         Err(Close::TooLarge(len)) => {
-            warn!(
-                len,
-                limit = conn.io.max_frame,
-                "frame over the size limit; closing the connection"
-            );
+            if let Some(hits) = limits.frame_size.hit() {
+                warn!(
+                    len,
+                    limit = conn.io.max_frame,
+                    hits,
+                    "frame over --max-frame; answered BAD_REQUEST and closed the connection"
+                );
+            }
             conn.io.queue_error(ErrorCode::BadRequest);
             let _ = conn.io.flush().await;
+        }
+        Err(Close::Idle) => debug!(
+            timeout = ?conn.io.idle_timeout,
+            "connection idle past --idle-timeout-secs; closed"
+        ),
+        Err(e @ Close::Stalled { .. }) => {
+            if let Some(hits) = limits.stalled_read.hit() {
+                warn!(error = %e, timeout = ?conn.io.stall_timeout, hits,
+                    "frame made no progress for --stall-timeout-ms; closed the connection");
+            }
+        }
+        Err(e @ Close::WriteStalled(_)) => {
+            if let Some(hits) = limits.stalled_write.hit() {
+                warn!(error = %e, timeout = ?conn.io.stall_timeout, hits,
+                    "gateway stopped reading replies for --stall-timeout-ms; closed the connection");
+            }
         }
         Err(e) => debug!(error = %e, "connection ended"),
     }
@@ -250,6 +133,7 @@ impl Connection<'_> {
             let result = self.serve_frame(frame).await;
             self.scratch.release();
             self.io.flush().await?;
+            self.io.trim_buffers();
             result?;
         }
         Ok(())
@@ -330,7 +214,7 @@ impl Connection<'_> {
                 return fail(io, chain.key(), Some(failure.plugin), &failure.error)
             }
             Outcome::Panicked => return fail(io, chain.key(), None, &panicked()),
-            Outcome::TimedOut => return fail(io, chain.key(), None, &timed_out()),
+            Outcome::TimedOut => return deadline_passed(io, shared, chain.key()),
         };
         let reply = HttpReqCallResp {
             id: scratch.req.id,
@@ -371,7 +255,7 @@ impl Connection<'_> {
                 return fail(io, chain.key(), Some(failure.plugin), &failure.error)
             }
             Outcome::Panicked => return fail(io, chain.key(), None, &panicked()),
-            Outcome::TimedOut => return fail(io, chain.key(), None, &timed_out()),
+            Outcome::TimedOut => return deadline_passed(io, shared, chain.key()),
         }
         let reply = scratch.resp.take_reply(scratch.resp_req.id);
         io.queue(FrameType::HttpRespCall, |c, out| {
@@ -400,8 +284,17 @@ fn panicked() -> PluginError {
     PluginError::new("a plugin panicked")
 }
 
-fn timed_out() -> PluginError {
-    PluginError::new("the call exceeded its deadline")
+/// Answers a call over `call_timeout`; a limit hit, so logged at most once per interval.
+fn deadline_passed(io: &mut Io, shared: &Shared, key: &str) -> Result<(), Close> {
+    if let Some(hits) = shared.limits.call_deadline.hit() {
+        warn!(
+            key,
+            deadline = ?shared.config.call_timeout,
+            hits,
+            "call over --call-timeout-ms; answered SERVICE_UNAVAILABLE"
+        );
+    }
+    answer_unavailable(io)
 }
 
 /// Answers a failed call. The connection closes when the gateway broke the exchange or the call
@@ -413,6 +306,12 @@ fn fail(io: &mut Io, key: &str, plugin: Option<&str>, error: &PluginError) -> Re
         return Err(Close::Gateway(error.to_string()));
     }
     warn!(key, plugin = plugin.unwrap_or("-"), error = %error, "call failed; SERVICE_UNAVAILABLE");
+    answer_unavailable(io)
+}
+
+/// Answers SERVICE_UNAVAILABLE; closes when the call was abandoned with an extra_info request
+/// outstanding (the stream is out of step).
+fn answer_unavailable(io: &mut Io) -> Result<(), Close> {
     io.queue_error(ErrorCode::ServiceUnavailable);
     if io.in_exchange {
         return Err(Close::Gateway(

@@ -13,7 +13,8 @@
 //! * Serving: [`server`] (socket file, accept loop, drain), `connection` (one connection's
 //!   read → serve → write loop and its `extra_info` exchanges), `conf_cache` (tokens → chains),
 //!   `chain` (running a chain), [`registry`] (plugin names → plugins), `state` (state shared by
-//!   the chains of a route), [`config`] and `cli` (settings).
+//!   the chains of a route), [`config`] and `cli` (settings), `limits` (one log line per limit
+//!   hit, not one per event).
 //! * Plugins: [`plugin`] is the whole public plugin API; [`plugins`] (the top-level `plugins/`
 //!   directory) is the built-in catalogue.
 //! * [`testing`]: a fake gateway that drives a runner over a real socket, for tests of the runner
@@ -29,6 +30,7 @@ mod conf_cache;
 pub mod config;
 mod connection;
 pub mod frame;
+mod limits;
 pub mod model;
 pub mod plugin;
 #[path = "../plugins/mod.rs"]

@@ -65,6 +65,13 @@ impl Registry {
         names
     }
 
+    /// Prepares `req`'s chain as `prepare_conf` would and drops it, outside any runner: tells
+    /// whether a gateway's conf would be accepted, and why not. For offline tools and the conf
+    /// fuzz target; plugin state made while preparing is dropped with the chain.
+    pub fn check(&self, req: &PrepareConfReq) -> Result<(), ChainError> {
+        self.build_chain(req, &StateRegistry::default()).map(drop)
+    }
+
     /// Parses and validates every entry of a chain. Fails closed: one unknown plugin or bad conf
     /// fails the whole chain.
     pub(crate) fn build_chain(

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::conf_cache::ConfCache;
 use crate::config::Config;
 use crate::connection;
+use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::state::StateRegistry;
 
@@ -31,6 +32,7 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) cache: ConfCache,
     pub(crate) state: StateRegistry,
+    pub(crate) limits: Limits,
 }
 
 /// A configured runner: settings, plugins, and the conf cache they fill.
@@ -48,6 +50,7 @@ impl Runner {
                 registry,
                 cache,
                 state: StateRegistry::default(),
+                limits: Limits::default(),
             }),
         }
     }
@@ -137,10 +140,23 @@ pub async fn serve(
 
     loop {
         while connections.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Full: further connections wait in the listen backlog (and the gateway's
+                // connect times out if none frees up). Logged once per interval, not per wait.
+                if let Some(hits) = shared.limits.connections.hit() {
+                    warn!(
+                        limit = shared.config.max_connections,
+                        hits, "--max-connections reached; new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                }
+            }
         };
         let accepted = tokio::select! {
             biased;

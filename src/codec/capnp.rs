@@ -89,7 +89,14 @@ fn open<'a>(
     message: &'static str,
 ) -> Result<message::Reader<NoAllocSliceSegments<'a>>, DecodeError> {
     let mut rest = payload;
-    let reader = serialize::read_message_from_flat_slice_no_alloc(&mut rest, ReaderOptions::new())
+    // Reads are bounded by the payload's size, not the library's default of 64 MiB: a list of
+    // zero-sized structs claims any number of elements in one pointer (and pointers may alias),
+    // so under the default an 88-byte frame decoded to 4 million headers (found by fuzzing;
+    // tests/fuzz_regressions.rs). Decoders read each word of a message once, so twice its
+    // size plus some slack never refuses a real message.
+    let mut options = ReaderOptions::new();
+    options.traversal_limit_in_words(Some(payload.len() / 8 * 2 + 64));
+    let reader = serialize::read_message_from_flat_slice_no_alloc(&mut rest, options)
         .map_err(err(message))?;
     if !rest.is_empty() {
         return Err(DecodeError::new(

@@ -1,0 +1,137 @@
+//! Fuzz findings as ordinary tests (docs/HARDENING.md).
+//!
+//! Every file under `tests/fixtures/fuzz/<target>/` is an input a fuzz target found (a crash,
+//! or one worth keeping); it is replayed here through the very checks the target runs, which
+//! live in `fuzz/src/lib.rs` and are included below. The seed corpora are checked too: they
+//! must be real, accepted messages, or the fuzzer starts from noise.
+
+use std::path::Path;
+
+use ext_plugin_runner::codec::{detect, Protocol};
+use ext_plugin_runner::model::{Pair, PrepareConfReq};
+use ext_plugin_runner::Registry;
+
+#[path = "../fuzz/src/lib.rs"]
+mod harness;
+
+/// The inputs saved for `target`, by file name.
+fn fixtures(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz")
+        .join(target);
+    // A target with no findings yet has no directory (git keeps no empty ones).
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<_> = entries
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.file_name().is_some_and(|n| n != "README.md"))
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&path).expect("a fixture"))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn frame_findings_replay_cleanly() {
+    for (name, input) in fixtures("frame") {
+        eprintln!("frame/{name}");
+        harness::frames(&input);
+    }
+}
+
+#[test]
+fn codec_findings_replay_cleanly() {
+    for p in Protocol::ALL {
+        for (name, input) in fixtures(p.name()) {
+            eprintln!("{p}/{name}");
+            harness::codec(p, &input);
+        }
+    }
+}
+
+#[test]
+fn conf_findings_replay_cleanly() {
+    for (name, input) in fixtures("confs") {
+        eprintln!("confs/{name}");
+        harness::confs(&input);
+    }
+}
+
+#[test]
+fn codec_seeds_are_real_messages_of_their_protocol() {
+    for p in Protocol::ALL {
+        let seeds = harness::codec_seeds(p);
+        assert!(seeds.len() >= 15, "{p}: {} seeds", seeds.len());
+        for (name, payload) in seeds {
+            assert_eq!(detect(&payload), Some(p), "{p}/{name}");
+            harness::codec(p, &payload);
+        }
+    }
+    for (name, input) in harness::frame_seeds() {
+        eprintln!("frame seed {name}");
+        harness::frames(&input);
+    }
+}
+
+#[test]
+fn conf_seeds_are_chains_the_builtin_plugins_accept() {
+    let registry = Registry::builtin();
+    let seeds = harness::conf_seeds();
+    for (name, input) in &seeds {
+        // The same parsing the target does, so a refused seed says which entry and why.
+        let conf = input
+            .split(|&b| b == harness::ENTRY_SEP)
+            .map(|entry| {
+                let at = entry.iter().position(|&b| b == harness::NAME_SEP).unwrap();
+                let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+                Pair::new(text(&entry[..at]), text(&entry[at + 1..]))
+            })
+            .collect();
+        let req = PrepareConfReq {
+            key: "route#seed#ext-plugin-pre-req#1".into(),
+            conf,
+        };
+        if let Err(e) = registry.check(&req) {
+            panic!("seed {name} refused: {e}");
+        }
+        harness::confs(input);
+    }
+    // Every built-in plugin is seeded.
+    for plugin in registry.names() {
+        let named = seeds.iter().any(|(_, input)| {
+            input
+                .split(|&b| b == harness::ENTRY_SEP)
+                .any(|e| e.starts_with(plugin.as_bytes()) && e.get(plugin.len()) == Some(&0))
+        });
+        assert!(named, "no seed for {plugin}");
+    }
+}
+
+/// Found by the capnp target: 88 bytes whose header list claims millions of zero-sized
+/// elements. Cap'n Proto encodes such a list in one pointer, and the library's default read
+/// limit (64 MiB of words) let it through: each element became a decoded header, hundreds of
+/// MiB per call. The decoders now bound their reads by the payload's size.
+#[test]
+fn a_list_of_empty_structs_cannot_amplify_a_small_payload() {
+    let input =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(
+            "tests/fixtures/fuzz/capnp/resp-call-88-bytes-claiming-millions-of-empty-headers",
+        ))
+        .unwrap();
+    let payload = bytes::Bytes::from(input);
+    let runner = Protocol::Capnp.runner_codec();
+    let mut out = ext_plugin_runner::model::HttpRespCallReq::default();
+    match runner.decode_http_resp_call_req(&payload, &mut out) {
+        Err(e) => assert!(e.to_string().contains("HTTPRespCallReq"), "{e}"),
+        Ok(()) => assert!(
+            out.headers.len() <= payload.len(),
+            "{} headers decoded from {} bytes",
+            out.headers.len(),
+            payload.len()
+        ),
+    }
+}
