@@ -146,6 +146,8 @@ pub fn run(registry: Registry) -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
+    install_panic_hook();
+
     let config = match cli.config() {
         Ok(c) => c,
         Err(e) => {
@@ -204,6 +206,19 @@ pub fn run(registry: Registry) -> ExitCode {
         .await;
         ExitCode::SUCCESS
     })
+}
+
+/// Prints panics (a plugin's are answered SERVICE_UNAVAILABLE and the runner lives on) through
+/// the log, at most one line per interval with a count: a plugin that panics on every request
+/// must not flood the gateway's error log.
+fn install_panic_hook() {
+    static PANICS: std::sync::LazyLock<crate::limits::LimitLog> =
+        std::sync::LazyLock::new(Default::default);
+    std::panic::set_hook(Box::new(|info| {
+        if let Some(hits) = PANICS.hit() {
+            error!(hits, "panic: {info}");
+        }
+    }));
 }
 
 #[cfg(test)]

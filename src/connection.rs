@@ -185,7 +185,9 @@ impl Connection<'_> {
                 });
             }
             Err(e) => {
-                warn!(key = %req.key, "prepare_conf refused: {e}");
+                if let Some(hits) = shared.limits.refused_prepares.hit() {
+                    warn!(key = %req.key, hits, "prepare_conf refused: {e}");
+                }
                 io.queue_error(ErrorCode::BadRequest);
             }
         }
@@ -211,9 +213,15 @@ impl Connection<'_> {
         let action = match outcome {
             Outcome::Done(Ok(action)) => action,
             Outcome::Done(Err(failure)) => {
-                return fail(io, chain.key(), Some(failure.plugin), &failure.error)
+                return fail(
+                    io,
+                    shared,
+                    chain.key(),
+                    Some(failure.plugin),
+                    &failure.error,
+                )
             }
-            Outcome::Panicked => return fail(io, chain.key(), None, &panicked()),
+            Outcome::Panicked => return fail(io, shared, chain.key(), None, &panicked()),
             Outcome::TimedOut => return deadline_passed(io, shared, chain.key()),
         };
         let reply = HttpReqCallResp {
@@ -252,9 +260,15 @@ impl Connection<'_> {
         match guard(shared.config.call_timeout, run).await {
             Outcome::Done(Ok(())) => {}
             Outcome::Done(Err(failure)) => {
-                return fail(io, chain.key(), Some(failure.plugin), &failure.error)
+                return fail(
+                    io,
+                    shared,
+                    chain.key(),
+                    Some(failure.plugin),
+                    &failure.error,
+                )
             }
-            Outcome::Panicked => return fail(io, chain.key(), None, &panicked()),
+            Outcome::Panicked => return fail(io, shared, chain.key(), None, &panicked()),
             Outcome::TimedOut => return deadline_passed(io, shared, chain.key()),
         }
         let reply = scratch.resp.take_reply(scratch.resp_req.id);
@@ -299,13 +313,23 @@ fn deadline_passed(io: &mut Io, shared: &Shared, key: &str) -> Result<(), Close>
 
 /// Answers a failed call. The connection closes when the gateway broke the exchange or the call
 /// was abandoned with an extra_info request outstanding (the stream is out of step).
-fn fail(io: &mut Io, key: &str, plugin: Option<&str>, error: &PluginError) -> Result<(), Close> {
+/// A plugin failure is logged at most once per interval (a broken plugin fails every request).
+fn fail(
+    io: &mut Io,
+    shared: &Shared,
+    key: &str,
+    plugin: Option<&str>,
+    error: &PluginError,
+) -> Result<(), Close> {
     if error.is_gateway_failure() {
         debug!(key, error = %error, "gateway failed during the call");
         io.queue_error(ErrorCode::BadRequest);
         return Err(Close::Gateway(error.to_string()));
     }
-    warn!(key, plugin = plugin.unwrap_or("-"), error = %error, "call failed; SERVICE_UNAVAILABLE");
+    if let Some(hits) = shared.limits.plugin_failures.hit() {
+        warn!(key, plugin = plugin.unwrap_or("-"), error = %error, hits,
+              "call failed; SERVICE_UNAVAILABLE");
+    }
     answer_unavailable(io)
 }
 

@@ -63,6 +63,10 @@ pub(crate) struct Limits {
     pub(crate) stalled_read: LimitLog,
     pub(crate) stalled_write: LimitLog,
     pub(crate) call_deadline: LimitLog,
+    /// Calls a plugin failed (an error or a panic): a broken plugin fails every request.
+    pub(crate) plugin_failures: LimitLog,
+    /// Chains refused at prepare_conf: the gateway re-prepares a bad route on every request.
+    pub(crate) refused_prepares: LimitLog,
 }
 
 #[cfg(test)]
