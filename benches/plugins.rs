@@ -26,6 +26,7 @@ const CASES: &[&str] = &[
     "limit-count",
     "limit-req",
     "limit-conn",
+    "api-breaker",
     "fault-injection",
     "key-auth",
     "basic-auth",
@@ -61,6 +62,8 @@ fn case(plugin: &str) -> (String, HttpReqCallReq) {
         "limit-count" => r#"{"count": 1000000000, "time_window": 60}"#.into(),
         "limit-req" => r#"{"rate": 1000000000, "burst": 0, "nodelay": true}"#.into(),
         "limit-conn" => r#"{"conn": 1000000000, "burst": 0, "default_conn_delay": 0.1}"#.into(),
+        // Closed breaker on the default route scope: the admit path every request takes.
+        "api-breaker" => r#"{"policy": "error_ratio", "threshold": 0.5}"#.into(),
         "fault-injection" => {
             r#"{"abort": {"http_status": 503, "vars": [[["arg_chaos", "==", "on"]]]}}"#.into()
         }
