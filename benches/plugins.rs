@@ -63,7 +63,9 @@ fn case(plugin: &str) -> (String, HttpReqCallReq) {
         "limit-req" => r#"{"rate": 1000000000, "burst": 0, "nodelay": true}"#.into(),
         "limit-conn" => r#"{"conn": 1000000000, "burst": 0, "default_conn_delay": 0.1}"#.into(),
         // Closed breaker on the default route scope: the admit path every request takes.
-        "api-breaker" => r#"{"policy": "error_ratio", "threshold": 0.5}"#.into(),
+        "api-breaker" => {
+            r#"{"break_response_code": 503, "policy": "error_ratio", "threshold": 0.5}"#.into()
+        }
         "fault-injection" => {
             r#"{"abort": {"http_status": 503, "vars": [[["arg_chaos", "==", "on"]]]}}"#.into()
         }
