@@ -17,8 +17,11 @@
 //!   hit, not one per event).
 //! * Plugins: [`plugin`] is the whole public plugin API; [`plugins`] (the top-level `plugins/`
 //!   directory) is the built-in catalogue.
-//! * [`testing`]: a fake gateway that drives a runner over a real socket, for tests of the runner
-//!   and of plugins.
+//! * [`testing`]: a fake gateway that drives a runner over a real socket, and an in-memory
+//!   harness that runs prepared chains without one, for tests and benchmarks of the runner and of
+//!   plugins.
+//! * [`replay`]: the frame replayer behind the `ext-plugin-replay` binary (corpora, load modes,
+//!   the echo floor, the recording proxy); `BENCHMARKS.md` has its figures.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
