@@ -14,7 +14,7 @@
 //!   `count_missing_response_as_error` every admitted request holds one. A lease whose answer
 //!   never comes within `lease_timeout` (the gateway answered 502 itself, a later plugin
 //!   rejected, no post-resp) counts as a failure: a stuck probe re-opens the breaker.
-//! * [`breaker`] is the state machine of each policy.
+//! * `breaker` is the state machine of each policy.
 //!
 //! Without the post-resp half the breaker never learns anything (except, with
 //! `count_missing_response_as_error`, that answers are missing): a warning is logged once per
