@@ -25,7 +25,10 @@ pub const VERIFIER_OPTIONS: VerifierOptions = VerifierOptions {
     ignore_missing_null_terminator: true,
 };
 
-type Str = ForwardsUOffset<&'static str>;
+/// A `string` is verified as its bytes (length and bounds), not as UTF-8: the gateway sends what
+/// clients sent (a percent-decoded `/%FF`), and the reader replaces invalid UTF-8 rather than
+/// refusing the call, as the Cap'n Proto codec does.
+type Str = ForwardsUOffset<Vector<'static, u8>>;
 type Ubytes = ForwardsUOffset<Vector<'static, u8>>;
 type Entries = ForwardsUOffset<Vector<'static, ForwardsUOffset<TextEntry>>>;
 

@@ -533,3 +533,20 @@ fn slots_match_the_schema_file() {
         assert_eq!(in_code, in_file, "{table}");
     }
 }
+
+#[test]
+fn non_utf8_text_is_decoded_lossily_not_refused() {
+    let req = HttpReqCallReq {
+        path: "/cafX".into(),
+        ..HttpReqCallReq::default()
+    };
+    let mut wire = Vec::new();
+    FlatBuffersCodec::new().encode_http_req_call_req(&req, &mut wire);
+    let at = wire.windows(5).position(|w| w == b"/cafX").unwrap();
+    wire[at + 4] = 0xE9; // Latin-1 é: not UTF-8
+    let mut out = HttpReqCallReq::default();
+    FlatBuffersCodec::new()
+        .decode_http_req_call_req(&Bytes::from(wire), &mut out)
+        .unwrap();
+    assert_eq!(out.path, "/caf\u{fffd}");
+}
