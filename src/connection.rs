@@ -22,6 +22,7 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::chain::ChainFailure;
 use crate::codec::{detect, Protocol, ProtocolSetting};
 use crate::frame::{Frame, FrameType};
 use crate::model::{
@@ -210,19 +211,8 @@ impl Connection<'_> {
         };
         let run = chain.run_request(&scratch.req, &mut scratch.call, io);
         let outcome = guard(shared.config.call_timeout, run).await;
-        let action = match outcome {
-            Outcome::Done(Ok(action)) => action,
-            Outcome::Done(Err(failure)) => {
-                return fail(
-                    io,
-                    shared,
-                    chain.key(),
-                    Some(failure.plugin),
-                    &failure.error,
-                )
-            }
-            Outcome::Panicked => return fail(io, shared, chain.key(), None, &panicked()),
-            Outcome::TimedOut => return deadline_passed(io, shared, chain.key()),
+        let Some(action) = settle(io, shared, chain.key(), outcome)? else {
+            return Ok(());
         };
         let reply = HttpReqCallResp {
             id: scratch.req.id,
@@ -257,19 +247,9 @@ impl Connection<'_> {
             return Ok(());
         };
         let run = chain.run_response(&scratch.resp_req, &mut scratch.resp, io);
-        match guard(shared.config.call_timeout, run).await {
-            Outcome::Done(Ok(())) => {}
-            Outcome::Done(Err(failure)) => {
-                return fail(
-                    io,
-                    shared,
-                    chain.key(),
-                    Some(failure.plugin),
-                    &failure.error,
-                )
-            }
-            Outcome::Panicked => return fail(io, shared, chain.key(), None, &panicked()),
-            Outcome::TimedOut => return deadline_passed(io, shared, chain.key()),
+        let outcome = guard(shared.config.call_timeout, run).await;
+        if settle(io, shared, chain.key(), outcome)?.is_none() {
+            return Ok(());
         }
         let reply = scratch.resp.take_reply(scratch.resp_req.id);
         io.queue(FrameType::HttpRespCall, |c, out| {
@@ -292,6 +272,23 @@ async fn guard<T>(deadline: std::time::Duration, run: impl Future<Output = T>) -
         Ok(Err(_panic)) => Outcome::Panicked,
         Err(_elapsed) => Outcome::TimedOut,
     }
+}
+
+/// A chain's result, or `None` when the call failed and was answered here with an error frame;
+/// `Err` when the connection must close.
+fn settle<T>(
+    io: &mut Io,
+    shared: &Shared,
+    key: &str,
+    outcome: Outcome<Result<T, ChainFailure>>,
+) -> Result<Option<T>, Close> {
+    let answered = match outcome {
+        Outcome::Done(Ok(value)) => return Ok(Some(value)),
+        Outcome::Done(Err(f)) => fail(io, shared, key, Some(f.plugin), &f.error),
+        Outcome::Panicked => fail(io, shared, key, None, &panicked()),
+        Outcome::TimedOut => deadline_passed(io, shared, key),
+    };
+    answered.map(|()| None)
 }
 
 fn panicked() -> PluginError {
