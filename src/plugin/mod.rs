@@ -61,6 +61,7 @@
 
 mod env;
 mod error;
+mod extensions;
 mod request;
 mod response;
 mod vars;

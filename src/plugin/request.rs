@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::env::Attachment;
 use super::error::PluginError;
+use super::extensions::Extensions;
 use super::vars::{
     bytes_to_text, cookie_value, encode_args, encode_path, header_matches_var, GatewayVars,
     VarCache,
@@ -23,7 +24,7 @@ pub(crate) struct CallState {
     vars: VarCache,
     body: Option<Option<Bytes>>,
     consumer: Option<Text>,
-    extensions: Vec<Box<dyn Any + Send>>,
+    extensions: Extensions,
 }
 
 impl CallState {
@@ -157,17 +158,12 @@ impl<'c> RequestCall<'c> {
 
     /// Stores a value for later plugins of this call; one value per type.
     pub fn insert<T: Any + Send>(&mut self, value: T) {
-        let ext = &mut self.state.extensions;
-        ext.retain(|e| !e.is::<T>());
-        ext.push(Box::new(value));
+        self.state.extensions.insert(value);
     }
 
     /// A value an earlier plugin of this call stored with [`RequestCall::insert`].
     pub fn get<T: Any + Send>(&self) -> Option<&T> {
-        self.state
-            .extensions
-            .iter()
-            .find_map(|e| e.downcast_ref::<T>())
+        self.state.extensions.get()
     }
 
     /// A gateway variable (`remote_addr`, `route_id`, `http_x_user`, `arg_id`, `cookie_sid`,

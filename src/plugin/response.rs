@@ -5,6 +5,7 @@ use std::any::Any;
 use bytes::Bytes;
 
 use super::error::PluginError;
+use super::extensions::Extensions;
 use super::vars::{bytes_to_text, GatewayVars, VarCache};
 use crate::model::{ExtraInfoReq, HttpRespCallReq, HttpRespCallResp, Pair};
 use crate::text::Text;
@@ -18,7 +19,7 @@ pub(crate) struct RespState {
     body: Option<Bytes>,
     upstream_body: Option<Option<Bytes>>,
     vars: VarCache,
-    extensions: Vec<Box<dyn Any + Send>>,
+    extensions: Extensions,
 }
 
 impl RespState {
@@ -155,16 +156,11 @@ impl<'c> ResponseCall<'c> {
 
     /// Stores a value for later plugins of this call; one value per type.
     pub fn insert<T: Any + Send>(&mut self, value: T) {
-        let ext = &mut self.state.extensions;
-        ext.retain(|e| !e.is::<T>());
-        ext.push(Box::new(value));
+        self.state.extensions.insert(value);
     }
 
     /// A value an earlier plugin of this call stored with [`ResponseCall::insert`].
     pub fn get<T: Any + Send>(&self) -> Option<&T> {
-        self.state
-            .extensions
-            .iter()
-            .find_map(|e| e.downcast_ref::<T>())
+        self.state.extensions.get()
     }
 }

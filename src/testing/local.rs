@@ -25,10 +25,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::chain::Chain;
-use crate::model::{
-    ExtraInfoReq, HttpReqCallReq, HttpRespCallReq, HttpRespCallResp, Pair, PrepareConfReq,
-    ReqAction,
-};
+use crate::model::{ExtraInfoReq, HttpReqCallReq, HttpRespCallReq, HttpRespCallResp, ReqAction};
 use crate::plugin::{CallState, GatewayVars, PluginError, RespState};
 use crate::registry::{ChainError, Registry};
 use crate::state::StateRegistry;
@@ -50,14 +47,9 @@ impl Harness {
 
     /// Parses and validates a chain of `(plugin name, JSON conf)` under `key`.
     pub fn prepare(&self, key: &str, chain: &[(&str, &str)]) -> Result<Arc<Chain>, ChainError> {
-        let req = PrepareConfReq {
-            key: key.to_owned().into(),
-            conf: chain
-                .iter()
-                .map(|(n, c)| Pair::new(n.to_string(), c.to_string()))
-                .collect(),
-        };
-        self.registry.build_chain(&req, &self.state).map(Arc::new)
+        self.registry
+            .build_chain(&super::prepare_request(key, chain), &self.state)
+            .map(Arc::new)
     }
 }
 
@@ -113,21 +105,27 @@ impl LocalGateway {
         );
     }
 
+    /// The answer tables, and the call state, borrowed apart.
+    fn split(&mut self) -> (Answers<'_>, &mut CallState, &mut RespState) {
+        let answers = Answers {
+            vars: &self.vars,
+            req_body: &self.req_body,
+            resp_body: &self.resp_body,
+            asked: &mut self.asked,
+        };
+        (answers, &mut self.call, &mut self.resp)
+    }
+
     /// Runs the request phase of `chain`; a plugin failure is the error.
     pub async fn call(
         &mut self,
         chain: &Chain,
         req: &HttpReqCallReq,
     ) -> Result<ReqAction, PluginError> {
-        self.call.reset();
-        let mut answers = Answers {
-            vars: &self.vars,
-            req_body: &self.req_body,
-            resp_body: &self.resp_body,
-            asked: &mut self.asked,
-        };
+        let (mut answers, call, _) = self.split();
+        call.reset();
         chain
-            .run_request(req, &mut self.call, &mut answers)
+            .run_request(req, call, &mut answers)
             .await
             .map_err(|f| f.error)
     }
@@ -138,15 +136,10 @@ impl LocalGateway {
         chain: &Chain,
         req: &HttpRespCallReq,
     ) -> Result<HttpRespCallResp, PluginError> {
-        self.resp.reset();
-        let mut answers = Answers {
-            vars: &self.vars,
-            req_body: &self.req_body,
-            resp_body: &self.resp_body,
-            asked: &mut self.asked,
-        };
+        let (mut answers, _, resp) = self.split();
+        resp.reset();
         chain
-            .run_response(req, &mut self.resp, &mut answers)
+            .run_response(req, resp, &mut answers)
             .await
             .map_err(|f| f.error)?;
         Ok(self.resp.take_reply(req.id))

@@ -195,14 +195,7 @@ impl FakeGateway {
         key: &str,
         chain: &[(&str, &str)],
     ) -> Result<u32, GatewayError> {
-        let req = PrepareConfReq {
-            key: key.to_owned().into(),
-            conf: chain
-                .iter()
-                .map(|(n, c)| Pair::new(n.to_string(), c.to_string()))
-                .collect(),
-        };
-        self.prepare_req(&req).await
+        self.prepare_req(&prepare_request(key, chain)).await
     }
 
     pub async fn prepare_req(&mut self, req: &PrepareConfReq) -> Result<u32, GatewayError> {
@@ -361,6 +354,17 @@ impl FakeGateway {
 
 fn frame(out: &mut Vec<u8>, ty: FrameType, encode: impl FnOnce(&mut Vec<u8>)) {
     write_frame(out, ty as u8, encode).expect("test messages fit in a frame");
+}
+
+/// The `prepare_conf` request for a chain of `(plugin name, JSON conf)` entries under `key`.
+pub fn prepare_request(key: &str, chain: &[(&str, &str)]) -> PrepareConfReq {
+    PrepareConfReq {
+        key: key.to_owned().into(),
+        conf: chain
+            .iter()
+            .map(|(n, c)| Pair::new(n.to_string(), c.to_string()))
+            .collect(),
+    }
 }
 
 /// A request as a gateway sends it: from 127.0.0.1, no args, no headers.
