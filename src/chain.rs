@@ -50,6 +50,8 @@ pub(crate) struct Link {
 /// A prepared chain: the plugins of one `prepare_conf`, in order.
 pub struct Chain {
     pub(crate) key: Text,
+    /// Read from the key once, at prepare time, not per request.
+    pub(crate) attachment: Attachment,
     pub(crate) links: Vec<Link>,
 }
 
@@ -78,8 +80,7 @@ impl Chain {
         state: &mut CallState,
         gateway: &mut dyn GatewayVars,
     ) -> Result<ReqAction, ChainFailure> {
-        let attachment = Attachment::from_key(&self.key);
-        let mut call = RequestCall::new(req, state, gateway, attachment);
+        let mut call = RequestCall::new(req, state, gateway, self.attachment);
         for link in &self.links {
             match link.plugin.request_filter(&mut call).await {
                 Ok(Flow::Continue) => {}

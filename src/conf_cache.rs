@@ -176,6 +176,7 @@ mod tests {
 
     fn chain(key: &str) -> Result<Chain, ()> {
         Ok(Chain {
+            attachment: crate::plugin::Attachment::Other,
             key: Text::from(key.to_owned()),
             links: Vec::new(),
         })

@@ -5,7 +5,7 @@ use std::fmt;
 
 use crate::chain::{Chain, DynPlugin, Link};
 use crate::model::PrepareConfReq;
-use crate::plugin::{ConfError, Plugin, PrepareEnv};
+use crate::plugin::{Attachment, ConfError, Plugin, PrepareEnv};
 use crate::state::StateRegistry;
 use crate::text::Text;
 
@@ -105,6 +105,7 @@ impl Registry {
             links.push(Link { name, plugin });
         }
         Ok(Chain {
+            attachment: Attachment::from_key(&req.key),
             // A copy: the request's key is a slice of the frame, which the chain must not pin.
             key: Text::from(req.key.as_str().to_owned()),
             links,
