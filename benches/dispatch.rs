@@ -4,8 +4,7 @@
 mod common;
 
 use divan::{black_box, Bencher};
-use ext_plugin_runner::testing::{Harness, LocalGateway};
-use ext_plugin_runner::Registry;
+use ext_plugin_sdk::harness::{Harness, LocalGateway};
 
 fn main() {
     divan::main();
@@ -56,7 +55,7 @@ fn chain_of(name: &str) -> &'static [(&'static str, &'static str)] {
 fn request_phase(bencher: Bencher<'_, '_>, chain: &str) {
     let rt = common::runtime();
     let _ctx = rt.enter();
-    let harness = Harness::new(Registry::builtin());
+    let harness = Harness::new(ext_plugin_catalogue::builtin());
     let chain = harness
         .prepare("route#bench#ext-plugin-pre-req#1", chain_of(chain))
         .unwrap();
@@ -67,7 +66,7 @@ fn request_phase(bencher: Bencher<'_, '_>, chain: &str) {
 
 #[divan::bench(args = ["trivial", "realistic", "heavy"])]
 fn prepare_conf(bencher: Bencher<'_, '_>, chain: &str) {
-    let harness = Harness::new(Registry::builtin());
+    let harness = Harness::new(ext_plugin_catalogue::builtin());
     let chain = chain_of(chain);
     bencher.bench_local(|| {
         black_box(

@@ -7,11 +7,10 @@ mod common;
 use base64::Engine;
 use divan::{black_box, Bencher};
 use ext_plugin_runner::model::{HttpReqCallReq, Pair};
-use ext_plugin_runner::testing::{Harness, LocalGateway};
-use ext_plugin_runner::Registry;
+use ext_plugin_sdk::harness::{Harness, LocalGateway};
 
 fn main() {
-    for name in Registry::builtin().names() {
+    for name in ext_plugin_catalogue::builtin().names() {
         if !CASES.contains(&name) {
             eprintln!("plugins bench: no case for built-in plugin `{name}`; add one to CASES");
         }
@@ -113,7 +112,7 @@ fn request_phase(bencher: Bencher<'_, '_>, plugin: &str) {
     let rt = common::runtime();
     let _ctx = rt.enter();
     let (conf, req) = case(plugin);
-    let chain = Harness::new(Registry::builtin())
+    let chain = Harness::new(ext_plugin_catalogue::builtin())
         .prepare("route#bench#ext-plugin-pre-req#1", &[(plugin, &conf)])
         .unwrap_or_else(|e| panic!("{plugin}: {e}"));
     let mut gw = LocalGateway::new();

@@ -15,13 +15,56 @@ use crate::config::{
     parse_listen_address, Config, DEFAULT_CONF_EXPIRE_SECS, DEFAULT_LISTEN_ADDRESS,
 };
 use crate::frame::MAX_PAYLOAD;
-use crate::registry::Registry;
 use crate::server::{serve, Listener, Runner};
+use ext_plugin_sdk::Registry;
 
-/// External plugin runner for Apache APISIX's ext-plugin protocol.
-///
-/// The gateway spawns it with APISIX_LISTEN_ADDRESS and APISIX_CONF_EXPIRE_TIME set; flags
-/// override them.
+/// What `--help` and `--version` say about a runner binary: its name, version and one-line
+/// description. A custom runner passes its own, usually with [`about!`](crate::about).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct About {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub description: &'static str,
+}
+
+impl About {
+    pub const fn new(
+        name: &'static str,
+        version: &'static str,
+        description: &'static str,
+    ) -> About {
+        About {
+            name,
+            version,
+            description,
+        }
+    }
+
+    /// This crate's own binary, `ext-plugin-runner`.
+    pub const fn runner() -> About {
+        About::new(
+            "ext-plugin-runner",
+            env!("CARGO_PKG_VERSION"),
+            env!("CARGO_PKG_DESCRIPTION"),
+        )
+    }
+}
+
+/// The [`About`] of the crate this is written in, from its `Cargo.toml` (`name`, `version`,
+/// `description`).
+#[macro_export]
+macro_rules! about {
+    () => {
+        $crate::cli::About::new(
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION"),
+            env!("CARGO_PKG_DESCRIPTION"),
+        )
+    };
+}
+
+/// The runner's flags. The gateway spawns it with APISIX_LISTEN_ADDRESS and
+/// APISIX_CONF_EXPIRE_TIME set; flags override them.
 #[derive(Debug, Parser)]
 #[command(name = "ext-plugin-runner", version, about, long_about = None)]
 pub struct Cli {
@@ -113,13 +156,41 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// Parses the process's arguments (and environment) for the runner `about` describes; exits
+    /// with clap's message and status 2 on a usage error, and after printing `--help` or
+    /// `--version`.
+    pub fn parse_for(about: About) -> Cli {
+        let command = <Cli as clap::CommandFactory>::command()
+            .name(about.name)
+            .bin_name(about.name)
+            .version(about.version)
+            .about(about.description);
+        let matches = command.get_matches();
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// The log filter: `--log`, else `RUST_LOG`, else `info`. A filter that does not parse is an
+/// error wherever it came from: an operator who set one wants it, not a silent default.
+fn log_filter(flag: Option<&str>, env: Option<&str>) -> Result<EnvFilter, String> {
+    match (flag, env) {
+        (Some(f), _) => EnvFilter::try_new(f).map_err(|e| format!("bad --log filter `{f}`: {e}")),
+        (None, Some(f)) if !f.trim().is_empty() => {
+            EnvFilter::try_new(f).map_err(|e| format!("bad RUST_LOG filter `{f}`: {e}"))
+        }
+        (None, _) => Ok(EnvFilter::new("info")),
+    }
+}
+
 /// Runs the runner as a gateway spawns it: parses the command line and environment, sets up
 /// logging to stderr, listens, and serves `registry`'s plugins until SIGTERM or SIGINT.
 ///
 /// A runner with plugins of your own is one line: `fn main() -> ExitCode {
-/// ext_plugin_runner::cli::run(Registry::builtin().with::<MyPlugin>()) }`.
-pub fn run(registry: Registry) -> ExitCode {
-    let cli = Cli::parse();
+/// cli::run(ext_plugin_catalogue::builtin().with::<MyPlugin>(), ext_plugin_runner::about!()) }`.
+pub fn run(registry: Registry, about: About) -> ExitCode {
+    let cli = Cli::parse_for(about);
+    let name = about.name;
     if cli.list_plugins {
         for name in registry.names() {
             println!("{name}");
@@ -128,14 +199,11 @@ pub fn run(registry: Registry) -> ExitCode {
     }
 
     // Everything on stderr lands in the gateway's error log.
-    let filter = match &cli.log {
-        Some(f) => EnvFilter::try_new(f),
-        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
-    };
-    let filter = match filter {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = match log_filter(cli.log.as_deref(), rust_log.as_deref()) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("ext-plugin-runner: bad log filter: {e}");
+            eprintln!("{name}: {e}");
             return ExitCode::from(2);
         }
     };
@@ -151,7 +219,7 @@ pub fn run(registry: Registry) -> ExitCode {
     let config = match cli.config() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ext-plugin-runner: {e}");
+            eprintln!("{name}: {e}");
             return ExitCode::from(2);
         }
     };
@@ -167,7 +235,7 @@ pub fn run(registry: Registry) -> ExitCode {
     let runtime = match runtime.build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("ext-plugin-runner: cannot start the async runtime: {e}");
+            eprintln!("{name}: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -224,6 +292,16 @@ fn install_panic_hook() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_log_filter_is_an_error_from_the_flag_and_from_rust_log() {
+        assert!(log_filter(Some("info,=[{"), None).is_err());
+        let err = log_filter(None, Some("info,=[{")).unwrap_err();
+        assert!(err.contains("RUST_LOG"), "{err}");
+        assert!(log_filter(None, Some("debug")).is_ok());
+        assert!(log_filter(None, Some("")).is_ok());
+        assert!(log_filter(None, None).is_ok());
+    }
 
     #[test]
     fn flags_build_a_config() {

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
-use crate::chain::Chain;
-use crate::text::Text;
+use ext_plugin_sdk::Chain;
+use ext_plugin_sdk::Text;
 
 const SHARDS: usize = 16;
 
@@ -175,11 +175,10 @@ mod tests {
     use super::*;
 
     fn chain(key: &str) -> Result<Chain, ()> {
-        Ok(Chain {
-            attachment: crate::plugin::Attachment::Other,
-            key: Text::from(key.to_owned()),
-            links: Vec::new(),
-        })
+        let empty = ext_plugin_sdk::harness::prepare_request(key, &[]);
+        Ok(ext_plugin_sdk::Registry::new()
+            .build_chain(&empty, &ext_plugin_sdk::host::StateRegistry::default())
+            .expect("an empty chain always prepares"))
     }
 
     fn prep(cache: &ConfCache, key: &str) -> u32 {

@@ -77,12 +77,27 @@ pub fn parse_listen_address(address: &str) -> Result<PathBuf, String> {
     if path.is_empty() {
         return Err(format!("listen address `{address}` has no path"));
     }
-    Ok(PathBuf::from(path))
+    let path = PathBuf::from(path);
+    // The gateway and the runner need not share a working directory: a relative path would
+    // name another file for each of them.
+    if !path.is_absolute() {
+        return Err(format!(
+            "listen address `{address}` must name an absolute path (e.g. {DEFAULT_LISTEN_ADDRESS})"
+        ));
+    }
+    Ok(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_listen_paths_are_refused() {
+        let err = parse_listen_address("unix:run/a.sock").unwrap_err();
+        assert!(err.contains("absolute"), "{err}");
+        assert!(parse_listen_address("unix:./a.sock").is_err());
+    }
 
     #[test]
     fn listen_addresses_need_the_unix_prefix() {

@@ -22,15 +22,16 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::chain::ChainFailure;
 use crate::codec::{detect, Protocol, ProtocolSetting};
 use crate::frame::{Frame, FrameType};
 use crate::model::{
     ErrorCode, HttpReqCallReq, HttpReqCallResp, HttpRespCallReq, PrepareConfReq, PrepareConfResp,
     ReqAction,
 };
-use crate::plugin::{CallState, PluginError, RespState};
 use crate::server::Shared;
+use ext_plugin_sdk::host::ChainFailure;
+use ext_plugin_sdk::host::{CallState, RespState};
+use ext_plugin_sdk::PluginError;
 use io::{Close, Io};
 
 /// Decoded messages and call state, reused from call to call.
@@ -223,7 +224,7 @@ impl Connection<'_> {
         });
         if let ReqAction::Rewrite(rewrite) = reply.action {
             // Hand the rewrite's vectors back for the next call.
-            scratch.call.rewrite = rewrite;
+            scratch.call.recycle(rewrite);
         }
         Ok(())
     }

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use ext_plugin_runner::Registry;
+use ext_plugin_runner::cli::{self, About};
 
 fn main() -> ExitCode {
-    ext_plugin_runner::cli::run(Registry::builtin())
+    cli::run(ext_plugin_catalogue::builtin(), About::runner())
 }

@@ -23,8 +23,8 @@ use crate::conf_cache::ConfCache;
 use crate::config::Config;
 use crate::connection;
 use crate::limits::Limits;
-use crate::registry::Registry;
-use crate::state::StateRegistry;
+use ext_plugin_sdk::host::StateRegistry;
+use ext_plugin_sdk::Registry;
 
 /// What every connection shares.
 pub(crate) struct Shared {
@@ -97,7 +97,19 @@ impl Listener {
     /// Binds `path`, replacing a stale socket file. Must run inside a tokio runtime.
     pub fn bind(path: &Path) -> io::Result<Listener> {
         match fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => fs::remove_file(path)?,
+            Ok(m) if m.file_type().is_socket() => {
+                // APISIX starts the new runner on the old one's path when it reloads; say so,
+                // since anyone else taking a live runner's socket is a mistake worth seeing.
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "a live runner is listening on this socket; taking the path over (the old runner keeps its connections until it exits)"
+                    );
+                } else {
+                    tracing::info!(path = %path.display(), "replacing a stale socket file");
+                }
+                fs::remove_file(path)?
+            }
             Ok(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,

@@ -13,8 +13,7 @@ use ext_plugin_runner::frame::{write_frame, FrameType};
 use ext_plugin_runner::model::{
     HttpReqCallReq, HttpReqCallResp, Method, Pair, ReqAction, Rewrite, Stop,
 };
-use ext_plugin_runner::testing::{request, Harness, LocalGateway};
-use ext_plugin_runner::Registry;
+use ext_plugin_sdk::harness::{request, Harness, LocalGateway};
 use futures_util::FutureExt;
 
 /// Counts allocations made by the current thread.
@@ -142,7 +141,7 @@ fn encoding_replies_into_the_reused_buffer_does_not_allocate() {
 
 #[test]
 fn dispatching_a_chain_allocates_one_future_per_plugin_at_most() {
-    let harness = Harness::new(Registry::builtin());
+    let harness = Harness::new(ext_plugin_catalogue::builtin());
     let req = browser_request();
     let mut gw = LocalGateway::new();
     for (chain, plugins) in [

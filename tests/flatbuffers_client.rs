@@ -6,11 +6,11 @@
 
 use ext_plugin_runner::codec::{Protocol, ProtocolSetting};
 use ext_plugin_runner::model::{ErrorCode as ModelErrorCode, Method, ReqAction};
-use ext_plugin_runner::plugin::{
-    ConfError, Flow, Plugin, PluginError, PrepareEnv, RequestCall, ResponseCall, Stop,
-};
 use ext_plugin_runner::testing::{request, GatewayError, TestRunner};
 use ext_plugin_runner::{Config, Registry};
+use ext_plugin_sdk::{
+    ConfError, Flow, Plugin, PluginError, PrepareEnv, RequestCall, ResponseCall, Stop,
+};
 use flatbuffers::{
     FlatBufferBuilder, ForwardsUOffset, InvalidFlatbuffer, Table, TableFinishedWIPOffset, Vector,
     Verifiable, Verifier, VerifierOptions, WIPOffset,
@@ -477,7 +477,9 @@ impl Plugin for StopZero {
 }
 
 fn registry() -> Registry {
-    Registry::builtin().with::<RewriteAll>().with::<StopZero>()
+    ext_plugin_catalogue::builtin()
+        .with::<RewriteAll>()
+        .with::<StopZero>()
 }
 
 async fn start() -> TestRunner {

@@ -9,7 +9,6 @@ use std::path::Path;
 
 use ext_plugin_runner::codec::{detect, Protocol};
 use ext_plugin_runner::model::{Pair, PrepareConfReq};
-use ext_plugin_runner::Registry;
 
 #[path = "../fuzz/src/lib.rs"]
 mod harness;
@@ -79,7 +78,7 @@ fn codec_seeds_are_real_messages_of_their_protocol() {
 
 #[test]
 fn conf_seeds_are_chains_the_builtin_plugins_accept() {
-    let registry = Registry::builtin();
+    let registry = ext_plugin_catalogue::builtin();
     let seeds = harness::conf_seeds();
     for (name, input) in &seeds {
         // The same parsing the target does, so a refused seed says which entry and why.

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use ext_plugin_runner::codec::{GatewayCodec, Protocol};
 use ext_plugin_runner::frame::{write_frame, FrameType};
 use ext_plugin_runner::model::{ErrorCode, ExtraInfoReq, Method, PrepareConfReq, ReqAction};
-use ext_plugin_runner::plugin::*;
 use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
 use ext_plugin_runner::{Config, Registry};
+use ext_plugin_sdk::*;
 use serde_json::Value;
 use tokio::sync::RwLock;
 
@@ -85,7 +85,7 @@ impl Plugin for AskVar {
 }
 
 fn registry() -> Registry {
-    Registry::builtin()
+    ext_plugin_catalogue::builtin()
         .with::<Panicker>()
         .with::<Spinner>()
         .with::<AskVar>()

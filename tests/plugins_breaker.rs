@@ -8,15 +8,16 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use ext_plugin_catalogue as plugins;
+use ext_plugin_catalogue::api_breaker::{ApiBreaker, ApiBreakerConf};
+use ext_plugin_catalogue::limit_conn::LimitConn;
+use ext_plugin_catalogue::limit_count::LimitCount;
+use ext_plugin_catalogue::request_id::RequestId;
+use ext_plugin_catalogue::support::clock::ManualClock;
 use ext_plugin_runner::model::{ExtraInfoReq, HttpReqCallResp, Pair, ReqAction, Stop};
-use ext_plugin_runner::plugin::*;
-use ext_plugin_runner::plugins::api_breaker::{ApiBreaker, ApiBreakerConf};
-use ext_plugin_runner::plugins::limit_conn::LimitConn;
-use ext_plugin_runner::plugins::limit_count::LimitCount;
-use ext_plugin_runner::plugins::request_id::RequestId;
-use ext_plugin_runner::plugins::support::clock::ManualClock;
 use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
-use ext_plugin_runner::{plugins, Registry};
+use ext_plugin_runner::Registry;
+use ext_plugin_sdk::*;
 
 const PRE: &str = "route#1#ext-plugin-pre-req#1";
 const POST: &str = "route#1#ext-plugin-post-resp#1";

@@ -4,11 +4,10 @@
 use bytes::Bytes;
 use ext_plugin_runner::model::{ErrorCode, ExtraInfoReq, Method, Pair, ReqAction, Rewrite, Stop};
 use ext_plugin_runner::testing::{request, FakeGateway, GatewayError, TestRunner};
-use ext_plugin_runner::Registry;
 use serde_json::{json, Value};
 
 async fn gateway() -> (TestRunner, FakeGateway) {
-    let runner = TestRunner::start(Registry::builtin()).await;
+    let runner = TestRunner::start(ext_plugin_catalogue::builtin()).await;
     let gw = runner.connect().await;
     (runner, gw)
 }

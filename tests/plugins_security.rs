@@ -3,7 +3,6 @@
 
 use ext_plugin_runner::model::{ErrorCode, HttpReqCallReq, Method, Pair, ReqAction, Rewrite, Stop};
 use ext_plugin_runner::testing::{request, FakeGateway, GatewayError, TestRunner};
-use ext_plugin_runner::Registry;
 
 use base64::Engine as _;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -13,7 +12,7 @@ const KEY: &str = "route#1#ext-plugin-pre-req#1";
 
 /// A runner, a gateway connection and the token of `chain`.
 async fn setup(chain: &[(&str, &str)]) -> (TestRunner, FakeGateway, u32) {
-    let runner = TestRunner::start(Registry::builtin()).await;
+    let runner = TestRunner::start(ext_plugin_catalogue::builtin()).await;
     let mut gw = runner.connect().await;
     let token = gw.prepare(KEY, chain).await.expect("chain prepares");
     (runner, gw, token)
@@ -21,7 +20,7 @@ async fn setup(chain: &[(&str, &str)]) -> (TestRunner, FakeGateway, u32) {
 
 /// Expects `conf` for `plugin` to fail `prepare_conf`.
 async fn assert_rejected(plugin: &str, conf: &str) {
-    let runner = TestRunner::start(Registry::builtin()).await;
+    let runner = TestRunner::start(ext_plugin_catalogue::builtin()).await;
     let mut gw = runner.connect().await;
     match gw.prepare(KEY, &[(plugin, conf)]).await {
         Err(GatewayError::Runner(ErrorCode::BadRequest)) => {}

@@ -1,10 +1,10 @@
 //! The traffic plugins through the fake gateway over a real socket: the exact wire answers for
 //! pass and reject, and limits holding under concurrent connections.
 
+use ext_plugin_catalogue as plugins;
 use ext_plugin_runner::model::{HttpReqCallResp, Pair, ReqAction, Stop};
-use ext_plugin_runner::plugin::Method;
-use ext_plugin_runner::plugins;
 use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
+use ext_plugin_sdk::Method;
 
 const PRE: &str = "route#1#ext-plugin-pre-req#1";
 

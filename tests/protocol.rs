@@ -10,9 +10,9 @@ use ext_plugin_runner::codec::Protocol;
 use ext_plugin_runner::model::{
     ErrorCode, ExtraInfoReq, HttpReqCallResp, Method, Pair, ReqAction, Rewrite, Stop,
 };
-use ext_plugin_runner::plugin::*;
 use ext_plugin_runner::testing::{request, FakeGateway, GatewayError, TestRunner};
 use ext_plugin_runner::{Config, Registry};
+use ext_plugin_sdk::*;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -162,7 +162,7 @@ impl Plugin for BodyRewriter {
 }
 
 fn registry() -> Registry {
-    Registry::builtin()
+    ext_plugin_catalogue::builtin()
         .with::<Stopper>()
         .with::<Rewriter>()
         .with::<RespHeader>()

@@ -3,14 +3,13 @@
 
 use std::process::Command;
 
-use ext_plugin_runner::testing::Harness;
-use ext_plugin_runner::Registry;
+use ext_plugin_sdk::harness::Harness;
 
 const README: &str = include_str!("../README.md");
 
 #[test]
 fn every_chain_entry_in_the_readme_prepares() {
-    let harness = Harness::new(Registry::builtin());
+    let harness = Harness::new(ext_plugin_catalogue::builtin());
     let mut seen = 0;
     for line in README.lines() {
         let line = line.trim().trim_end_matches(',');
@@ -51,7 +50,7 @@ fn every_flag_in_the_readme_exists() {
 
 #[test]
 fn every_plugin_in_the_readme_is_built_in() {
-    let names = Registry::builtin().names();
+    let names = ext_plugin_catalogue::builtin().names();
     let table = README
         .split("## Built-in plugins")
         .nth(1)

@@ -3,8 +3,8 @@
 #![allow(dead_code)] // each bench uses a part
 
 use ext_plugin_runner::model::{HttpReqCallReq, Method, Pair, ReqAction};
-use ext_plugin_runner::testing::LocalGateway;
 use ext_plugin_runner::Chain;
+use ext_plugin_sdk::harness::LocalGateway;
 use futures_util::FutureExt;
 
 /// A browser-like request: 12 headers, 3 args.

@@ -115,7 +115,7 @@ pub const NAME_SEP: u8 = 0x00;
 /// [`Registry::check`], as `prepare_conf` would. Accepted or refused, it must not panic.
 pub fn confs(data: &[u8]) {
     static BUILTIN: OnceLock<Registry> = OnceLock::new();
-    let registry = BUILTIN.get_or_init(Registry::builtin);
+    let registry = BUILTIN.get_or_init(ext_plugin_catalogue::builtin);
     let mut req = PrepareConfReq {
         key: "route#fuzz#ext-plugin-pre-req#1".into(),
         conf: Vec::new(),

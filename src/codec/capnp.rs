@@ -16,7 +16,7 @@ use crate::model::{
     PrepareConfResp, ReqAction, Rewrite, Stop,
 };
 use crate::proto::ext_plugin_capnp as schema;
-use crate::text::Text;
+use ext_plugin_sdk::Text;
 
 /// Bytes of scratch space for building replies; larger replies spill to the heap.
 const SCRATCH_BYTES: usize = 2048;

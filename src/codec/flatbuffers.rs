@@ -31,7 +31,7 @@ use crate::model::{
     HttpRespCallReq, HttpRespCallResp, Method, Pair, PrepareConfReq, PrepareConfResp, ReqAction,
     Rewrite, Stop,
 };
-use crate::text::Text;
+use ext_plugin_sdk::Text;
 use schema::{TextEntry, VERIFIER_OPTIONS};
 use table::Table;
 

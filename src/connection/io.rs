@@ -18,7 +18,8 @@ use crate::codec::RunnerCodec;
 use crate::config::Config;
 use crate::frame::{split_frame, write_frame, Frame, FrameHeader, FrameType, HEADER_LEN};
 use crate::model::{ErrorCode, ExtraInfoReq};
-use crate::plugin::{GatewayVars, PluginError};
+use ext_plugin_sdk::host::GatewayVars;
+use ext_plugin_sdk::PluginError;
 
 /// Read-buffer growth per read while a frame is incomplete: large frames are read in steps, so a
 /// header that promises 16 MiB costs nothing until the bytes arrive.

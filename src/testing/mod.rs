@@ -3,16 +3,15 @@
 //! [`TestRunner`] starts a runner in-process on a fresh socket; [`FakeGateway`] connects to any
 //! runner socket and speaks the protocol the way a gateway does: it prepares chains, makes calls,
 //! answers the runner's `extra_info` requests from its tables, and can send raw bytes.
-//! [`Harness`] and [`LocalGateway`] run prepared chains in memory instead, for plugin unit tests
-//! and benchmarks.
+//! To run chains in memory instead, without a runner, use the SDK's
+//! [`ext_plugin_sdk::harness`] (its request builders are re-exported here).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ext_plugin_runner::testing::GatewayError> {
 //! use ext_plugin_runner::model::{Method, ReqAction};
 //! use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
-//! use ext_plugin_runner::Registry;
 //!
-//! let runner = TestRunner::start(Registry::builtin()).await;
+//! let runner = TestRunner::start(ext_plugin_catalogue::builtin()).await;
 //! let mut gw = runner.connect().await;
 //! let token = gw.prepare("route#1#ext-plugin-pre-req#1", &[("echo", "{}")]).await?;
 //! let reply = gw.call(token, &request(Method::Get, "/hi")).await?;
@@ -23,7 +22,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -37,14 +35,13 @@ use crate::codec::{DecodeError, GatewayCodec, Protocol};
 use crate::config::Config;
 use crate::frame::{split_frame, write_frame, Frame, FrameType};
 use crate::model::{
-    DataPair, ErrorCode, ExtraInfoReq, ExtraInfoResp, HttpReqCallReq, HttpReqCallResp,
-    HttpRespCallReq, HttpRespCallResp, Method, Pair, PrepareConfReq,
+    ErrorCode, ExtraInfoReq, ExtraInfoResp, HttpReqCallReq, HttpReqCallResp, HttpRespCallReq,
+    HttpRespCallResp, Pair, PrepareConfReq,
 };
-use crate::registry::Registry;
 use crate::server::{serve, Listener, Runner};
+use ext_plugin_sdk::Registry;
 
-mod local;
-pub use local::{Harness, LocalGateway};
+pub use ext_plugin_sdk::harness::{prepare_request, request};
 
 /// A socket path no other test uses.
 pub fn temp_socket_path() -> PathBuf {
@@ -354,59 +351,4 @@ impl FakeGateway {
 
 fn frame(out: &mut Vec<u8>, ty: FrameType, encode: impl FnOnce(&mut Vec<u8>)) {
     write_frame(out, ty as u8, encode).expect("test messages fit in a frame");
-}
-
-/// The `prepare_conf` request for a chain of `(plugin name, JSON conf)` entries under `key`.
-pub fn prepare_request(key: &str, chain: &[(&str, &str)]) -> PrepareConfReq {
-    PrepareConfReq {
-        key: key.to_owned().into(),
-        conf: chain
-            .iter()
-            .map(|(n, c)| Pair::new(n.to_string(), c.to_string()))
-            .collect(),
-    }
-}
-
-/// A request as a gateway sends it: from 127.0.0.1, no args, no headers.
-pub fn request(method: Method, path: &str) -> HttpReqCallReq {
-    HttpReqCallReq {
-        method,
-        path: path.to_owned().into(),
-        src_ip: Some(IpAddr::from([127, 0, 0, 1])),
-        ..HttpReqCallReq::default()
-    }
-}
-
-/// Builders for test requests.
-impl HttpReqCallReq {
-    pub fn with_header(mut self, name: &str, value: &str) -> Self {
-        self.headers
-            .push(Pair::new(name.to_owned(), value.to_owned()));
-        self
-    }
-
-    pub fn with_arg(mut self, name: &str, value: &str) -> Self {
-        self.args.push(Pair::new(name.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// A bare query flag (`?name`).
-    pub fn with_flag(mut self, name: &str) -> Self {
-        self.args.push(Pair::absent(name.to_owned()));
-        self
-    }
-
-    pub fn with_src_ip(mut self, ip: &str) -> Self {
-        self.src_ip = Some(ip.parse().expect("a valid IP address"));
-        self
-    }
-
-    /// A variable pushed with the request (Cap'n Proto `extraInfo`).
-    pub fn with_pushed_var(mut self, name: &str, value: Option<&str>) -> Self {
-        self.extra_info.push(DataPair {
-            name: name.to_owned().into(),
-            value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
-        });
-        self
-    }
 }

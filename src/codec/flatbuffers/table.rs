@@ -72,7 +72,7 @@ impl<'a> Table<'a> {
     }
 
     fn at(buf: &'a [u8], pos: usize) -> Result<Table<'a>> {
-        if pos % 4 != 0 {
+        if !pos.is_multiple_of(4) {
             return Err(Malformed("table is not 4-byte aligned"));
         }
         // The vtable sits at `pos - soffset`.

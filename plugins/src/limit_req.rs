@@ -1,0 +1,263 @@
+//! `limit-req` (PLUGINS.md §2.2): leaky-bucket pacing at `rate` requests per second per key,
+//! with `burst` extra requests delayed rather than rejected.
+//!
+//! The algorithm is resty.limit.req's: `excess' = max(excess − rate·Δt + 1, 0)`; reject when
+//! `excess' > burst` (without committing), otherwise commit and delay by `excess'/rate`. Kept as
+//! one atomic per key, the time `x` at which the bucket drains (`excess = (x − now)·rate`):
+//! `x' = max(x + 1/rate, now)`, reject when `x' − now > burst/rate`, delay `x' − now`. That is
+//! a compare-and-swap, no lock.
+//!
+//! * Pass: after an asynchronous sleep of the delay (when ≥ 1 ms and not `nodelay`), no action.
+//! * Reject: `rejected_code` (default 503), `rejected_headers`, `{"error_msg": rejected_msg}\n`,
+//!   and *(ext)* with `retry_after`, `Retry-After` = seconds until a slot frees.
+//! * The largest delay is `burst/rate`; it must stay below 55 s (the gateway gives up reading
+//!   after 60 s), so such a conf is rejected unless `nodelay` is set.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use ext_plugin_sdk::*;
+use crate::support::clock::{self, secs_until, SharedClock, NANOS_PER_MS, NANOS_PER_SEC};
+use crate::support::key::{KeySource, KeyType};
+use crate::support::keyed::KeyedStore;
+use crate::support::reject::{self, HeaderConf};
+
+/// The longest delay the plugin may add (PLUGINS.md §0: APISIX reads for 60 s at most).
+pub const MAX_DELAY_SECS: f64 = 55.0;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitReqConf {
+    rate: f64,
+    burst: f64,
+    #[serde(default)]
+    key_type: KeyType,
+    #[serde(default = "default_key")]
+    key: String,
+    #[serde(default)]
+    nodelay: bool,
+    #[serde(default = "default_rejected_code")]
+    rejected_code: u16,
+    rejected_msg: Option<String>,
+    #[serde(default)]
+    rejected_headers: Vec<HeaderConf>,
+    #[serde(default = "reject::default_policy")]
+    policy: String,
+    #[serde(default)]
+    retry_after: bool,
+    #[serde(default = "reject::default_max_keys")]
+    max_keys: usize,
+}
+
+fn default_key() -> String {
+    "remote_addr".into()
+}
+fn default_rejected_code() -> u16 {
+    503
+}
+
+pub struct LimitReq {
+    key: KeySource,
+    buckets: Arc<Buckets>,
+    nodelay: bool,
+    reject: Stop,
+    retry_after: bool,
+    clock: SharedClock,
+}
+
+/// The drain times of every key of one scope.
+pub struct Buckets {
+    /// Nanoseconds per request (1/rate).
+    interval: u64,
+    /// The most a request may wait: burst/rate.
+    max_wait: u64,
+    keys: KeyedStore<AtomicU64>,
+}
+
+impl Buckets {
+    pub fn new(rate: f64, burst: f64, max_keys: usize) -> Buckets {
+        let interval = (NANOS_PER_SEC as f64 / rate).round() as u64;
+        let max_wait = (burst * NANOS_PER_SEC as f64 / rate).round() as u64;
+        Buckets {
+            interval,
+            max_wait,
+            // Once drained a key's cell holds nothing; keep it a little longer than that.
+            keys: KeyedStore::new(max_keys, 2 * (max_wait + interval).max(NANOS_PER_SEC)),
+        }
+    }
+
+    /// `Ok(delay)` for an admitted request, `Err(wait)` (until a slot frees) for a rejected one.
+    pub fn acquire(&self, key: &str, now: u64) -> Result<u64, u64> {
+        let cell = self.keys.get_or_insert(key, now, || AtomicU64::new(0));
+        let mut drained_at = cell.load(Ordering::Acquire);
+        loop {
+            // 0: the key's first request, with no excess.
+            let next = if drained_at == 0 {
+                now
+            } else {
+                (drained_at + self.interval).max(now)
+            };
+            let excess = next - now;
+            if excess > self.max_wait {
+                return Err(excess - self.max_wait);
+            }
+            match cell.compare_exchange_weak(drained_at, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(excess),
+                Err(current) => drained_at = current,
+            }
+        }
+    }
+}
+
+impl Plugin for LimitReq {
+    const NAME: &'static str = "limit-req";
+    type Conf = LimitReqConf;
+
+    fn prepare(conf: LimitReqConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
+        LimitReq::build(conf, env, clock::system())
+    }
+
+    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+        let Some(key) = self.key.resolve_or_client(call).await? else {
+            return Ok(Flow::Continue);
+        };
+        match self.buckets.acquire(&key, self.clock.now()) {
+            Ok(delay) => {
+                if !self.nodelay && delay >= NANOS_PER_MS {
+                    tokio::time::sleep(Duration::from_nanos(delay)).await;
+                }
+                Ok(Flow::Continue)
+            }
+            Err(wait) => {
+                let mut stop = self.reject.clone();
+                if self.retry_after {
+                    stop = stop.with_header("Retry-After", secs_until(0, wait).max(1).to_string());
+                }
+                Ok(Flow::Stop(stop))
+            }
+        }
+    }
+}
+
+impl LimitReq {
+    /// [`Plugin::prepare`] with the clock to count time by.
+    pub fn build(
+        conf: LimitReqConf,
+        env: &mut PrepareEnv<'_>,
+        clock: SharedClock,
+    ) -> Result<LimitReq, ConfError> {
+        reject::check_policy(&conf.policy)?;
+        reject::check_max_keys(conf.max_keys)?;
+        if !(conf.rate > 0.0 && conf.rate <= 1e9) {
+            return Err(ConfError::new(format!("`rate` must be above 0, got {}", conf.rate)));
+        }
+        if !(conf.burst >= 0.0 && conf.burst.is_finite()) {
+            return Err(ConfError::new(format!("`burst` must be 0 or more, got {}", conf.burst)));
+        }
+        let max_delay = conf.burst / conf.rate;
+        if !conf.nodelay && max_delay > MAX_DELAY_SECS {
+            return Err(ConfError::new(format!(
+                "`burst`/`rate` = {max_delay} s would delay requests past the gateway's 60 s read \
+                 timeout; keep it at most {MAX_DELAY_SECS} s or set `nodelay`"
+            )));
+        }
+        let (rate, burst, max_keys) = (conf.rate, conf.burst, conf.max_keys);
+        Ok(LimitReq {
+            key: KeySource::parse(conf.key_type, &conf.key)?,
+            buckets: env.state(|| Buckets::new(rate, burst, max_keys)),
+            nodelay: conf.nodelay,
+            reject: reject::rejection(
+                "rejected_code",
+                conf.rejected_code,
+                conf.rejected_msg.as_deref(),
+                &conf.rejected_headers,
+            )?,
+            retry_after: conf.retry_after,
+            clock,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::support::clock::ManualClock;
+    use ext_plugin_sdk::harness::{TestCall, TestEnv};
+    use ext_plugin_sdk::harness::request;
+
+    const MS: u64 = NANOS_PER_MS;
+
+    #[test]
+    fn delays_and_rejects_as_the_formula_says() {
+        // rate 10/s (100 ms per request), burst 2: up to 200 ms of delay.
+        let b = Buckets::new(10.0, 2.0, 100);
+        let t = 1000 * NANOS_PER_SEC;
+        assert_eq!(b.acquire("k", t), Ok(0));
+        assert_eq!(b.acquire("k", t), Ok(100 * MS));
+        assert_eq!(b.acquire("k", t), Ok(200 * MS));
+        assert_eq!(b.acquire("k", t), Err(100 * MS), "excess 3 > burst 2");
+        assert_eq!(b.acquire("k", t), Err(100 * MS), "a rejection is not committed");
+        // 150 ms later the excess has drained by 1.5: x = t+200ms → x' = t+300ms, wait 150 ms.
+        assert_eq!(b.acquire("k", t + 150 * MS), Ok(150 * MS));
+        assert_eq!(b.acquire("other", t), Ok(0));
+        // Long idle: back to no excess (resty clamps at 0).
+        assert_eq!(b.acquire("k", t + 10 * NANOS_PER_SEC), Ok(0));
+    }
+
+    #[test]
+    fn burst_zero_paces_exactly() {
+        let b = Buckets::new(2.0, 0.0, 100);
+        let t = 1000 * NANOS_PER_SEC;
+        assert_eq!(b.acquire("k", t), Ok(0));
+        assert_eq!(b.acquire("k", t + 499 * MS), Err(MS));
+        assert_eq!(b.acquire("k", t + 500 * MS), Ok(0));
+    }
+
+    fn plugin(conf: &str, env: &TestEnv) -> Result<(LimitReq, Arc<ManualClock>), ConfError> {
+        let clock = ManualClock::new();
+        let parsed: LimitReqConf = serde_json::from_str(conf).map_err(ConfError::from)?;
+        let p = env.with("route#1#ext-plugin-pre-req#1", LimitReq::NAME, conf, &[], |e| {
+            LimitReq::build(parsed, e, clock.clone())
+        })?;
+        Ok((p, clock))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_delay_is_an_async_sleep() {
+        let env = TestEnv::default();
+        let (p, _clock) = plugin(r#"{"rate": 4, "burst": 1, "rejected_code": 429, "retry_after": true}"#, &env).unwrap();
+        let run = || async {
+            let mut c = TestCall::new(request(Method::Get, "/"));
+            let start = tokio::time::Instant::now();
+            let flow = p.request_filter(&mut c.call()).await.unwrap();
+            (flow, start.elapsed())
+        };
+        assert_eq!(run().await, (Flow::Continue, Duration::ZERO));
+        assert_eq!(run().await, (Flow::Continue, Duration::from_millis(250)));
+        let (flow, waited) = run().await;
+        assert_eq!(waited, Duration::ZERO, "a rejection does not wait");
+        let Flow::Stop(s) = flow else { panic!("must reject") };
+        assert_eq!(s.status, 429);
+        assert_eq!(s.headers, vec![Pair::new("Retry-After", "1")]);
+    }
+
+    #[test]
+    fn bad_confs_name_the_field() {
+        let env = TestEnv::default();
+        for (conf, why) in [
+            (r#"{"rate": 0, "burst": 1}"#, "rate"),
+            (r#"{"rate": 1, "burst": -1}"#, "burst"),
+            (r#"{"rate": 1, "burst": 60}"#, "60 s read timeout"),
+            (r#"{"rate": 1}"#, "burst"),
+            (r#"{"rate": 1, "burst": 1, "policy": "redis-cluster"}"#, "policy"),
+        ] {
+            let e = plugin(conf, &env).err().expect(conf);
+            assert!(e.message().contains(why), "{conf}: {e}");
+        }
+        assert!(plugin(r#"{"rate": 1, "burst": 60, "nodelay": true}"#, &env).is_ok());
+    }
+}

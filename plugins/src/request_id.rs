@@ -1,0 +1,213 @@
+//! `request-id` (PLUGINS.md §2.13): give every request an id the upstream and the client see.
+//!
+//! Conf: `{"header_name": "X-Request-Id", "include_in_response": true, "algorithm": "uuid",
+//! "range_id": {"length": 16, "char_set": "abc...XYZ0123456789"}}`; `algorithm` is `uuid` (v4),
+//! `uuidv7` (time-ordered), `nanoid` (21 URL-safe characters) or `range_id` (`length` characters
+//! drawn from `char_set`).
+//!
+//! * Request phase: an id the client sent is kept; otherwise a new one is set as a request header.
+//!   With `include_in_response`, the id is also set on the client's response. The gateway *sets*
+//!   that header, replacing one the upstream sent.
+//! * Response phase (when the chain is also attached as `ext-plugin-post-resp`): as APISIX's Lua
+//!   plugin does, an id the upstream put on its response wins. If the upstream sent none, the
+//!   request's id is added (read back with one `extra_info` variable lookup).
+
+use serde::Deserialize;
+
+use ext_plugin_sdk::*;
+
+pub struct RequestId {
+    header: Text,
+    /// `http_<header>` with `-` as `_`: the variable that reads the request's id back.
+    header_var: String,
+    include_in_response: bool,
+    algorithm: Algorithm,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestIdConf {
+    #[serde(default = "default_header")]
+    header_name: String,
+    #[serde(default = "default_true")]
+    include_in_response: bool,
+    #[serde(default)]
+    algorithm: AlgorithmName,
+    #[serde(default)]
+    range_id: RangeIdConf,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum AlgorithmName {
+    #[default]
+    Uuid,
+    Uuidv7,
+    Nanoid,
+    #[serde(rename = "range_id")]
+    RangeId,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeIdConf {
+    #[serde(default = "default_length")]
+    length: usize,
+    #[serde(default = "default_char_set")]
+    char_set: String,
+}
+
+impl Default for RangeIdConf {
+    fn default() -> Self {
+        RangeIdConf {
+            length: default_length(),
+            char_set: default_char_set(),
+        }
+    }
+}
+
+fn default_header() -> String {
+    "X-Request-Id".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_length() -> usize {
+    16
+}
+fn default_char_set() -> String {
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".into()
+}
+
+const NANOID_ALPHABET: &[u8] = b"_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+const NANOID_LEN: usize = 21;
+
+enum Algorithm {
+    Uuid,
+    Uuidv7,
+    /// `len` characters drawn uniformly from `chars` (nanoid is this with its own alphabet).
+    Random { chars: Vec<u8>, len: usize },
+}
+
+impl Algorithm {
+    fn generate(&self) -> String {
+        use rand::Rng;
+        match self {
+            Algorithm::Uuid => uuid::Uuid::new_v4().to_string(),
+            Algorithm::Uuidv7 => uuid::Uuid::now_v7().to_string(),
+            Algorithm::Random { chars, len } => {
+                let mut rng = rand::rng();
+                (0..*len)
+                    .map(|_| char::from(chars[rng.random_range(0..chars.len())]))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// A header name: an HTTP token.
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl Plugin for RequestId {
+    const NAME: &'static str = "request-id";
+    type Conf = RequestIdConf;
+
+    fn prepare(conf: RequestIdConf, _env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
+        if !valid_header_name(&conf.header_name) {
+            return Err(ConfError::new(format!(
+                "`header_name` {:?} is not a valid header name",
+                conf.header_name
+            )));
+        }
+        let algorithm = match conf.algorithm {
+            AlgorithmName::Uuid => Algorithm::Uuid,
+            AlgorithmName::Uuidv7 => Algorithm::Uuidv7,
+            AlgorithmName::Nanoid => Algorithm::Random {
+                chars: NANOID_ALPHABET.to_vec(),
+                len: NANOID_LEN,
+            },
+            AlgorithmName::RangeId => {
+                let RangeIdConf { length, char_set } = conf.range_id;
+                if !(6..=256).contains(&length) {
+                    return Err(ConfError::new(format!(
+                        "`range_id.length` must be 6 to 256, got {length}"
+                    )));
+                }
+                if char_set.len() < 6 || !char_set.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(ConfError::new(
+                        "`range_id.char_set` must be at least 6 visible ASCII characters",
+                    ));
+                }
+                Algorithm::Random {
+                    chars: char_set.into_bytes(),
+                    len: length,
+                }
+            }
+        };
+        let header_var = format!("http_{}", conf.header_name.to_ascii_lowercase().replace('-', "_"));
+        Ok(RequestId {
+            header: conf.header_name.into(),
+            header_var,
+            include_in_response: conf.include_in_response,
+            algorithm,
+        })
+    }
+
+    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+        let id: Text = match call.header(&self.header) {
+            Some(incoming) if !incoming.is_empty() => incoming.to_owned().into(),
+            _ => {
+                let id = Text::from(self.algorithm.generate());
+                call.set_header(self.header.clone(), id.clone());
+                id
+            }
+        };
+        if self.include_in_response {
+            call.set_response_header(self.header.clone(), id);
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn response_filter(&self, call: &mut ResponseCall<'_>) -> Result<(), PluginError> {
+        if !self.include_in_response || call.header(&self.header).is_some() {
+            return Ok(());
+        }
+        if let Some(id) = call.var(&self.header_var).await? {
+            call.set_header(self.header.clone(), id);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_the_configured_shape() {
+        let uuid = Algorithm::Uuid.generate();
+        assert_eq!(uuid::Uuid::parse_str(&uuid).unwrap().get_version_num(), 4);
+        let v7 = Algorithm::Uuidv7.generate();
+        assert_eq!(uuid::Uuid::parse_str(&v7).unwrap().get_version_num(), 7);
+        let range = Algorithm::Random {
+            chars: b"abcdef".to_vec(),
+            len: 30,
+        }
+        .generate();
+        assert_eq!(range.len(), 30);
+        assert!(range.bytes().all(|b| b"abcdef".contains(&b)));
+        assert_ne!(Algorithm::Uuid.generate(), uuid, "ids differ");
+    }
+
+    #[test]
+    fn header_names_are_tokens() {
+        assert!(valid_header_name("X-Request-Id"));
+        assert!(!valid_header_name("X Request"));
+        assert!(!valid_header_name(""));
+    }
+}

@@ -1,0 +1,306 @@
+//! `ua-restriction` and `referer-restriction` (PLUGINS.md §2.9): one allow/deny matcher, two
+//! plugins. Also the regex and rejection helpers the other edge plugins share.
+//!
+//! * `ua-restriction`: `{"allowlist" | "denylist": [regex], "bypass_missing": false, "message":
+//!   "Not allowed"}` (`whitelist`/`blacklist` accepted as aliases). Regexes are searched
+//!   (unanchored) in every `User-Agent` value.
+//! * `referer-restriction`: `{"whitelist" | "blacklist": ["example.com", "*.example.com"],
+//!   "bypass_missing": false, "message": "Your referer host is not allowed"}`
+//!   (`allowlist`/`denylist` accepted as aliases). The host is parsed out of `Referer`;
+//!   `*.example.com` matches any subdomain (not `example.com` itself); case-insensitive.
+//!
+//! Exactly one list. A missing header (or a referer without a host) passes only with
+//! `bypass_missing`. Reject: `Stop(403, {"message": message}\n)`.
+//!
+//! Regexes use Rust's `regex` crate: RE2-like and linear-time, so no look-around and no
+//! back-references (PCRE's `(?=`, `(?<=`, `\1` fail at prepare time, naming the pattern).
+
+use regex::{Regex, RegexSet, RegexSetBuilder};
+use serde::Deserialize;
+
+use ext_plugin_sdk::*;
+
+/// Compiles `patterns` (the conf field `field`) as one set; a bad pattern names itself.
+pub fn regex_set(field: &str, patterns: &[String], case_insensitive: bool) -> Result<RegexSet, ConfError> {
+    for (i, p) in patterns.iter().enumerate() {
+        regex(&format!("{field}[{i}]"), p)?;
+    }
+    RegexSetBuilder::new(patterns)
+        .case_insensitive(case_insensitive)
+        .build()
+        .map_err(|e| ConfError::new(format!("`{field}`: {e}")))
+}
+
+/// Compiles one pattern (the conf field `field`), with a message naming it.
+pub fn regex(field: &str, pattern: &str) -> Result<Regex, ConfError> {
+    Regex::new(pattern).map_err(|e| {
+        ConfError::new(format!(
+            "`{field}` {pattern:?} is not a valid regex (RE2 syntax: no look-around or \
+             back-references): {e}"
+        ))
+    })
+}
+
+/// *(ext)* `rejected_headers: [{key, value}]`, added to a plugin's rejection.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RejectedHeader {
+    key: String,
+    value: String,
+}
+
+/// A rejection with `rejected_headers` added.
+pub fn with_headers(mut stop: Stop, headers: Vec<RejectedHeader>) -> Result<Stop, ConfError> {
+    for h in headers {
+        if h.key.is_empty() || h.key.bytes().any(|b| b.is_ascii_whitespace() || b == b':') {
+            return Err(ConfError::new(format!(
+                "`rejected_headers`: {:?} is not a header name",
+                h.key
+            )));
+        }
+        stop = stop.with_header(h.key.to_ascii_lowercase(), h.value);
+    }
+    Ok(stop)
+}
+
+/// An HTTP status a rejection may use.
+pub fn check_status(field: &str, code: u16) -> Result<(), ConfError> {
+    if !(200..=599).contains(&code) {
+        return Err(ConfError::new(format!(
+            "`{field}` must be an HTTP status (200-599), got {code}"
+        )));
+    }
+    Ok(())
+}
+
+/// The allow/deny decision both plugins make.
+struct Lists<M> {
+    matcher: M,
+    allow: bool,
+    bypass_missing: bool,
+    reject: Stop,
+}
+
+impl<M> Lists<M> {
+    fn new<T>(
+        allow: Option<Vec<T>>,
+        deny: Option<Vec<T>>,
+        names: (&str, &str),
+        bypass_missing: bool,
+        message: &str,
+        build: impl FnOnce(&str, Vec<T>) -> Result<M, ConfError>,
+    ) -> Result<Lists<M>, ConfError> {
+        let (list, allow, field) = match (allow, deny) {
+            (Some(a), None) => (a, true, names.0),
+            (None, Some(d)) => (d, false, names.1),
+            (Some(_), Some(_)) => {
+                return Err(ConfError::new(format!(
+                    "set either `{}` or `{}`, not both",
+                    names.0, names.1
+                )))
+            }
+            (None, None) => {
+                return Err(ConfError::new(format!("set `{}` or `{}`", names.0, names.1)))
+            }
+        };
+        if list.is_empty() {
+            return Err(ConfError::new(format!("`{field}` must not be empty")));
+        }
+        if message.is_empty() || message.len() > 1024 {
+            return Err(ConfError::new("`message` must be 1 to 1024 bytes"));
+        }
+        Ok(Lists {
+            matcher: build(field, list)?,
+            allow,
+            bypass_missing,
+            reject: Stop::json_message(403, "message", message),
+        })
+    }
+
+    /// `matched`: `None` when the request lacks the value, else whether any value is listed.
+    fn decide(&self, matched: Option<bool>) -> Flow {
+        let pass = match matched {
+            None => self.bypass_missing,
+            Some(listed) => listed == self.allow,
+        };
+        if pass {
+            Flow::Continue
+        } else {
+            Flow::Stop(self.reject.clone())
+        }
+    }
+}
+
+// ---- ua-restriction ----
+
+pub struct UaRestriction(Lists<RegexSet>);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UaRestrictionConf {
+    #[serde(default, alias = "whitelist")]
+    allowlist: Option<Vec<String>>,
+    #[serde(default, alias = "blacklist")]
+    denylist: Option<Vec<String>>,
+    #[serde(default)]
+    bypass_missing: bool,
+    #[serde(default = "default_ua_message")]
+    message: String,
+}
+
+fn default_ua_message() -> String {
+    "Not allowed".into()
+}
+
+impl Plugin for UaRestriction {
+    const NAME: &'static str = "ua-restriction";
+    type Conf = UaRestrictionConf;
+
+    fn prepare(c: UaRestrictionConf, _env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
+        let names = ("allowlist", "denylist");
+        let build = |field: &str, list: Vec<String>| regex_set(field, &list, false);
+        Lists::new(c.allowlist, c.denylist, names, c.bypass_missing, &c.message, build)
+            .map(UaRestriction)
+    }
+
+    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+        let mut values = call.header_values("user-agent").peekable();
+        let matched = values
+            .peek()
+            .is_some()
+            .then(|| values.any(|ua| self.0.matcher.is_match(ua)));
+        Ok(self.0.decide(matched))
+    }
+}
+
+// ---- referer-restriction ----
+
+pub struct RefererRestriction(Lists<HostList>);
+
+/// Exact hosts and `*.suffix` wildcards, lower-cased.
+pub struct HostList {
+    exact: Vec<String>,
+    /// Each with its leading dot: `*.example.com` is stored as `.example.com`.
+    suffixes: Vec<String>,
+}
+
+impl HostList {
+    fn new(field: &str, entries: Vec<String>) -> Result<HostList, ConfError> {
+        let mut list = HostList {
+            exact: Vec::new(),
+            suffixes: Vec::new(),
+        };
+        for e in entries {
+            let e = e.to_ascii_lowercase();
+            let (host, wildcard) = match e.strip_prefix("*.") {
+                Some(rest) => (rest, true),
+                None => (e.as_str(), false),
+            };
+            let ok = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
+            if !ok {
+                return Err(ConfError::new(format!(
+                    "`{field}`: {e:?} is not a host or `*.domain` wildcard"
+                )));
+            }
+            if wildcard {
+                list.suffixes.push(format!(".{host}"));
+            } else {
+                list.exact.push(host.to_owned());
+            }
+        }
+        Ok(list)
+    }
+
+    fn contains(&self, host: &str) -> bool {
+        self.exact.iter().any(|h| h.eq_ignore_ascii_case(host))
+            || self.suffixes.iter().any(|s| {
+                host.len() > s.len()
+                    && host.is_char_boundary(host.len() - s.len())
+                    && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+            })
+    }
+}
+
+/// The host of a referer URL (`https://user@Host:8080/path` → `Host`); `None` without one.
+fn referer_host(referer: &str) -> Option<&str> {
+    let (_, rest) = referer.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = hostport.strip_prefix('[') {
+        &hostport[..v6.find(']')? + 2]
+    } else {
+        hostport.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefererRestrictionConf {
+    #[serde(default, alias = "allowlist")]
+    whitelist: Option<Vec<String>>,
+    #[serde(default, alias = "denylist")]
+    blacklist: Option<Vec<String>>,
+    #[serde(default)]
+    bypass_missing: bool,
+    #[serde(default = "default_referer_message")]
+    message: String,
+}
+
+fn default_referer_message() -> String {
+    "Your referer host is not allowed".into()
+}
+
+impl Plugin for RefererRestriction {
+    const NAME: &'static str = "referer-restriction";
+    type Conf = RefererRestrictionConf;
+
+    fn prepare(c: RefererRestrictionConf, _env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
+        let names = ("whitelist", "blacklist");
+        Lists::new(c.whitelist, c.blacklist, names, c.bypass_missing, &c.message, HostList::new)
+            .map(RefererRestriction)
+    }
+
+    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+        let host = call.header("referer").and_then(referer_host);
+        Ok(self.0.decide(host.map(|h| self.0.matcher.contains(h))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn referer_hosts_are_parsed_out_of_urls() {
+        assert_eq!(referer_host("https://a.example.com/x?y"), Some("a.example.com"));
+        assert_eq!(referer_host("http://u:p@Host.com:8080/"), Some("Host.com"));
+        assert_eq!(referer_host("http://[::1]:80/p"), Some("[::1]"));
+        assert_eq!(referer_host("example.com/path"), None);
+        assert_eq!(referer_host("http:///path"), None);
+    }
+
+    #[test]
+    fn wildcards_match_subdomains_only() {
+        let l = HostList::new("w", vec!["*.Example.com".into(), "exact.org".into()]).unwrap();
+        assert!(l.contains("a.example.com"));
+        assert!(l.contains("a.b.EXAMPLE.com"));
+        assert!(!l.contains("example.com"));
+        assert!(!l.contains("badexample.com"));
+        assert!(l.contains("EXACT.org"));
+        assert!(!l.contains("sub.exact.org"));
+        assert!(HostList::new("w", vec!["*".into()]).is_err());
+        assert!(HostList::new("w", vec!["a b".into()]).is_err());
+    }
+
+    #[test]
+    fn bad_regexes_name_the_field_and_pattern() {
+        let e = regex_set("allowlist", &["ok".into(), "(?=x)".into()], false).unwrap_err();
+        assert!(e.message().contains("`allowlist[1]`"), "{e}");
+        assert!(e.message().contains("(?=x)"), "{e}");
+        assert!(regex_set("x", &["a(".into()], false).is_err());
+    }
+}

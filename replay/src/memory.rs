@@ -1,0 +1,132 @@
+//! Memory of a spawned runner: RSS with many prepared confs, then with many idle connections.
+//!
+//! The confs are the realistic chain (ip-restriction + limit-count + request-id), each under
+//! its own key and with its own limit-count `count`, so no two share state or could be merged.
+//! An idle connection is one a gateway pools: it made one call, then sits open.
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use serde::Serialize;
+
+use ext_plugin_runner::codec::Protocol;
+use ext_plugin_runner::frame::{write_frame, FrameType};
+use ext_plugin_runner::model::{HttpReqCallReq, Pair, PrepareConfReq};
+
+use super::plan::read_frame;
+use super::spawn::SpawnedRunner;
+
+/// RSS readings in KiB.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryReport {
+    pub protocol: String,
+    pub confs: usize,
+    pub idle_connections: usize,
+    pub baseline_kib: u64,
+    pub with_confs_kib: u64,
+    pub with_idle_connections_kib: u64,
+}
+
+fn frame(ty: FrameType, encode: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_frame(&mut out, ty as u8, encode).expect("small message");
+    out
+}
+
+fn settle() {
+    // Let the runner's allocator and tasks quiesce before reading VmRSS.
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Prepares `confs` chains on `runner`, then opens `idle` connections that each make one call.
+/// `chain` replaces the realistic chain (each conf still gets its own key).
+pub fn measure(
+    runner: &SpawnedRunner,
+    protocol: Protocol,
+    confs: usize,
+    idle: usize,
+    chain: Option<&[Pair]>,
+) -> io::Result<MemoryReport> {
+    settle();
+    let baseline_kib = runner.rss_kib()?;
+    let mut codec = protocol.gateway_codec();
+    let mut stream = UnixStream::connect(runner.socket())?;
+    let mut rbuf = BytesMut::new();
+    let mut token = 0;
+    for i in 0..confs {
+        let req = PrepareConfReq {
+            key: format!("route#{i}#ext-plugin-pre-req#1").into(),
+            conf: match chain {
+                Some(c) => c.to_vec(),
+                None => vec![
+                    Pair::new(
+                        "ip-restriction",
+                        r#"{"whitelist":["10.0.0.0/8","2001:db8::/32"]}"#,
+                    ),
+                    Pair::new(
+                        "limit-count",
+                        format!(
+                            r#"{{"count":{},"time_window":60,"key":"remote_addr"}}"#,
+                            1_000_000 + i
+                        ),
+                    ),
+                    Pair::new("request-id", "{}"),
+                ],
+            },
+        };
+        stream.write_all(&frame(FrameType::PrepareConf, |o| {
+            codec.encode_prepare_conf_req(&req, o)
+        }))?;
+        let reply = read_frame(&mut stream, &mut rbuf)?;
+        if reply.ty != FrameType::PrepareConf as u8 {
+            return Err(io::Error::other(format!(
+                "prepare #{i} answered with a frame of type {}",
+                reply.ty
+            )));
+        }
+        token = codec
+            .decode_prepare_conf_resp(&reply.payload)
+            .map_err(io::Error::other)?
+            .conf_token;
+    }
+    settle();
+    let with_confs_kib = runner.rss_kib()?;
+
+    let call = HttpReqCallReq {
+        id: 1,
+        src_ip: Some(IpAddr::from([10, 0, 0, 1])),
+        path: "/".into(),
+        conf_token: token,
+        ..HttpReqCallReq::default()
+    };
+    let call = frame(FrameType::HttpReqCall, |o| {
+        codec.encode_http_req_call_req(&call, o)
+    });
+    let mut open = Vec::with_capacity(idle);
+    for i in 0..idle {
+        let mut s = UnixStream::connect(runner.socket())?;
+        s.write_all(&call)?;
+        let reply = read_frame(&mut s, &mut BytesMut::new())?;
+        if reply.ty != FrameType::HttpReqCall as u8 {
+            return Err(io::Error::other(format!(
+                "the call on idle connection #{i} answered with a frame of type {}",
+                reply.ty
+            )));
+        }
+        open.push(s);
+    }
+    settle();
+    let with_idle_connections_kib = runner.rss_kib()?;
+    drop(open);
+    Ok(MemoryReport {
+        protocol: protocol.to_string(),
+        confs,
+        idle_connections: idle,
+        baseline_kib,
+        with_confs_kib,
+        with_idle_connections_kib,
+    })
+}

@@ -1,0 +1,198 @@
+//! The recording proxy: sits between a gateway and a runner, forwards every frame both ways,
+//! and appends each completed exchange to a corpus.
+//!
+//! One upstream connection per gateway connection, so the gateway's pooling and its nested
+//! prepare connections (PROTOCOL.md §1) behave as without the proxy. An exchange is written
+//! whole, under a lock, once its final reply has passed: exchanges of different connections
+//! never interleave in the file. The corpus' protocol is detected from the first request.
+
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
+use tracing::warn;
+
+use ext_plugin_runner::codec::detect;
+use ext_plugin_runner::frame::{split_frame, Frame, FrameHeader, FrameType};
+
+use super::corpus::{CallExchange, CorpusWriter, PrepareExchange};
+
+/// Where recorded exchanges go; shared by every proxied connection.
+pub struct Recording {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+struct State {
+    writer: Option<CorpusWriter<BufWriter<File>>>,
+    exchanges: u64,
+}
+
+impl Recording {
+    /// Records into `path` (created, or truncated, at the first exchange).
+    pub fn new(path: &Path) -> Arc<Recording> {
+        Arc::new(Recording {
+            path: path.to_owned(),
+            state: Mutex::new(State {
+                writer: None,
+                exchanges: 0,
+            }),
+        })
+    }
+
+    /// Exchanges written so far.
+    pub fn exchanges(&self) -> u64 {
+        self.state.lock().expect("not poisoned").exchanges
+    }
+
+    fn write(
+        &self,
+        request: &Frame,
+        f: impl FnOnce(&mut CorpusWriter<BufWriter<File>>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut state = self.state.lock().expect("not poisoned");
+        if state.writer.is_none() {
+            let protocol = detect(&request.payload).ok_or_else(|| {
+                io::Error::other("the first request's payload is neither capnp nor flatbuffers")
+            })?;
+            let file = BufWriter::new(File::create(&self.path)?);
+            state.writer = Some(CorpusWriter::new(file, protocol)?);
+        }
+        let w = state.writer.as_mut().expect("just set");
+        f(w)?;
+        // Flushed per exchange, so a recording stopped with ^C keeps what it saw.
+        w.flush()?;
+        state.exchanges += 1;
+        Ok(())
+    }
+}
+
+/// Proxies connections from `listener` to the runner at `upstream` until `shutdown` resolves.
+pub async fn record(
+    listener: UnixListener,
+    upstream: PathBuf,
+    recording: Arc<Recording>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        let (gateway, _) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let upstream = upstream.clone();
+        let recording = recording.clone();
+        tasks.spawn(async move {
+            if let Err(e) = proxy(gateway, &upstream, &recording).await {
+                warn!(error = %e, "proxied connection ended");
+            }
+        });
+    }
+    tasks.shutdown().await;
+}
+
+/// One side of the proxy: a stream and its read buffer.
+struct Side {
+    stream: UnixStream,
+    rbuf: BytesMut,
+}
+
+impl Side {
+    async fn read(&mut self) -> io::Result<Option<Frame>> {
+        loop {
+            if let Some(f) = split_frame(&mut self.rbuf) {
+                return Ok(Some(f));
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return if self.rbuf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed inside a frame",
+                    ))
+                };
+            }
+        }
+    }
+
+    async fn write(&mut self, f: &Frame) -> io::Result<()> {
+        let mut out = Vec::with_capacity(4 + f.payload.len());
+        out.extend_from_slice(&FrameHeader::encode(f.ty, f.payload.len()));
+        out.extend_from_slice(&f.payload);
+        self.stream.write_all(&out).await
+    }
+
+    async fn expect(&mut self, what: &str) -> io::Result<Frame> {
+        self.read().await?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("closed while {what} was awaited"),
+            )
+        })
+    }
+}
+
+async fn proxy(gateway: UnixStream, upstream: &Path, recording: &Recording) -> io::Result<()> {
+    let mut gw = Side {
+        stream: gateway,
+        rbuf: BytesMut::new(),
+    };
+    let mut rn = Side {
+        stream: UnixStream::connect(upstream).await?,
+        rbuf: BytesMut::new(),
+    };
+    while let Some(request) = gw.read().await? {
+        rn.write(&request).await?;
+        let ty = FrameType::from_u8(request.ty);
+        let mut extra = Vec::new();
+        let reply = loop {
+            let f = rn.expect("the runner's reply").await?;
+            gw.write(&f).await?;
+            if f.ty != FrameType::ExtraInfo as u8 {
+                break f;
+            }
+            let answer = gw.expect("the gateway's extra_info answer").await?;
+            rn.write(&answer).await?;
+            extra.push((f, answer));
+        };
+        // Only well-formed exchanges are kept; anything else was forwarded but is no corpus.
+        let result = match ty {
+            Some(FrameType::PrepareConf) if extra.is_empty() => recording.write(&request, |w| {
+                w.write_prepare(&PrepareExchange {
+                    request: request.clone(),
+                    reply,
+                })
+            }),
+            Some(FrameType::HttpReqCall | FrameType::HttpRespCall) => {
+                recording.write(&request, |w| {
+                    w.write_call(&CallExchange {
+                        request: request.clone(),
+                        extra,
+                        reply,
+                    })
+                })
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "could not record an exchange");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! The runner's side of the SDK: what a runner (or a test harness) needs to run prepared chains
+//! against its own transport. Plugins never need anything here.
+//!
+//! A runner decodes each call into the [`crate::model`] types, keeps one [`CallState`] and one
+//! [`RespState`] per connection (reset before each call, so their vectors are reused), answers
+//! the plugins' `extra_info` requests through its [`GatewayVars`], and builds chains with
+//! [`crate::Registry::build_chain`] against one [`StateRegistry`] shared by every chain it serves.
+
+pub use crate::chain::ChainFailure;
+pub use crate::request::CallState;
+pub use crate::response::RespState;
+pub use crate::state::StateRegistry;
+pub use crate::vars::GatewayVars;

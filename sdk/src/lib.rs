@@ -1,0 +1,169 @@
+//! The plugin API: everything a plugin author needs, and nothing of the wire.
+//!
+//! A plugin is a Rust type implementing [`Plugin`]. The gateway hands the runner a chain of
+//! `(plugin name, JSON conf)` entries in `prepare_conf`; the runner parses each conf into the
+//! plugin's typed [`Plugin::Conf`] (serde) and builds the plugin with [`Plugin::prepare`] once,
+//! then runs the prepared chain for every request that names the chain's token.
+//!
+//! ```
+//! use ext_plugin_sdk::*;
+//!
+//! /// Rejects requests that lack a header.
+//! pub struct RequireHeader { name: Text }
+//!
+//! #[derive(serde::Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! pub struct RequireHeaderConf { name: String }
+//!
+//! impl Plugin for RequireHeader {
+//!     const NAME: &'static str = "require-header";
+//!     type Conf = RequireHeaderConf;
+//!
+//!     fn prepare(conf: RequireHeaderConf, _env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
+//!         if conf.name.is_empty() {
+//!             return Err(ConfError::new("`name` must not be empty"));
+//!         }
+//!         Ok(RequireHeader { name: conf.name.to_ascii_lowercase().into() })
+//!     }
+//!
+//!     async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+//!         if call.header(&self.name).is_some() {
+//!             return Ok(Flow::Continue);
+//!         }
+//!         Ok(Flow::Stop(Stop::new(400).with_body("missing header\n")))
+//!     }
+//! }
+//! ```
+//!
+//! Register it with [`Registry::with`], and serve the registry with the `ext-plugin-runner` crate
+//! (`ext_plugin_runner::cli::run(registry)`). Unit-test it with [`harness`], without a runner.
+//!
+//! # How a chain runs
+//!
+//! * **Request phase** (`http_req_call`): plugins run in conf order. Each sees the request as
+//!   rewritten by the plugins before it (path, headers, args, body). The first [`Flow::Stop`]
+//!   ends the chain and answers the client; response headers that earlier plugins set are carried
+//!   into that stop unless it sets the same names itself. When every plugin continues, the
+//!   rewrites they recorded are sent as one rewrite (or "continue" when there are none).
+//! * **Response phase** (`http_resp_call`): every plugin runs in conf order and may change the
+//!   status, headers and body; later plugins see earlier changes.
+//! * **Failures**: a plugin that returns [`PluginError`] or panics fails the call with
+//!   SERVICE_UNAVAILABLE (the gateway answers 503, or skips the chain when the route sets
+//!   `allow_degradation`). The connection and the runner live on.
+//!
+//! # State
+//!
+//! A plugin value lives as long as its prepared chain (the conf cache may drop it after the conf
+//! expiry). State that must outlive one chain, such as a rate limiter's counters, comes from
+//! [`PrepareEnv::state`]: it is shared by every chain of the same route, plugin and conf (the
+//! request and response attachments of one route, and re-prepares after token refresh).
+//! Several connections call a plugin at once: keep shared state in atomics or short locks, and
+//! never hold a lock across an `.await`.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+mod chain;
+mod env;
+mod error;
+mod extensions;
+pub mod harness;
+pub mod host;
+pub mod model;
+mod registry;
+mod request;
+mod response;
+mod state;
+mod text;
+mod vars;
+
+use std::future::Future;
+
+use serde::de::DeserializeOwned;
+
+pub use bytes::Bytes;
+pub use chain::Chain;
+pub use env::{Attachment, PrepareEnv};
+pub use error::{ConfError, PluginError};
+pub use model::{Method, Pair, Stop};
+pub use registry::{ChainError, Registry};
+pub use request::RequestCall;
+pub use response::ResponseCall;
+pub use text::Text;
+
+/// What a request filter decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on with the next plugin (or proxy the request, rewritten as recorded).
+    Continue,
+    /// Answer the client now with this response; later plugins do not run.
+    Stop(Stop),
+}
+
+/// A runner plugin. See the [module documentation](self) for how chains run.
+pub trait Plugin: Sized + Send + Sync + 'static {
+    /// The name gateways use in the chain (`conf[].name`), e.g. `"ip-restriction"`.
+    const NAME: &'static str;
+
+    /// The configuration, parsed from the chain entry's JSON value. An absent or empty value is
+    /// parsed as `{}`. Use `#[serde(deny_unknown_fields)]`: a field the plugin would ignore must
+    /// fail `prepare_conf`, not be skipped silently.
+    type Conf: DeserializeOwned;
+
+    /// Validates the conf and builds the plugin. Runs once per `prepare_conf`, never per request:
+    /// compile regexes, build lookup tables and resolve secrets here. An error fails the whole
+    /// `prepare_conf` (the gateway answers 503 for the route until the conf is fixed) and is
+    /// logged with the plugin's name and the message.
+    fn prepare(conf: Self::Conf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError>;
+
+    /// The request phase (`http_req_call`). Read the request from `call`, record rewrites on it,
+    /// and return [`Flow::Continue`] or [`Flow::Stop`]. The default continues.
+    fn request_filter(
+        &self,
+        call: &mut RequestCall<'_>,
+    ) -> impl Future<Output = Result<Flow, PluginError>> + Send {
+        let _ = call;
+        async { Ok(Flow::Continue) }
+    }
+
+    /// The response phase (`http_resp_call`, when the route also attaches the chain as
+    /// `ext-plugin-post-resp`). Read the upstream's status, headers and body from `call` and
+    /// change them there. The default changes nothing.
+    fn response_filter(
+        &self,
+        call: &mut ResponseCall<'_>,
+    ) -> impl Future<Output = Result<(), PluginError>> + Send {
+        let _ = call;
+        async { Ok(()) }
+    }
+}
+
+impl Stop {
+    /// A stop with this status (0 means 200 at the gateway), no headers and no body.
+    pub fn new(status: u16) -> Stop {
+        Stop {
+            status,
+            ..Stop::default()
+        }
+    }
+
+    /// Adds a header; a repeated name is sent several times.
+    pub fn with_header(mut self, name: impl Into<Text>, value: impl Into<Text>) -> Stop {
+        self.headers.push(Pair::new(name, value));
+        self
+    }
+
+    pub fn with_body(mut self, body: impl Into<Bytes>) -> Stop {
+        self.body = body.into();
+        self
+    }
+
+    /// A stop whose body is `{"<field>": message}` plus a newline, as the Lua plugins answer
+    /// (`{"message": ...}` for auth and restrictions, `{"error_msg": ...}` for limits).
+    pub fn json_message(status: u16, field: &str, message: &str) -> Stop {
+        let mut body = serde_json::to_vec(&serde_json::json!({ field: message }))
+            .expect("a string map always serializes");
+        body.push(b'\n');
+        Stop::new(status).with_body(body)
+    }
+}

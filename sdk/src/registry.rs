@@ -1,0 +1,117 @@
+//! The plugins a runner knows by name, and how a `prepare_conf` becomes a [`Chain`].
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::chain::{Chain, DynPlugin, Link};
+use crate::model::PrepareConfReq;
+use crate::state::StateRegistry;
+use crate::text::Text;
+use crate::{Attachment, ConfError, Plugin, PrepareEnv};
+
+type Factory = fn(&str, &mut PrepareEnv<'_>) -> Result<Box<dyn DynPlugin>, ConfError>;
+
+/// Plugin names → how to prepare them.
+#[derive(Clone, Default)]
+pub struct Registry {
+    factories: HashMap<&'static str, Factory>,
+}
+
+/// Why a chain could not be prepared: which entry, which plugin, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("chain entry {index} (`{plugin}`): {reason}")]
+pub struct ChainError {
+    pub index: usize,
+    pub plugin: String,
+    pub reason: String,
+}
+
+fn prepare<P: Plugin>(
+    conf: &str,
+    env: &mut PrepareEnv<'_>,
+) -> Result<Box<dyn DynPlugin>, ConfError> {
+    // An absent or empty conf means "all defaults".
+    let json = if conf.trim().is_empty() { "{}" } else { conf };
+    let conf: P::Conf = serde_json::from_str(json)?;
+    Ok(Box::new(P::prepare(conf, env)?))
+}
+
+impl Registry {
+    /// A registry with no plugins.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Adds plugin `P`.
+    ///
+    /// # Panics
+    /// When a plugin of the same name is registered already: two plugins answering to one name
+    /// is a programming error, caught at start-up.
+    pub fn with<P: Plugin>(mut self) -> Registry {
+        let previous = self.factories.insert(P::NAME, prepare::<P>);
+        assert!(previous.is_none(), "plugin `{}` registered twice", P::NAME);
+        self
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.factories.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Prepares `req`'s chain as `prepare_conf` would and drops it, outside any runner: tells
+    /// whether a gateway's conf would be accepted, and why not. For offline tools and the conf
+    /// fuzz target; plugin state made while preparing is dropped with the chain.
+    pub fn check(&self, req: &PrepareConfReq) -> Result<(), ChainError> {
+        self.build_chain(req, &StateRegistry::default()).map(drop)
+    }
+
+    /// Parses and validates every entry of a chain. Fails closed: one unknown plugin or bad conf
+    /// fails the whole chain.
+    pub fn build_chain(
+        &self,
+        req: &PrepareConfReq,
+        state: &StateRegistry,
+    ) -> Result<Chain, ChainError> {
+        let names: Vec<&str> = req.conf.iter().map(|p| p.name.as_str()).collect();
+        let mut links = Vec::with_capacity(req.conf.len());
+        for (index, entry) in req.conf.iter().enumerate() {
+            let fail = |reason: String| ChainError {
+                index,
+                plugin: entry.name.to_string(),
+                reason,
+            };
+            let Some((&name, factory)) = self.factories.get_key_value(entry.name.as_str()) else {
+                return Err(fail(format!(
+                    "unknown plugin; this runner has: {}",
+                    self.names().join(", ")
+                )));
+            };
+            let conf = entry.value.as_deref().unwrap_or("");
+            let mut env = PrepareEnv {
+                key: &req.key,
+                plugin: name,
+                conf,
+                chain: &names,
+                state,
+            };
+            let plugin = factory(conf, &mut env).map_err(|e| fail(e.to_string()))?;
+            links.push(Link { name, plugin });
+        }
+        Ok(Chain {
+            attachment: Attachment::from_key(&req.key),
+            // A copy: the request's key is a slice of the frame, which the chain must not pin.
+            key: Text::from(req.key.as_str().to_owned()),
+            links,
+        })
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("plugins", &self.names())
+            .finish()
+    }
+}

@@ -1,0 +1,389 @@
+//! The request phase as a plugin sees it.
+
+use std::any::Any;
+use std::net::IpAddr;
+
+use bytes::Bytes;
+
+use super::env::Attachment;
+use super::error::PluginError;
+use super::extensions::Extensions;
+use super::vars::{
+    bytes_to_text, cookie_value, encode_args, encode_path, header_matches_var, GatewayVars,
+    VarCache,
+};
+use crate::model::{ExtraInfoReq, HttpReqCallReq, Method, Pair, Rewrite};
+use crate::text::Text;
+
+/// Per-call scratch that outlives one plugin: recorded rewrites, fetched variables, the request
+/// body, the consumer and extensions. Owned by the connection (or harness) and reset for each
+/// call, so its vectors are reused.
+#[derive(Default)]
+pub struct CallState {
+    pub(crate) rewrite: Rewrite,
+    vars: VarCache,
+    body: Option<Option<Bytes>>,
+    consumer: Option<Text>,
+    extensions: Extensions,
+}
+
+impl CallState {
+    /// Makes the state ready for the next call (keeping its vectors' storage).
+    pub fn reset(&mut self) {
+        self.rewrite.clear();
+        self.vars.clear();
+        self.body = None;
+        self.consumer = None;
+        self.extensions.clear();
+    }
+
+    /// Takes back a rewrite the chain returned once its reply is encoded, so that its vectors
+    /// are reused by the next call instead of allocated again.
+    pub fn recycle(&mut self, rewrite: Rewrite) {
+        self.rewrite = rewrite;
+        self.rewrite.clear();
+    }
+}
+
+/// One request, seen by one plugin of the chain.
+///
+/// Reads reflect the rewrites recorded by earlier plugins of the chain (path, headers, args,
+/// body); [`RequestCall::headers`] and [`RequestCall::args`] give the request as the gateway sent
+/// it. Writes are recorded and sent to the gateway as one rewrite when the chain ends.
+pub struct RequestCall<'c> {
+    req: &'c HttpReqCallReq,
+    state: &'c mut CallState,
+    gateway: &'c mut dyn GatewayVars,
+    attachment: Attachment,
+}
+
+impl<'c> RequestCall<'c> {
+    pub(crate) fn new(
+        req: &'c HttpReqCallReq,
+        state: &'c mut CallState,
+        gateway: &'c mut dyn GatewayVars,
+        attachment: Attachment,
+    ) -> RequestCall<'c> {
+        RequestCall {
+            req,
+            state,
+            gateway,
+            attachment,
+        }
+    }
+
+    /// The gateway's id for this call.
+    pub fn id(&self) -> u32 {
+        self.req.id
+    }
+
+    pub fn method(&self) -> Method {
+        self.req.method
+    }
+
+    /// The client's address; `None` when the gateway sent none.
+    pub fn src_ip(&self) -> Option<IpAddr> {
+        self.req.src_ip
+    }
+
+    /// Where the chain is attached at the gateway.
+    pub fn attachment(&self) -> Attachment {
+        self.attachment
+    }
+
+    /// The upstream path (percent-decoded, no query), as rewritten so far.
+    pub fn path(&self) -> &str {
+        self.state.rewrite.path.as_deref().unwrap_or(&self.req.path)
+    }
+
+    /// The first value of header `name` (any case), as rewritten so far.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        if let Some(set) = last_named(&self.state.rewrite.headers, name) {
+            return set.value.as_deref();
+        }
+        self.req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| h.value.as_deref())
+    }
+
+    /// Every value of header `name` (any case), as rewritten so far.
+    pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {
+        let rewritten = last_named(&self.state.rewrite.headers, name);
+        let original = rewritten.is_none().then_some(&self.req.headers[..]);
+        rewritten
+            .and_then(|p| p.value.as_deref())
+            .into_iter()
+            .chain(
+                original
+                    .into_iter()
+                    .flatten()
+                    .filter(move |h| h.name.eq_ignore_ascii_case(name))
+                    .filter_map(|h| h.value.as_deref()),
+            )
+    }
+
+    /// The request headers as the gateway sent them: names lower-cased, repeats kept, in order.
+    pub fn headers(&self) -> &[Pair] {
+        &self.req.headers
+    }
+
+    /// The first value of query argument `name`, as rewritten so far; a bare flag (`?debug`) is
+    /// `Some("")`.
+    pub fn arg(&self, name: &str) -> Option<&str> {
+        self.arg_entry(name).map(|v| v.map_or("", Text::as_str))
+    }
+
+    /// The entry that decides argument `name`'s first value: a rewrite's, else the request's.
+    /// `Some(None)` is a bare flag (or a deleted argument, which reads as missing).
+    fn arg_entry(&self, name: &str) -> Option<Option<&Text>> {
+        if let Some(p) = self.state.rewrite.args.iter().find(|a| a.name == *name) {
+            return p.value.as_ref().map(Some);
+        }
+        self.req
+            .args
+            .iter()
+            .find(|a| a.name == *name)
+            .map(|a| a.value.as_ref())
+    }
+
+    /// The query arguments as the gateway sent them: decoded, repeats kept, in order; a bare flag
+    /// has no value.
+    pub fn args(&self) -> &[Pair] {
+        &self.req.args
+    }
+
+    /// The consumer an authentication plugin earlier in the chain identified.
+    pub fn consumer(&self) -> Option<&str> {
+        self.state.consumer.as_deref()
+    }
+
+    /// Records the authenticated consumer for later plugins (and the `consumer_name` variable).
+    pub fn set_consumer(&mut self, name: impl Into<Text>) {
+        self.state.consumer = Some(name.into());
+    }
+
+    /// Stores a value for later plugins of this call; one value per type.
+    pub fn insert<T: Any + Send>(&mut self, value: T) {
+        self.state.extensions.insert(value);
+    }
+
+    /// A value an earlier plugin of this call stored with [`RequestCall::insert`].
+    pub fn get<T: Any + Send>(&self) -> Option<&T> {
+        self.state.extensions.get()
+    }
+
+    /// A gateway variable (`remote_addr`, `route_id`, `http_x_user`, `arg_id`, `cookie_sid`,
+    /// `request_time`, ...); `None` when it is nil.
+    ///
+    /// Free (answered from the request): `remote_addr`, `request_method`, `uri`, `request_uri`,
+    /// `args`, `host`, `arg_*`, `http_*`, `cookie_*`, variables the gateway pushed with the
+    /// request, and `consumer_name` once an earlier plugin set a consumer. Anything else costs
+    /// one round trip to the gateway, once per call. `consumer_name` without a runner consumer is
+    /// asked of the gateway only where it can know it (`ext-plugin-post-req`).
+    pub async fn var(&mut self, name: &str) -> Result<Option<Text>, PluginError> {
+        if let Some(local) = self.local_var(name) {
+            return Ok(local);
+        }
+        if let Some(pushed) = self.req.extra_info.iter().find(|p| p.name == *name) {
+            return Ok(pushed.value.clone().map(bytes_to_text));
+        }
+        let fetched = self.state.vars.get_or_fetch(self.gateway, name).await?;
+        Ok(fetched.map(bytes_to_text))
+    }
+
+    /// `Some(value)` for variables answered without the gateway, `None` for the others.
+    fn local_var(&self, name: &str) -> Option<Option<Text>> {
+        Some(match name {
+            "remote_addr" => self.req.src_ip.map(|ip| Text::from(ip.to_string())),
+            "request_method" => Some(Text::from_static(self.req.method.as_str())),
+            "uri" => Some(
+                self.state
+                    .rewrite
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| self.req.path.clone()),
+            ),
+            "request_uri" => {
+                let mut s = String::new();
+                encode_path(&self.req.path, &mut s);
+                if !self.req.args.is_empty() {
+                    s.push('?');
+                    encode_args(&self.req.args, &mut s);
+                }
+                Some(s.into())
+            }
+            "args" => {
+                let mut s = String::new();
+                encode_args(&self.req.args, &mut s);
+                Some(s.into())
+            }
+            "host" => self.header("host").map(|h| {
+                let host = match h.rsplit_once(':') {
+                    Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+                    _ => h,
+                };
+                Text::from(host.to_ascii_lowercase())
+            }),
+            "consumer_name" => match (&self.state.consumer, self.attachment) {
+                (Some(c), _) => Some(c.clone()),
+                (None, Attachment::PostReq | Attachment::Other) => return None,
+                (None, _) => None,
+            },
+            _ => {
+                if let Some(arg) = name.strip_prefix("arg_") {
+                    self.arg_entry(arg).map(|v| v.cloned().unwrap_or_default())
+                } else if let Some(header) = name.strip_prefix("http_") {
+                    self.joined_header(header)
+                } else if let Some(cookie) = name.strip_prefix("cookie_") {
+                    self.cookie(cookie)
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+
+    /// Cookie `name` from the (possibly rewritten) `Cookie` headers, sharing their storage.
+    fn cookie(&self, name: &str) -> Option<Text> {
+        let rewritten = last_named(&self.state.rewrite.headers, "cookie");
+        let headers: Box<dyn Iterator<Item = &Text>> = match rewritten {
+            Some(p) => Box::new(p.value.iter()),
+            None => Box::new(
+                self.req
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+                    .filter_map(|h| h.value.as_ref()),
+            ),
+        };
+        for header in headers {
+            if let Some(v) = cookie_value(header, name) {
+                return Some(header.slice_ref(v));
+            }
+        }
+        None
+    }
+
+    /// Header values for an `http_*` variable, joined with `, ` as nginx joins repeats.
+    fn joined_header(&self, var: &str) -> Option<Text> {
+        if let Some(p) = self
+            .state
+            .rewrite
+            .headers
+            .iter()
+            .rev()
+            .find(|p| header_matches_var(&p.name, var))
+        {
+            return p.value.clone();
+        }
+        let mut values = self
+            .req
+            .headers
+            .iter()
+            .filter(|h| header_matches_var(&h.name, var))
+            .filter_map(|h| h.value.as_ref());
+        let first = values.next()?;
+        match values.next() {
+            None => Some(first.clone()),
+            Some(second) => {
+                let mut joined = format!("{first}, {second}");
+                for v in values {
+                    joined.push_str(", ");
+                    joined.push_str(v);
+                }
+                Some(joined.into())
+            }
+        }
+    }
+
+    /// The request body (fetched from the gateway once per call, or as rewritten by an earlier
+    /// plugin); `None` when the request has none.
+    pub async fn request_body(&mut self) -> Result<Option<Bytes>, PluginError> {
+        if let Some(body) = &self.state.rewrite.body {
+            return Ok(Some(body.clone()));
+        }
+        if let Some(body) = &self.state.body {
+            return Ok(body.clone());
+        }
+        let body = self.gateway.fetch(ExtraInfoReq::ReqBody).await?;
+        self.state.body = Some(body.clone());
+        Ok(body)
+    }
+
+    /// Rewrites the upstream path (raw, no `?`; the gateway escapes it).
+    pub fn set_path(&mut self, path: impl Into<Text>) {
+        self.state.rewrite.path = Some(path.into());
+    }
+
+    /// Sets request header `name`, replacing every value it had. `host` also changes the
+    /// upstream Host. The protocol cannot append a second value to a header.
+    pub fn set_header(&mut self, name: impl Into<Text>, value: impl Into<Text>) {
+        push_replacing(&mut self.state.rewrite.headers, Pair::new(name, value));
+    }
+
+    /// Deletes request header `name`.
+    pub fn remove_header(&mut self, name: impl Into<Text>) {
+        push_replacing(&mut self.state.rewrite.headers, Pair::absent(name));
+    }
+
+    /// Sets query argument `name` to one value, replacing every value it had.
+    pub fn set_arg(&mut self, name: impl Into<Text>, value: impl Into<Text>) {
+        let pair = Pair::new(name, value);
+        self.state.rewrite.args.retain(|a| a.name != pair.name);
+        self.state.rewrite.args.push(pair);
+    }
+
+    /// Adds a value to query argument `name`, keeping the values it has.
+    pub fn append_arg(&mut self, name: impl Into<Text>, value: impl Into<Text>) {
+        let pair = Pair::new(name, value);
+        let args = &mut self.state.rewrite.args;
+        if !args.iter().any(|a| a.name == pair.name) {
+            // On the wire the first entry of a name replaces the argument, so the values the
+            // request already has are sent first.
+            args.extend(
+                self.req
+                    .args
+                    .iter()
+                    .filter(|a| a.name == pair.name)
+                    .cloned(),
+            );
+        }
+        args.push(pair);
+    }
+
+    /// Deletes query argument `name`.
+    pub fn remove_arg(&mut self, name: impl Into<Text>) {
+        let pair = Pair::absent(name);
+        self.state.rewrite.args.retain(|a| a.name != pair.name);
+        self.state.rewrite.args.push(pair);
+    }
+
+    /// Sets a header on the client's response, whether the request is proxied or stopped by a
+    /// later plugin. Stock APISIX ignores connection, content-length, transfer-encoding,
+    /// location, server, www-authenticate, content-encoding, content-type, content-location and
+    /// content-language here.
+    pub fn set_response_header(&mut self, name: impl Into<Text>, value: impl Into<Text>) {
+        push_replacing(&mut self.state.rewrite.resp_headers, Pair::new(name, value));
+    }
+
+    /// Replaces the request body sent upstream.
+    pub fn set_body(&mut self, body: impl Into<Bytes>) {
+        self.state.rewrite.body = Some(body.into());
+    }
+}
+
+/// The last entry named `name` (any case): the one the gateway applies.
+fn last_named<'p>(pairs: &'p [Pair], name: &str) -> Option<&'p Pair> {
+    pairs
+        .iter()
+        .rev()
+        .find(|p| p.name.eq_ignore_ascii_case(name))
+}
+
+/// Records a set/delete, dropping earlier entries of the same name so the rewrite stays small.
+fn push_replacing(pairs: &mut Vec<Pair>, pair: Pair) {
+    pairs.retain(|p| !p.name.eq_ignore_ascii_case(&pair.name));
+    pairs.push(pair);
+}

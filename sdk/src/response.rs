@@ -1,0 +1,166 @@
+//! The response phase as a plugin sees it.
+
+use std::any::Any;
+
+use bytes::Bytes;
+
+use super::error::PluginError;
+use super::extensions::Extensions;
+use super::vars::{bytes_to_text, GatewayVars, VarCache};
+use crate::model::{ExtraInfoReq, HttpRespCallReq, HttpRespCallResp, Pair};
+use crate::text::Text;
+
+/// Per-call scratch of the response phase, owned by the connection and reset for each call.
+#[derive(Default)]
+pub struct RespState {
+    status: Option<u16>,
+    /// `None` until a plugin changes a header; then the complete set the client gets.
+    headers: Option<Vec<Pair>>,
+    body: Option<Bytes>,
+    upstream_body: Option<Option<Bytes>>,
+    vars: VarCache,
+    extensions: Extensions,
+}
+
+impl RespState {
+    pub fn reset(&mut self) {
+        self.status = None;
+        self.headers = None;
+        self.body = None;
+        self.upstream_body = None;
+        self.vars.clear();
+        self.extensions.clear();
+    }
+
+    /// The reply for the gateway. When any header changed, every header is sent: the gateway
+    /// then sends the client only the headers in the reply.
+    pub fn take_reply(&mut self, id: u32) -> HttpRespCallResp {
+        HttpRespCallResp {
+            id,
+            status: self.status.take().unwrap_or(0),
+            headers: self.headers.take().unwrap_or_default(),
+            body: self.body.take(),
+        }
+    }
+}
+
+/// The upstream's answer, seen by one plugin of the chain. Reads reflect the changes of earlier
+/// plugins.
+pub struct ResponseCall<'c> {
+    req: &'c HttpRespCallReq,
+    state: &'c mut RespState,
+    gateway: &'c mut dyn GatewayVars,
+}
+
+impl<'c> ResponseCall<'c> {
+    pub(crate) fn new(
+        req: &'c HttpRespCallReq,
+        state: &'c mut RespState,
+        gateway: &'c mut dyn GatewayVars,
+    ) -> ResponseCall<'c> {
+        ResponseCall {
+            req,
+            state,
+            gateway,
+        }
+    }
+
+    /// The gateway's id for this call (unrelated to the request phase's id).
+    pub fn id(&self) -> u32 {
+        self.req.id
+    }
+
+    /// The status the upstream answered.
+    pub fn upstream_status(&self) -> u16 {
+        self.req.status
+    }
+
+    /// The status the client will get, as changed so far.
+    pub fn status(&self) -> u16 {
+        self.state.status.unwrap_or(self.req.status)
+    }
+
+    pub fn set_status(&mut self, status: u16) {
+        self.state.status = Some(status);
+    }
+
+    /// The upstream's headers, in their original case and order.
+    pub fn upstream_headers(&self) -> &[Pair] {
+        &self.req.headers
+    }
+
+    /// The headers the client will get, as changed so far.
+    pub fn headers(&self) -> &[Pair] {
+        self.state.headers.as_deref().unwrap_or(&self.req.headers)
+    }
+
+    /// The first value of header `name` (any case), as changed so far.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers()
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| h.value.as_deref())
+    }
+
+    fn headers_mut(&mut self) -> &mut Vec<Pair> {
+        let upstream = &self.req.headers;
+        self.state.headers.get_or_insert_with(|| upstream.clone())
+    }
+
+    /// Sets header `name`, replacing every value it had.
+    pub fn set_header(&mut self, name: impl Into<Text>, value: impl Into<Text>) {
+        let pair = Pair::new(name, value);
+        let headers = self.headers_mut();
+        headers.retain(|h| !h.name.eq_ignore_ascii_case(&pair.name));
+        headers.push(pair);
+    }
+
+    /// Adds a value to header `name`, keeping the values it has.
+    pub fn append_header(&mut self, name: impl Into<Text>, value: impl Into<Text>) {
+        let pair = Pair::new(name, value);
+        self.headers_mut().push(pair);
+    }
+
+    /// Removes header `name`.
+    pub fn remove_header(&mut self, name: &str) {
+        self.headers_mut()
+            .retain(|h| !h.name.eq_ignore_ascii_case(name));
+    }
+
+    /// The response body as changed so far, or the upstream's (fetched from the gateway at most
+    /// once per call); `None` when there is none.
+    pub async fn body(&mut self) -> Result<Option<Bytes>, PluginError> {
+        if let Some(body) = &self.state.body {
+            return Ok(Some(body.clone()));
+        }
+        if let Some(body) = &self.state.upstream_body {
+            return Ok(body.clone());
+        }
+        let body = self.gateway.fetch(ExtraInfoReq::RespBody).await?;
+        self.state.upstream_body = Some(body.clone());
+        Ok(body)
+    }
+
+    /// Replaces the response body.
+    pub fn set_body(&mut self, body: impl Into<Bytes>) {
+        self.state.body = Some(body.into());
+    }
+
+    /// A gateway variable (`request_time`, `upstream_status`, `http_x_request_id`, ...), fetched
+    /// from the gateway once per call; `None` when it is nil. The response phase carries no
+    /// request data, so every variable costs one round trip.
+    pub async fn var(&mut self, name: &str) -> Result<Option<Text>, PluginError> {
+        let v = self.state.vars.get_or_fetch(self.gateway, name).await?;
+        Ok(v.map(bytes_to_text))
+    }
+
+    /// Stores a value for later plugins of this call; one value per type.
+    pub fn insert<T: Any + Send>(&mut self, value: T) {
+        self.state.extensions.insert(value);
+    }
+
+    /// A value an earlier plugin of this call stored with [`ResponseCall::insert`].
+    pub fn get<T: Any + Send>(&self) -> Option<&T> {
+        self.state.extensions.get()
+    }
+}
