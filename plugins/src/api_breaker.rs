@@ -218,7 +218,7 @@ impl ApiBreaker {
 
     /// The policy's judgement of the upstream's answer.
     async fn outcome(&self, call: &mut ResponseCall<'_>) -> Result<Outcome, PluginError> {
-        let status = call.upstream_status();
+        let status = call.original_status();
         let bad_status = self.unhealthy.contains(&status);
         Ok(match self.settings.policy {
             Policy::Consecutive if bad_status => Outcome::Failure,

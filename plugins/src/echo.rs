@@ -35,11 +35,8 @@ fn default_status() -> u16 {
     200
 }
 
-fn pairs(pairs: &[Pair]) -> Value {
-    pairs
-        .iter()
-        .map(|p| json!([p.name.as_str(), p.value.as_deref()]))
-        .collect()
+fn pairs<'a>(pairs: impl Iterator<Item = (&'a str, Option<&'a str>)>) -> Value {
+    pairs.map(|(name, value)| json!([name, value])).collect()
 }
 
 impl Plugin for Echo {
@@ -70,7 +67,7 @@ impl Plugin for Echo {
             vars.insert(name.to_string(), json!(value.as_deref()));
         }
         let body = if self.request_body {
-            call.request_body()
+            call.body()
                 .await?
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
         } else {
@@ -80,12 +77,12 @@ impl Plugin for Echo {
             "method": call.method().as_str(),
             "path": call.path(),
             "args": pairs(call.args()),
-            "headers": pairs(call.headers()),
+            "headers": pairs(call.headers().map(|(n, v)| (n, Some(v)))),
             "src_ip": call.src_ip().map(|ip| ip.to_string()),
             "vars": vars,
             "body": body,
         });
-        let body = serde_json::to_vec(&answer).map_err(|e| PluginError::new(e.to_string()))?;
+        let body = serde_json::to_vec(&answer)?;
         Ok(Flow::Stop(
             Stop::new(self.status)
                 .with_header("content-type", "application/json")
@@ -94,7 +91,7 @@ impl Plugin for Echo {
     }
 
     async fn response_filter(&self, call: &mut ResponseCall<'_>) -> Result<(), PluginError> {
-        let status = call.upstream_status().to_string();
+        let status = call.original_status().to_string();
         call.set_header("x-echo-upstream-status", status);
         Ok(())
     }

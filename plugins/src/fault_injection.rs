@@ -133,7 +133,7 @@ impl Plugin for FaultInjection {
                     .map(|(key, value)| HeaderConf { key, value })
                     .collect();
                 let stop = reject::with_headers(Stop::new(a.http_status), &headers)
-                    .map_err(|e| ConfError::new(format!("`abort.headers`: {e}")))?;
+                    .map_err(|e| ConfError::field("abort.headers", e))?;
                 let parts = a
                     .body
                     .as_deref()

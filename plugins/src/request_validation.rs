@@ -148,10 +148,8 @@ impl Plugin for RequestValidation {
     async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
         if let Some(schema) = &self.header_schema {
             let mut headers = Map::new();
-            for h in call.headers() {
-                if let Some(v) = &h.value {
-                    insert_repeated(&mut headers, &h.name.to_ascii_lowercase(), v.to_string());
-                }
+            for (name, value) in call.headers() {
+                insert_repeated(&mut headers, &name.to_ascii_lowercase(), value.to_string());
             }
             if let Some(msg) = violation(schema, &Value::Object(headers)) {
                 return Ok(self.reject(msg));
@@ -166,7 +164,7 @@ impl Plugin for RequestValidation {
             return Ok(self.reject("duplicate Content-Type header".into()));
         }
         drop(content_types);
-        let Some(body) = call.request_body().await? else {
+        let Some(body) = call.body().await? else {
             return Ok(self.reject("request body is missing".into()));
         };
         if body.len() > self.max_body {
@@ -188,7 +186,7 @@ impl Plugin for RequestValidation {
             return Ok(self.reject(msg));
         }
         if !form {
-            let canonical = serde_json::to_vec(&value).map_err(|e| PluginError::new(e.to_string()))?;
+            let canonical = serde_json::to_vec(&value)?;
             call.set_body(canonical);
         }
         Ok(Flow::Continue)

@@ -28,7 +28,7 @@ pub fn regex_set(field: &str, patterns: &[String], case_insensitive: bool) -> Re
     RegexSetBuilder::new(patterns)
         .case_insensitive(case_insensitive)
         .build()
-        .map_err(|e| ConfError::new(format!("`{field}`: {e}")))
+        .field(field)
 }
 
 /// Compiles one pattern (the conf field `field`), with a message naming it.

@@ -84,7 +84,7 @@ use serde::de::DeserializeOwned;
 pub use bytes::Bytes;
 pub use chain::Chain;
 pub use env::{Attachment, PrepareEnv};
-pub use error::{ConfError, PluginError};
+pub use error::{ConfError, Context, PluginError};
 pub use model::{Method, Pair, Stop};
 pub use registry::{ChainError, Registry};
 pub use request::RequestCall;

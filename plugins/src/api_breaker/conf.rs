@@ -183,7 +183,7 @@ impl ApiBreakerConf {
             reject = reject.with_body(body);
         }
         let reject = reject::with_headers(reject, &self.break_response_headers)
-            .map_err(|e| ConfError::new(format!("`break_response_headers`: {e}")))?;
+            .map_err(|e| ConfError::field("break_response_headers", e))?;
         let max_breaker_sec = in_range("max_breaker_sec", self.max_breaker_sec, 3, MAX_MS / 1000)?;
         let unhealthy = statuses("unhealthy.http_statuses", self.unhealthy.http_statuses, 500, 599)?;
         let healthy = statuses("healthy.http_statuses", self.healthy.http_statuses, 200, 499)?;
