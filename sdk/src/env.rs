@@ -4,6 +4,7 @@ use std::any::Any;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use crate::services::Services;
 use crate::state::{ScopeKey, StateRegistry};
 
 /// Where the gateway attached the chain, read from the `prepare_conf` key
@@ -56,6 +57,7 @@ pub struct PrepareEnv<'a> {
     pub(crate) conf: &'a str,
     pub(crate) chain: &'a [&'a str],
     pub(crate) state: &'a StateRegistry,
+    pub(crate) services: &'a Services,
 }
 
 impl PrepareEnv<'_> {
@@ -76,6 +78,12 @@ impl PrepareEnv<'_> {
     /// The names of every plugin in this chain, in order (this one included).
     pub fn chain(&self) -> &[&str] {
         self.chain
+    }
+
+    /// The process-wide value of type `T` the runner provided with
+    /// [`Registry::provide`](crate::Registry::provide); `None` when it provided none.
+    pub fn service<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.services.get()
     }
 
     /// State shared by every chain of this route, plugin and conf: the pre-req and post-resp

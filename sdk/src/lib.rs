@@ -73,6 +73,7 @@ pub mod model;
 mod registry;
 mod request;
 mod response;
+mod services;
 mod state;
 mod text;
 mod vars;

@@ -4,7 +4,11 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::chain::{Chain, DynPlugin, Link};
+use std::any::Any;
+use std::sync::Arc;
+
 use crate::model::PrepareConfReq;
+use crate::services::Services;
 use crate::state::StateRegistry;
 use crate::text::Text;
 use crate::{Attachment, ConfError, Plugin, PrepareEnv};
@@ -15,6 +19,7 @@ type Factory = fn(&str, &mut PrepareEnv<'_>) -> Result<Box<dyn DynPlugin>, ConfE
 #[derive(Clone, Default)]
 pub struct Registry {
     factories: HashMap<&'static str, Factory>,
+    services: Services,
 }
 
 /// Why a chain could not be prepared: which entry, which plugin, what is wrong.
@@ -51,6 +56,25 @@ impl Registry {
         let previous = self.factories.insert(P::NAME, prepare::<P>);
         assert!(previous.is_none(), "plugin `{}` registered twice", P::NAME);
         self
+    }
+
+    /// Hands `value` to every plugin's prepare, found by type with
+    /// [`PrepareEnv::service`]: for process-wide things a runner makes once from its own
+    /// settings (a rule store fed by a file watcher, say). A second value of the same type
+    /// replaces the first.
+    pub fn provide<T: Any + Send + Sync>(mut self, value: Arc<T>) -> Registry {
+        self.services.insert(value);
+        self
+    }
+
+    /// The value of type `T` given to [`Registry::provide`], if any.
+    pub fn service<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.services.get()
+    }
+
+    /// Whether a plugin of this name is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.factories.contains_key(name)
     }
 
     /// The registered names, sorted.
@@ -95,6 +119,7 @@ impl Registry {
                 conf,
                 chain: &names,
                 state,
+                services: &self.services,
             };
             let plugin = factory(conf, &mut env).map_err(|e| fail(e.to_string()))?;
             links.push(Link { name, plugin });

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::host::{CallState, GatewayVars, RespState, StateRegistry};
 use crate::model::{ExtraInfoReq, HttpReqCallReq, HttpRespCallReq, Pair};
+use crate::services::Services;
 use crate::{Attachment, PluginError, PrepareEnv, RequestCall, ResponseCall};
 
 /// Answers `extra_info` from a map.
@@ -124,9 +125,20 @@ impl TestResp {
 #[derive(Default)]
 pub struct TestEnv {
     state: StateRegistry,
+    services: Services,
 }
 
 impl TestEnv {
+    /// Provides `value` to the plugins prepared here, as
+    /// [`Registry::provide`](crate::Registry::provide) does in a runner.
+    pub fn with_service<T: std::any::Any + Send + Sync>(
+        mut self,
+        value: std::sync::Arc<T>,
+    ) -> TestEnv {
+        self.services.insert(value);
+        self
+    }
+
     /// Runs `f` with a [`PrepareEnv`] for `plugin` with `conf` under `key`, in `chain`.
     pub fn with<T>(
         &self,
@@ -142,6 +154,7 @@ impl TestEnv {
             conf,
             chain,
             state: &self.state,
+            services: &self.services,
         };
         f(&mut env)
     }
