@@ -23,7 +23,7 @@
 //! when the first request reaches it, after the request half, so a prepare-time warning would
 //! fire for every correctly configured route.
 
-mod breaker;
+pub(crate) mod breaker;
 mod conf;
 
 use std::sync::atomic::{AtomicBool, Ordering};

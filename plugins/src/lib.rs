@@ -38,6 +38,7 @@ builtin_plugins! {
     request_id => RequestId,
     request_validation => RequestValidation,
     restriction => RefererRestriction | UaRestriction,
+    opensergo => OpenSergo,
     traffic_tag => TrafficTag,
     uri_blocker => UriBlocker,
 }

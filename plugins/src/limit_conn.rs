@@ -114,7 +114,7 @@ pub struct Slot {
 }
 
 impl Slot {
-    fn release(&self, latency: Option<u64>) {
+    pub(crate) fn release(&self, latency: Option<u64>) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         if let Some(latency) = latency {
             let unit = self.unit_delay.load(Ordering::Relaxed);
@@ -124,8 +124,23 @@ impl Slot {
 }
 
 impl ConnState {
+    /// One pool of `conn` slots per key, no burst and no delay, for a plugin that holds the
+    /// slots in its own leases (opensergo's ConcurrencyLimitStrategy).
+    pub(crate) fn single(conn: u64, max_keys: usize, idle: u64) -> ConnState {
+        ConnState {
+            pools: vec![Pool {
+                conn,
+                burst: 0,
+                keys: KeyedStore::new(max_keys, idle),
+            }],
+            leases: Leases::new(idle),
+            default_delay: 0,
+            seen_post_resp: AtomicBool::new(true),
+        }
+    }
+
     /// Counts a request in: `Ok((slot, delay))`, or `Err(())` above `conn + burst`.
-    fn acquire(&self, pool: usize, key: &str, now: u64) -> Result<(Arc<Slot>, u64), ()> {
+    pub(crate) fn acquire(&self, pool: usize, key: &str, now: u64) -> Result<(Arc<Slot>, u64), ()> {
         let pool = &self.pools[pool];
         let slot = pool.keys.get_or_insert(key, now, || Slot {
             in_flight: AtomicU64::new(0),

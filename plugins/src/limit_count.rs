@@ -75,7 +75,7 @@ struct RuleConf {
 
 #[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-enum WindowType {
+pub(crate) enum WindowType {
     #[default]
     Fixed,
     Sliding,
@@ -150,7 +150,7 @@ pub struct Verdict {
 }
 
 impl Counters {
-    fn new(count: u64, window: u64, kind: WindowType, buckets: usize, max_keys: usize) -> Counters {
+    pub(crate) fn new(count: u64, window: u64, kind: WindowType, buckets: usize, max_keys: usize) -> Counters {
         Counters {
             count,
             window,
@@ -196,6 +196,24 @@ impl Counters {
                     reset_in: w.next_expiry(now).map_or(0, |at| at - now),
                 }
             }
+        }
+    }
+}
+
+impl Counters {
+    /// Takes back one request that [`Counters::acquire`] counted for `key` at `at`, when a later
+    /// check of the same request rejected it (opensergo's rollback). A request counted in a
+    /// window that has since moved on is not taken back: that window's count no longer matters.
+    pub fn refund(&self, key: &str, at: u64) {
+        let Some(cell) = self.keys.get(key) else { return };
+        let mut cell = lock(&cell);
+        match &mut *cell {
+            Cell::Fixed { start, used } => {
+                if at >= *start && at < *start + self.window {
+                    *used = used.saturating_sub(1);
+                }
+            }
+            Cell::Sliding(w) => w.sub(at, 0, 1),
         }
     }
 }

@@ -45,7 +45,7 @@ pub struct TrafficTag {
     prefix: BTreeMap<Text, Text>,
 }
 
-struct Rule {
+pub(crate) struct Rule {
     matcher: Matcher,
     tags: Vec<Text>,
     /// Indices into `tags`, in smooth weighted round-robin order.
@@ -244,7 +244,7 @@ fn stable_hash(s: &str) -> u64 {
     h ^ (h >> 31)
 }
 
-fn rule(i: usize, c: RuleConf) -> Result<Rule, ConfError> {
+pub(crate) fn rule(i: usize, c: RuleConf) -> Result<Rule, ConfError> {
     let field = format!("rules[{i}]");
     let matcher = match (c.match_, c.http_match) {
         (Some(_), Some(_)) => {
@@ -290,7 +290,7 @@ fn rule(i: usize, c: RuleConf) -> Result<Rule, ConfError> {
 }
 
 impl Rule {
-    async fn matches(&self, call: &mut RequestCall<'_>) -> Result<bool, PluginError> {
+    pub(crate) async fn matches(&self, call: &mut RequestCall<'_>) -> Result<bool, PluginError> {
         match &self.matcher {
             Matcher::Always => Ok(true),
             Matcher::Http(list) => Ok(list.iter().any(|m| m.matches(call))),
@@ -305,7 +305,7 @@ impl Rule {
         }
     }
 
-    async fn choose(&self, call: &mut RequestCall<'_>, counter: &AtomicU64) -> Result<&Text, PluginError> {
+    pub(crate) async fn choose(&self, call: &mut RequestCall<'_>, counter: &AtomicU64) -> Result<&Text, PluginError> {
         let len = self.sequence.len() as u64;
         let slot = match &self.hash_on {
             Some(var) => match call.var(var).await? {

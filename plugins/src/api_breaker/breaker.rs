@@ -131,6 +131,20 @@ impl Breaker {
     }
 }
 
+impl Breaker {
+    /// Gives back a probe admitted with `ticket` that never reached the upstream (a later check
+    /// of the same request rejected it), so the half-open budget is not used up by it.
+    pub fn cancel(&self, ticket: Ticket) {
+        if let Machine::Sentinel(m) = &mut *lock(&self.machine) {
+            if let Phase::HalfOpen { admitted, .. } = &mut m.phase {
+                if ticket == Ticket(m.period) {
+                    *admitted = admitted.saturating_sub(1);
+                }
+            }
+        }
+    }
+}
+
 /// APISIX's counters (its shared-dict keys `unhealthy-*`, `healthy-*`, `lasttime-*`).
 #[derive(Default)]
 struct Consecutive {

@@ -60,6 +60,17 @@ impl<const K: usize> LeapArray<K> {
         b.counts[k] += by;
     }
 
+    /// Takes `by` off counter `k` of the bucket that covered `at`, if that bucket still holds the
+    /// counts of that time (a rollback of [`LeapArray::add`]).
+    pub fn sub(&mut self, at: u64, k: usize, by: u64) {
+        let start = at - at % self.bucket_ns;
+        let i = (at / self.bucket_ns) as usize % self.buckets.len();
+        let b = &mut self.buckets[i];
+        if b.start == start {
+            b.counts[k] = b.counts[k].saturating_sub(by);
+        }
+    }
+
     /// The counters summed over the window ending at `now`.
     pub fn sum(&self, now: u64) -> [u64; K] {
         let mut total = [0; K];
