@@ -16,7 +16,8 @@ use crate::config::{
 };
 use crate::frame::MAX_PAYLOAD;
 use crate::server::{serve, Listener, Runner};
-use ext_plugin_sdk::Registry;
+use ext_plugin_catalogue::opensergo;
+use ext_plugin_sdk::{Plugin, Registry};
 
 /// What `--help` and `--version` say about a runner binary: its name, version and one-line
 /// description. A custom runner passes its own, usually with [`about!`](crate::about).
@@ -125,6 +126,69 @@ pub struct Cli {
     /// Print the built-in plugins and exit.
     #[arg(long)]
     pub list_plugins: bool,
+
+    #[command(flatten)]
+    pub opensergo: OpenSergoFlags,
+}
+
+/// Where the `opensergo` plugin's rules come from (docs/opensergo.md). With none of these set
+/// the runner opens no rules file and no connection.
+#[derive(Debug, Default, clap::Args)]
+pub struct OpenSergoFlags {
+    /// OpenSergo rules file (multi-document YAML of CRDs), watched and reloaded on change.
+    #[arg(long, env = "EXT_PLUGIN_RUNNER_OPENSERGO_RULES")]
+    pub opensergo_rules: Option<PathBuf>,
+
+    /// The OpenSergo control plane, as JSON `{"endpoint": "host:port"}`.
+    #[arg(long, env = "OPENSERGO_BOOTSTRAP_CONFIG")]
+    pub opensergo_bootstrap_config: Option<String>,
+
+    /// A file holding that JSON (used when the JSON itself is not given).
+    #[arg(long, env = "OPENSERGO_BOOTSTRAP")]
+    pub opensergo_bootstrap: Option<PathBuf>,
+
+    /// The namespace of `opensergo` route confs that name none (default: `default`).
+    #[arg(long, env = "EXT_PLUGIN_RUNNER_OPENSERGO_NAMESPACE")]
+    pub opensergo_namespace: Option<String>,
+
+    /// The app of `opensergo` route confs that name none.
+    #[arg(long, env = "EXT_PLUGIN_RUNNER_OPENSERGO_APP")]
+    pub opensergo_app: Option<String>,
+
+    /// Print what the rules file applies to each resource, and exit (1 when it does not parse).
+    #[arg(long)]
+    pub opensergo_check: bool,
+}
+
+impl OpenSergoFlags {
+    pub fn sources(&self) -> opensergo::Sources {
+        opensergo::Sources {
+            rules_file: self.opensergo_rules.clone(),
+            bootstrap_config: self.opensergo_bootstrap_config.clone(),
+            bootstrap_file: self.opensergo_bootstrap.clone(),
+            defaults: opensergo::Defaults {
+                namespace: self.opensergo_namespace.clone(),
+                app: self.opensergo_app.clone(),
+            },
+        }
+    }
+
+    /// Starts the configured rule sources (on the current runtime) and hands their store to
+    /// the registry's `opensergo` plugin.
+    fn provide(&self, registry: Registry) -> Registry {
+        let sources = self.sources();
+        if !sources.any() {
+            return registry;
+        }
+        if !registry.contains(opensergo::OpenSergo::NAME) {
+            tracing::warn!("OpenSergo sources are configured but this runner has no `opensergo` plugin; ignored");
+            return registry;
+        }
+        match opensergo::start(&sources) {
+            Some(store) => registry.provide(store),
+            None => registry,
+        }
+    }
 }
 
 impl Cli {
@@ -197,6 +261,22 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    if cli.opensergo.opensergo_check {
+        let Some(path) = &cli.opensergo.opensergo_rules else {
+            eprintln!("{name}: --opensergo-check needs --opensergo-rules");
+            return ExitCode::from(2);
+        };
+        return match opensergo::check_file(path) {
+            Ok(listing) => {
+                print!("{listing}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{name}: {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
 
     // Everything on stderr lands in the gateway's error log.
     let rust_log = std::env::var("RUST_LOG").ok();
@@ -264,6 +344,7 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
             plugins = ?registry.names(),
             "listening"
         );
+        let registry = cli.opensergo.provide(registry);
         let runner = Runner::new(config, registry);
         serve(listener, runner, async move {
             tokio::select! {

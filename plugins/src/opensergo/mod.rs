@@ -334,6 +334,20 @@ impl OpenSergo {
     }
 }
 
+/// What a rules file applies: for each app it binds, every resource and its strategies, then
+/// the objects skipped or read leniently. `Err` when the file cannot be read or parsed.
+pub fn check_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let rules = yaml::parse(&text, "file")?;
+    let apps: Vec<_> = rules.apps.keys().cloned().collect();
+    let store = RuleStore::new(Defaults::default());
+    store.set(Source::File, rules);
+    for (ns, app) in &apps {
+        store.view(ns, app)?;
+    }
+    Ok(store.describe())
+}
+
 /// Where the runner's OpenSergo rules come from (its flags and environment).
 #[derive(Clone, Debug, Default)]
 pub struct Sources {

@@ -22,9 +22,16 @@ use super::tagging::{compile_lane, compile_router, RouteSpec, TagSpec};
 
 /// Parses a whole rules file. `Err` (with line and column) when it is not YAML at all.
 pub fn parse(text: &str, version: &str) -> Result<SourceRules, String> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| match e.location() {
-        Some(at) => format!("line {} column {}: {e}", at.line(), at.column()),
-        None => e.to_string(),
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
+        // The first line of the message ("error: line L column C: why"); a snippet follows.
+        let full = e.to_string();
+        let first = full.lines().next().unwrap_or("").trim_start_matches("error: ");
+        match e.location() {
+            Some(at) if !first.starts_with("line ") => {
+                format!("line {} column {}: {first}", at.line(), at.column())
+            }
+            _ => first.to_owned(),
+        }
     })?;
     let mut out = SourceRules::default();
     for (i, doc) in docs.into_iter().enumerate() {
