@@ -11,7 +11,8 @@ use ext_plugin_sdk::harness::{Harness, LocalGateway};
 
 fn main() {
     for name in ext_plugin_catalogue::builtin().names() {
-        if !CASES.contains(&name) {
+        // `opensergo` needs a rule store: its cases are `opensergo_request_phase`.
+        if !CASES.contains(&name) && name != "opensergo" {
             eprintln!("plugins bench: no case for built-in plugin `{name}`; add one to CASES");
         }
     }
@@ -115,6 +116,58 @@ fn request_phase(bencher: Bencher<'_, '_>, plugin: &str) {
     let chain = Harness::new(ext_plugin_catalogue::builtin())
         .prepare("route#bench#ext-plugin-pre-req#1", &[(plugin, &conf)])
         .unwrap_or_else(|e| panic!("{plugin}: {e}"));
+    let mut gw = LocalGateway::new();
+    bencher.bench_local(|| black_box(common::call(&mut gw, &chain, black_box(&req))));
+}
+
+/// A rule store holding `n` FaultToleranceRules for one app, each with its own rate limit on
+/// its own resource `GET:/r/<i>` (a limit no request reaches).
+fn opensergo_store(n: usize) -> std::sync::Arc<opensergo::RuleStore> {
+    use opensergo::model::{AppRules, Rule, SourceRules, Strategy, StrategyKind, StrategyRef};
+    let mut app = AppRules::default();
+    for i in 0..n {
+        let name = format!("rate-{i}");
+        app.strategies.insert(
+            (StrategyKind::RateLimit, name.clone()),
+            Strategy::RateLimit {
+                threshold: 1_000_000_000,
+                window_ms: 60_000 + i as u64,
+            },
+        );
+        app.rules.push(Rule {
+            name: format!("rule-{i}"),
+            targets: vec![format!("GET:/r/{i}")],
+            strategies: vec![StrategyRef {
+                name,
+                kind: Some(StrategyKind::RateLimit),
+            }],
+            fallback: None,
+        });
+    }
+    let mut rules = SourceRules::default();
+    rules.apps.insert(("default".into(), "bench".into()), app);
+    let store = opensergo::RuleStore::new(opensergo::Defaults::default());
+    store.set(opensergo::Source::File, rules);
+    store
+}
+
+use ext_plugin_catalogue::opensergo;
+
+/// The `opensergo` plugin with `rules` rules loaded for the app; the request's resource is one
+/// of them (a lookup, then one rate limit), so the cost must not grow with the count.
+#[divan::bench(args = [1, 100, 10_000])]
+fn opensergo_request_phase(bencher: Bencher<'_, '_>, rules: usize) {
+    let rt = common::runtime();
+    let _ctx = rt.enter();
+    let registry = ext_plugin_catalogue::builtin().provide(opensergo_store(rules));
+    let chain = Harness::new(registry)
+        .prepare(
+            "route#bench#ext-plugin-pre-req#1",
+            &[("opensergo", r#"{"app": "bench"}"#)],
+        )
+        .unwrap();
+    let mut req = common::realistic();
+    req.path = format!("/r/{}", rules - 1).into();
     let mut gw = LocalGateway::new();
     bencher.bench_local(|| black_box(common::call(&mut gw, &chain, black_box(&req))));
 }

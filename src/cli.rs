@@ -425,6 +425,30 @@ mod tests {
     }
 
     #[test]
+    fn opensergo_flags_describe_the_sources_and_none_means_none() {
+        let plain = Cli::try_parse_from(["ext-plugin-runner"]).unwrap();
+        assert!(
+            !plain.opensergo.sources().any(),
+            "no flags, no OpenSergo source"
+        );
+        let cli = Cli::try_parse_from([
+            "ext-plugin-runner",
+            "--opensergo-rules",
+            "/etc/rules.yaml",
+            "--opensergo-bootstrap-config",
+            r#"{"endpoint": "cp:10246"}"#,
+            "--opensergo-app",
+            "foo-app",
+        ])
+        .unwrap();
+        let s = cli.opensergo.sources();
+        assert!(s.any());
+        assert_eq!(s.rules_file, Some(PathBuf::from("/etc/rules.yaml")));
+        assert_eq!(s.defaults.app.as_deref(), Some("foo-app"));
+        assert_eq!(s.defaults.namespace, None);
+    }
+
+    #[test]
     fn limit_flags_reach_the_config_and_default_to_it() {
         let cli = Cli::try_parse_from([
             "ext-plugin-runner",

@@ -78,7 +78,7 @@ fn codec_seeds_are_real_messages_of_their_protocol() {
 
 #[test]
 fn conf_seeds_are_chains_the_builtin_plugins_accept() {
-    let registry = ext_plugin_catalogue::builtin();
+    let registry = harness::registry();
     let seeds = harness::conf_seeds();
     for (name, input) in &seeds {
         // The same parsing the target does, so a refused seed says which entry and why.

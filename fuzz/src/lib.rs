@@ -115,7 +115,7 @@ pub const NAME_SEP: u8 = 0x00;
 /// [`Registry::check`], as `prepare_conf` would. Accepted or refused, it must not panic.
 pub fn confs(data: &[u8]) {
     static BUILTIN: OnceLock<Registry> = OnceLock::new();
-    let registry = BUILTIN.get_or_init(ext_plugin_catalogue::builtin);
+    let registry = BUILTIN.get_or_init(registry);
     let mut req = PrepareConfReq {
         key: "route#fuzz#ext-plugin-pre-req#1".into(),
         conf: Vec::new(),
@@ -131,6 +131,13 @@ pub fn confs(data: &[u8]) {
         req.conf.push(Pair::new(name.to_owned(), conf.to_owned()));
     }
     let _ = registry.check(&req);
+}
+
+/// Every built-in plugin, with an (empty) OpenSergo rule store so that `opensergo` confs are
+/// parsed too.
+pub fn registry() -> Registry {
+    let store = ext_plugin_catalogue::opensergo::RuleStore::new(Default::default());
+    ext_plugin_catalogue::builtin().provide(store)
 }
 
 /// A conf-target input for one chain.
@@ -382,6 +389,10 @@ const CONF_SEEDS: &[&[(&str, &str)]] = &[
     &[(
         "traffic-tag",
         r#"{"rules":[{"match":[{"vars":[["http_x_user_id","==","12345"],["uri","~~","^/index"]]}],"weighted_tags":[{"tag":"gray","weight":1}]}]}"#,
+    )],
+    &[(
+        "opensergo",
+        r#"{"app":"foo-app","namespace":"default","resource":"$request_method:$uri","fallback":{"status":429,"headers":{"X-Limited":"1"},"body":"busy"},"tag_header":"x-opensergo-tag"}"#,
     )],
     &[
         ("echo", "{}"),

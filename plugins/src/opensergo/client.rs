@@ -219,6 +219,11 @@ impl ControlPlane {
             return Some(reply("ACK", CODE_SUCCESS, String::new()));
         };
         let app = (resp.namespace.clone(), resp.app.clone());
+        if !self.store.apps().borrow().contains(&app) {
+            // Only what was subscribed is kept: the lists stay bounded by the route confs.
+            tracing::debug!(namespace = %app.0, app = %app.1, "opensergo: push for an app not subscribed; ignored");
+            return Some(reply("ACK", CODE_SUCCESS, String::new()));
+        }
         if code != CODE_SUCCESS && code != CODE_PUSH {
             let msg = resp.status.as_ref().map(|s| s.message.as_str()).unwrap_or("");
             tracing::warn!(namespace = %app.0, app = %app.1, kind, code, msg, "opensergo: the control plane answered an error; the last rules of this kind stay");

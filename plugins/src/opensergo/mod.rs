@@ -8,10 +8,10 @@
 //! of `$var`s resolved per request (locally for request data).
 //!
 //! * Every FaultToleranceRule of the app whose `targetResourceName` equals the resolved
-//!   resource applies its strategies ([`guard`]: Sentinel's order, rollback on reject). A reject
+//!   resource applies its strategies (Sentinel's order, rollback on reject). A reject
 //!   answers the rule's HttpRequestFallbackAction, else the conf's `fallback`, else 429 with
 //!   `{"error_msg": "blocked by OpenSergo <Kind>"}`.
-//! * The app's TrafficLanes and TrafficRouters label the request ([`tagging`]).
+//! * The app's TrafficLanes and TrafficRouters label the request (docs/opensergo.md).
 //! * Concurrency slots and circuit-breaker outcomes need the response phase: attach the same
 //!   conf as `ext-plugin-post-resp` too (the request carries a correlation header, as with
 //!   limit-conn). Without it, slots are freed and probes failed after `lease_timeout`.

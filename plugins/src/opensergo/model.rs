@@ -1,5 +1,5 @@
-//! The rules as this runner applies them, whatever their source: the YAML file ([`super::yaml`])
-//! and the control plane ([`super::wire`]) both turn what they read into these types, validated
+//! The rules as this runner applies them, whatever their source: the YAML file (`yaml.rs`)
+//! and the control plane (`wire.rs`) both turn what they read into these types, validated
 //! and with units normalised to milliseconds.
 
 use std::collections::BTreeMap;

@@ -113,3 +113,16 @@ spec:
         assert!(p.contains(note), "{note}: {p}");
     }
 }
+
+#[test]
+fn the_guides_example_has_every_kind_and_reads_cleanly() {
+    let guide = include_str!("../../../../docs/opensergo.md");
+    let start = guide.find("```yaml\napiVersion").expect("the example") + "```yaml\n".len();
+    let end = start + guide[start..].find("```").unwrap();
+    let r = parse(&guide[start..end], "v").unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    let a = &r.apps[&app()];
+    assert_eq!((a.rules.len(), a.strategies.len(), a.routers.len(), a.lanes.len()), (1, 4, 1, 1));
+    assert_eq!(a.rules[0].targets.len(), 2);
+    assert!(r.fallbacks.contains_key("fallback-foo"));
+}
