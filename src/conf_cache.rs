@@ -1,4 +1,4 @@
-//! Conf tokens → prepared chains (PROTOCOL.md §4).
+//! Conf tokens → prepared chains (docs/protocol.md §6).
 //!
 //! * Tokens are non-zero, start at a random value (a gateway that outlived a runner restart must
 //!   not hit another route's chain with an old token) and count up, so none is reused within a

@@ -1,4 +1,4 @@
-//! The listening socket and the accept loop (PROTOCOL.md §1).
+//! The listening socket and the accept loop (docs/protocol.md §1).
 //!
 //! [`Listener::bind`] owns the socket file's life cycle: it replaces a stale socket, refuses to
 //! replace anything else, opens the file to the gateway's workers (mode 0766, as stock runners

@@ -1,4 +1,4 @@
-//! The security, routing and edge plugins (PLUGINS.md §2.5–2.11, §2.14–2.16) driven through the
+//! The security, routing and edge plugins (docs/plugins/security.md) driven through the
 //! fake gateway: exact statuses, headers and bodies on accept and reject.
 
 use ext_plugin_runner::model::{ErrorCode, HttpReqCallReq, Method, Pair, ReqAction, Rewrite, Stop};

@@ -1,4 +1,4 @@
-//! `api-breaker` (PLUGINS.md §2.4): a circuit breaker in front of the upstream.
+//! `api-breaker` (docs/plugins/traffic.md): a circuit breaker in front of the upstream.
 //!
 //! * Request phase (admit): closed, the request passes untouched; open (or half-open with its
 //!   probe budget used) it gets `Stop{break_response_code, break_response_headers,

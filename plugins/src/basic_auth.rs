@@ -1,4 +1,4 @@
-//! `basic-auth` (PLUGINS.md §2.6): HTTP Basic authentication (RFC 7617).
+//! `basic-auth` (docs/plugins/security.md): HTTP Basic authentication (RFC 7617).
 //!
 //! Conf: `{"hide_credentials": false, "realm": "basic", "anonymous_consumer": null,
 //! "consumers": [{"username": "u", "password": "$ENV://P", "custom_id": "t-1"}]}` (or

@@ -3,7 +3,7 @@
 //! later plugins who the consumer is.
 //!
 //! The runner never sees the gateway's Consumer objects, so each auth conf carries its own
-//! (PLUGINS.md §B): inline `consumers`, or `consumers_file` naming a JSON file holding the same
+//! (docs/plugins/security.md): inline `consumers`, or `consumers_file` naming a JSON file holding the same
 //! array. Both are read once per `prepare_conf`; a request only does map lookups.
 
 use std::collections::HashMap;

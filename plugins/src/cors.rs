@@ -1,4 +1,4 @@
-//! `cors` (PLUGINS.md §2.14): Cross-Origin Resource Sharing headers, APISIX's fields.
+//! `cors` (docs/plugins/security.md): Cross-Origin Resource Sharing headers, APISIX's fields.
 //!
 //! Conf: `{"allow_origins": "*", "allow_methods": "*", "allow_headers": "*", "expose_headers":
 //! null, "max_age": 5, "allow_credential": false, "allow_origins_by_regex": null,

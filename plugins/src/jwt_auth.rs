@@ -1,4 +1,4 @@
-//! `jwt-auth` (PLUGINS.md §2.7): authenticate by a signed JSON Web Token.
+//! `jwt-auth` (docs/plugins/security.md): authenticate by a signed JSON Web Token.
 //!
 //! Conf: `{"header": "authorization", "query": "jwt", "cookie": "jwt", "hide_credentials":
 //! false, "key_claim_name": "key", "claims_to_verify": ["exp", "nbf"], "realm": "jwt",

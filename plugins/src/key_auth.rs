@@ -1,4 +1,4 @@
-//! `key-auth` (PLUGINS.md §2.5): authenticate by an API key in a header or query argument.
+//! `key-auth` (docs/plugins/security.md): authenticate by an API key in a header or query argument.
 //!
 //! Conf: `{"header": "apikey", "query": "apikey", "hide_credentials": false, "realm": "key",
 //! "anonymous_consumer": null, "consumers": [{"username": "jack", "key": "$ENV://JACK_KEY",

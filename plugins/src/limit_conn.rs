@@ -1,4 +1,4 @@
-//! `limit-conn` (PLUGINS.md §2.3): at most `conn` requests in flight per key, `burst` more
+//! `limit-conn` (docs/plugins/traffic.md): at most `conn` requests in flight per key, `burst` more
 //! delayed, the rest rejected.
 //!
 //! * Request phase (acquire), resty.limit.conn's algorithm: count the request in; above

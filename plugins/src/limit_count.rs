@@ -1,4 +1,4 @@
-//! `limit-count` (PLUGINS.md §2.1): at most `count` requests per `time_window` seconds per key.
+//! `limit-count` (docs/plugins/traffic.md): at most `count` requests per `time_window` seconds per key.
 //!
 //! * `window_type: "fixed"` (default): APISIX's window, starting at the key's first request.
 //!   `"sliding"` *(ext)*: a LeapArray of `buckets` buckets, so a burst straddling a window

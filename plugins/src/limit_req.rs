@@ -1,4 +1,4 @@
-//! `limit-req` (PLUGINS.md §2.2): leaky-bucket pacing at `rate` requests per second per key,
+//! `limit-req` (docs/plugins/traffic.md): leaky-bucket pacing at `rate` requests per second per key,
 //! with `burst` extra requests delayed rather than rejected.
 //!
 //! The algorithm is resty.limit.req's: `excess' = max(excess − rate·Δt + 1, 0)`; reject when
@@ -25,7 +25,7 @@ use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::KeyedStore;
 use crate::support::reject::{self, HeaderConf};
 
-/// The longest delay the plugin may add (PLUGINS.md §0: APISIX reads for 60 s at most).
+/// The longest delay the plugin may add (APISIX reads the runner's answer for 60 s at most).
 pub const MAX_DELAY_SECS: f64 = 55.0;
 
 #[derive(Deserialize)]

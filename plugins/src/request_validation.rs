@@ -1,4 +1,4 @@
-//! `request-validation` (PLUGINS.md §2.16): JSON Schema (draft 7) checks of headers and body.
+//! `request-validation` (docs/plugins/security.md): JSON Schema (draft 7) checks of headers and body.
 //!
 //! Conf: `{"header_schema": {...}, "body_schema": {...}, "rejected_code": 400, "rejected_msg":
 //! "bad request", "max_req_body_size": 67108864, "rejected_headers": []}`; at least one schema.

@@ -1,4 +1,4 @@
-//! `ua-restriction` and `referer-restriction` (PLUGINS.md §2.9): one allow/deny matcher, two
+//! `ua-restriction` and `referer-restriction` (docs/plugins/security.md): one allow/deny matcher, two
 //! plugins. Also the regex and rejection helpers the other edge plugins share.
 //!
 //! * `ua-restriction`: `{"allowlist" | "denylist": [regex], "bypass_missing": false, "message":

@@ -1,4 +1,4 @@
-//! `uri-blocker` (PLUGINS.md §2.15): reject requests whose URI matches a rule.
+//! `uri-blocker` (docs/plugins/security.md): reject requests whose URI matches a rule.
 //!
 //! Conf: `{"block_rules": ["\\.\\./", "^/admin"], "rejected_code": 403, "rejected_msg":
 //! "blocked", "case_insensitive": false, "rejected_headers": [{"key": "X-Blocked", "value":

@@ -228,5 +228,5 @@ fn bad_confs_name_the_field() {
         "threshold": 0.5, "min_request_amount": 5, "stat_interval_ms": 10000, "buckets": 10,
         "recovery_timeout_ms": 5000, "max_allowed_rt_ms": 500, "probe_num": 1,
         "scope": "route", "count_missing_response_as_error": true, "lease_timeout": 30}"#;
-    build(full, &env, PRE, &clock).expect("the PLUGINS.md example prepares");
+    build(full, &env, PRE, &clock).expect("the documented example prepares");
 }
