@@ -131,6 +131,9 @@ pub struct JwtAuthConf {
     cookie: String,
     #[serde(default)]
     hide_credentials: bool,
+    /// Only `false`: the runner cannot store the payload in the gateway's request context.
+    #[serde(default)]
+    store_in_ctx: bool,
     #[serde(default = "default_key_claim")]
     key_claim_name: String,
     #[serde(default)]
@@ -160,6 +163,13 @@ pub struct JwtConsumer {
     base64_secret: bool,
     #[serde(default)]
     lifetime_grace_period: u64,
+    /// APISIX's token lifetime for signing, which the runner never does: checked, then unused.
+    #[serde(default)]
+    exp: Option<i64>,
+    /// APISIX accepts a private key beside the public one (older versions signed with it); the
+    /// runner only verifies, so it is accepted and unused.
+    #[serde(default, rename = "private_key")]
+    _private_key: Option<String>,
     #[serde(default)]
     custom_id: Option<String>,
     #[serde(default)]
@@ -232,24 +242,25 @@ fn verifier(c: JwtConsumer) -> Result<Verifier, ConfError> {
                 DecodingKey::from_secret(secret.as_bytes())
             }
         }
+        // A `secret` beside an asymmetric algorithm is accepted and unused, as in APISIX.
         _ => {
-            if c.secret.is_some() {
-                return Err(ConfError::new(format!(
-                    "{who}: {alg:?} verifies with `public_key`; remove `secret`"
-                )));
-            }
             let pem = c
                 .public_key
                 .ok_or_else(|| ConfError::new(format!("{who}: {alg:?} needs `public_key`")))?;
             let pem = consumers::resolve_secret(&pem, &format!("{who}: `public_key`"))?;
             match alg {
-                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem.as_bytes()),
-                Algorithm::EdDSA => DecodingKey::from_ed_pem(pem.as_bytes()),
-                _ => DecodingKey::from_rsa_pem(pem.as_bytes()),
+                Algorithm::ES256 | Algorithm::ES384 => {
+                    DecodingKey::from_ec_pem(pem.as_bytes()).map_err(bad_key)?
+                }
+                Algorithm::EdDSA => DecodingKey::from_ed_pem(pem.as_bytes()).map_err(bad_key)?,
+                _ if pem.contains("PRIVATE KEY-----") => rsa_public_of_private(&pem, &who)?,
+                _ => DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(bad_key)?,
             }
-            .map_err(bad_key)?
         }
     };
+    if c.exp.is_some_and(|e| e < 1) {
+        return Err(ConfError::new(format!("{who}: `exp` must be at least 1")));
+    }
     let mut validation = Validation::new(alg);
     validation.required_spec_claims.clear();
     // `exp` and `nbf` are checked by `Claims`, with APISIX's rules.
@@ -263,6 +274,23 @@ fn verifier(c: JwtConsumer) -> Result<Verifier, ConfError> {
         validation,
         leeway: c.lifetime_grace_period as f64,
     })
+}
+
+/// The public half of an RSA private key given as `public_key` (PKCS#1 or PKCS#8 PEM), which
+/// APISIX accepts there: OpenSSL verifies with a private key too.
+fn rsa_public_of_private(pem: &str, who: &str) -> Result<DecodingKey, ConfError> {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::traits::PublicKeyParts;
+    let key = rsa::RsaPrivateKey::from_pkcs1_pem(pem)
+        .or_else(|_| rsa::RsaPrivateKey::from_pkcs8_pem(pem))
+        .map_err(|e| {
+            ConfError::new(format!("{who}: `public_key` holds a private key that is not RSA: {e}"))
+        })?;
+    Ok(DecodingKey::from_rsa_raw_components(
+        &key.n().to_bytes_be(),
+        &key.e().to_bytes_be(),
+    ))
 }
 
 /// Where the token came from, so `hide_credentials` deletes the right thing.
@@ -347,6 +375,12 @@ impl Plugin for JwtAuth {
             if v.is_empty() {
                 return Err(ConfError::new(format!("`{field}` must not be empty")));
             }
+        }
+        if conf.store_in_ctx {
+            return Err(ConfError::new(
+                "`store_in_ctx` cannot be true: the runner cannot store the payload in the \
+                 gateway's request context",
+            ));
         }
         let claims = Claims::new(conf.claims_to_verify.as_deref())?;
         consumers::check_realm(&conf.realm)?;
