@@ -83,18 +83,7 @@ impl Origins {
             if patterns.is_empty() {
                 return Err(ConfError::new(format!("`{regex_field}` must not be empty")));
             }
-            for (i, p) in patterns.iter().enumerate() {
-                if p.is_empty() || p.len() > 4096 {
-                    return Err(ConfError::new(format!(
-                        "`{regex_field}[{i}]` must be 1 to 4096 bytes"
-                    )));
-                }
-                if patterns[..i].contains(p) {
-                    return Err(ConfError::new(format!(
-                        "`{regex_field}[{i}]` {p:?} is listed twice"
-                    )));
-                }
-            }
+            restriction::check_list(&regex_field, patterns, 4096, true)?;
             return Ok(Origins::Regex(restriction::regex_set(
                 &regex_field,
                 patterns,
