@@ -101,9 +101,15 @@ fn translate_lua_types(schema: &mut Value) {
         map.insert("not".to_owned(), Value::Object(Map::new()));
     }
     for (key, value) in map.iter_mut() {
-        // Instances, not schemas.
-        if !matches!(key.as_str(), "enum" | "const" | "default" | "examples") {
-            translate_lua_types(value);
+        match (key.as_str(), value) {
+            // Instances, not schemas.
+            ("enum" | "const" | "default" | "examples", _) => {}
+            // Maps from names (any names, `enum` included) to schemas.
+            (
+                "properties" | "patternProperties" | "definitions" | "$defs" | "dependencies",
+                Value::Object(named),
+            ) => named.values_mut().for_each(translate_lua_types),
+            (_, value) => translate_lua_types(value),
         }
     }
 }
@@ -278,9 +284,11 @@ mod tests {
         let function = compiled(json!({"type": "function"}));
         assert!(!function.is_valid(&json!({})) && !function.is_valid(&json!(null)));
         let nested = compiled(json!({"type": "object", "properties": {
-            "type": {"type": ["string", "table"]}, "e": {"enum": [{"type": "table"}]}}}));
-        assert!(nested.is_valid(&json!({"type": [1], "e": {"type": "table"}})));
+            "type": {"type": ["string", "table"]}, "e": {"enum": [{"type": "table"}]},
+            "enum": {"type": "table"}}}));
+        assert!(nested.is_valid(&json!({"type": [1], "e": {"type": "table"}, "enum": {}})));
         assert!(!nested.is_valid(&json!({"type": 1})));
+        assert!(!nested.is_valid(&json!({"enum": 1})));
         for bad in [json!({"type": "test"}), json!({"enum": "x"}), json!({"required": "x"})] {
             assert!(compile("s", Some(bad.clone())).is_err(), "{bad}");
         }
