@@ -49,8 +49,7 @@ pub struct ApiBreaker {
     count_missing: bool,
     lease_timeout: u64,
     corr: Correlation,
-    /// Held, not just looked up: the registry keeps state only while a chain holds it, and the
-    /// request and response chains must see the same breakers.
+    /// The request and response chains of the route see the same breakers.
     state: Arc<BreakerState>,
     reject: Stop,
     clock: SharedClock,

@@ -110,9 +110,6 @@ pub struct LimitCount {
     retry_after: bool,
     dry_run: bool,
     clock: SharedClock,
-    /// Held so the scope's state lives as long as a chain uses it (the registry keeps only a
-    /// weak reference).
-    _quotas: Arc<Quotas>,
 }
 
 /// One quota: the conf's own, or one rule's.
@@ -384,7 +381,6 @@ impl LimitCount {
             retry_after: conf.retry_after,
             dry_run: conf.dry_run,
             clock,
-            _quotas: quotas,
         })
     }
 }

@@ -56,7 +56,13 @@ pub struct PrepareEnv<'a> {
     pub(crate) conf: &'a str,
     pub(crate) chain: &'a [&'a str],
     pub(crate) state: &'a StateRegistry,
+    /// Every state value handed out, for the chain being built to keep (the registry holds
+    /// state weakly).
+    pub(crate) held: Vec<Held>,
 }
+
+/// A state value as the chain that asked for it keeps it.
+pub(crate) type Held = Arc<dyn Any + Send + Sync>;
 
 impl PrepareEnv<'_> {
     /// The `prepare_conf` key, e.g. `route#1#ext-plugin-pre-req#12`.
@@ -81,18 +87,22 @@ impl PrepareEnv<'_> {
     /// State shared by every chain of this route, plugin and conf: the pre-req and post-resp
     /// attachments of one route see the same value, and so do re-prepares of the same conf. A
     /// changed conf gets fresh state (as the gateway's own limiters reset). `init` runs when no
-    /// live chain holds such state yet.
+    /// live chain asked for such state yet.
+    ///
+    /// The state lives as long as any prepared chain that asked for it, whatever the plugin
+    /// keeps: the returned `Arc`, a field cloned out of it, or nothing.
     pub fn state<T: Any + Send + Sync>(&mut self, init: impl FnOnce() -> T) -> Arc<T> {
         let key = ScopeKey::Route {
             route: self.route().to_owned(),
             plugin: self.plugin,
             conf_hash: conf_hash(self.conf),
         };
-        self.state.get_or_init(key, init)
+        self.hold(self.state.get_or_init(key, init))
     }
 
     /// State shared by every chain, of any route, that uses this plugin with the same `group`
-    /// name (APISIX's `group` field of the limit plugins).
+    /// name (APISIX's `group` field of the limit plugins). It lives as long as any chain that
+    /// asked for it, like [`PrepareEnv::state`].
     pub fn group_state<T: Any + Send + Sync>(
         &mut self,
         group: &str,
@@ -102,7 +112,13 @@ impl PrepareEnv<'_> {
             group: group.to_owned(),
             plugin: self.plugin,
         };
-        self.state.get_or_init(key, init)
+        self.hold(self.state.get_or_init(key, init))
+    }
+
+    /// Keeps `value` with the chain being prepared.
+    fn hold<T: Any + Send + Sync>(&mut self, value: Arc<T>) -> Arc<T> {
+        self.held.push(value.clone());
+        value
     }
 }
 

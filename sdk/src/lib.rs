@@ -56,7 +56,9 @@
 //! A plugin value lives as long as its prepared chain (the conf cache may drop it after the conf
 //! expiry). State that must outlive one chain, such as a rate limiter's counters, comes from
 //! [`PrepareEnv::state`]: it is shared by every chain of the same route, plugin and conf (the
-//! request and response attachments of one route, and re-prepares after token refresh).
+//! request and response attachments of one route, and re-prepares after token refresh), and
+//! lives as long as any of those chains does. The chain keeps it alive, not the plugin: a
+//! plugin may hold the returned `Arc` or only what it needs of it (a field's own `Arc`, say).
 //! Several connections call a plugin at once: keep shared state in atomics or short locks, and
 //! never hold a lock across an `.await`.
 

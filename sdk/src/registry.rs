@@ -76,6 +76,7 @@ impl Registry {
     ) -> Result<Chain, ChainError> {
         let names: Vec<&str> = req.conf.iter().map(|p| p.name.as_str()).collect();
         let mut links = Vec::with_capacity(req.conf.len());
+        let mut held = Vec::new();
         for (index, entry) in req.conf.iter().enumerate() {
             let fail = |reason: String| ChainError {
                 index,
@@ -95,15 +96,18 @@ impl Registry {
                 conf,
                 chain: &names,
                 state,
+                held: Vec::new(),
             };
             let plugin = factory(conf, &mut env).map_err(|e| fail(e.to_string()))?;
             links.push(Link { name, plugin });
+            held.append(&mut env.held);
         }
         Ok(Chain {
             attachment: Attachment::from_key(&req.key),
             // A copy: the request's key is a slice of the frame, which the chain must not pin.
             key: Text::from(req.key.as_str().to_owned()),
             links,
+            _state: held.into_boxed_slice(),
         })
     }
 }

@@ -5,9 +5,11 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Mutex;
 
 use bytes::Bytes;
 
+use crate::env::Held;
 use crate::host::{CallState, GatewayVars, RespState, StateRegistry};
 use crate::model::{ExtraInfoReq, HttpReqCallReq, HttpRespCallReq, Pair};
 use crate::{Attachment, PluginError, PrepareEnv, RequestCall, ResponseCall};
@@ -119,11 +121,15 @@ impl TestResp {
     }
 }
 
-/// Prepare-time context for unit tests, with its own state registry: two envs of the same
-/// route and conf share state, as in the runner.
+/// Prepare-time context for unit tests, with its own state registry: two plugins built with it
+/// for the same route and conf share state, as in the runner.
+///
+/// State handed out through a `TestEnv` lives as long as the `TestEnv` (in a runner, as long as
+/// a chain that asked for it): use a new `TestEnv` for fresh state.
 #[derive(Default)]
 pub struct TestEnv {
     state: StateRegistry,
+    held: Mutex<Vec<Held>>,
 }
 
 impl TestEnv {
@@ -142,7 +148,13 @@ impl TestEnv {
             conf,
             chain,
             state: &self.state,
+            held: Vec::new(),
         };
-        f(&mut env)
+        let out = f(&mut env);
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(&mut env.held);
+        out
     }
 }
