@@ -301,7 +301,11 @@ mod tests {
     fn chain(key: &str) -> Result<Chain, ChainError> {
         let empty = ext_plugin_sdk::harness::prepare_request(key, &[]);
         Ok(ext_plugin_sdk::Registry::new()
-            .build_chain(&empty, &ext_plugin_sdk::host::StateRegistry::default())
+            .build_chain(
+                &empty,
+                &ext_plugin_sdk::host::StateRegistry::default(),
+                &ext_plugin_sdk::Clock::system(),
+            )
             .expect("an empty chain always prepares"))
     }
 

@@ -180,7 +180,10 @@ impl Connection<'_> {
         // handles: the request's strings still share the frame, the chain copies what it keeps.
         let build = {
             let (req, shared) = (req.clone(), Arc::clone(shared));
-            move || shared.registry.build_chain(&req, &shared.state)
+            move || {
+                let clock = &shared.config.clock;
+                shared.registry.build_chain(&req, &shared.state, clock)
+            }
         };
         let result = shared.cache.prepare(&req.key, build).await;
         match result {

@@ -5,6 +5,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use crate::state::{ScopeKey, StateRegistry};
+use crate::Clock;
 
 /// Where the gateway attached the chain, read from the `prepare_conf` key
 /// (`conf_type#conf_id#<gateway plugin name>#<version>`).
@@ -56,6 +57,7 @@ pub struct PrepareEnv<'a> {
     pub(crate) conf: &'a str,
     pub(crate) chain: &'a [&'a str],
     pub(crate) state: &'a StateRegistry,
+    pub(crate) clock: &'a Clock,
     /// Every state value handed out, for the chain being built to keep (the registry holds
     /// state weakly).
     pub(crate) held: Vec<Held>,
@@ -82,6 +84,12 @@ impl PrepareEnv<'_> {
     /// The names of every plugin in this chain, in order (this one included).
     pub fn chain(&self) -> &[&str] {
         self.chain
+    }
+
+    /// The clock to measure time by, in `prepare` and (keep a clone) in the filters: the
+    /// runner's monotonic clock, or the manual clock a test drives. See [`Clock`].
+    pub fn clock(&self) -> &Clock {
+        self.clock
     }
 
     /// State shared by every chain of this route, plugin and conf: the pre-req and post-resp

@@ -61,11 +61,21 @@
 //! plugin may hold the returned `Arc` or only what it needs of it (a field's own `Arc`, say).
 //! Several connections call a plugin at once: keep shared state in atomics or short locks, and
 //! never hold a lock across an `.await`.
+//!
+//! # Time
+//!
+//! Plugins that measure time read it from [`PrepareEnv::clock`] (keep a clone of the
+//! [`Clock`]), not from `Instant::now()`. The runner hands out the system's monotonic clock;
+//! tests hand out [`Clock::manual`] and [`Clock::advance`] it by hand, through
+//! [`harness::Harness::with_clock`], [`harness::TestEnv::with_clock`] or the runner's test
+//! configuration, so windows, timeouts and recovery times are tested exactly and without
+//! sleeping.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 mod chain;
+mod clock;
 mod env;
 mod error;
 mod extensions;
@@ -85,6 +95,7 @@ use serde::de::DeserializeOwned;
 
 pub use bytes::Bytes;
 pub use chain::Chain;
+pub use clock::Clock;
 pub use env::{Attachment, PrepareEnv};
 pub use error::{ConfError, PluginError};
 pub use model::{Method, Pair, Stop};
