@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use ext_plugin_sdk::*;
 use crate::limit_req::MAX_DELAY_SECS;
-use crate::support::clock::{self, secs_to_nanos, SharedClock, NANOS_PER_MS};
+use crate::support::clock::{secs_to_nanos, Nanos, NANOS_PER_MS};
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::KeyedStore;
 use crate::support::lease::{Correlation, Leases};
@@ -83,7 +83,7 @@ pub struct LimitConn {
     corr: Correlation,
     only_default_delay: bool,
     reject: Stop,
-    clock: SharedClock,
+    clock: Clock,
 }
 
 struct Limit {
@@ -155,62 +155,7 @@ impl Plugin for LimitConn {
     type Conf = LimitConnConf;
 
     fn prepare(conf: LimitConnConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
-        LimitConn::build(conf, env, clock::system())
-    }
-
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
-        let now = self.clock.now();
-        self.state.expire(now);
-        for limit in &self.limits {
-            let key = if limit.fallback {
-                limit.key.resolve_or_client(call).await?
-            } else {
-                limit.key.resolve(call).await?
-            };
-            let Some(key) = key else { continue };
-            let Ok((slot, delay)) = self.state.acquire(limit.index, &key, now) else {
-                return Ok(Flow::Stop(self.reject.clone()));
-            };
-            let id = self.corr.id_for_call(call);
-            self.state.leases.insert(&id, now, slot);
-            if delay >= NANOS_PER_MS {
-                let capped = delay.min(secs_to_nanos(MAX_DELAY_SECS));
-                tokio::time::sleep(Duration::from_nanos(capped)).await;
-            }
-            return Ok(Flow::Continue);
-        }
-        Ok(Flow::Continue)
-    }
-
-    async fn response_filter(&self, call: &mut ResponseCall<'_>) -> Result<(), PluginError> {
-        let Some(id) = call.var(&self.corr.var).await? else {
-            tracing::debug!(header = %self.corr.header, "limit-conn: response without correlation id");
-            return Ok(());
-        };
-        let Some(slot) = self.state.leases.take(&id) else {
-            return Ok(());
-        };
-        let latency = if self.only_default_delay {
-            None
-        } else {
-            call.var("request_time")
-                .await?
-                .and_then(|t| t.trim().parse::<f64>().ok())
-                .filter(|t| t.is_finite() && *t >= 0.0)
-                .map(secs_to_nanos)
-        };
-        slot.release(latency);
-        Ok(())
-    }
-}
-
-impl LimitConn {
-    /// [`Plugin::prepare`] with the clock to count time by.
-    pub fn build(
-        conf: LimitConnConf,
-        env: &mut PrepareEnv<'_>,
-        clock: SharedClock,
-    ) -> Result<LimitConn, ConfError> {
+        let clock = env.clock().clone();
         reject::check_policy(&conf.policy)?;
         reject::check_max_keys(conf.max_keys)?;
         if !(conf.default_conn_delay > 0.0 && conf.default_conn_delay < MAX_DELAY_SECS) {
@@ -285,18 +230,63 @@ impl LimitConn {
             clock,
         })
     }
+
+    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+        let now = self.clock.nanos();
+        self.state.expire(now);
+        for limit in &self.limits {
+            let key = if limit.fallback {
+                limit.key.resolve_or_client(call).await?
+            } else {
+                limit.key.resolve(call).await?
+            };
+            let Some(key) = key else { continue };
+            let Ok((slot, delay)) = self.state.acquire(limit.index, &key, now) else {
+                return Ok(Flow::Stop(self.reject.clone()));
+            };
+            let id = self.corr.id_for_call(call);
+            self.state.leases.insert(&id, now, slot);
+            if delay >= NANOS_PER_MS {
+                let capped = delay.min(secs_to_nanos(MAX_DELAY_SECS));
+                tokio::time::sleep(Duration::from_nanos(capped)).await;
+            }
+            return Ok(Flow::Continue);
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn response_filter(&self, call: &mut ResponseCall<'_>) -> Result<(), PluginError> {
+        let Some(id) = call.var(&self.corr.var).await? else {
+            tracing::debug!(header = %self.corr.header, "limit-conn: response without correlation id");
+            return Ok(());
+        };
+        let Some(slot) = self.state.leases.take(&id) else {
+            return Ok(());
+        };
+        let latency = if self.only_default_delay {
+            None
+        } else {
+            call.var("request_time")
+                .await?
+                .and_then(|t| t.trim().parse::<f64>().ok())
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .map(secs_to_nanos)
+        };
+        slot.release(latency);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::support::clock::{ManualClock, NANOS_PER_SEC};
+    use crate::support::clock::NANOS_PER_SEC;
     use ext_plugin_sdk::harness::{TestCall, TestEnv, TestResp};
     use ext_plugin_sdk::harness::request;
 
-    fn plugin(conf: &str, env: &TestEnv, key: &str, clock: &Arc<ManualClock>) -> Result<LimitConn, ConfError> {
+    fn plugin(conf: &str, env: &TestEnv, key: &str) -> Result<LimitConn, ConfError> {
         let parsed: LimitConnConf = serde_json::from_str(conf).map_err(ConfError::from)?;
-        env.with(key, LimitConn::NAME, conf, &[LimitConn::NAME], |e| LimitConn::build(parsed, e, clock.clone()))
+        env.with(key, LimitConn::NAME, conf, &[LimitConn::NAME], |e| LimitConn::prepare(parsed, e))
     }
 
     /// Runs a request; `Some(correlation id)` when admitted.
@@ -315,9 +305,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn rejects_above_conn_plus_burst_and_releases_on_response() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
-        let pre = plugin(CONF, &env, "route#1#ext-plugin-pre-req#1", &clock).unwrap();
-        let post = plugin(CONF, &env, "route#1#ext-plugin-post-resp#1", &clock).unwrap();
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let pre = plugin(CONF, &env, "route#1#ext-plugin-pre-req#1").unwrap();
+        let post = plugin(CONF, &env, "route#1#ext-plugin-post-resp#1").unwrap();
         let a = acquire(&pre).await.unwrap();
         acquire(&pre).await.unwrap();
         let start = tokio::time::Instant::now();
@@ -337,8 +327,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn leases_expire_when_no_response_comes() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
-        let pre = plugin(CONF, &env, "route#1#ext-plugin-pre-req#1", &clock).unwrap();
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let clock = env.clock();
+        let pre = plugin(CONF, &env, "route#1#ext-plugin-pre-req#1").unwrap();
         for _ in 0..3 {
             acquire(&pre).await.unwrap();
         }
@@ -351,7 +342,7 @@ mod tests {
 
     #[test]
     fn bad_confs_name_the_field() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default();
         for (conf, why) in [
             (r#"{"conn": 1, "burst": 0}"#, "default_conn_delay"),
             (r#"{"conn": 0, "burst": 0, "default_conn_delay": 1}"#, "conn"),
@@ -359,7 +350,7 @@ mod tests {
             (r#"{"conn": 1, "burst": 0, "default_conn_delay": 1, "policy": "redis"}"#, "policy"),
             (r#"{"conn": 1, "default_conn_delay": 1}"#, "required"),
         ] {
-            let e = plugin(conf, &env, "route#1#ext-plugin-pre-req#1", &clock).err().expect(conf);
+            let e = plugin(conf, &env, "route#1#ext-plugin-pre-req#1").err().expect(conf);
             assert!(e.message().contains(why), "{conf}: {e}");
         }
     }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use serde::Deserialize;
 
 use ext_plugin_sdk::*;
-use crate::support::clock::{self, secs_until, SharedClock, NANOS_PER_SEC};
+use crate::support::clock::{secs_until, Nanos, NANOS_PER_SEC};
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::{lock, KeyedStore};
 use crate::support::reject::{self, HeaderConf};
@@ -109,10 +109,7 @@ pub struct LimitCount {
     show_headers: bool,
     retry_after: bool,
     dry_run: bool,
-    clock: SharedClock,
-    /// Held so the scope's state lives as long as a chain uses it (the registry keeps only a
-    /// weak reference).
-    _quotas: Arc<Quotas>,
+    clock: Clock,
 }
 
 /// One quota: the conf's own, or one rule's.
@@ -212,64 +209,7 @@ impl Plugin for LimitCount {
     type Conf = LimitCountConf;
 
     fn prepare(conf: LimitCountConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
-        LimitCount::build(conf, env, clock::system())
-    }
-
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
-        for limit in &self.limits {
-            let key = if limit.fallback {
-                limit.key.resolve_or_client(call).await?
-            } else {
-                limit.key.resolve(call).await?
-            };
-            let Some(key) = key else { continue };
-            let v = limit.counters.acquire(&key, self.clock.now());
-            if v.admitted || self.dry_run {
-                if !v.admitted {
-                    tracing::debug!(key = %key, "limit-count dry run: would reject");
-                }
-                if self.show_headers {
-                    for (name, value) in limit.header_values(&v) {
-                        call.set_response_header(name, value);
-                    }
-                }
-                continue;
-            }
-            let mut stop = Stop::new(self.reject.status).with_body(self.reject.body.clone());
-            if self.show_headers {
-                for (name, value) in limit.header_values(&v) {
-                    stop = stop.with_header(name, value);
-                }
-            }
-            stop.headers.extend(self.reject.headers.iter().cloned());
-            if self.retry_after {
-                let secs = secs_until(0, v.reset_in).max(1);
-                stop = stop.with_header("Retry-After", secs.to_string());
-            }
-            return Ok(Flow::Stop(stop));
-        }
-        Ok(Flow::Continue)
-    }
-}
-
-impl Limit {
-    fn header_values(&self, v: &Verdict) -> [(Text, Text); 3] {
-        let [limit, remaining, reset] = self.headers.clone();
-        [
-            (limit, self.count_text.clone()),
-            (remaining, Text::from(v.remaining.to_string())),
-            (reset, Text::from(secs_until(0, v.reset_in).to_string())),
-        ]
-    }
-}
-
-impl LimitCount {
-    /// [`Plugin::prepare`] with the clock to count time by.
-    pub fn build(
-        conf: LimitCountConf,
-        env: &mut PrepareEnv<'_>,
-        clock: SharedClock,
-    ) -> Result<LimitCount, ConfError> {
+        let clock = env.clock().clone();
         reject::check_policy(&conf.policy)?;
         reject::check_max_keys(conf.max_keys)?;
         if conf.window_type == WindowType::Sliding && !(1..=1000).contains(&conf.buckets) {
@@ -384,15 +324,60 @@ impl LimitCount {
             retry_after: conf.retry_after,
             dry_run: conf.dry_run,
             clock,
-            _quotas: quotas,
         })
+    }
+
+    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+        for limit in &self.limits {
+            let key = if limit.fallback {
+                limit.key.resolve_or_client(call).await?
+            } else {
+                limit.key.resolve(call).await?
+            };
+            let Some(key) = key else { continue };
+            let v = limit.counters.acquire(&key, self.clock.nanos());
+            if v.admitted || self.dry_run {
+                if !v.admitted {
+                    tracing::debug!(key = %key, "limit-count dry run: would reject");
+                }
+                if self.show_headers {
+                    for (name, value) in limit.header_values(&v) {
+                        call.set_response_header(name, value);
+                    }
+                }
+                continue;
+            }
+            let mut stop = Stop::new(self.reject.status).with_body(self.reject.body.clone());
+            if self.show_headers {
+                for (name, value) in limit.header_values(&v) {
+                    stop = stop.with_header(name, value);
+                }
+            }
+            stop.headers.extend(self.reject.headers.iter().cloned());
+            if self.retry_after {
+                let secs = secs_until(0, v.reset_in).max(1);
+                stop = stop.with_header("Retry-After", secs.to_string());
+            }
+            return Ok(Flow::Stop(stop));
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+impl Limit {
+    fn header_values(&self, v: &Verdict) -> [(Text, Text); 3] {
+        let [limit, remaining, reset] = self.headers.clone();
+        [
+            (limit, self.count_text.clone()),
+            (remaining, Text::from(v.remaining.to_string())),
+            (reset, Text::from(secs_until(0, v.reset_in).to_string())),
+        ]
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::support::clock::ManualClock;
     use ext_plugin_sdk::harness::{TestCall, TestEnv};
     use ext_plugin_sdk::harness::request;
     use std::time::Duration;
@@ -440,10 +425,10 @@ mod tests {
         assert_eq!(v.reset_in, 19 * S - 10_100_000_000, "the 9.5 s bucket leaves at 19 s");
     }
 
-    async fn plugin(conf: &str, env: &TestEnv, clock: &Arc<ManualClock>) -> Result<LimitCount, ConfError> {
+    async fn plugin(conf: &str, env: &TestEnv) -> Result<LimitCount, ConfError> {
         let parsed: LimitCountConf = serde_json::from_str(conf).map_err(ConfError::from)?;
         env.with("route#1#ext-plugin-pre-req#1", LimitCount::NAME, conf, &[LimitCount::NAME], |e| {
-            LimitCount::build(parsed, e, clock.clone())
+            LimitCount::prepare(parsed, e)
         })
     }
 
@@ -460,10 +445,10 @@ mod tests {
 
     #[tokio::test]
     async fn rules_apply_in_order_and_skip_unresolved_keys() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default().with_clock(Clock::manual());
         let conf = r#"{"rules": [{"count": 1, "time_window": 60, "key": "$http_x_user", "header_prefix": "user"},
                                 {"count": 5, "time_window": 60, "key": "$remote_addr"}], "rejected_code": 429}"#;
-        let p = plugin(conf, &env, &clock).await.unwrap();
+        let p = plugin(conf, &env).await.unwrap();
         let (flow, headers) = run(&p, request(Method::Get, "/").with_header("x-user", "ann")).await;
         assert_eq!(flow, Flow::Continue);
         assert!(headers.contains(&("X-user-RateLimit-Remaining".into(), "0".into())));
@@ -477,10 +462,11 @@ mod tests {
 
     #[tokio::test]
     async fn reject_dry_run_retry_after_and_time() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let clock = env.clock();
         let conf = r#"{"count": 1, "time_window": 30, "rejected_code": 429, "rejected_msg": "no",
                        "retry_after": true, "rejected_headers": [{"key": "X-Why", "value": "quota"}]}"#;
-        let p = plugin(conf, &env, &clock).await.unwrap();
+        let p = plugin(conf, &env).await.unwrap();
         run(&p, request(Method::Get, "/")).await;
         clock.advance(Duration::from_millis(10_500));
         let Flow::Stop(s) = run(&p, request(Method::Get, "/")).await.0 else { panic!("must reject") };
@@ -490,7 +476,7 @@ mod tests {
         clock.advance(Duration::from_secs(20));
         assert_eq!(run(&p, request(Method::Get, "/")).await.0, Flow::Continue);
 
-        let dry = plugin(r#"{"count": 1, "time_window": 30, "dry_run": true}"#, &env, &clock).await.unwrap();
+        let dry = plugin(r#"{"count": 1, "time_window": 30, "dry_run": true}"#, &env).await.unwrap();
         run(&dry, request(Method::Get, "/")).await;
         let (flow, headers) = run(&dry, request(Method::Get, "/")).await;
         assert_eq!(flow, Flow::Continue);
@@ -499,7 +485,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_confs_name_the_field() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default();
         for (conf, why) in [
             (r#"{"count": 1}"#, "required"),
             (r#"{"count": 0, "time_window": 1}"#, "at least 1"),
@@ -510,11 +496,11 @@ mod tests {
             (r#"{"count": 1, "time_window": 1, "window_type": "sliding", "buckets": 0}"#, "buckets"),
             (r#"{"count": 1, "time_window": 1, "key_type": "var_combination", "key": "x"}"#, "key"),
         ] {
-            let e = plugin(conf, &env, &clock).await.err().expect(conf);
+            let e = plugin(conf, &env).await.err().expect(conf);
             assert!(e.message().contains(why), "{conf}: {e}");
         }
-        let _first = plugin(r#"{"count": 1, "time_window": 1, "group": "g"}"#, &env, &clock).await.unwrap();
-        let e = plugin(r#"{"count": 2, "time_window": 1, "group": "g"}"#, &env, &clock).await.err().unwrap();
+        let _first = plugin(r#"{"count": 1, "time_window": 1, "group": "g"}"#, &env).await.unwrap();
+        let e = plugin(r#"{"count": 2, "time_window": 1, "group": "g"}"#, &env).await.err().unwrap();
         assert!(e.message().contains("group"), "{e}");
     }
 }
