@@ -276,7 +276,7 @@ async fn request_id_response_phase_keeps_the_upstreams_id_else_adds_the_requests
 async fn request_id_refuses_bad_confs() {
     let (_r, mut gw) = gateway().await;
     for conf in [
-        r#"{"algorithm": "ksuid"}"#,
+        r#"{"algorithm": "uuidv5"}"#,
         r#"{"header_name": "bad header"}"#,
         r#"{"algorithm": "range_id", "range_id": {"length": 2}}"#,
         r#"{"algorithm": "range_id", "range_id": {"char_set": "abc"}}"#,
