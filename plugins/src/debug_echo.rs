@@ -1,4 +1,5 @@
-//! `echo`: answers with what the runner sees, for operators debugging a route.
+//! `debug-echo`: answers with what the runner sees, for operators debugging a route. (APISIX's
+//! `echo`, which edits the response body, is [`crate::echo`].)
 //!
 //! Conf: `{"vars": ["route_id", ...], "request_body": false, "status": 200}`.
 //!
@@ -14,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use ext_plugin_sdk::*;
 
-pub struct Echo {
+pub struct DebugEcho {
     vars: Vec<Text>,
     request_body: bool,
     status: u16,
@@ -22,7 +23,7 @@ pub struct Echo {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EchoConf {
+pub struct DebugEchoConf {
     #[serde(default)]
     vars: Vec<Text>,
     #[serde(default)]
@@ -39,11 +40,11 @@ fn pairs<'a>(pairs: impl Iterator<Item = (&'a str, Option<&'a str>)>) -> Value {
     pairs.map(|(name, value)| json!([name, value])).collect()
 }
 
-impl Plugin for Echo {
-    const NAME: &'static str = "echo";
-    type Conf = EchoConf;
+impl Plugin for DebugEcho {
+    const NAME: &'static str = "debug-echo";
+    type Conf = DebugEchoConf;
 
-    fn prepare(conf: EchoConf, _env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
+    fn prepare(conf: DebugEchoConf, _env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
         if !(100..=599).contains(&conf.status) {
             return Err(ConfError::new(format!(
                 "`status` must be an HTTP status (100-599), got {}",
@@ -53,7 +54,7 @@ impl Plugin for Echo {
         if let Some(v) = conf.vars.iter().find(|v| v.is_empty()) {
             return Err(ConfError::new(format!("`vars` has an empty name: {v:?}")));
         }
-        Ok(Echo {
+        Ok(DebugEcho {
             vars: conf.vars,
             request_body: conf.request_body,
             status: conf.status,
