@@ -30,6 +30,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::restriction;
+use crate::support::few::Few;
 use crate::support::template::{self, Template};
 use ext_plugin_sdk::*;
 
@@ -399,9 +400,9 @@ impl Plugin for ProxyRewrite {
         }
         let caps: Vec<Option<&str>> = captured.iter().map(|c| c.as_deref()).collect();
         // Values render before anything is applied, so `$uri` means the request's path.
-        let mut rendered = Vec::new();
+        let mut rendered = Vec::with_capacity(self.headers.add.len() + self.headers.set.len());
         for (_, ts) in self.headers.add.iter().chain(&self.headers.set) {
-            let mut values = Vec::with_capacity(ts.len());
+            let mut values = Few::None;
             for t in ts {
                 let v = t.render_with(call, &caps, |v, out| out.push_str(v)).await?;
                 values.push(template::header_safe(v.text));
@@ -421,12 +422,17 @@ impl Plugin for ProxyRewrite {
             if &**name == "set-cookie" && call.header(name).is_some() {
                 continue;
             }
-            let merged = join_values(name, call.header_values(name).chain(new.iter().map(String::as_str)));
+            let merged = if call.header(name).is_none() {
+                combine(name, new)
+            } else {
+                let new = new.as_slice().iter().map(String::as_str);
+                join_values(name, call.header_values(name).chain(new))
+            };
             set_or_remove(call, name, merged);
         }
         for ((name, _), new) in self.headers.set.iter().zip(values) {
-            let joined = join_values(name, new.iter().map(String::as_str));
-            set_or_remove(call, name, joined);
+            let value = combine(name, new);
+            set_or_remove(call, name, value);
         }
         for name in &self.headers.remove {
             call.remove_header(name.clone());
@@ -449,6 +455,14 @@ impl Plugin for ProxyRewrite {
             call.set_path(text);
         }
         Ok(Flow::Continue)
+    }
+}
+
+/// One header value from several: the value itself when there is one (no copy), else joined.
+fn combine(name: &str, values: Few<String>) -> String {
+    match values {
+        Few::One(v) => v,
+        other => join_values(name, other.as_slice().iter().map(String::as_str)),
     }
 }
 
