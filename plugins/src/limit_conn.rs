@@ -475,6 +475,21 @@ mod tests {
                    "ann holds one slot of seven, not two");
     }
 
+    /// A documented difference: APISIX sleeps each rule's delay before it checks the next rule;
+    /// here every rule is checked first and the delays are slept once, summed.
+    #[tokio::test(start_paused = true)]
+    async fn the_delays_of_all_applicable_rules_add_up() {
+        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let conf = r#"{"default_conn_delay": 0.1, "rules": [{"conn": 1, "burst": 1, "key": "${remote_addr}a"},
+                                                            {"conn": 1, "burst": 1, "key": "${remote_addr}b"}]}"#;
+        let p = plugin(conf, &env, PRE, &clock).unwrap();
+        let start = tokio::time::Instant::now();
+        assert_eq!(in_flight(&p, 1, &request(Method::Get, "/")).await, [200]);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(in_flight(&p, 1, &request(Method::Get, "/")).await, [200]);
+        assert_eq!(start.elapsed(), Duration::from_millis(200), "0.1 s for each rule");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_key_template_without_variables_falls_back_to_the_client() {
         let (env, clock) = (TestEnv::default(), ManualClock::new());
