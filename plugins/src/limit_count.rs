@@ -208,7 +208,7 @@ impl Counters {
                 window,
                 used,
             } => {
-                if *used == 0 || now >= *start + *window {
+                if *used == 0 || now >= start.saturating_add(*window) {
                     *start = now;
                     *window = q.window;
                     *used = 0;
@@ -218,7 +218,7 @@ impl Counters {
                 Verdict {
                     admitted,
                     remaining: q.count.saturating_sub(*used),
-                    reset_in: *start + *window - now,
+                    reset_in: start.saturating_add(*window) - now,
                 }
             }
             Cell::Sliding(w) => {
@@ -649,6 +649,17 @@ mod tests {
         let (_, headers) = run(&p, request(Method::Get, "/").with_header("count", "5")).await;
         assert!(headers.contains(&("X-RateLimit-Limit".into(), "5".into())), "{headers:?}");
         assert!(headers.contains(&("X-RateLimit-Remaining".into(), "2".into())), "{headers:?}");
+        // The longest window a client may ask for: no arithmetic overflows, for either window.
+        let longest = || request(Method::Get, "/").with_src_ip("10.0.0.8").with_header("time-window", "9007199254740991");
+        assert_eq!(status(&run(&p, longest()).await.0), 200);
+        assert_eq!(status(&run(&p, longest()).await.0), 200);
+        assert_eq!(status(&run(&p, longest()).await.0), 503);
+        let sliding = plugin(&conf.replace("\"key_type\"", "\"window_type\": \"sliding\", \"key_type\""), &env, &clock)
+            .await
+            .unwrap();
+        for (i, expect) in [200, 200, 503].into_iter().enumerate() {
+            assert_eq!(status(&run(&sliding, longest()).await.0), expect, "sliding request {i}");
+        }
         for bad in ["0", "-1", "1.5", "9999999999999999", "many"] {
             let flow = run(&p, request(Method::Get, "/").with_header("count", bad)).await.0;
             assert_eq!(flow, Flow::Stop(Stop::new(500)), "count {bad}");
@@ -699,7 +710,7 @@ mod tests {
         let (env, clock) = (TestEnv::default(), ManualClock::new());
         for (conf, why) in [
             (r#"{"count": 1}"#, "required"),
-            (r#"{"count": 0, "time_window": 1}"#, "at least 1"),
+            (r#"{"count": 0, "time_window": 1}"#, "1 to 2^53 - 1"),
             (r#"{"count": 1, "time_window": 1, "rules": [{"count": 1, "time_window": 1, "key": "$a"}]}"#, "exclusive"),
             (r#"{"count": 1, "time_window": 1, "policy": "redis"}"#, "policy"),
             (r#"{"count": 1, "time_window": 1, "bogus": 1}"#, "bogus"),

@@ -62,8 +62,8 @@ impl Amount {
     /// Checks a number at prepare time; `min` is 0 or 1.
     pub fn new(field: &str, conf: AmountConf, min: u64) -> Result<Amount, ConfError> {
         match conf {
-            AmountConf::Number(n) if n < min => Err(ConfError::new(format!(
-                "`{field}` must be at least {min}, got {n}"
+            AmountConf::Number(n) if n < min || n > MAX_SAFE => Err(ConfError::new(format!(
+                "`{field}` must be {min} to 2^53 - 1, got {n}"
             ))),
             AmountConf::Number(n) => Ok(Amount::Fixed(n)),
             AmountConf::Template(s) => {
@@ -146,7 +146,8 @@ mod tests {
             amount("\"${http_count ?? 2}\"").unwrap(),
             Amount::Var(_)
         ));
-        assert!(amount("0").unwrap_err().message().contains("at least 1"));
+        assert!(amount("0").unwrap_err().message().contains("1 to 2^53 - 1"));
+        assert!(amount("9007199254740992").is_err());
         assert!(amount("\"abc\"").unwrap_err().message().contains("count"));
     }
 }
