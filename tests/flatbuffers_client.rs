@@ -1,5 +1,5 @@
 //! A FlatBuffers gateway client written from the published ext-plugin-proto v0.6.1 schema
-//! (PROTOCOL.md §3.2), independently of this crate's codec: requests are built with raw
+//! (docs/protocol.md §7), independently of this crate's codec: requests are built with raw
 //! `FlatBufferBuilder` calls, frames are cut by hand, and replies are verified with the
 //! `flatbuffers` crate's verifier and read with its table accessors. It drives a real runner over
 //! a real Unix socket, as stock Apache APISIX does.
@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 // ---------------------------------------------------------------------------------------------
-// The schema, from PROTOCOL.md §3.2: field ids and enum values.
+// The schema, from docs/protocol.md §7: field ids and enum values.
 
 /// The vtable offset of field `id`.
 const fn f(id: u16) -> u16 {

@@ -1,5 +1,5 @@
-//! The runner binary as a gateway spawns it: environment, socket file, signals (PROTOCOL.md §1,
-//! scenario 10 of §5).
+//! The runner binary as a gateway spawns it: environment, socket file, signals (docs/protocol.md §1,
+//! and its acceptance scenario 10).
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

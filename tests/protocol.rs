@@ -1,4 +1,4 @@
-//! PROTOCOL.md §5: the acceptance scenarios, over a real socket, for every codec.
+//! The acceptance scenarios of docs/protocol.md, over a real socket, for every codec.
 //!
 //! Scenarios 1–9 run an in-process runner with the built-in plugins plus the test plugins below;
 //! scenario 10 (SIGTERM) lives in `tests/lifecycle.rs` because it needs the real binary.
@@ -652,7 +652,7 @@ async fn restart_forgets_tokens(p: Protocol) {
 }
 for_each_protocol!(scenario_9_restart, restart_forgets_tokens);
 
-// Beyond §5: prepare failures, deadlines.
+// Beyond the acceptance scenarios: prepare failures, deadlines.
 
 async fn bad_chains_fail_closed(p: Protocol) {
     let runner = start().await;

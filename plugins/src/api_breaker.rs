@@ -1,4 +1,4 @@
-//! `api-breaker` (PLUGINS.md §2.4): a circuit breaker in front of the upstream.
+//! `api-breaker` (docs/plugins/traffic.md): a circuit breaker in front of the upstream.
 //!
 //! * Request phase (admit): closed, the request passes untouched; open (or half-open with its
 //!   probe budget used) it gets `Stop{break_response_code, break_response_headers,
@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ext_plugin_sdk::*;
-use crate::support::clock::{self, secs_until, SharedClock};
+use crate::support::clock::{self, secs_until, Nanos};
 use crate::support::keyed::KeyedStore;
 use crate::support::lease::{Correlation, Leases};
 use crate::support::template::{self, Template};
@@ -50,12 +50,11 @@ pub struct ApiBreaker {
     count_missing: bool,
     lease_timeout: u64,
     corr: Correlation,
-    /// Held, not just looked up: the registry keeps state only while a chain holds it, and the
-    /// request and response chains must see the same breakers.
+    /// The request and response chains of the route see the same breakers.
     state: Arc<BreakerState>,
     reject: Stop,
     reject_vars: Vec<(Text, Template)>,
-    clock: SharedClock,
+    clock: Clock,
 }
 
 /// Shared by the request (admit) and response (record) chains of a route.
@@ -85,81 +84,9 @@ impl Plugin for ApiBreaker {
     type Conf = ApiBreakerConf;
 
     fn prepare(conf: ApiBreakerConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
-        ApiBreaker::build(conf, env, clock::system())
-    }
-
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
-        let now = self.clock.now();
-        self.expire(now);
-        self.check_post_resp(now);
-        let breaker = match self.scope {
-            Scope::Route => self.state.route.clone(),
-            Scope::HostUri => {
-                let host = call.var("host").await?;
-                let uri = call.var("uri").await?;
-                self.breaker(&host_uri(host.as_deref(), uri.as_deref()), now)
-            }
-        };
-        let ticket = match breaker.admit(&self.settings, now) {
-            Admit::Reject { until } => {
-                let mut stop = self.rejection(now, until);
-                for (name, value) in &self.reject_vars {
-                    let value = template::header_safe(value.render(call).await?.text);
-                    stop = stop.with_header(name.clone(), value);
-                }
-                return Ok(Flow::Stop(stop));
-            }
-            Admit::Pass if !self.count_missing => return Ok(Flow::Continue),
-            Admit::Pass => None,
-            Admit::Probe(ticket) => Some(ticket),
-        };
-        let id = self.corr.id_for_call(call);
-        self.state.leases.insert(&id, now, Held { breaker, ticket });
-        Ok(Flow::Continue)
-    }
-
-    async fn response_filter(&self, call: &mut ResponseCall<'_>) -> Result<(), PluginError> {
-        let now = self.clock.now();
-        if !self.state.seen_response.load(Ordering::Relaxed) {
-            self.state.seen_response.store(true, Ordering::Relaxed);
-        }
-        self.expire(now);
-        let outcome = self.outcome(call).await?;
-        // Only a request that holds a lease carries an id worth a round trip.
-        let held = if self.state.leases.is_empty() {
-            None
-        } else {
-            match call.var(&self.corr.var).await? {
-                Some(id) => self.state.leases.take(&id),
-                None => None,
-            }
-        };
-        let (breaker, ticket) = match held {
-            Some(h) => (h.breaker, h.ticket),
-            None => match self.scope {
-                Scope::Route => (self.state.route.clone(), None),
-                Scope::HostUri => {
-                    let host = call.var("host").await?;
-                    let uri = call.var("uri").await?;
-                    let key = host_uri(host.as_deref(), uri.as_deref());
-                    (self.breaker(&key, now), None)
-                }
-            },
-        };
-        breaker.record(&self.settings, now, outcome, ticket);
-        Ok(())
-    }
-}
-
-impl ApiBreaker {
-    /// [`Plugin::prepare`] with the clock to count time by.
-    pub fn build(
-        conf: ApiBreakerConf,
-        env: &mut PrepareEnv<'_>,
-        clock: SharedClock,
-    ) -> Result<ApiBreaker, ConfError> {
+        let clock = env.clock().clone();
         let p: Prepared = conf.validate()?;
-        let now = clock.now();
+        let now = clock.nanos();
         let idle = p.idle;
         let max_keys = p.max_keys;
         let lease_timeout = p.lease_timeout;
@@ -193,6 +120,70 @@ impl ApiBreaker {
         })
     }
 
+    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+        let now = self.clock.nanos();
+        self.expire(now);
+        self.check_post_resp(now);
+        let breaker = match self.scope {
+            Scope::Route => self.state.route.clone(),
+            Scope::HostUri => {
+                let host = call.var("host").await?;
+                let uri = call.var("uri").await?;
+                self.breaker(&host_uri(host.as_deref(), uri.as_deref()), now)
+            }
+        };
+        let ticket = match breaker.admit(&self.settings, now) {
+            Admit::Reject { until } => {
+                let mut stop = self.rejection(now, until);
+                for (name, value) in &self.reject_vars {
+                    let value = template::header_safe(value.render(call).await?.text);
+                    stop = stop.with_header(name.clone(), value);
+                }
+                return Ok(Flow::Stop(stop));
+            }
+            Admit::Pass if !self.count_missing => return Ok(Flow::Continue),
+            Admit::Pass => None,
+            Admit::Probe(ticket) => Some(ticket),
+        };
+        let id = self.corr.id_for_call(call);
+        self.state.leases.insert(&id, now, Held { breaker, ticket });
+        Ok(Flow::Continue)
+    }
+
+    async fn response_filter(&self, call: &mut ResponseCall<'_>) -> Result<(), PluginError> {
+        let now = self.clock.nanos();
+        if !self.state.seen_response.load(Ordering::Relaxed) {
+            self.state.seen_response.store(true, Ordering::Relaxed);
+        }
+        self.expire(now);
+        let outcome = self.outcome(call).await?;
+        // Only a request that holds a lease carries an id worth a round trip.
+        let held = if self.state.leases.is_empty() {
+            None
+        } else {
+            match call.var(&self.corr.var).await? {
+                Some(id) => self.state.leases.take(&id),
+                None => None,
+            }
+        };
+        let (breaker, ticket) = match held {
+            Some(h) => (h.breaker, h.ticket),
+            None => match self.scope {
+                Scope::Route => (self.state.route.clone(), None),
+                Scope::HostUri => {
+                    let host = call.var("host").await?;
+                    let uri = call.var("uri").await?;
+                    let key = host_uri(host.as_deref(), uri.as_deref());
+                    (self.breaker(&key, now), None)
+                }
+            },
+        };
+        breaker.record(&self.settings, now, outcome, ticket);
+        Ok(())
+    }
+}
+
+impl ApiBreaker {
     fn breaker(&self, key: &str, now: u64) -> Arc<Breaker> {
         self.state
             .breakers

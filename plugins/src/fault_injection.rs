@@ -1,4 +1,4 @@
-//! `fault-injection` (PLUGINS.md §2.12): delay and/or abort a share of requests, for resilience
+//! `fault-injection` (docs/plugins/traffic.md): delay and/or abort a share of requests, for resilience
 //! testing.
 //!
 //! ```json

@@ -1,4 +1,4 @@
-//! `limit-conn` (PLUGINS.md §2.3): at most `conn` requests in flight per key, `burst` more
+//! `limit-conn` (docs/plugins/traffic.md): at most `conn` requests in flight per key, `burst` more
 //! delayed, the rest rejected.
 //!
 //! * Request phase (acquire), resty.limit.conn's algorithm: count the request in; above
@@ -29,7 +29,7 @@ use serde::Deserialize;
 use ext_plugin_sdk::*;
 use crate::limit_req::MAX_DELAY_SECS;
 use crate::support::amount::{Amount, AmountConf};
-use crate::support::clock::{self, secs_to_nanos, SharedClock, NANOS_PER_MS};
+use crate::support::clock::{secs_to_nanos, Nanos, NANOS_PER_MS};
 use crate::support::few::Few;
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::KeyedStore;
@@ -92,7 +92,7 @@ pub struct LimitConn {
     only_default_delay: bool,
     allow_degradation: bool,
     reject: Stop,
-    clock: SharedClock,
+    clock: Clock,
 }
 
 struct Limit {
@@ -178,11 +178,91 @@ impl Plugin for LimitConn {
     type Conf = LimitConnConf;
 
     fn prepare(conf: LimitConnConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
-        LimitConn::build(conf, env, clock::system())
+        let clock = env.clock().clone();
+        reject::check_policy(&conf.policy)?;
+        reject::check_max_keys(conf.max_keys)?;
+        if !(conf.default_conn_delay > 0.0 && conf.default_conn_delay < MAX_DELAY_SECS) {
+            return Err(ConfError::new("`default_conn_delay` must be above 0 and below 55 s"));
+        }
+        if !(conf.lease_timeout >= 1.0 && conf.lease_timeout <= 3600.0) {
+            return Err(ConfError::new("`lease_timeout` must be 1 to 3600 seconds"));
+        }
+        if let Some(h) = &conf.correlation_header {
+            if !reject::is_token(h) {
+                return Err(ConfError::new(format!("`correlation_header` {h:?} is not a header name")));
+            }
+        }
+        let rules = conf.rules.is_some();
+        let mut limits = Vec::new();
+        match (conf.conn, conf.burst, conf.rules) {
+            (Some(conn), Some(burst), None) => limits.push(Limit {
+                key: KeySource::parse(conf.key_type, &conf.key)?,
+                fallback: true,
+                conn: Amount::new("conn", conn, 1)?,
+                burst: Amount::new("burst", burst, 0)?,
+                index: 0,
+            }),
+            (None, None, Some(rules)) => {
+                if rules.is_empty() {
+                    return Err(ConfError::new("`rules` must not be empty"));
+                }
+                for (i, r) in rules.into_iter().enumerate() {
+                    let field = |f: &str| format!("rules[{i}].{f}");
+                    limits.push(Limit {
+                        key: KeySource::parse(KeyType::VarCombination, &r.key)
+                            .map_err(|e| ConfError::new(format!("`rules[{i}]`: {e}")))?,
+                        fallback: false,
+                        conn: Amount::new(&field("conn"), r.conn, 1)?,
+                        burst: match r.burst {
+                            Some(b) => Amount::new(&field("burst"), b, 0)?,
+                            None => Amount::Fixed(0),
+                        },
+                        index: i,
+                    });
+                }
+            }
+            (_, _, Some(_)) => return Err(ConfError::new("`rules` and `conn`/`burst` are exclusive")),
+            _ => return Err(ConfError::new("`conn` and `burst` are required (or `rules`)")),
+        }
+        let default_delay = secs_to_nanos(conf.default_conn_delay);
+        let lease = secs_to_nanos(conf.lease_timeout);
+        let state = env.state(|| ConnState {
+            pools: limits
+                .iter()
+                .map(|_| KeyedStore::new(conf.max_keys, 2 * lease))
+                .collect(),
+            leases: Leases::new(lease),
+            default_delay,
+            seen_post_resp: AtomicBool::new(false),
+        });
+        if env.attachment() == Attachment::PostResp {
+            state.seen_post_resp.store(true, Ordering::Relaxed);
+        } else if !state.seen_post_resp.load(Ordering::Relaxed) {
+            tracing::warn!(
+                route = env.route(),
+                "limit-conn: slots are released only by an `ext-plugin-post-resp` entry with the \
+                 same conf; without it they are freed after `lease_timeout`"
+            );
+        }
+        Ok(LimitConn {
+            limits,
+            rules,
+            state,
+            corr: Correlation::new(conf.correlation_header.as_deref(), env.chain()),
+            only_default_delay: conf.only_use_default_delay,
+            allow_degradation: conf.allow_degradation,
+            reject: reject::rejection(
+                "rejected_code",
+                conf.rejected_code,
+                conf.rejected_msg.as_deref(),
+                &conf.rejected_headers,
+            )?,
+            clock,
+        })
     }
 
     async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
-        let now = self.clock.now();
+        let now = self.clock.nanos();
         self.state.expire(now);
         let plan = match self.plan(call).await? {
             Ok(plan) => plan,
@@ -265,106 +345,18 @@ impl LimitConn {
         }
         Ok(Ok(plan))
     }
-
-    /// [`Plugin::prepare`] with the clock to count time by.
-    pub fn build(
-        conf: LimitConnConf,
-        env: &mut PrepareEnv<'_>,
-        clock: SharedClock,
-    ) -> Result<LimitConn, ConfError> {
-        reject::check_policy(&conf.policy)?;
-        reject::check_max_keys(conf.max_keys)?;
-        if !(conf.default_conn_delay > 0.0 && conf.default_conn_delay < MAX_DELAY_SECS) {
-            return Err(ConfError::new("`default_conn_delay` must be above 0 and below 55 s"));
-        }
-        if !(conf.lease_timeout >= 1.0 && conf.lease_timeout <= 3600.0) {
-            return Err(ConfError::new("`lease_timeout` must be 1 to 3600 seconds"));
-        }
-        if let Some(h) = &conf.correlation_header {
-            if !reject::is_token(h) {
-                return Err(ConfError::new(format!("`correlation_header` {h:?} is not a header name")));
-            }
-        }
-        let rules = conf.rules.is_some();
-        let mut limits = Vec::new();
-        match (conf.conn, conf.burst, conf.rules) {
-            (Some(conn), Some(burst), None) => limits.push(Limit {
-                key: KeySource::parse(conf.key_type, &conf.key)?,
-                fallback: true,
-                conn: Amount::new("conn", conn, 1)?,
-                burst: Amount::new("burst", burst, 0)?,
-                index: 0,
-            }),
-            (None, None, Some(rules)) => {
-                if rules.is_empty() {
-                    return Err(ConfError::new("`rules` must not be empty"));
-                }
-                for (i, r) in rules.into_iter().enumerate() {
-                    let field = |f: &str| format!("rules[{i}].{f}");
-                    limits.push(Limit {
-                        key: KeySource::parse(KeyType::VarCombination, &r.key)
-                            .map_err(|e| ConfError::new(format!("`rules[{i}]`: {e}")))?,
-                        fallback: false,
-                        conn: Amount::new(&field("conn"), r.conn, 1)?,
-                        burst: match r.burst {
-                            Some(b) => Amount::new(&field("burst"), b, 0)?,
-                            None => Amount::Fixed(0),
-                        },
-                        index: i,
-                    });
-                }
-            }
-            (_, _, Some(_)) => return Err(ConfError::new("`rules` and `conn`/`burst` are exclusive")),
-            _ => return Err(ConfError::new("`conn` and `burst` are required (or `rules`)")),
-        }
-        let default_delay = secs_to_nanos(conf.default_conn_delay);
-        let lease = secs_to_nanos(conf.lease_timeout);
-        let state = env.state(|| ConnState {
-            pools: limits
-                .iter()
-                .map(|_| KeyedStore::new(conf.max_keys, 2 * lease))
-                .collect(),
-            leases: Leases::new(lease),
-            default_delay,
-            seen_post_resp: AtomicBool::new(false),
-        });
-        if env.attachment() == Attachment::PostResp {
-            state.seen_post_resp.store(true, Ordering::Relaxed);
-        } else if !state.seen_post_resp.load(Ordering::Relaxed) {
-            tracing::warn!(
-                route = env.route(),
-                "limit-conn: slots are released only by an `ext-plugin-post-resp` entry with the \
-                 same conf; without it they are freed after `lease_timeout`"
-            );
-        }
-        Ok(LimitConn {
-            limits,
-            rules,
-            state,
-            corr: Correlation::new(conf.correlation_header.as_deref(), env.chain()),
-            only_default_delay: conf.only_use_default_delay,
-            allow_degradation: conf.allow_degradation,
-            reject: reject::rejection(
-                "rejected_code",
-                conf.rejected_code,
-                conf.rejected_msg.as_deref(),
-                &conf.rejected_headers,
-            )?,
-            clock,
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::support::clock::{ManualClock, NANOS_PER_SEC};
+    use crate::support::clock::NANOS_PER_SEC;
     use ext_plugin_sdk::harness::{TestCall, TestEnv, TestResp};
     use ext_plugin_sdk::harness::request;
 
-    fn plugin(conf: &str, env: &TestEnv, key: &str, clock: &Arc<ManualClock>) -> Result<LimitConn, ConfError> {
+    fn plugin(conf: &str, env: &TestEnv, key: &str) -> Result<LimitConn, ConfError> {
         let parsed: LimitConnConf = serde_json::from_str(conf).map_err(ConfError::from)?;
-        env.with(key, LimitConn::NAME, conf, &[LimitConn::NAME], |e| LimitConn::build(parsed, e, clock.clone()))
+        env.with(key, LimitConn::NAME, conf, &[LimitConn::NAME], |e| LimitConn::prepare(parsed, e))
     }
 
     /// Runs a request; `Some(correlation id)` when admitted.
@@ -383,9 +375,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn rejects_above_conn_plus_burst_and_releases_on_response() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
-        let pre = plugin(CONF, &env, "route#1#ext-plugin-pre-req#1", &clock).unwrap();
-        let post = plugin(CONF, &env, "route#1#ext-plugin-post-resp#1", &clock).unwrap();
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let pre = plugin(CONF, &env, "route#1#ext-plugin-pre-req#1").unwrap();
+        let post = plugin(CONF, &env, "route#1#ext-plugin-post-resp#1").unwrap();
         let a = acquire(&pre).await.unwrap();
         acquire(&pre).await.unwrap();
         let start = tokio::time::Instant::now();
@@ -405,8 +397,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn leases_expire_when_no_response_comes() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
-        let pre = plugin(CONF, &env, "route#1#ext-plugin-pre-req#1", &clock).unwrap();
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let clock = env.clock();
+        let pre = plugin(CONF, &env, "route#1#ext-plugin-pre-req#1").unwrap();
         for _ in 0..3 {
             acquire(&pre).await.unwrap();
         }
@@ -434,13 +427,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn conn_and_burst_may_be_variables() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default().with_clock(Clock::manual());
         let conf = r#"{"conn": "${http_conn ?? 5}", "burst": "${http_burst ?? 2}",
                        "default_conn_delay": 0.1, "rejected_code": 503, "key": "remote_addr"}"#;
-        let p = plugin(conf, &env, PRE, &clock).unwrap();
+        let p = plugin(conf, &env, PRE).unwrap();
         let plain = request(Method::Get, "/");
         assert_eq!(in_flight(&p, 10, &plain).await, [200, 200, 200, 200, 200, 200, 200, 503, 503, 503]);
-        let p = plugin(&conf.replace("0.1", "0.2"), &env, PRE, &clock).unwrap();
+        let p = plugin(&conf.replace("0.1", "0.2"), &env, PRE).unwrap();
         let req = request(Method::Get, "/").with_header("conn", "3").with_header("burst", "4");
         assert_eq!(in_flight(&p, 8, &req).await, [200, 200, 200, 200, 200, 200, 200, 503]);
         for (name, bad) in [("conn", "0"), ("conn", "-1"), ("conn", "1.5"), ("burst", "-1"), ("burst", "1.5"),
@@ -454,11 +447,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_applicable_rule_counts_and_none_answers_500() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default().with_clock(Clock::manual());
         let conf = r#"{"default_conn_delay": 0.01, "rejected_code": 503, "rules": [
             {"conn": 4, "burst": 3, "key": "${http_user}"},
             {"conn": "${http_project_conn ?? 3}", "burst": "${http_project_burst ?? 2}", "key": "${http_project}"}]}"#;
-        let p = plugin(conf, &env, PRE, &clock).unwrap();
+        let p = plugin(conf, &env, PRE).unwrap();
         let user = request(Method::Get, "/").with_header("user", "jack");
         assert_eq!(in_flight(&p, 8, &user).await, [200, 200, 200, 200, 200, 200, 200, 503]);
         let project = request(Method::Get, "/").with_header("project", "apisix");
@@ -466,7 +459,7 @@ mod tests {
         assert_eq!(in_flight(&p, 1, &request(Method::Get, "/")).await, [500], "no rule applies");
         // Both rules apply: the tighter one decides, and a rejection by the second frees the
         // first one's slot.
-        let p = plugin(&conf.replace("0.01", "0.02"), &env, PRE, &clock).unwrap();
+        let p = plugin(&conf.replace("0.01", "0.02"), &env, PRE).unwrap();
         let both = request(Method::Get, "/").with_header("user", "ann").with_header("project", "p")
             .with_header("project-conn", "1").with_header("project-burst", "0");
         assert_eq!(in_flight(&p, 2, &both).await, [200, 503]);
@@ -479,10 +472,10 @@ mod tests {
     /// here every rule is checked first and the delays are slept once, summed.
     #[tokio::test(start_paused = true)]
     async fn the_delays_of_all_applicable_rules_add_up() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default().with_clock(Clock::manual());
         let conf = r#"{"default_conn_delay": 0.1, "rules": [{"conn": 1, "burst": 1, "key": "${remote_addr}a"},
                                                             {"conn": 1, "burst": 1, "key": "${remote_addr}b"}]}"#;
-        let p = plugin(conf, &env, PRE, &clock).unwrap();
+        let p = plugin(conf, &env, PRE).unwrap();
         let start = tokio::time::Instant::now();
         assert_eq!(in_flight(&p, 1, &request(Method::Get, "/")).await, [200]);
         assert_eq!(start.elapsed(), Duration::ZERO);
@@ -492,14 +485,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_key_template_without_variables_falls_back_to_the_client() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default().with_clock(Clock::manual());
         let conf = r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "key": "abcdefgh",
                        "key_type": "var_combination"}"#;
-        let p = plugin(conf, &env, PRE, &clock).unwrap();
+        let p = plugin(conf, &env, PRE).unwrap();
         assert_eq!(in_flight(&p, 2, &request(Method::Get, "/")).await, [200, 503]);
         let other = request(Method::Get, "/").with_src_ip("10.0.0.2");
         assert_eq!(in_flight(&p, 1, &other).await, [200]);
-        let e = plugin(r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "rejected_msg": ""}"#, &env, PRE, &clock)
+        let e = plugin(r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "rejected_msg": ""}"#, &env, PRE)
             .err()
             .unwrap();
         assert!(e.message().contains("rejected_msg"), "{e}");
@@ -507,7 +500,7 @@ mod tests {
 
     #[test]
     fn bad_confs_name_the_field() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default();
         for (conf, why) in [
             (r#"{"conn": 1, "burst": 0}"#, "default_conn_delay"),
             (r#"{"conn": 0, "burst": 0, "default_conn_delay": 1}"#, "conn"),
@@ -515,7 +508,7 @@ mod tests {
             (r#"{"conn": 1, "burst": 0, "default_conn_delay": 1, "policy": "redis"}"#, "policy"),
             (r#"{"conn": 1, "default_conn_delay": 1}"#, "required"),
         ] {
-            let e = plugin(conf, &env, "route#1#ext-plugin-pre-req#1", &clock).err().expect(conf);
+            let e = plugin(conf, &env, "route#1#ext-plugin-pre-req#1").err().expect(conf);
             assert!(e.message().contains(why), "{conf}: {e}");
         }
     }

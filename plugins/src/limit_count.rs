@@ -1,4 +1,4 @@
-//! `limit-count` (PLUGINS.md §2.1): at most `count` requests per `time_window` seconds per key.
+//! `limit-count` (docs/plugins/traffic.md): at most `count` requests per `time_window` seconds per key.
 //!
 //! * `window_type: "fixed"` (default): APISIX's window, starting at the key's first request.
 //!   `"sliding"`: a LeapArray of `buckets` *(ext)* buckets, so a burst straddling a window
@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use ext_plugin_sdk::*;
 use crate::support::amount::{Amount, AmountConf};
-use crate::support::clock::{self, secs_until, SharedClock, NANOS_PER_SEC};
+use crate::support::clock::{secs_until, Nanos, NANOS_PER_SEC};
 use crate::support::few::Few;
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::{lock, KeyedStore};
@@ -118,10 +118,7 @@ pub struct LimitCount {
     retry_after: bool,
     dry_run: bool,
     allow_degradation: bool,
-    clock: SharedClock,
-    /// Held so the scope's state lives as long as a chain uses it (the registry keeps only a
-    /// weak reference).
-    _quotas: Arc<Quotas>,
+    clock: Clock,
 }
 
 /// One quota: the conf's own, or one rule's.
@@ -256,99 +253,7 @@ impl Plugin for LimitCount {
     type Conf = LimitCountConf;
 
     fn prepare(conf: LimitCountConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
-        LimitCount::build(conf, env, clock::system())
-    }
-
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
-        // As APISIX: every applicable quota is resolved before any is counted, so an unusable
-        // value counts nothing.
-        let mut plan = Few::None;
-        for limit in &self.limits {
-            let key = if limit.fallback {
-                limit.key.resolve_or_client(call).await?
-            } else {
-                limit.key.resolve(call).await?
-            };
-            let Some(key) = key else {
-                if limit.fallback {
-                    return Ok(reject::undecided(self.allow_degradation, "no key, no client address"));
-                }
-                continue;
-            };
-            let count = limit.count.resolve(call, 1).await?;
-            let window = limit.window.resolve(call, 1).await?;
-            let (count, window) = match (count, window) {
-                (Ok(c), Ok(w)) => (c, w),
-                (Err(why), _) | (_, Err(why)) => {
-                    return Ok(reject::undecided(self.allow_degradation, &why));
-                }
-            };
-            let quota = Quota {
-                count,
-                window: window.saturating_mul(NANOS_PER_SEC),
-            };
-            plan.push(Planned { limit, key, quota });
-        }
-        if plan.is_empty() && self.rules {
-            return Ok(reject::undecided(self.allow_degradation, "no rule applies"));
-        }
-        for Planned { limit, key, quota } in plan {
-            let v = limit.counters.acquire(&key, quota, self.clock.now());
-            if v.admitted || self.dry_run {
-                if !v.admitted {
-                    tracing::debug!(key = %key, "limit-count dry run: would reject");
-                }
-                if self.show_headers {
-                    for (name, value) in limit.header_values(quota, &v) {
-                        call.set_response_header(name, value);
-                    }
-                }
-                continue;
-            }
-            let mut stop = Stop::new(self.reject.status).with_body(self.reject.body.clone());
-            if self.show_headers {
-                for (name, value) in limit.header_values(quota, &v) {
-                    stop = stop.with_header(name, value);
-                }
-            }
-            stop.headers.extend(self.reject.headers.iter().cloned());
-            if self.retry_after {
-                let secs = secs_until(0, v.reset_in).max(1);
-                stop = stop.with_header("Retry-After", secs.to_string());
-            }
-            return Ok(Flow::Stop(stop));
-        }
-        Ok(Flow::Continue)
-    }
-}
-
-impl Limit {
-    fn header_values(&self, q: Quota, v: &Verdict) -> [(Text, Text); 3] {
-        let [limit, remaining, reset] = self.headers.clone();
-        [
-            (limit, Text::from(q.count.to_string())),
-            (remaining, Text::from(v.remaining.to_string())),
-            (reset, Text::from(secs_until(0, v.reset_in).to_string())),
-        ]
-    }
-}
-
-/// A conf's limit before its counters exist.
-struct Spec {
-    key: KeySource,
-    fallback: bool,
-    count: Amount,
-    window: Amount,
-    headers: [String; 3],
-}
-
-impl LimitCount {
-    /// [`Plugin::prepare`] with the clock to count time by.
-    pub fn build(
-        conf: LimitCountConf,
-        env: &mut PrepareEnv<'_>,
-        clock: SharedClock,
-    ) -> Result<LimitCount, ConfError> {
+        let clock = env.clock().clone();
         reject::check_policy(&conf.policy)?;
         reject::check_max_keys(conf.max_keys)?;
         if conf.window_type == WindowType::Sliding && !(1..=1000).contains(&conf.buckets) {
@@ -484,15 +389,95 @@ impl LimitCount {
             dry_run: conf.dry_run,
             allow_degradation: conf.allow_degradation,
             clock,
-            _quotas: quotas,
         })
     }
+
+    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+        // As APISIX: every applicable quota is resolved before any is counted, so an unusable
+        // value counts nothing.
+        let mut plan = Few::None;
+        for limit in &self.limits {
+            let key = if limit.fallback {
+                limit.key.resolve_or_client(call).await?
+            } else {
+                limit.key.resolve(call).await?
+            };
+            let Some(key) = key else {
+                if limit.fallback {
+                    return Ok(reject::undecided(self.allow_degradation, "no key, no client address"));
+                }
+                continue;
+            };
+            let count = limit.count.resolve(call, 1).await?;
+            let window = limit.window.resolve(call, 1).await?;
+            let (count, window) = match (count, window) {
+                (Ok(c), Ok(w)) => (c, w),
+                (Err(why), _) | (_, Err(why)) => {
+                    return Ok(reject::undecided(self.allow_degradation, &why));
+                }
+            };
+            let quota = Quota {
+                count,
+                window: window.saturating_mul(NANOS_PER_SEC),
+            };
+            plan.push(Planned { limit, key, quota });
+        }
+        if plan.is_empty() && self.rules {
+            return Ok(reject::undecided(self.allow_degradation, "no rule applies"));
+        }
+        for Planned { limit, key, quota } in plan {
+            let v = limit.counters.acquire(&key, quota, self.clock.nanos());
+            if v.admitted || self.dry_run {
+                if !v.admitted {
+                    tracing::debug!(key = %key, "limit-count dry run: would reject");
+                }
+                if self.show_headers {
+                    for (name, value) in limit.header_values(quota, &v) {
+                        call.set_response_header(name, value);
+                    }
+                }
+                continue;
+            }
+            let mut stop = Stop::new(self.reject.status).with_body(self.reject.body.clone());
+            if self.show_headers {
+                for (name, value) in limit.header_values(quota, &v) {
+                    stop = stop.with_header(name, value);
+                }
+            }
+            stop.headers.extend(self.reject.headers.iter().cloned());
+            if self.retry_after {
+                let secs = secs_until(0, v.reset_in).max(1);
+                stop = stop.with_header("Retry-After", secs.to_string());
+            }
+            return Ok(Flow::Stop(stop));
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+impl Limit {
+    fn header_values(&self, q: Quota, v: &Verdict) -> [(Text, Text); 3] {
+        let [limit, remaining, reset] = self.headers.clone();
+        [
+            (limit, Text::from(q.count.to_string())),
+            (remaining, Text::from(v.remaining.to_string())),
+            (reset, Text::from(secs_until(0, v.reset_in).to_string())),
+        ]
+    }
+}
+
+/// A conf's limit before its counters exist.
+struct Spec {
+    key: KeySource,
+    fallback: bool,
+    count: Amount,
+    window: Amount,
+    headers: [String; 3],
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::support::clock::ManualClock;
     use ext_plugin_sdk::harness::{TestCall, TestEnv};
     use ext_plugin_sdk::harness::request;
     use std::time::Duration;
@@ -545,10 +530,10 @@ mod tests {
         assert_eq!(v.reset_in, 19 * S - 10_100_000_000, "the 9.5 s bucket leaves at 19 s");
     }
 
-    async fn plugin(conf: &str, env: &TestEnv, clock: &Arc<ManualClock>) -> Result<LimitCount, ConfError> {
+    async fn plugin(conf: &str, env: &TestEnv) -> Result<LimitCount, ConfError> {
         let parsed: LimitCountConf = serde_json::from_str(conf).map_err(ConfError::from)?;
         env.with("route#1#ext-plugin-pre-req#1", LimitCount::NAME, conf, &[LimitCount::NAME], |e| {
-            LimitCount::build(parsed, e, clock.clone())
+            LimitCount::prepare(parsed, e)
         })
     }
 
@@ -565,10 +550,10 @@ mod tests {
 
     #[tokio::test]
     async fn rules_apply_in_order_and_skip_unresolved_keys() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default().with_clock(Clock::manual());
         let conf = r#"{"rules": [{"count": 1, "time_window": 60, "key": "$http_x_user", "header_prefix": "user"},
                                 {"count": 5, "time_window": 60, "key": "$remote_addr"}], "rejected_code": 429}"#;
-        let p = plugin(conf, &env, &clock).await.unwrap();
+        let p = plugin(conf, &env).await.unwrap();
         let (flow, headers) = run(&p, request(Method::Get, "/").with_header("x-user", "ann")).await;
         assert_eq!(flow, Flow::Continue);
         assert!(headers.contains(&("X-user-RateLimit-Remaining".into(), "0".into())));
@@ -582,10 +567,11 @@ mod tests {
 
     #[tokio::test]
     async fn reject_dry_run_retry_after_and_time() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let clock = env.clock();
         let conf = r#"{"count": 1, "time_window": 30, "rejected_code": 429, "rejected_msg": "no",
                        "retry_after": true, "rejected_headers": [{"key": "X-Why", "value": "quota"}]}"#;
-        let p = plugin(conf, &env, &clock).await.unwrap();
+        let p = plugin(conf, &env).await.unwrap();
         run(&p, request(Method::Get, "/")).await;
         clock.advance(Duration::from_millis(10_500));
         let Flow::Stop(s) = run(&p, request(Method::Get, "/")).await.0 else { panic!("must reject") };
@@ -595,7 +581,7 @@ mod tests {
         clock.advance(Duration::from_secs(20));
         assert_eq!(run(&p, request(Method::Get, "/")).await.0, Flow::Continue);
 
-        let dry = plugin(r#"{"count": 1, "time_window": 30, "dry_run": true}"#, &env, &clock).await.unwrap();
+        let dry = plugin(r#"{"count": 1, "time_window": 30, "dry_run": true}"#, &env).await.unwrap();
         run(&dry, request(Method::Get, "/")).await;
         let (flow, headers) = run(&dry, request(Method::Get, "/")).await;
         assert_eq!(flow, Flow::Continue);
@@ -611,10 +597,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_rule_key_takes_a_default_with_question_marks() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default().with_clock(Clock::manual());
         let conf = r#"{"rules": [{"count": 1, "time_window": 10, "key": "${http_project ?? apisix}"}],
                        "rejected_code": 503}"#;
-        let p = plugin(conf, &env, &clock).await.unwrap();
+        let p = plugin(conf, &env).await.unwrap();
         let with = |v: &str| request(Method::Get, "/").with_header("project", v);
         assert_eq!(status(&run(&p, with("kubernetes")).await.0), 200);
         assert_eq!(status(&run(&p, request(Method::Get, "/")).await.0), 200, "key `apisix`");
@@ -625,22 +611,22 @@ mod tests {
 
     #[tokio::test]
     async fn rules_of_which_none_applies_answer_500() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default().with_clock(Clock::manual());
         let conf = r#"{"rules": [{"count": 5, "time_window": 60, "key": "${http_user}"},
                                 {"count": 5, "time_window": 60, "key": "${http_project}"}]}"#;
-        let p = plugin(conf, &env, &clock).await.unwrap();
+        let p = plugin(conf, &env).await.unwrap();
         assert_eq!(run(&p, request(Method::Get, "/")).await.0, Flow::Stop(Stop::new(500)));
         let degrade = conf.replace("]}", r#"], "allow_degradation": true}"#);
-        let p = plugin(&degrade, &env, &clock).await.unwrap();
+        let p = plugin(&degrade, &env).await.unwrap();
         assert_eq!(run(&p, request(Method::Get, "/")).await.0, Flow::Continue, "allow_degradation");
     }
 
     #[tokio::test]
     async fn counts_and_windows_may_be_variables() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default().with_clock(Clock::manual());
         let conf = r#"{"count": "${http_count ?? 2}", "time_window": "${http_time_window ?? 5}",
                        "rejected_code": 503, "key_type": "var", "key": "remote_addr"}"#;
-        let p = plugin(conf, &env, &clock).await.unwrap();
+        let p = plugin(conf, &env).await.unwrap();
         let mut codes = Vec::new();
         for _ in 0..3 {
             codes.push(status(&run(&p, request(Method::Get, "/")).await.0));
@@ -654,7 +640,7 @@ mod tests {
         assert_eq!(status(&run(&p, longest()).await.0), 200);
         assert_eq!(status(&run(&p, longest()).await.0), 200);
         assert_eq!(status(&run(&p, longest()).await.0), 503);
-        let sliding = plugin(&conf.replace("\"key_type\"", "\"window_type\": \"sliding\", \"key_type\""), &env, &clock)
+        let sliding = plugin(&conf.replace("\"key_type\"", "\"window_type\": \"sliding\", \"key_type\""), &env)
             .await
             .unwrap();
         for (i, expect) in [200, 200, 503].into_iter().enumerate() {
@@ -668,12 +654,11 @@ mod tests {
 
     #[tokio::test]
     async fn keys_apisix_accepts() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default().with_clock(Clock::manual());
         // A template without `$` resolves to nothing: the client address counts.
         let p = plugin(
             r#"{"count": 1, "time_window": 60, "key_type": "var_combination", "key": "abcdefgh"}"#,
             &env,
-            &clock,
         )
         .await
         .unwrap();
@@ -686,7 +671,6 @@ mod tests {
         let p = plugin(
             r#"{"count": 1, "time_window": 60, "key_type": "constant", "key": "$ENV://PATH"}"#,
             &env,
-            &clock,
         )
         .await
         .unwrap();
@@ -697,8 +681,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_rejected_msg_is_refused() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
-        let e = plugin(r#"{"count": 1, "time_window": 1, "rejected_msg": ""}"#, &env, &clock)
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let e = plugin(r#"{"count": 1, "time_window": 1, "rejected_msg": ""}"#, &env)
             .await
             .err()
             .unwrap();
@@ -707,7 +691,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_confs_name_the_field() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default();
         for (conf, why) in [
             (r#"{"count": 1}"#, "required"),
             (r#"{"count": 0, "time_window": 1}"#, "1 to 2^53 - 1"),
@@ -725,11 +709,11 @@ mod tests {
             (r#"{"group": "v", "count": "${http_c ?? 1}", "time_window": 1}"#, "group"),
             (r#"{"count": 1, "time_window": 1, "rejected_msg": true}"#, "expected a string"),
         ] {
-            let e = plugin(conf, &env, &clock).await.err().expect(conf);
+            let e = plugin(conf, &env).await.err().expect(conf);
             assert!(e.message().contains(why), "{conf}: {e}");
         }
-        let _first = plugin(r#"{"count": 1, "time_window": 1, "group": "g"}"#, &env, &clock).await.unwrap();
-        let e = plugin(r#"{"count": 2, "time_window": 1, "group": "g"}"#, &env, &clock).await.err().unwrap();
+        let _first = plugin(r#"{"count": 1, "time_window": 1, "group": "g"}"#, &env).await.unwrap();
+        let e = plugin(r#"{"count": 2, "time_window": 1, "group": "g"}"#, &env).await.err().unwrap();
         assert!(e.message().contains("group"), "{e}");
     }
 }

@@ -1,4 +1,4 @@
-//! `proxy-rewrite` (PLUGINS.md §2.11): rewrite the upstream path, Host, headers and arguments.
+//! `proxy-rewrite` (docs/plugins/security.md): rewrite the upstream path, Host, headers and arguments.
 //!
 //! Conf: `{"uri": "/v2/$arg_id", "regex_uri": ["^/api/(.*)", "/svc/$1"], "host":
 //! "backend.internal", "headers": {"add": {"X-From": "gw"}, "set": {"X-Route": "$uri"},

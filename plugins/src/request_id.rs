@@ -1,4 +1,4 @@
-//! `request-id` (PLUGINS.md §2.13): give every request an id the upstream and the client see.
+//! `request-id` (docs/plugins/request-id.md): give every request an id the upstream and the client see.
 //!
 //! Conf: `{"header_name": "X-Request-Id", "include_in_response": true, "algorithm": "uuid",
 //! "range_id": {"length": 16, "char_set": "abc...XYZ0123456789"}}`; `algorithm` is `uuid` (v4),

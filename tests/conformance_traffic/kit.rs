@@ -8,118 +8,25 @@
 //! for. A [`Suite`] is one APISIX test file: its cases and its skips; [`Suite::check_accounting`]
 //! proves that every block is covered or skipped with a reason, exactly once.
 //!
-//! Time: the limiters and the breaker run on a manual clock the case drives (`advance`), and the
-//! harness runs on tokio's paused clock, so delays are measured exactly and the manual clock
-//! moves by each request's delay, as for requests a client sends one after another.
+//! Time: every case's plugins read a manual SDK [`Clock`] the case drives (`advance`), handed to
+//! the harness ([`Harness::with_clock`]) or the runner ([`Config::clock`]); the harness runs on
+//! tokio's paused clock, so delays are measured exactly and the manual clock moves by each
+//! request's delay, as for requests a client sends one after another.
 
-use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ext_plugin_catalogue::api_breaker::ApiBreaker;
-use ext_plugin_catalogue::limit_conn::LimitConn;
-use ext_plugin_catalogue::limit_count::LimitCount;
-use ext_plugin_catalogue::limit_req::LimitReq;
-use ext_plugin_catalogue::support::clock::{self, ManualClock, SharedClock};
+use ext_plugin_catalogue::builtin;
 use ext_plugin_runner::testing::{FakeGateway, TestRunner};
+use ext_plugin_runner::Config;
 use ext_plugin_sdk::harness::{request, Harness, LocalGateway};
 use ext_plugin_sdk::model::{HttpReqCallReq, HttpRespCallReq, HttpRespCallResp, Pair, ReqAction};
 use ext_plugin_sdk::*;
 
 pub const PRE: &str = "route#1#ext-plugin-pre-req#1";
 pub const POST_RESP: &str = "route#1#ext-plugin-post-resp#1";
-
-// ---------------------------------------------------------------------------------------------
-// The clock the time-driven plugins are built on.
-
-thread_local! {
-    static CLOCK: RefCell<Option<Arc<ManualClock>>> = const { RefCell::new(None) };
-}
-
-fn current_clock() -> SharedClock {
-    CLOCK.with(|c| {
-        c.borrow()
-            .clone()
-            .map_or_else(clock::system, |m| m as SharedClock)
-    })
-}
-
-/// A plugin that can be built on a given clock.
-trait OnClock: Plugin {
-    fn build_on(
-        conf: Self::Conf,
-        env: &mut PrepareEnv<'_>,
-        clock: SharedClock,
-    ) -> Result<Self, ConfError>;
-}
-
-macro_rules! on_clock {
-    ($($ty:ty),*) => {$(
-        impl OnClock for $ty {
-            fn build_on(
-                conf: Self::Conf,
-                env: &mut PrepareEnv<'_>,
-                clock: SharedClock,
-            ) -> Result<Self, ConfError> {
-                <$ty>::build(conf, env, clock)
-            }
-        }
-    )*};
-}
-on_clock!(LimitCount, LimitReq, LimitConn, ApiBreaker);
-
-/// `P` built on the case's manual clock (the system clock outside a case).
-struct Clocked<P>(P);
-
-impl<P: OnClock> Plugin for Clocked<P> {
-    const NAME: &'static str = P::NAME;
-    type Conf = P::Conf;
-
-    fn prepare(conf: P::Conf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
-        P::build_on(conf, env, current_clock()).map(Clocked)
-    }
-
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
-        self.0.request_filter(call).await
-    }
-
-    async fn response_filter(&self, call: &mut ResponseCall<'_>) -> Result<(), PluginError> {
-        self.0.response_filter(call).await
-    }
-}
-
-/// Every built-in plugin, the time-driven ones on the case's clock.
-pub fn registry() -> Registry {
-    use ext_plugin_catalogue::*;
-    let r = Registry::new()
-        .with::<Clocked<ApiBreaker>>()
-        .with::<Clocked<LimitConn>>()
-        .with::<Clocked<LimitCount>>()
-        .with::<Clocked<LimitReq>>()
-        .with::<basic_auth::BasicAuth>()
-        .with::<cors::Cors>()
-        .with::<debug_echo::DebugEcho>()
-        .with::<echo::Echo>()
-        .with::<fault_injection::FaultInjection>()
-        .with::<ip_restriction::IpRestriction>()
-        .with::<jwt_auth::JwtAuth>()
-        .with::<key_auth::KeyAuth>()
-        .with::<proxy_rewrite::ProxyRewrite>()
-        .with::<request_id::RequestId>()
-        .with::<request_validation::RequestValidation>()
-        .with::<restriction::RefererRestriction>()
-        .with::<restriction::UaRestriction>()
-        .with::<traffic_tag::TrafficTag>()
-        .with::<uri_blocker::UriBlocker>();
-    assert_eq!(
-        r.names(),
-        builtin().names(),
-        "the kit registers every built-in plugin"
-    );
-    r
-}
 
 // ---------------------------------------------------------------------------------------------
 // Cases.
@@ -601,8 +508,9 @@ impl Suite {
     pub async fn run(&self) {
         let mut failures = Vec::new();
         for c in &self.cases {
-            let gw = HarnessGw::new();
-            if let Err(e) = run_case(c, gw).await {
+            let clock = Clock::manual();
+            let gw = HarnessGw::new(&clock);
+            if let Err(e) = run_steps(c, gw, &clock).await {
                 failures.push(format!("{} {:?}: {e}", c.file, c.tests));
             }
         }
@@ -626,8 +534,9 @@ impl Suite {
         );
         let mut failures = Vec::new();
         for c in wired {
-            let gw = WireGw::new().await;
-            if let Err(e) = run_case(c, gw).await {
+            let clock = Clock::manual();
+            let gw = WireGw::new(&clock).await;
+            if let Err(e) = run_steps(c, gw, &clock).await {
                 failures.push(format!("{} {:?}: {e}", c.file, c.tests));
             }
         }
@@ -663,9 +572,10 @@ pub(crate) struct HarnessGw {
 }
 
 impl HarnessGw {
-    fn new() -> HarnessGw {
+    /// Every built-in plugin, reading `clock`.
+    fn new(clock: &Clock) -> HarnessGw {
         HarnessGw {
-            harness: Harness::new(registry()),
+            harness: Harness::new(builtin()).with_clock(clock.clone()),
             gw: LocalGateway::new(),
         }
     }
@@ -719,8 +629,13 @@ pub(crate) struct WireGw {
 }
 
 impl WireGw {
-    async fn new() -> WireGw {
-        let runner = TestRunner::start(registry()).await;
+    /// A runner of every built-in plugin, reading `clock`.
+    async fn new(clock: &Clock) -> WireGw {
+        let config = Config {
+            clock: clock.clone(),
+            ..Config::default()
+        };
+        let runner = TestRunner::start_with(config, builtin()).await;
         let gw = runner.connect().await;
         WireGw {
             _runner: runner,
@@ -855,15 +770,7 @@ fn pairs(list: &[Pair]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn run_case<G: Gw>(c: &Case, mut gw: G) -> Result<(), String> {
-    let clock = ManualClock::new();
-    CLOCK.with(|k| *k.borrow_mut() = Some(clock.clone()));
-    let result = run_steps(c, &mut gw, &clock).await;
-    CLOCK.with(|k| *k.borrow_mut() = None);
-    result
-}
-
-async fn run_steps<G: Gw>(c: &Case, gw: &mut G, clock: &Arc<ManualClock>) -> Result<(), String> {
+async fn run_steps<G: Gw>(c: &Case, mut gw: G, clock: &Clock) -> Result<(), String> {
     // Chains stay prepared for the whole case, as a conf cache keeps them.
     let mut kept: Vec<G::Handle> = Vec::new();
     let mut by_key: HashMap<String, G::Handle> = HashMap::new();

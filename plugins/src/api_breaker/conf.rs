@@ -2,7 +2,7 @@
 //! validated once at prepare time with messages that name the field.
 //!
 //! Fields of the other policies are accepted and unused (a conf may carry a full set, as the
-//! PLUGINS.md example does, and switch `policy` alone); a field the chosen policy needs but lacks
+//! documented example does, and switch `policy` alone); a field the chosen policy needs but lacks
 //! (`threshold`, `max_allowed_rt_ms`) is an error.
 
 use serde::Deserialize;

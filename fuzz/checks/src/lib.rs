@@ -1,7 +1,7 @@
 //! What each fuzz target checks, and the seed messages its corpus starts from.
 //!
 //! The targets in `fuzz_targets/` are one line each; the checks live here so that
-//! `tests/fuzz_regressions.rs` (which includes this file as a module) replays a found input
+//! `tests/fuzz_regressions.rs` (a user of this crate) replays a found input
 //! through exactly the code the fuzzer ran. Every check must hold for *any* input: a panic,
 //! hang or abort is a finding.
 
