@@ -33,6 +33,7 @@ use ext_plugin_sdk::*;
 use crate::support::clock::{self, secs_until, Nanos};
 use crate::support::keyed::KeyedStore;
 use crate::support::lease::{Correlation, Leases};
+use crate::support::template::{self, Template};
 
 use breaker::{Admit, Breaker, Outcome, Policy, Settings, Ticket};
 pub use conf::ApiBreakerConf;
@@ -52,6 +53,7 @@ pub struct ApiBreaker {
     /// The request and response chains of the route see the same breakers.
     state: Arc<BreakerState>,
     reject: Stop,
+    reject_vars: Vec<(Text, Template)>,
     clock: Clock,
 }
 
@@ -113,6 +115,7 @@ impl Plugin for ApiBreaker {
             corr: Correlation::new(None, env.chain()),
             state,
             reject: p.reject,
+            reject_vars: p.reject_vars,
             clock,
         })
     }
@@ -130,7 +133,14 @@ impl Plugin for ApiBreaker {
             }
         };
         let ticket = match breaker.admit(&self.settings, now) {
-            Admit::Reject { until } => return Ok(Flow::Stop(self.rejection(now, until))),
+            Admit::Reject { until } => {
+                let mut stop = self.rejection(now, until);
+                for (name, value) in &self.reject_vars {
+                    let value = template::header_safe(value.render(call).await?.text);
+                    stop = stop.with_header(name.clone(), value);
+                }
+                return Ok(Flow::Stop(stop));
+            }
             Admit::Pass if !self.count_missing => return Ok(Flow::Continue),
             Admit::Pass => None,
             Admit::Probe(ticket) => Some(ticket),

@@ -48,6 +48,8 @@ pub struct LimitReqConf {
     policy: String,
     #[serde(default)]
     retry_after: bool,
+    #[serde(default)]
+    allow_degradation: bool,
     #[serde(default = "reject::default_max_keys")]
     max_keys: usize,
 }
@@ -65,6 +67,7 @@ pub struct LimitReq {
     nodelay: bool,
     reject: Stop,
     retry_after: bool,
+    allow_degradation: bool,
     clock: Clock,
 }
 
@@ -146,13 +149,14 @@ impl Plugin for LimitReq {
                 &conf.rejected_headers,
             )?,
             retry_after: conf.retry_after,
+            allow_degradation: conf.allow_degradation,
             clock,
         })
     }
 
     async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
         let Some(key) = self.key.resolve_or_client(call).await? else {
-            return Ok(Flow::Continue);
+            return Ok(reject::undecided(self.allow_degradation, "no key, no client address"));
         };
         match self.buckets.acquire(&key, self.clock.nanos()) {
             Ok(delay) => {
@@ -241,6 +245,7 @@ mod tests {
             (r#"{"rate": 1, "burst": 60}"#, "60 s read timeout"),
             (r#"{"rate": 1}"#, "burst"),
             (r#"{"rate": 1, "burst": 1, "policy": "redis-cluster"}"#, "policy"),
+            (r#"{"rate": 1, "burst": 1, "rejected_msg": ""}"#, "rejected_msg"),
         ] {
             let e = plugin(conf, &env).err().expect(conf);
             assert!(e.message().contains(why), "{conf}: {e}");

@@ -31,7 +31,7 @@
 //!
 //! let runner = TestRunner::start(ext_plugin_catalogue::builtin()).await;
 //! let mut gw = runner.connect().await;
-//! let token = gw.prepare("route#1#ext-plugin-pre-req#1", &[("echo", "{}")]).await?;
+//! let token = gw.prepare("route#1#ext-plugin-pre-req#1", &[("debug-echo", "{}")]).await?;
 //! let reply = gw.call(token, &request(Method::Get, "/hi")).await?;
 //! assert!(matches!(reply.action, ReqAction::Stop(_)));
 //! runner.stop().await;

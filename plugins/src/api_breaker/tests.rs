@@ -226,3 +226,27 @@ fn bad_confs_name_the_field() {
         "scope": "route", "count_missing_response_as_error": true, "lease_timeout": 30}"#;
     build(full, &env, PRE).expect("the documented example prepares");
 }
+
+/// APISIX re-opens a consecutive breaker only after `unhealthy.failures` more failures once the
+/// open time is over (its open time counts whole trips: floor(failures seen / failures)).
+#[tokio::test]
+async fn consecutive_reopens_after_failures_more_failures() {
+    let p = pair(
+        r#"{"break_response_code": 502, "unhealthy": {"http_statuses": [500], "failures": 3},
+            "healthy": {"successes": 3}}"#,
+    );
+    for _ in 0..3 {
+        let id = pass(&p).await;
+        answer(&p, 500, id.as_deref(), &[]).await;
+    }
+    assert_eq!(retry_after(&req(&p.pre, "a.test", "/x").await), "2", "open for 2^1 s");
+    p.clock.advance(Duration::from_secs(3));
+    for n in 4..=6 {
+        let id = pass(&p).await;
+        answer(&p, 500, id.as_deref(), &[]).await;
+        if n < 6 {
+            assert!(matches!(req(&p.pre, "a.test", "/x").await, Seen::Pass(_)), "failure {n} does not re-open");
+        }
+    }
+    assert_eq!(retry_after(&req(&p.pre, "a.test", "/x").await), "4", "the 6th failure: 2^2 s");
+}
