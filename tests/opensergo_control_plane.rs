@@ -383,7 +383,7 @@ async fn bootstrap_from_a_file_and_a_bad_bootstrap_is_an_error_the_runner_surviv
         .expect("the runner still serves");
     assert_eq!(status(&mut gw, token, "/rate").await, 0);
     let echo = gw
-        .prepare("route#2#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#2#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     assert!(stopped(&gw.call(echo, &request(Method::Get, "/")).await.unwrap()).is_some());

@@ -22,7 +22,7 @@ use ext_plugin_sdk::Stop;
 use super::model::{Strategy, StrategyKind};
 use crate::api_breaker::breaker::{Admit, Breaker, Outcome, Policy, Settings, Ticket};
 use crate::limit_conn::{ConnState, Slot};
-use crate::limit_count::{Counters, WindowType};
+use crate::limit_count::{Counters, Quota, WindowType};
 use crate::limit_req::Buckets;
 use crate::support::clock::{NANOS_PER_MS, NANOS_PER_SEC};
 
@@ -33,8 +33,8 @@ const BUCKETS: usize = 10;
 
 /// One strategy's state. Kept across rule reloads while its resource and spec stay the same.
 pub enum Engine {
-    Rate(Counters),
-    Concurrency(ConnState),
+    Rate { counters: Counters, quota: Quota },
+    Concurrency { state: ConnState, max: u64 },
     Breaker {
         breaker: Breaker,
         settings: Settings,
@@ -51,16 +51,20 @@ impl Engine {
             Strategy::RateLimit {
                 threshold,
                 window_ms,
-            } => Engine::Rate(Counters::new(
-                threshold,
-                ms(window_ms),
-                WindowType::Sliding,
-                BUCKETS,
-                1,
-            )),
-            Strategy::ConcurrencyLimit { max } => {
-                Engine::Concurrency(ConnState::single(max, 1, 3600 * NANOS_PER_SEC))
+            } => {
+                let window = ms(window_ms);
+                Engine::Rate {
+                    counters: Counters::new(WindowType::Sliding, BUCKETS, Some(window), 1),
+                    quota: Quota {
+                        count: threshold,
+                        window,
+                    },
+                }
             }
+            Strategy::ConcurrencyLimit { max } => Engine::Concurrency {
+                state: ConnState::single(1, 3600 * NANOS_PER_SEC),
+                max,
+            },
             Strategy::CircuitBreaker {
                 slow_rt_ms,
                 ratio,
@@ -173,8 +177,8 @@ impl Guard {
         let mut delay = 0;
         for (i, step) in self.steps.iter().enumerate() {
             let admitted = match &*step.engine {
-                Engine::Rate(c) => c.acquire(KEY, now).admitted,
-                Engine::Concurrency(c) => match c.acquire(0, KEY, now) {
+                Engine::Rate { counters, quota } => counters.acquire(KEY, *quota, now).admitted,
+                Engine::Concurrency { state, max } => match state.acquire(0, KEY, *max, 0, now) {
                     Ok((slot, _)) => {
                         if let Some(h) = &mut held {
                             h.slots.push(slot);
@@ -214,8 +218,8 @@ impl Guard {
 
     fn roll_back(&self, passed: &[Step], now: u64, held: Option<Held>) {
         for step in passed {
-            if let Engine::Rate(c) = &*step.engine {
-                c.refund(KEY, now);
+            if let Engine::Rate { counters, quota } = &*step.engine {
+                counters.refund(KEY, *quota, now);
             }
         }
         if let Some(h) = held {

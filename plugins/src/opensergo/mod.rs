@@ -39,8 +39,8 @@ use serde::Deserialize;
 
 use ext_plugin_sdk::*;
 
-use crate::support::clock::{secs_to_nanos, NANOS_PER_MS};
-use crate::support::key::{parse_template, Part};
+use crate::support::clock::{secs_to_nanos, Nanos, NANOS_PER_MS};
+use crate::support::template::{self, Part};
 use crate::support::lease::{Correlation, Leases};
 use guard::{Held, Verdict};
 use self::model::StrategyKind;
@@ -98,8 +98,8 @@ fn default_status() -> u16 {
 enum Template {
     /// Parts answered from the request itself: rendered without an allocation.
     Local(Vec<LocalPart>),
-    /// At least one variable the gateway must answer.
-    Remote(Vec<Part>),
+    /// At least one variable the gateway must answer (or a default).
+    Remote(template::Template),
 }
 
 enum LocalPart {
@@ -115,12 +115,14 @@ impl Template {
         if s.is_empty() {
             return Err(ConfError::new("`resource` must not be empty"));
         }
-        let parts = parse_template(s).map_err(|e| ConfError::new(format!("`resource`: {e}")))?;
-        let local: Option<Vec<LocalPart>> = parts
+        let parsed = template::Template::parse(s);
+        let local: Option<Vec<LocalPart>> = parsed
+            .parts()
             .iter()
             .map(|p| match p {
-                Part::Literal(l) => Some(LocalPart::Literal(l.clone())),
-                Part::Var(v) => match &**v {
+                Part::Lit(l) => Some(LocalPart::Literal(l.clone())),
+                Part::Var { default: Some(_), .. } | Part::Capture(_) => None,
+                Part::Var { name: v, default: None } => match &**v {
                     "request_method" => Some(LocalPart::Method),
                     "uri" => Some(LocalPart::Uri),
                     v => {
@@ -135,7 +137,7 @@ impl Template {
             .collect();
         Ok(match local {
             Some(l) => Template::Local(l),
-            None => Template::Remote(parts),
+            None => Template::Remote(parsed),
         })
     }
 }
@@ -154,7 +156,6 @@ struct RouteState {
 
 pub struct OpenSergo {
     view: Arc<AppView>,
-    store: Arc<RuleStore>,
     resource: Template,
     fallback: Option<Stop>,
     /// The answer per strategy kind when no fallback is configured.
@@ -163,6 +164,7 @@ pub struct OpenSergo {
     fallback_header: Text,
     corr: Correlation,
     route: Arc<RouteState>,
+    clock: Clock,
 }
 
 impl Plugin for OpenSergo {
@@ -235,7 +237,7 @@ impl Plugin for OpenSergo {
             tag_header: Text::from(tag_header),
             corr: Correlation::new(None, env.chain()),
             route,
-            store,
+            clock: env.clock().clone(),
         })
     }
 
@@ -261,8 +263,8 @@ impl Plugin for OpenSergo {
                 }
                 compiled.resources.get(buf.as_str()).cloned()
             }),
-            Template::Remote(parts) => {
-                let (resource, _) = crate::support::key::render(parts, call).await?;
+            Template::Remote(parsed) => {
+                let resource = parsed.render(call).await?.text;
                 compiled.resources.get(resource.as_str()).cloned()
             }
         };
@@ -270,7 +272,7 @@ impl Plugin for OpenSergo {
         let Some(guard) = guard else {
             return Ok(Flow::Continue);
         };
-        let now = self.store.clock().now();
+        let now = self.clock.nanos();
         self.expire(now);
         match guard.enter(now) {
             Verdict::Reject(step) => {
@@ -306,7 +308,7 @@ impl Plugin for OpenSergo {
             return Ok(());
         };
         if let Some(held) = self.route.leases.take(&id) {
-            held.answered(call.original_status(), self.store.clock().now());
+            held.answered(call.original_status(), self.clock.nanos());
         }
         Ok(())
     }

@@ -9,7 +9,9 @@
 //!   (a warning names it); strategy references resolve against the merged strategies; fallback
 //!   actions come from the file only, by name.
 //! * **State.** A strategy's engine is keyed by `(app, resource, normalised spec)` and kept
-//!   across rebuilds while that key stays; a changed threshold gets a fresh engine.
+//!   across rebuilds while that key stays; a changed threshold gets a fresh engine. Engines
+//!   hold no clock: the plugin hands them readings of
+//!   [`PrepareEnv::clock`](ext_plugin_sdk::PrepareEnv::clock), the runner's one clock.
 //! * **Problems** (skipped objects, dangling references, lenient readings) are logged as
 //!   warnings once: a rebuild logs only those the previous one did not have.
 
@@ -25,7 +27,6 @@ use ext_plugin_sdk::Stop;
 use super::guard::{Engine, Guard, Step};
 use super::model::*;
 use super::tagging::Tagging;
-use crate::support::clock::{self, SharedClock};
 use crate::support::keyed::lock;
 
 /// The most `(namespace, app)` pairs the route confs may name (each is a subscription).
@@ -78,7 +79,6 @@ pub struct Defaults {
 /// ([`ext_plugin_sdk::Registry::provide`]) and fed by the rule sources.
 pub struct RuleStore {
     defaults: Defaults,
-    clock: SharedClock,
     inner: Mutex<Inner>,
     apps: watch::Sender<BTreeSet<AppKey>>,
 }
@@ -95,13 +95,8 @@ struct Inner {
 
 impl RuleStore {
     pub fn new(defaults: Defaults) -> Arc<RuleStore> {
-        RuleStore::with_clock(defaults, clock::system())
-    }
-
-    pub fn with_clock(defaults: Defaults, clock: SharedClock) -> Arc<RuleStore> {
         Arc::new(RuleStore {
             defaults,
-            clock,
             inner: Mutex::new(Inner::default()),
             apps: watch::channel(BTreeSet::new()).0,
         })
@@ -109,10 +104,6 @@ impl RuleStore {
 
     pub fn defaults(&self) -> &Defaults {
         &self.defaults
-    }
-
-    pub fn clock(&self) -> &SharedClock {
-        &self.clock
     }
 
     /// The view of `(namespace, app)`, made (and subscribed to) on first use.

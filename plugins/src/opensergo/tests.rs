@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::support::clock::ManualClock;
 use ext_plugin_sdk::harness::{request, TestCall, TestEnv, TestResp};
 
 const EVERY_KIND: &str = include_str!("../../tests/fixtures/opensergo-rules.yaml");
@@ -14,15 +13,17 @@ const POST: &str = "route#1#ext-plugin-post-resp#1";
 struct Fixture {
     env: TestEnv,
     store: Arc<RuleStore>,
-    clock: Arc<ManualClock>,
+    clock: Clock,
 }
 
 fn fixture(rules: &str) -> Fixture {
-    let clock = ManualClock::new();
-    let store = RuleStore::with_clock(Defaults::default(), clock.clone());
+    let clock = Clock::manual();
+    let store = RuleStore::new(Defaults::default());
     store.set(Source::File, parse_rules(rules).unwrap());
     Fixture {
-        env: TestEnv::default().with_service(store.clone()),
+        env: TestEnv::default()
+            .with_service(store.clone())
+            .with_clock(clock.clone()),
         store,
         clock,
     }
