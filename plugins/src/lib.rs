@@ -25,6 +25,7 @@ pub mod consumers;
 builtin_plugins! {
     api_breaker => ApiBreaker,
     basic_auth => BasicAuth,
+    consumer_restriction => ConsumerRestriction,
     cors => Cors,
     echo => Echo,
     fault_injection => FaultInjection,
