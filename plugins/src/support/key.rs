@@ -9,6 +9,7 @@
 
 use serde::Deserialize;
 
+use super::vars::Vars;
 use ext_plugin_sdk::{ConfError, PluginError, RequestCall, Text};
 
 #[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -90,10 +91,7 @@ impl KeySource {
 }
 
 /// Fills a template's variables in; also says whether any variable was non-empty.
-pub async fn render(
-    parts: &[Part],
-    call: &mut RequestCall<'_>,
-) -> Result<(String, bool), PluginError> {
+pub async fn render(parts: &[Part], call: &mut impl Vars) -> Result<(String, bool), PluginError> {
     let mut out = String::new();
     let mut any_var = false;
     for part in parts {

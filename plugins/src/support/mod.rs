@@ -8,6 +8,7 @@
 //! * [`key`]: the `key_type` / `key` extractor.
 //! * [`reject`]: rejection answers and the conf fields all limiters share.
 //! * [`lease`]: request ↔ response correlation with expiring leases.
+//! * [`vars`]: variables in either phase, for the engines above.
 
 pub mod clock;
 pub mod expr;
@@ -15,4 +16,5 @@ pub mod key;
 pub mod keyed;
 pub mod lease;
 pub mod reject;
+pub mod vars;
 pub mod window;
