@@ -11,7 +11,7 @@ use ext_plugin_sdk::harness::{Harness, LocalGateway};
 
 fn main() {
     for name in ext_plugin_catalogue::builtin().names() {
-        if !CASES.contains(&name) {
+        if !CASES.contains(&name) && !CYCLE_CASES.contains(&name) {
             eprintln!("plugins bench: no case for built-in plugin `{name}`; add one to CASES");
         }
     }
@@ -41,6 +41,10 @@ const CASES: &[&str] = &[
     "consumer-restriction",
     "response-rewrite",
 ];
+
+/// Plugins that hold something from the request to the response phase: benched as a whole
+/// cycle (`request_and_response`), so what they hold is released.
+const CYCLE_CASES: &[&str] = &["adaptive-limit"];
 
 fn hs256_token() -> String {
     use jsonwebtoken::{encode, EncodingKey, Header};
@@ -179,6 +183,45 @@ fn response_phase(bencher: Bencher<'_, '_>, mode: &str) {
         gw.asked.clear();
         black_box(
             gw.resp_call(&chain, black_box(&req))
+                .now_or_never()
+                .expect("the chain finishes without waiting")
+                .expect("the chain succeeds"),
+        )
+    });
+}
+
+/// Admit, then record the completion: one request's whole cycle through adaptive-limit, with
+/// the estimator triggered (`trigger_rt_ms: 0`) so the limit is computed on every admission.
+#[divan::bench(args = CYCLE_CASES)]
+fn request_and_response(bencher: Bencher<'_, '_>, plugin: &str) {
+    use ext_plugin_runner::model::{HttpRespCallReq, ReqAction};
+    use futures_util::FutureExt;
+    let rt = common::runtime();
+    let _ctx = rt.enter();
+    let conf = r#"{"trigger_rt_ms": 0, "min_limit": 1000000}"#;
+    let harness = Harness::new(ext_plugin_catalogue::builtin());
+    let pre = harness
+        .prepare("route#bench#ext-plugin-pre-req#1", &[(plugin, conf)])
+        .unwrap_or_else(|e| panic!("{plugin}: {e}"));
+    let post = harness
+        .prepare("route#bench#ext-plugin-post-resp#1", &[(plugin, conf)])
+        .unwrap_or_else(|e| panic!("{plugin}: {e}"));
+    let req = common::realistic();
+    let resp = HttpRespCallReq {
+        id: 2,
+        status: 200,
+        headers: vec![Pair::new("content-type", "application/json")],
+        conf_token: 1,
+    };
+    let mut gw = LocalGateway::new();
+    bencher.bench_local(|| {
+        let ReqAction::Rewrite(rw) = common::call(&mut gw, &pre, black_box(&req)) else {
+            panic!("admitted with a correlation header")
+        };
+        let id = rw.headers[0].value.clone().unwrap();
+        gw.set_var("http_x_a6_runner_req", &id);
+        black_box(
+            gw.resp_call(&post, &resp)
                 .now_or_never()
                 .expect("the chain finishes without waiting")
                 .expect("the chain succeeds"),

@@ -15,6 +15,8 @@
 //!   never comes within `lease_timeout` (the gateway answered 502 itself, a later plugin
 //!   rejected, no post-resp) counts as a failure: a stuck probe re-opens the breaker.
 //! * `breaker` is the state machine of each policy.
+//! * *(ext)* `dry_run`: an open breaker lets requests through with
+//!   `x-dry-run-reject: api-breaker`; their answers are recorded as any other.
 //!
 //! Without the post-resp half the breaker never learns anything (except, with
 //! `count_missing_response_as_error`, that answers are missing): a warning is logged once per
@@ -33,6 +35,7 @@ use ext_plugin_sdk::*;
 use crate::support::clock::{self, secs_until, SharedClock};
 use crate::support::keyed::KeyedStore;
 use crate::support::lease::{Correlation, Leases};
+use crate::support::reject;
 
 use breaker::{Admit, Breaker, Outcome, Policy, Settings, Ticket};
 pub use conf::ApiBreakerConf;
@@ -47,6 +50,7 @@ pub struct ApiBreaker {
     max_rt: u64,
     scope: Scope,
     count_missing: bool,
+    dry_run: bool,
     lease_timeout: u64,
     corr: Correlation,
     /// Held, not just looked up: the registry keeps state only while a chain holds it, and the
@@ -99,6 +103,10 @@ impl Plugin for ApiBreaker {
             }
         };
         let ticket = match breaker.admit(&self.settings, now) {
+            Admit::Reject { .. } if self.dry_run => {
+                reject::dry_run_reject(call, Self::NAME);
+                return Ok(Flow::Continue);
+            }
             Admit::Reject { until } => return Ok(Flow::Stop(self.rejection(now, until))),
             Admit::Pass if !self.count_missing => return Ok(Flow::Continue),
             Admit::Pass => None,
@@ -175,6 +183,7 @@ impl ApiBreaker {
             max_rt: p.max_rt,
             scope: p.scope,
             count_missing: p.count_missing,
+            dry_run: p.dry_run,
             lease_timeout,
             corr: Correlation::new(None, env.chain()),
             state,

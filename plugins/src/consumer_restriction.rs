@@ -15,9 +15,9 @@
 //! and any other is rejected; otherwise `allowed_by_methods` rejects a value whose entry does not
 //! list the request's method (values without an entry pass).
 //!
-//! * No value: `401 {"message": "The request is rejected, please check the <type> for this
-//!   request"}`.
-//! * Rejected: `rejected_code` (default 403) `{"message": rejected_msg}`, by default "The <type>
+//! * No value: `401 {"message": "The request is rejected, please check the TYPE for this
+//!   request"}` (TYPE: the conf's `type`).
+//! * Rejected: `rejected_code` (default 403) `{"message": rejected_msg}`, by default "The TYPE
 //!   is forbidden.".
 
 use std::collections::HashSet;

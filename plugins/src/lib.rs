@@ -23,6 +23,7 @@ macro_rules! builtin_plugins {
 pub mod consumers;
 
 builtin_plugins! {
+    adaptive_limit => AdaptiveLimit,
     api_breaker => ApiBreaker,
     basic_auth => BasicAuth,
     consumer_restriction => ConsumerRestriction,

@@ -14,6 +14,8 @@
 //!   not configured. **Without post-resp the plugin only limits how many requests start per
 //!   lease period**; prepare logs a warning until it has seen the post-resp half.
 //! * `rules` *(ext shape of APISIX's)*: the first rule whose `key` template resolves applies.
+//! * *(ext)* `dry_run`: over the limit, the request goes on, uncounted, with
+//!   `x-dry-run-reject: limit-conn`.
 //! * Reject: `rejected_code` (default 503), `rejected_headers`, `{"error_msg": rejected_msg}\n`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,6 +58,8 @@ pub struct LimitConnConf {
     correlation_header: Option<String>,
     #[serde(default = "reject::default_max_keys")]
     max_keys: usize,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 #[derive(Deserialize)]
@@ -82,6 +86,7 @@ pub struct LimitConn {
     state: Arc<ConnState>,
     corr: Correlation,
     only_default_delay: bool,
+    dry_run: bool,
     reject: Stop,
     clock: SharedClock,
 }
@@ -169,6 +174,11 @@ impl Plugin for LimitConn {
             };
             let Some(key) = key else { continue };
             let Ok((slot, delay)) = self.state.acquire(limit.index, &key, now) else {
+                if self.dry_run {
+                    // Not counted in flight: enforced, it would not be.
+                    reject::dry_run_reject(call, Self::NAME);
+                    return Ok(Flow::Continue);
+                }
                 return Ok(Flow::Stop(self.reject.clone()));
             };
             let id = self.corr.id_for_call(call);
@@ -276,6 +286,7 @@ impl LimitConn {
             state,
             corr: Correlation::new(conf.correlation_header.as_deref(), env.chain()),
             only_default_delay: conf.only_use_default_delay,
+            dry_run: conf.dry_run,
             reject: reject::rejection(
                 "rejected_code",
                 conf.rejected_code,

@@ -10,10 +10,15 @@
 //!   Reject: `rejected_code` (default 503, as APISIX; 429 is recommended) with the headers
 //!   (Remaining 0), `rejected_headers`, *(ext)* `Retry-After` with `retry_after`, and
 //!   `{"error_msg": rejected_msg}\n` (no body without `rejected_msg`).
-//! * *(ext)* `dry_run`: everything is computed and the headers set, but nothing is stopped.
+//! * *(ext)* `dry_run`: everything is computed and the headers set, but nothing is stopped; a
+//!   would-be rejection adds `x-dry-run-reject: limit-count`.
+//! * *(ext)* `specific_items`, `match_strategy`/`pattern`/`unmatched` (per-key counts and key
+//!   patterns, [`crate::support::specific_items`]) and `warm_up_period_sec`/`cold_factor`
+//!   (Sentinel's warm-up, [`crate::support::warm_up`]), for the main key.
 //! * State: per route and conf, or per `group` across routes (a group must keep one
 //!   count/window/type; a conflicting conf fails prepare).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
@@ -23,6 +28,8 @@ use crate::support::clock::{self, secs_until, SharedClock, NANOS_PER_SEC};
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::{lock, KeyedStore};
 use crate::support::reject::{self, HeaderConf};
+use crate::support::specific_items::{MatchStrategy, PerKey, Selected, Unmatched};
+use crate::support::warm_up::WarmUp;
 use crate::support::window::LeapArray;
 
 #[derive(Deserialize)]
@@ -62,6 +69,13 @@ pub struct LimitCountConf {
     dry_run: bool,
     #[serde(default = "reject::default_max_keys")]
     max_keys: usize,
+    // (ext) limiter extras: support::specific_items, support::warm_up.
+    specific_items: Option<HashMap<String, u64>>,
+    match_strategy: Option<MatchStrategy>,
+    pattern: Option<String>,
+    unmatched: Option<Unmatched>,
+    warm_up_period_sec: Option<f64>,
+    cold_factor: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -109,6 +123,9 @@ pub struct LimitCount {
     show_headers: bool,
     retry_after: bool,
     dry_run: bool,
+    /// *(ext)* Per-key thresholds and patterns, and warm-up, for the main key.
+    per_key: Option<PerKey<u64>>,
+    warm_up: Option<Arc<WarmUp>>,
     clock: SharedClock,
     /// Held so the scope's state lives as long as a chain uses it (the registry keeps only a
     /// weak reference).
@@ -163,6 +180,11 @@ impl Counters {
 
     /// Checks and counts one request for `key` at `now`, atomically for that key.
     pub fn acquire(&self, key: &str, now: u64) -> Verdict {
+        self.acquire_max(key, now, self.count)
+    }
+
+    /// [`Counters::acquire`] with this request's quota (a specific item's, or a warming key's).
+    pub fn acquire_max(&self, key: &str, now: u64, count: u64) -> Verdict {
         let cell = self.keys.get_or_insert(key, now, || {
             Mutex::new(match self.kind {
                 WindowType::Fixed => Cell::Fixed { start: 0, used: 0 },
@@ -176,23 +198,23 @@ impl Counters {
                     *start = now;
                     *used = 0;
                 }
-                let admitted = *used < self.count;
+                let admitted = *used < count;
                 *used += u64::from(admitted);
                 Verdict {
                     admitted,
-                    remaining: self.count - *used,
+                    remaining: count.saturating_sub(*used),
                     reset_in: *start + self.window - now,
                 }
             }
             Cell::Sliding(w) => {
                 let used = w.sum(now)[0];
-                let admitted = used < self.count;
+                let admitted = used < count;
                 if admitted {
                     w.add(now, 0, 1);
                 }
                 Verdict {
                     admitted,
-                    remaining: self.count - used - u64::from(admitted),
+                    remaining: count.saturating_sub(used + u64::from(admitted)),
                     reset_in: w.next_expiry(now).map_or(0, |at| at - now),
                 }
             }
@@ -223,13 +245,26 @@ impl Plugin for LimitCount {
                 limit.key.resolve(call).await?
             };
             let Some(key) = key else { continue };
-            let v = limit.counters.acquire(&key, self.clock.now());
+            let (key, count) = match (&self.per_key, limit.fallback) {
+                (Some(per_key), true) => match per_key.select(key) {
+                    Selected::Pass => continue,
+                    Selected::Limit(k, item) => (k, item.copied().unwrap_or(limit.counters.count)),
+                },
+                _ => (key, limit.counters.count),
+            };
+            let (now, counters) = (self.clock.now(), &limit.counters);
+            let rate = count as f64 * NANOS_PER_SEC as f64 / counters.window as f64;
+            let (v, count) = WarmUp::check(self.warm_up.as_deref(), &key, now, rate, |share| {
+                let count = ((count as f64 * share) as u64).max(1);
+                let v = counters.acquire_max(&key, now, count);
+                (v.admitted, (v, count))
+            });
             if v.admitted || self.dry_run {
                 if !v.admitted {
-                    tracing::debug!(key = %key, "limit-count dry run: would reject");
+                    reject::dry_run_reject(call, Self::NAME);
                 }
                 if self.show_headers {
-                    for (name, value) in limit.header_values(&v) {
+                    for (name, value) in limit.header_values(&v, count) {
                         call.set_response_header(name, value);
                     }
                 }
@@ -237,7 +272,7 @@ impl Plugin for LimitCount {
             }
             let mut stop = Stop::new(self.reject.status).with_body(self.reject.body.clone());
             if self.show_headers {
-                for (name, value) in limit.header_values(&v) {
+                for (name, value) in limit.header_values(&v, count) {
                     stop = stop.with_header(name, value);
                 }
             }
@@ -253,10 +288,15 @@ impl Plugin for LimitCount {
 }
 
 impl Limit {
-    fn header_values(&self, v: &Verdict) -> [(Text, Text); 3] {
+    fn header_values(&self, v: &Verdict, count: u64) -> [(Text, Text); 3] {
         let [limit, remaining, reset] = self.headers.clone();
+        let count = if count == self.counters.count {
+            self.count_text.clone()
+        } else {
+            Text::from(count.to_string())
+        };
         [
-            (limit, self.count_text.clone()),
+            (limit, count),
             (remaining, Text::from(v.remaining.to_string())),
             (reset, Text::from(secs_until(0, v.reset_in).to_string())),
         ]
@@ -329,12 +369,34 @@ impl LimitCount {
             }
         }
 
+        let per_key = PerKey::parse(
+            conf.specific_items,
+            conf.match_strategy,
+            conf.pattern,
+            conf.unmatched,
+            |k, count| match count {
+                0 => Err(ConfError::field(&format!("specific_items.{k}"), "must be at least 1")),
+                _ => Ok(()),
+            },
+        )?;
+        let warm_up = WarmUp::from_conf(conf.warm_up_period_sec, conf.cold_factor, conf.max_keys)?;
+        if (per_key.is_some() || warm_up.is_some()) && !conf.rules.is_empty() {
+            return Err(ConfError::new(
+                "`specific_items`, `match_strategy` and `warm_up_period_sec` apply to the main \
+                 key: use them with `count`/`time_window`, not `rules`",
+            ));
+        }
+        let extras = format!(
+            "{} {}",
+            per_key.as_ref().map(PerKey::signature).unwrap_or_default(),
+            warm_up.as_ref().map(WarmUp::signature).unwrap_or_default()
+        );
         let signature = specs
             .iter()
             .map(|(_, c, w, _, _)| format!("{c}/{w}"))
             .collect::<Vec<_>>()
             .join(",")
-            + &format!(" {:?}/{}", conf.window_type, conf.buckets);
+            + &format!(" {:?}/{} {extras}", conf.window_type, conf.buckets);
         let init = || Quotas {
             signature: signature.clone(),
             counters: specs
@@ -354,6 +416,10 @@ impl LimitCount {
             Some(group) => env.group_state(group, init),
             None => env.state(init),
         };
+        let warm_up = warm_up.map(|w| match &conf.group {
+            Some(group) => env.group_state(group, || w),
+            None => env.state(|| w),
+        });
         if quotas.signature != signature {
             return Err(ConfError::new(format!(
                 "`group` {:?} is already used with a different quota ({}); a group shares one",
@@ -383,6 +449,8 @@ impl LimitCount {
             show_headers: conf.show_limit_quota_header,
             retry_after: conf.retry_after,
             dry_run: conf.dry_run,
+            per_key,
+            warm_up,
             clock,
             _quotas: quotas,
         })

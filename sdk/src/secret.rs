@@ -17,9 +17,9 @@ const ENV_PREFIX: &str = "$ENV://";
 const MANAGER_PREFIX: &str = "$secret://";
 
 /// Resolves a conf value that may be a secret reference; `field` names it in errors (e.g.
-/// "consumer `jack`: `key`"). The result must not be empty. Call it in [`Plugin::prepare`]
-/// (crate::Plugin::prepare), once: the environment is read when the chain is prepared, not per
-/// request, and a changed variable is seen at the next `prepare_conf`.
+/// "consumer `jack`: `key`"). The result must not be empty. Call it in
+/// [`Plugin::prepare`](crate::Plugin::prepare), once: the environment is read when the chain is
+/// prepared, not per request, and a changed variable is seen at the next `prepare_conf`.
 pub fn resolve_secret(field: &str, value: &str) -> Result<String, ConfError> {
     resolve_secret_with(field, value, |name| std::env::var(name).ok())
 }

@@ -9,6 +9,8 @@
 //! * [`reject`]: rejection answers and the conf fields all limiters share.
 //! * [`lease`]: request ↔ response correlation with expiring leases.
 //! * [`vars`]: variables in either phase, for the engines above.
+//! * [`specific_items`]: per-key thresholds and key patterns for the limiters.
+//! * [`warm_up`]: Sentinel's warm-up curve for the limiters.
 
 pub mod clock;
 pub mod expr;
@@ -16,5 +18,7 @@ pub mod key;
 pub mod keyed;
 pub mod lease;
 pub mod reject;
+pub mod specific_items;
 pub mod vars;
+pub mod warm_up;
 pub mod window;
