@@ -7,8 +7,8 @@
 //! "lifetime_grace_period": 0}, {"username": "svc", "key": "svc-key", "algorithm": "RS256",
 //! "public_key": "-----BEGIN PUBLIC KEY-----..."}]}` (or `consumers_file`).
 //!
-//! Flow, in APISIX's order: the token from the header (a `Bearer ` prefix is stripped), else the
-//! query argument, else the cookie; the consumer by `payload[key_claim_name]`; the token's `alg`
+//! Flow, in APISIX's order: the token from the header (a `Bearer ` or `bearer ` prefix is
+//! stripped), else the query argument, else the cookie; the consumer by `payload[key_claim_name]`; the token's `alg`
 //! must equal the consumer's `algorithm` (so `none` and HMAC-with-a-public-key confusion cannot
 //! pass); the signature; then `exp`/`nbf` (when listed in `claims_to_verify` and present) with
 //! the consumer's `lifetime_grace_period` in seconds.
@@ -20,7 +20,9 @@
 //!   in JWT token" or "failed to verify jwt".
 //!
 //! Algorithms: HS256/384/512 (`secret`), RS256/384/512 and PS256/384/512, ES256/384, EdDSA
-//! (`public_key`, PEM), through `jsonwebtoken` with its pure-Rust backend.
+//! (`public_key`, PEM), through `jsonwebtoken` with its pure-Rust backend; ES512 (`public_key`,
+//! P-521 PEM) through the RustCrypto `p521` crate (`jwt_auth/es512.rs`), with the same claims
+//! policy.
 
 use std::collections::HashMap;
 
@@ -30,6 +32,8 @@ use serde_json::{Map, Value};
 
 use super::consumers::{self, Identity, Verdict};
 use ext_plugin_sdk::*;
+
+mod es512;
 
 pub struct JwtAuth {
     header: Text,
@@ -53,6 +57,8 @@ struct Verifier {
     key: DecodingKey,
     /// Allows exactly the consumer's algorithm, with its grace period.
     validation: Validation,
+    /// ES512 consumers are verified by [`es512`] (`key` is then unused).
+    es512: Option<p521::ecdsa::VerifyingKey>,
 }
 
 #[derive(Deserialize)]
@@ -141,10 +147,14 @@ fn parse_alg(name: &str) -> Option<Algorithm> {
 
 fn verifier(c: JwtConsumer, claims: &[String]) -> Result<Verifier, ConfError> {
     let who = format!("consumer `{}`", c.username);
-    let alg = parse_alg(&c.algorithm).ok_or_else(|| {
+    // ES512 is verified by `es512`; ES384 stands in where `jsonwebtoken` needs an algorithm.
+    let is_es512 = c.algorithm == es512::NAME;
+    let mut es512_key = None;
+    let alg = if is_es512 { Some(Algorithm::ES384) } else { parse_alg(&c.algorithm) };
+    let alg = alg.ok_or_else(|| {
         ConfError::new(format!(
             "{who}: `algorithm` {:?} is not one of HS256, HS384, HS512, RS256, RS384, RS512, \
-             PS256, PS384, PS512, ES256, ES384, EdDSA",
+             PS256, PS384, PS512, ES256, ES384, ES512, EdDSA",
             c.algorithm
         ))
     })?;
@@ -180,7 +190,11 @@ fn verifier(c: JwtConsumer, claims: &[String]) -> Result<Verifier, ConfError> {
                 .public_key
                 .ok_or_else(|| ConfError::new(format!("{who}: {alg:?} needs `public_key`")))?;
             let pem = consumers::resolve_secret(&pem, &format!("{who}: `public_key`"))?;
+            if is_es512 {
+                es512_key = Some(es512::key(&pem, &who)?);
+            }
             match alg {
+                _ if is_es512 => Ok(DecodingKey::from_secret(&[])),
                 Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem.as_bytes()),
                 Algorithm::EdDSA => DecodingKey::from_ed_pem(pem.as_bytes()),
                 _ => DecodingKey::from_rsa_pem(pem.as_bytes()),
@@ -199,6 +213,7 @@ fn verifier(c: JwtConsumer, claims: &[String]) -> Result<Verifier, ConfError> {
         identity: Identity::new(c.username, c.custom_id, c.credential_id)?,
         key,
         validation,
+        es512: es512_key,
     })
 }
 
@@ -212,8 +227,9 @@ enum Source {
 impl JwtAuth {
     fn token(&self, call: &RequestCall<'_>) -> Option<(String, Source)> {
         if let Some(h) = call.header(&self.header) {
+            // As APISIX: only `Bearer ` and `bearer ` are prefixes.
             let token = match h.get(..7) {
-                Some(p) if p.eq_ignore_ascii_case("bearer ") => &h[7..],
+                Some("Bearer " | "bearer ") => &h[7..],
                 _ => h,
             };
             return Some((token.to_owned(), Source::Header));
@@ -227,20 +243,29 @@ impl JwtAuth {
     fn check(&self, token: &str) -> Verdict<'_> {
         // The payload is read before the signature is checked only to find whose key verifies
         // it; nothing in it is trusted until `decode` below has succeeded.
-        let Ok(unverified) = jsonwebtoken::dangerous::insecure_decode::<Map<String, Value>>(token)
+        let Some(claims) = jsonwebtoken::dangerous::insecure_decode::<Map<String, Value>>(token)
+            .map(|t| t.claims)
+            .ok()
+            .or_else(|| es512::unverified_claims(token))
         else {
             return Verdict::Reject(&self.invalid);
         };
-        let Some(Value::String(key)) = unverified.claims.get(&self.key_claim) else {
+        let Some(Value::String(key)) = claims.get(&self.key_claim) else {
             return Verdict::Reject(&self.no_key);
         };
         let Some(v) = self.consumers.get(key) else {
             return Verdict::Reject(&self.unknown_key);
         };
         // `validation.algorithms` holds only the consumer's algorithm.
-        match jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &v.key, &v.validation) {
-            Ok(_) => Verdict::Pass(&v.identity),
-            Err(_) => Verdict::Reject(&self.unverified),
+        let verified = match &v.es512 {
+            Some(key) => es512::verify(token, key, &v.validation),
+            None => jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &v.key, &v.validation)
+                .is_ok(),
+        };
+        if verified {
+            Verdict::Pass(&v.identity)
+        } else {
+            Verdict::Reject(&self.unverified)
         }
     }
 
