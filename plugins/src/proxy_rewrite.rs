@@ -190,7 +190,16 @@ fn ops(field: &str, conf: Option<OpsConf>, is_header: bool) -> Result<Ops, ConfE
     };
     let pairs = |op: &str, m: BTreeMap<String, String>| {
         m.into_iter()
-            .map(|(n, v)| Ok((name(op, &n)?, Template::parse(&v))))
+            .map(|(n, v)| {
+                // A secret reference (`$ENV://NAME`) is resolved now, not read as `$ENV`.
+                let value = if ext_plugin_sdk::secret::is_secret_ref(&v) {
+                    let f = format!("`{field}.{op}.{n}`");
+                    Template(vec![Segment::Lit(ext_plugin_sdk::resolve_secret(&f, &v)?)])
+                } else {
+                    Template::parse(&v)
+                };
+                Ok((name(op, &n)?, value))
+            })
             .collect::<Result<Vec<_>, ConfError>>()
     };
     Ok(Ops {

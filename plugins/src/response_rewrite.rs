@@ -507,10 +507,17 @@ impl Value_ {
                 ))
             }
         };
+        // A secret reference (`$ENV://NAME`) is resolved now, not read as the variable `$ENV`.
+        let secret = ext_plugin_sdk::secret::is_secret_ref(&text);
+        let text = if secret {
+            resolve_secret(&format!("`headers.{name}`"), &text)?
+        } else {
+            text
+        };
         if text.bytes().any(|b| b == b'\r' || b == b'\n') {
             return Err(ConfError::field(&format!("headers.{name}"), "the value has a line break"));
         }
-        Ok(if text.contains('$') {
+        Ok(if text.contains('$') && !secret {
             Value_::Template(
                 parse_template(&text).map_err(|e| ConfError::field(&format!("headers.{name}"), e))?,
             )
