@@ -1,5 +1,5 @@
 //! A FlatBuffers gateway client written from the published ext-plugin-proto v0.6.1 schema
-//! (PROTOCOL.md §3.2), independently of this crate's codec: requests are built with raw
+//! (docs/protocol.md §7), independently of this crate's codec: requests are built with raw
 //! `FlatBufferBuilder` calls, frames are cut by hand, and replies are verified with the
 //! `flatbuffers` crate's verifier and read with its table accessors. It drives a real runner over
 //! a real Unix socket, as stock Apache APISIX does.
@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 // ---------------------------------------------------------------------------------------------
-// The schema, from PROTOCOL.md §3.2: field ids and enum values.
+// The schema, from docs/protocol.md §7: field ids and enum values.
 
 /// The vtable offset of field `id`.
 const fn f(id: u16) -> u16 {
@@ -497,7 +497,7 @@ fn ipv6(s: &str) -> [u8; 16] {
 async fn prepare_returns_one_token_per_key() {
     let runner = start().await;
     let mut gw = Client::connect(&runner).await;
-    let echo = [("echo", Some("{}"))];
+    let echo = [("debug-echo", Some("{}"))];
     let a = gw.prepare("route#1#ext-plugin-pre-req#1", &echo).await;
     let again = gw.prepare("route#1#ext-plugin-pre-req#1", &echo).await;
     let b = gw.prepare("route#2#ext-plugin-pre-req#1", &echo).await;
@@ -506,7 +506,7 @@ async fn prepare_returns_one_token_per_key() {
     // A conf the plugin refuses is BAD_REQUEST, and the connection goes on.
     let bad = prepare_conf_req(
         "route#3#ext-plugin-pre-req#1",
-        &[("echo", Some(r#"{"status": 7}"#))],
+        &[("debug-echo", Some(r#"{"status": 7}"#))],
     );
     assert_eq!(gw.error(1, &bad).await, BAD_REQUEST);
     gw.prepare("route#4#ext-plugin-pre-req#1", &[]).await;
@@ -622,7 +622,10 @@ async fn extra_info_round_trips_absent_empty_and_bodies() {
     gw.req_body = Some(b"hello");
     let conf = r#"{"vars": ["route_id", "missing", "empty"], "request_body": true}"#;
     let token = gw
-        .prepare("route#1#ext-plugin-pre-req#1", &[("echo", Some(conf))])
+        .prepare(
+            "route#1#ext-plugin-pre-req#1",
+            &[("debug-echo", Some(conf))],
+        )
         .await;
     let v6 = ipv6("2001:db8::1");
     let r = Req {
@@ -685,7 +688,7 @@ async fn response_phase_with_resp_body() {
     let token = gw
         .prepare(
             "route#1#ext-plugin-post-resp#1",
-            &[("echo", Some("{}")), ("test-rewrite-all", Some("{}"))],
+            &[("debug-echo", Some("{}")), ("test-rewrite-all", Some("{}"))],
         )
         .await;
     let upstream = [("Content-Type", Some("text/plain")), ("X-Up", Some("1"))];
@@ -764,8 +767,11 @@ async fn a_garbage_first_frame_does_not_pin_the_connection() {
     let mut gw = Client::connect(&runner).await;
     let (ty, _) = gw.exchange(2, b"garbage").await;
     assert_eq!(ty, 0);
-    gw.prepare("route#1#ext-plugin-pre-req#1", &[("echo", Some("{}"))])
-        .await;
+    gw.prepare(
+        "route#1#ext-plugin-pre-req#1",
+        &[("debug-echo", Some("{}"))],
+    )
+    .await;
     runner.stop().await;
 }
 

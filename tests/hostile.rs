@@ -110,7 +110,7 @@ async fn fresh_call_works(runner: &TestRunner, p: Protocol) {
     guarded("a normal call", async {
         let mut gw = runner.connect_with(p).await;
         let token = gw
-            .prepare("route#ok#ext-plugin-pre-req#1", &[("echo", "{}")])
+            .prepare("route#ok#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
             .await
             .expect("prepare on a fresh connection");
         let resp = gw.call(token, &request(Method::Get, "/ok")).await.unwrap();
@@ -163,7 +163,11 @@ async fn frames_written_one_byte_at_a_time() {
     for p in Protocol::ALL {
         let mut gw = runner.connect_with(p).await;
         let mut codec = p.gateway_codec();
-        let bytes = prepare_frame(codec.as_mut(), "route#bytes#ext-plugin-pre-req#1", "echo");
+        let bytes = prepare_frame(
+            codec.as_mut(),
+            "route#bytes#ext-plugin-pre-req#1",
+            "debug-echo",
+        );
         for b in &bytes {
             gw.send_raw(std::slice::from_ref(b)).await.unwrap();
             tokio::task::yield_now().await;
@@ -191,7 +195,7 @@ async fn a_promised_16_mib_then_silence_is_closed_after_the_stall_timeout() {
     let runner = TestRunner::start_with(config, registry()).await;
     let mut bystander = runner.connect().await;
     let token = bystander
-        .prepare("route#by#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#by#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
 
@@ -225,7 +229,7 @@ async fn a_gateway_that_stops_reading_replies_is_closed_after_the_stall_timeout(
     let runner = start().await;
     let mut gw = runner.connect().await;
     let token = gw
-        .prepare("route#deaf#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#deaf#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     // 64 pipelined calls whose echoed replies (~30 KB each) far exceed the sockets' buffers.
@@ -269,7 +273,7 @@ async fn lengths_up_to_the_cap_are_read_and_one_over_closes() {
         // valid call first, so an `auto` runner knows the connection's protocol.)
         let mut gw = runner.connect_with(p).await;
         let token = gw
-            .prepare("route#cap#ext-plugin-pre-req#1", &[("echo", "{}")])
+            .prepare("route#cap#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
             .await
             .unwrap();
         let mut at_cap = ext_plugin_runner::frame::FrameHeader::encode(2, max).to_vec();
@@ -293,7 +297,7 @@ async fn every_frame_type_with_garbage_is_refused_and_the_connection_kept() {
     for p in Protocol::ALL {
         let mut gw = runner.connect_with(p).await;
         let token = gw
-            .prepare("route#g#ext-plugin-pre-req#1", &[("echo", "{}")])
+            .prepare("route#g#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
             .await
             .unwrap();
         for ty in 0..=255u8 {
@@ -321,7 +325,7 @@ async fn truncated_payloads_get_an_answer_and_the_connection_kept() {
     for p in Protocol::ALL {
         let mut gw = runner.connect_with(p).await;
         let token = gw
-            .prepare("route#t#ext-plugin-pre-req#1", &[("echo", "{}")])
+            .prepare("route#t#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
             .await
             .unwrap();
         let mut codec = p.gateway_codec();
@@ -470,7 +474,7 @@ async fn a_plugin_that_panics_or_loops_on_an_await_costs_one_call() {
             }
             // The same connection still serves other chains.
             let echo = gw
-                .prepare("route#e#ext-plugin-pre-req#1", &[("echo", "{}")])
+                .prepare("route#e#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
                 .await
                 .unwrap();
             assert!(gw.call(echo, &request(Method::Get, "/")).await.is_ok());
@@ -502,7 +506,7 @@ async fn a_hundred_thousand_distinct_prepares_stay_within_the_cache_capacity() {
         out.clear();
         for i in batch * BATCH..(batch + 1) * BATCH {
             let key = format!("route#{i}#ext-plugin-pre-req#1");
-            out.extend(prepare_frame(codec.as_mut(), &key, "echo"));
+            out.extend(prepare_frame(codec.as_mut(), &key, "debug-echo"));
         }
         gw.send_raw(&out).await.unwrap();
         for _ in 0..BATCH {
@@ -657,7 +661,7 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     let runner = TestRunner::start_with(config, registry()).await;
     let mut gw = runner.connect().await;
     let token = gw
-        .prepare("route#idle#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#idle#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     let since = Instant::now();
@@ -682,7 +686,7 @@ async fn connections_over_the_limit_wait_and_are_served_when_one_closes() {
     let runner = TestRunner::start_with(config, registry()).await;
     let mut a = runner.connect().await;
     let token = a
-        .prepare("route#max#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#max#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     let _b = runner.connect().await;

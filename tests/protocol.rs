@@ -1,4 +1,4 @@
-//! PROTOCOL.md §5: the acceptance scenarios, over a real socket, for every codec.
+//! The acceptance scenarios of docs/protocol.md, over a real socket, for every codec.
 //!
 //! Scenarios 1–9 run an in-process runner with the built-in plugins plus the test plugins below;
 //! scenario 10 (SIGTERM) lives in `tests/lifecycle.rs` because it needs the real binary.
@@ -226,14 +226,14 @@ async fn three_attachments_on_pooled_connections(p: Protocol) {
     assert_eq!(rw.headers[0].name, "X-Request-Id");
 
     let post = b
-        .prepare("route#1#ext-plugin-post-req#1", &[("echo", "{}")])
+        .prepare("route#1#ext-plugin-post-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     let echo = b.call(post, &request(Method::Post, "/x")).await.unwrap();
     assert_eq!(echoed(&echo)["method"], "POST");
 
     let resp = a
-        .prepare("route#1#ext-plugin-post-resp#1", &[("echo", "{}")])
+        .prepare("route#1#ext-plugin-post-resp#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     let r = a
@@ -273,7 +273,7 @@ async fn nested_connection(p: Protocol) {
     let mut prep_conn = runner.connect_with(p).await;
     let token = tokio::time::timeout(
         Duration::from_secs(10),
-        prep_conn.prepare("route#2#ext-plugin-pre-req#1", &[("echo", "{}")]),
+        prep_conn.prepare("route#2#ext-plugin-pre-req#1", &[("debug-echo", "{}")]),
     )
     .await
     .expect("prepare_conf must not wait for the idle connection")
@@ -296,7 +296,7 @@ async fn unknown_token_then_retry(p: Protocol) {
     let code = runner_error(gw.resp_call(12345, 200, &[]).await);
     assert_eq!(code, ErrorCode::ConfTokenNotFound);
     let token = gw
-        .prepare("route#3#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#3#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     assert!(gw.call(token, &request(Method::Get, "/")).await.is_ok());
@@ -385,7 +385,7 @@ async fn rewrite_everything(p: Protocol) {
     let token = gw
         .prepare(
             "route#5b#ext-plugin-pre-req#1",
-            &[("test-rewrite", "{}"), ("echo", r#"{"vars": ["http_x_set", "http_x_drop", "arg_replace", "uri"], "request_body": true}"#)],
+            &[("test-rewrite", "{}"), ("debug-echo", r#"{"vars": ["http_x_set", "http_x_drop", "arg_replace", "uri"], "request_body": true}"#)],
         )
         .await
         .unwrap();
@@ -414,7 +414,7 @@ async fn extra_info_round_trips(p: Protocol) {
     gw.set_var("empty", "");
     let conf = r#"{"vars": ["route_id", "empty", "nope", "route_id", "remote_addr"], "request_body": true}"#;
     let token = gw
-        .prepare("route#6#ext-plugin-pre-req#1", &[("echo", conf)])
+        .prepare("route#6#ext-plugin-pre-req#1", &[("debug-echo", conf)])
         .await
         .unwrap();
 
@@ -487,7 +487,7 @@ async fn input_fidelity(p: Protocol) {
         .prepare(
             "route#7#ext-plugin-pre-req#1",
             &[(
-                "echo",
+                "debug-echo",
                 r#"{"vars": ["arg_flag", "arg_e", "http_accept", "request_uri", "args"]}"#,
             )],
         )
@@ -545,7 +545,7 @@ async fn hostile_frames(p: Protocol) {
     let runner = TestRunner::start_with(config, registry()).await;
     let mut bystander = runner.connect_with(p).await;
     let token = bystander
-        .prepare("route#8#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#8#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
 
@@ -623,7 +623,7 @@ async fn gw_prepare(runner: &TestRunner, p: Protocol, key: &str, plugin: &str) -
 
 async fn restart_forgets_tokens(p: Protocol) {
     let old = start().await;
-    let token = gw_prepare(&old, p, "route#9#ext-plugin-pre-req#1", "echo").await;
+    let token = gw_prepare(&old, p, "route#9#ext-plugin-pre-req#1", "debug-echo").await;
     old.stop().await;
 
     let new = start().await;
@@ -645,24 +645,24 @@ async fn restart_forgets_tokens(p: Protocol) {
         "an old token never reaches another route's chain"
     );
     let again = gw
-        .prepare("route#9#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#9#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     assert!(gw.call(again, &request(Method::Get, "/")).await.is_ok());
 }
 for_each_protocol!(scenario_9_restart, restart_forgets_tokens);
 
-// Beyond §5: prepare failures, deadlines.
+// Beyond the acceptance scenarios: prepare failures, deadlines.
 
 async fn bad_chains_fail_closed(p: Protocol) {
     let runner = start().await;
     let mut gw = runner.connect_with(p).await;
     for chain in [
         vec![("no-such-plugin", "{}")],
-        vec![("echo", "{}"), ("echo", r#"{"status": 9000}"#)],
-        vec![("echo", r#"{"unknown_field": 1}"#)],
+        vec![("debug-echo", "{}"), ("debug-echo", r#"{"status": 9000}"#)],
+        vec![("debug-echo", r#"{"unknown_field": 1}"#)],
         vec![("ip-restriction", r#"{"whitelist": ["not an ip"]}"#)],
-        vec![("echo", "not json")],
+        vec![("debug-echo", "not json")],
     ] {
         let code = runner_error(gw.prepare("route#x#ext-plugin-pre-req#1", &chain).await);
         assert_eq!(code, ErrorCode::BadRequest, "{chain:?}");
@@ -695,7 +695,7 @@ async fn a_call_over_its_deadline_is_answered_and_freed() {
         ErrorCode::ServiceUnavailable
     );
     let echo = gw
-        .prepare("route#e#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#e#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     assert!(gw.call(echo, &request(Method::Get, "/")).await.is_ok());

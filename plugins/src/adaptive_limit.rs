@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
-use crate::support::clock::{self, secs_to_nanos, SharedClock, NANOS_PER_MS};
+use crate::support::clock::{secs_to_nanos, Nanos, NANOS_PER_MS};
 use crate::support::keyed::lock;
 use crate::support::lease::{Correlation, Leases};
 use crate::support::reject::{self, HeaderConf};
@@ -102,7 +102,7 @@ pub struct AdaptiveLimit {
     corr: Correlation,
     reject: Stop,
     dry_run: bool,
-    clock: SharedClock,
+    clock: Clock,
 }
 
 /// Settings of the estimator, from the conf.
@@ -358,48 +358,7 @@ impl Plugin for AdaptiveLimit {
     type Conf = AdaptiveLimitConf;
 
     fn prepare(conf: AdaptiveLimitConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
-        AdaptiveLimit::build(conf, env, clock::system())
-    }
-
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
-        let now = self.clock.now();
-        let state = &self.state;
-        state.leases.sweep(now, |_| state.release());
-        match state.admit(now, self.dry_run) {
-            Admission::Rejected(limit) if !self.dry_run => {
-                tracing::debug!(limit, inflight = state.inflight(), "adaptive-limit: rejected");
-                return Ok(Flow::Stop(self.reject.clone()));
-            }
-            Admission::Rejected(_) => reject::dry_run_reject(call, Self::NAME),
-            Admission::Admitted => {}
-        }
-        let id = self.corr.id_for_call(call);
-        state.leases.insert(&id, now, now);
-        Ok(Flow::Continue)
-    }
-
-    async fn response_filter(&self, call: &mut ResponseCall<'_>) -> Result<(), PluginError> {
-        if self.state.leases.is_empty() {
-            return Ok(());
-        }
-        let Some(id) = call.var(&self.corr.var).await? else {
-            tracing::debug!(header = %self.corr.header, "adaptive-limit: response without correlation id");
-            return Ok(());
-        };
-        if let Some(admitted) = self.state.leases.take(&id) {
-            self.state.complete(admitted, self.clock.now());
-        }
-        Ok(())
-    }
-}
-
-impl AdaptiveLimit {
-    /// [`Plugin::prepare`] with the clock to count time by.
-    pub fn build(
-        conf: AdaptiveLimitConf,
-        env: &mut PrepareEnv<'_>,
-        clock: SharedClock,
-    ) -> Result<AdaptiveLimit, ConfError> {
+        let clock = env.clock().clone();
         if conf.trigger_rt_ms.is_none() && conf.trigger_inflight.is_none() {
             return Err(ConfError::new(
                 "set `trigger_rt_ms` or `trigger_inflight` (`trigger_rt_ms: 0` limits always): at \
@@ -469,12 +428,43 @@ impl AdaptiveLimit {
             clock,
         })
     }
+
+    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+        let now = self.clock.nanos();
+        let state = &self.state;
+        state.leases.sweep(now, |_| state.release());
+        match state.admit(now, self.dry_run) {
+            Admission::Rejected(limit) if !self.dry_run => {
+                tracing::debug!(limit, inflight = state.inflight(), "adaptive-limit: rejected");
+                return Ok(Flow::Stop(self.reject.clone()));
+            }
+            Admission::Rejected(_) => reject::dry_run_reject(call, Self::NAME),
+            Admission::Admitted => {}
+        }
+        let id = self.corr.id_for_call(call);
+        state.leases.insert(&id, now, now);
+        Ok(Flow::Continue)
+    }
+
+    async fn response_filter(&self, call: &mut ResponseCall<'_>) -> Result<(), PluginError> {
+        if self.state.leases.is_empty() {
+            return Ok(());
+        }
+        let Some(id) = call.var(&self.corr.var).await? else {
+            tracing::debug!(header = %self.corr.header, "adaptive-limit: response without correlation id");
+            return Ok(());
+        };
+        if let Some(admitted) = self.state.leases.take(&id) {
+            self.state.complete(admitted, self.clock.nanos());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::support::clock::{ManualClock, NANOS_PER_SEC};
+    use crate::support::clock::NANOS_PER_SEC;
     use ext_plugin_sdk::harness::{request, TestCall, TestEnv, TestResp};
     use std::time::Duration;
 
@@ -534,13 +524,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_plugin_correlates_responses_and_rejects() {
-        let env = TestEnv::default();
-        let clock = ManualClock::new();
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let clock = env.clock().clone();
         let conf = r#"{"trigger_rt_ms": 0, "min_limit": 1, "headroom": 0, "window_ms": 1000, "rejected_code": 429, "rejected_msg": "shed"}"#;
         let parsed: AdaptiveLimitConf = serde_json::from_str(conf).unwrap();
         let p = env
             .with("route#1#ext-plugin-post-resp#1", AdaptiveLimit::NAME, conf, &[AdaptiveLimit::NAME], |e| {
-                AdaptiveLimit::build(parsed, e, clock.clone())
+                AdaptiveLimit::prepare(parsed, e)
             })
             .unwrap();
         // Two requests of 100 ms complete in one 100 ms bucket: 20/s × 0.1 s = 2.
@@ -600,7 +590,7 @@ mod tests {
             let parsed: AdaptiveLimitConf = serde_json::from_str(conf).unwrap();
             let e = env
                 .with("route#1#ext-plugin-pre-req#1", AdaptiveLimit::NAME, conf, &[], |e| {
-                    AdaptiveLimit::build(parsed, e, clock::system())
+                    AdaptiveLimit::prepare(parsed, e)
                 })
                 .err()
                 .expect(conf);

@@ -28,6 +28,7 @@ builtin_plugins! {
     basic_auth => BasicAuth,
     consumer_restriction => ConsumerRestriction,
     cors => Cors,
+    debug_echo => DebugEcho,
     echo => Echo,
     fault_injection => FaultInjection,
     hmac_auth => HmacAuth,

@@ -41,7 +41,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::support::expr::Expr;
-use crate::support::key::{parse_template, render, Part};
+use crate::support::template::{self, Part};
 use crate::support::reject::is_token;
 use crate::support::vars::ResponseVars;
 use ext_plugin_sdk::*;
@@ -127,10 +127,10 @@ struct HeaderOps {
     remove: Vec<Text>,
 }
 
-/// A header value: literal, or a `$var` template.
+/// A header value: literal, or a `$var` / `${var ?? default}` template.
 enum Value_ {
     Literal(Text),
-    Template(Vec<Part>),
+    Template(template::Template),
 }
 
 impl Plugin for ResponseRewrite {
@@ -499,7 +499,7 @@ impl Value_ {
     fn parse(name: &str, v: &Value) -> Result<Value_, ConfError> {
         let text = match v {
             Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
+            Value::Number(n) => template::lua_number(n),
             _ => {
                 return Err(ConfError::field(
                     &format!("headers.{name}"),
@@ -517,30 +517,32 @@ impl Value_ {
         if text.bytes().any(|b| b == b'\r' || b == b'\n') {
             return Err(ConfError::field(&format!("headers.{name}"), "the value has a line break"));
         }
-        Ok(if text.contains('$') && !secret {
-            Value_::Template(
-                parse_template(&text).map_err(|e| ConfError::field(&format!("headers.{name}"), e))?,
-            )
-        } else {
-            Value_::Literal(Text::from(text))
+        if secret {
+            return Ok(Value_::Literal(Text::from(text)));
+        }
+        let parsed = template::Template::parse(&text);
+        Ok(match parsed.constant() {
+            Some(_) => Value_::Literal(Text::from(text)),
+            None => Value_::Template(parsed),
         })
     }
 
     async fn resolve(&self, vars: &mut impl crate::support::vars::Vars) -> Result<Text, PluginError> {
         Ok(match self {
             Value_::Literal(t) => t.clone(),
-            Value_::Template(parts) => Text::from(render(parts, vars).await?.0),
+            // A variable's value cannot break the header (a decoded `$uri`, say).
+            Value_::Template(t) => Text::from(template::header_safe(t.render(vars).await?.text)),
         })
     }
 
     fn vars(&self) -> impl Iterator<Item = &str> {
         let parts = match self {
-            Value_::Template(p) => p.as_slice(),
+            Value_::Template(t) => t.parts(),
             Value_::Literal(_) => &[],
         };
         parts.iter().filter_map(|p| match p {
-            Part::Var(v) => Some(&**v),
-            Part::Literal(_) => None,
+            Part::Var { name, .. } => Some(&**name),
+            Part::Lit(_) | Part::Capture(_) => None,
         })
     }
 }
@@ -710,6 +712,29 @@ mod tests {
         assert_eq!(re.replace_all("hehe", &t), "<eh$><eh$>");
         assert!(Template::parse("$3", re.captures_len()).is_err());
         assert!(Template::parse("$x", re.captures_len()).is_err());
+    }
+
+    #[test]
+    fn header_values_are_apisix_templates_in_the_response_phase() {
+        use ext_plugin_sdk::harness::{block_on, TestEnv, TestResp};
+        let conf = r#"{"headers": {"set": {"X-Up": "[$upstream_http_x_up]", "X-P": "${http_x_p ?? none}", "X-Lit": "cost: $"}}}"#;
+        let parsed: ResponseRewriteConf = serde_json::from_str(conf).unwrap();
+        let key = "route#1#ext-plugin-post-resp#1";
+        let p = TestEnv::default()
+            .with(key, ResponseRewrite::NAME, conf, &[ResponseRewrite::NAME], |e| {
+                ResponseRewrite::prepare(parsed, e)
+            })
+            .unwrap();
+        let mut r = TestResp::new(200).with_header("X-Up", "a\nb");
+        block_on(p.response_filter(&mut r.call())).unwrap();
+        let headers = r.reply().headers;
+        let value = |n: &str| {
+            let pair = headers.iter().find(|h| h.name.eq_ignore_ascii_case(n));
+            pair.and_then(|h| h.value.clone())
+        };
+        assert_eq!(value("x-up").as_deref(), Some("[a%0Ab]"), "{headers:?}");
+        assert_eq!(value("x-p").as_deref(), Some("none"), "a nil variable takes its default");
+        assert_eq!(value("x-lit").as_deref(), Some("cost: $"), "a lone `$` is text");
     }
 
     #[test]

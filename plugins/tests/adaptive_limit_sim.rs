@@ -10,13 +10,11 @@
 //! it takes `c × 5 ms`. It completes at most 200 requests/s. The load is 100 requests/s for
 //! 10 s (half the capacity), then 300 requests/s for 20 s (1.5 × capacity), arriving evenly.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ext_plugin_catalogue::adaptive_limit::{AdaptiveLimit, AdaptiveLimitConf};
-use ext_plugin_catalogue::support::clock::ManualClock;
 use ext_plugin_sdk::harness::{block_on, request, TestCall, TestEnv, TestResp};
-use ext_plugin_sdk::{Flow, Method, Plugin};
+use ext_plugin_sdk::{Clock, Flow, Method, Plugin};
 
 const WORKERS: f64 = 10.0;
 const WORK_MS: f64 = 50.0;
@@ -28,7 +26,7 @@ const HEAVY_SECS: u64 = 20;
 enum Gate {
     None,
     Fixed(usize),
-    Adaptive(Box<AdaptiveLimit>, Arc<ManualClock>),
+    Adaptive(Box<AdaptiveLimit>, Clock),
 }
 
 struct InFlight {
@@ -121,17 +119,17 @@ fn run(mut gate: Gate) -> [Phase; 2] {
 }
 
 fn adaptive() -> Gate {
-    let clock = ManualClock::new();
+    let clock = Clock::manual();
     let conf = r#"{"trigger_rt_ms": 100, "min_limit": 4, "headroom": 0.1, "window_ms": 10000, "buckets": 100}"#;
     let parsed: AdaptiveLimitConf = serde_json::from_str(conf).unwrap();
-    let env = TestEnv::default();
+    let env = TestEnv::default().with_clock(clock.clone());
     let plugin = env
         .with(
             "route#sim#ext-plugin-post-resp#1",
             AdaptiveLimit::NAME,
             conf,
             &[AdaptiveLimit::NAME],
-            |e| AdaptiveLimit::build(parsed, e, clock.clone()),
+            |e| AdaptiveLimit::prepare(parsed, e),
         )
         .unwrap();
     Gate::Adaptive(Box::new(plugin), clock)

@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use ext_plugin_catalogue::limit_req::{LimitReq, LimitReqConf};
-use ext_plugin_catalogue::support::clock::ManualClock;
 use ext_plugin_sdk::harness::{block_on, request, TestCall, TestEnv};
-use ext_plugin_sdk::{Flow, Method, Plugin};
+use ext_plugin_sdk::{Clock, Flow, Method, Plugin};
 
 fn admitted(p: &LimitReq) -> bool {
     let mut call = TestCall::new(request(Method::Get, "/"));
@@ -15,16 +14,17 @@ fn admitted(p: &LimitReq) -> bool {
 
 #[test]
 fn limit_req_paces_a_cold_key_at_a_third_and_warms_up() {
-    let clock = ManualClock::new();
+    let env = TestEnv::default().with_clock(Clock::manual());
+    let clock = env.clock().clone();
     let conf = r#"{"rate": 10, "burst": 0, "nodelay": true, "warm_up_period_sec": 10}"#;
     let parsed: LimitReqConf = serde_json::from_str(conf).unwrap();
-    let p = TestEnv::default()
+    let p = env
         .with(
             "route#1#ext-plugin-pre-req#1",
             LimitReq::NAME,
             conf,
             &[],
-            |e| LimitReq::build(parsed, e, clock.clone()),
+            |e| LimitReq::prepare(parsed, e),
         )
         .unwrap();
     // Cold: 10/s becomes 10/3 per second, one request every 300 ms.

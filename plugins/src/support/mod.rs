@@ -2,6 +2,9 @@
 //! written once here.
 //!
 //! * [`expr`]: APISIX `vars` expressions (lua-resty-expr subset).
+//! * [`template`]: strings with APISIX variables (`$var`, `${var ?? default}`).
+//! * [`amount`]: a limiter's number, fixed or taken from the request.
+//! * [`few`]: a list of usually one item, without a heap allocation for that one.
 //! * [`clock`]: monotonic time that tests drive by hand.
 //! * [`keyed`]: a bounded, sharded, swept map from a request key to its limiter cell.
 //! * [`window`]: a sliding-window counter (LeapArray).
@@ -12,13 +15,16 @@
 //! * [`specific_items`]: per-key thresholds and key patterns for the limiters.
 //! * [`warm_up`]: Sentinel's warm-up curve for the limiters.
 
+pub mod amount;
 pub mod clock;
 pub mod expr;
+pub mod few;
 pub mod key;
 pub mod keyed;
 pub mod lease;
 pub mod reject;
 pub mod specific_items;
+pub mod template;
 pub mod vars;
 pub mod warm_up;
 pub mod window;

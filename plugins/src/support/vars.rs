@@ -1,5 +1,5 @@
 //! Where a plugin's variables come from, in either phase: the engines that read variables
-//! ([`expr`](super::expr) conditions, [`key`](super::key) templates) take any [`Vars`].
+//! ([`expr`](super::expr) conditions, [`template`](super::template) strings) take any [`Vars`].
 //!
 //! * In the request phase, [`RequestCall`] answers them ([`RequestCall::var`]: request data is
 //!   free, anything else one cached round trip).
