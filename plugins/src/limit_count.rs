@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use serde::Deserialize;
 
 use ext_plugin_sdk::*;
+use crate::redis::{self, conf::Storage, count::RedisCount};
 use crate::support::amount::{Amount, AmountConf};
 use crate::support::clock::{secs_until, Nanos, NANOS_PER_SEC};
 use crate::support::few::Few;
@@ -30,6 +31,7 @@ use crate::support::keyed::{lock, KeyedStore};
 use crate::support::reject::{self, HeaderConf};
 use crate::support::window::LeapArray;
 
+crate::with_redis_fields! {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitCountConf {
@@ -68,6 +70,8 @@ pub struct LimitCountConf {
     dry_run: bool,
     #[serde(default = "reject::default_max_keys")]
     max_keys: usize,
+    sync_interval: Option<f64>,
+}
 }
 
 #[derive(Deserialize)]
@@ -119,6 +123,8 @@ pub struct LimitCount {
     dry_run: bool,
     allow_degradation: bool,
     clock: Clock,
+    /// `policy: "redis"` / `"redis-cluster"`.
+    redis: Option<RedisCount>,
 }
 
 /// One quota: the conf's own, or one rule's.
@@ -131,6 +137,8 @@ struct Limit {
     window: Amount,
     headers: [Text; 3],
     counters: Arc<Counters>,
+    /// The quota's position in the conf (its Redis key).
+    index: usize,
 }
 
 /// How many requests per how long (nanoseconds), as resolved for one request.
@@ -252,9 +260,17 @@ impl Plugin for LimitCount {
     const NAME: &'static str = "limit-count";
     type Conf = LimitCountConf;
 
-    fn prepare(conf: LimitCountConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
+    fn prepare(mut conf: LimitCountConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
         let clock = env.clock().clone();
-        reject::check_policy(&conf.policy)?;
+        let fields = conf.take_redis_fields();
+        let storage = redis::conf::storage(
+            Self::NAME,
+            &conf.policy,
+            fields,
+            conf.group.as_deref(),
+            env,
+        )?;
+        redis::count::check_conf(&storage, conf.sync_interval, conf.window_type == WindowType::Sliding)?;
         reject::check_max_keys(conf.max_keys)?;
         if conf.window_type == WindowType::Sliding && !(1..=1000).contains(&conf.buckets) {
             return Err(ConfError::new(format!(
@@ -366,15 +382,21 @@ impl Plugin for LimitCount {
         let limits = specs
             .into_iter()
             .zip(quotas.counters.iter())
-            .map(|(s, counters)| Limit {
+            .enumerate()
+            .map(|(index, (s, counters))| Limit {
                 key: s.key,
                 fallback: s.fallback,
                 count: s.count,
                 window: s.window,
                 headers: s.headers.map(Text::from),
                 counters: counters.clone(),
+                index,
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let redis = match storage {
+            Storage::Local => None,
+            Storage::Redis(policy) => Some(RedisCount::new(policy, limits.len(), conf.max_keys)),
+        };
         Ok(LimitCount {
             limits,
             rules,
@@ -389,6 +411,7 @@ impl Plugin for LimitCount {
             dry_run: conf.dry_run,
             allow_degradation: conf.allow_degradation,
             clock,
+            redis,
         })
     }
 
@@ -426,7 +449,21 @@ impl Plugin for LimitCount {
             return Ok(reject::undecided(self.allow_degradation, "no rule applies"));
         }
         for Planned { limit, key, quota } in plan {
-            let v = limit.counters.acquire(&key, quota, self.clock.nanos());
+            let now = self.clock.nanos();
+            let v = match &self.redis {
+                None => limit.counters.acquire(&key, quota, now),
+                Some(r) => match r.acquire_cached(limit.index, &key, quota, now, limit.fixed()).await {
+                    Ok(v) => v,
+                    Err(why) if r.policy.fallback_local => {
+                        tracing::debug!(%why, "limit-count: redis unavailable, counting locally");
+                        limit.counters.acquire(&key, quota, now)
+                    }
+                    Err(why) => match redis::count::unavailable(self.allow_degradation, &why) {
+                        Some(stop) => return Ok(Flow::Stop(stop)),
+                        None => continue,
+                    },
+                },
+            };
             if v.admitted || self.dry_run {
                 if !v.admitted {
                     tracing::debug!(key = %key, "limit-count dry run: would reject");
@@ -456,6 +493,11 @@ impl Plugin for LimitCount {
 }
 
 impl Limit {
+    /// The quota is the same for every request (not read from variables).
+    fn fixed(&self) -> bool {
+        self.count.fixed().is_some() && self.window.fixed().is_some()
+    }
+
     fn header_values(&self, q: Quota, v: &Verdict) -> [(Text, Text); 3] {
         let [limit, remaining, reset] = self.headers.clone();
         [

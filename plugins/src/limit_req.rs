@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use ext_plugin_sdk::*;
+use crate::redis::{self, conf::Storage, req::RedisReq};
 use crate::support::clock::{secs_until, Nanos, NANOS_PER_MS, NANOS_PER_SEC};
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::KeyedStore;
@@ -28,6 +29,7 @@ use crate::support::reject::{self, HeaderConf};
 /// The longest delay the plugin may add (APISIX reads the runner's answer for 60 s at most).
 pub const MAX_DELAY_SECS: f64 = 55.0;
 
+crate::with_redis_fields! {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitReqConf {
@@ -53,6 +55,7 @@ pub struct LimitReqConf {
     #[serde(default = "reject::default_max_keys")]
     max_keys: usize,
 }
+}
 
 fn default_key() -> String {
     "remote_addr".into()
@@ -69,6 +72,8 @@ pub struct LimitReq {
     retry_after: bool,
     allow_degradation: bool,
     clock: Clock,
+    /// `policy: "redis"` / `"redis-cluster"`.
+    redis: Option<RedisReq>,
 }
 
 /// The drain times of every key of one scope.
@@ -120,9 +125,10 @@ impl Plugin for LimitReq {
     const NAME: &'static str = "limit-req";
     type Conf = LimitReqConf;
 
-    fn prepare(conf: LimitReqConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
+    fn prepare(mut conf: LimitReqConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
         let clock = env.clock().clone();
-        reject::check_policy(&conf.policy)?;
+        let fields = conf.take_redis_fields();
+        let storage = redis::conf::storage(Self::NAME, &conf.policy, fields, None, env)?;
         reject::check_max_keys(conf.max_keys)?;
         if !(conf.rate > 0.0 && conf.rate <= 1e9) {
             return Err(ConfError::new(format!("`rate` must be above 0, got {}", conf.rate)));
@@ -138,6 +144,10 @@ impl Plugin for LimitReq {
             )));
         }
         let (rate, burst, max_keys) = (conf.rate, conf.burst, conf.max_keys);
+        let redis = match storage {
+            Storage::Local => None,
+            Storage::Redis(policy) => Some(RedisReq::new(policy, rate, burst, max_keys)),
+        };
         Ok(LimitReq {
             key: KeySource::parse(conf.key_type, &conf.key)?,
             buckets: env.state(|| Buckets::new(rate, burst, max_keys)),
@@ -151,6 +161,7 @@ impl Plugin for LimitReq {
             retry_after: conf.retry_after,
             allow_degradation: conf.allow_degradation,
             clock,
+            redis,
         })
     }
 
@@ -158,7 +169,19 @@ impl Plugin for LimitReq {
         let Some(key) = self.key.resolve_or_client(call).await? else {
             return Ok(reject::undecided(self.allow_degradation, "no key, no client address"));
         };
-        match self.buckets.acquire(&key, self.clock.nanos()) {
+        let now = self.clock.nanos();
+        let decision = match &self.redis {
+            None => self.buckets.acquire(&key, now),
+            Some(r) => match r.acquire(&key, now).await {
+                Ok(d) => d,
+                Err(why) if r.policy.fallback_local => {
+                    tracing::debug!(%why, "limit-req: redis unavailable, limiting locally");
+                    self.buckets.acquire(&key, now)
+                }
+                Err(why) => return Ok(redis::unavailable(Self::NAME, self.allow_degradation, &why)),
+            },
+        };
+        match decision {
             Ok(delay) => {
                 if !self.nodelay && delay >= NANOS_PER_MS {
                     tokio::time::sleep(Duration::from_nanos(delay)).await;
