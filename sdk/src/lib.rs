@@ -85,6 +85,7 @@ pub mod model;
 mod registry;
 mod request;
 mod response;
+pub mod secret;
 mod state;
 mod text;
 mod vars;
@@ -102,6 +103,7 @@ pub use model::{Method, Pair, Stop};
 pub use registry::{ChainError, Registry};
 pub use request::RequestCall;
 pub use response::ResponseCall;
+pub use secret::resolve_secret;
 pub use text::Text;
 
 /// What a request filter decides.

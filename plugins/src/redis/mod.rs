@@ -58,3 +58,19 @@ pub fn unavailable(
         ext_plugin_sdk::Flow::Stop(ext_plugin_sdk::Stop::new(500))
     }
 }
+
+/// The *(ext)* per-key items (`specific_items`, `pattern`) and warm-up keep per-node state the
+/// Redis algorithms do not share yet: refused with a Redis policy rather than applied per node.
+pub fn check_extras(
+    redis: bool,
+    per_key: bool,
+    warm_up: bool,
+) -> Result<(), ext_plugin_sdk::ConfError> {
+    if redis && (per_key || warm_up) {
+        return Err(ext_plugin_sdk::ConfError::new(
+            "`specific_items` / `pattern` and `warm_up_period_sec` are not supported with a Redis \
+             `policy` yet; use them with \"local\"",
+        ));
+    }
+    Ok(())
+}
