@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 
 use crate::codec::{detect, Protocol, ProtocolSetting};
 use crate::frame::{Frame, FrameType};
+use crate::framed::FramedError;
 use crate::model::{
     ErrorCode, HttpReqCallReq, HttpReqCallResp, HttpRespCallReq, PrepareConfReq, PrepareConfResp,
     ReqAction,
@@ -79,11 +80,11 @@ pub(crate) async fn serve(
     let limits = &shared.limits;
     match conn.run(&mut shutdown).await {
         Ok(()) => debug!("connection closed"),
-        Err(Close::TooLarge(len)) => {
+        Err(Close::Framed(FramedError::TooLarge(len))) => {
             if let Some(hits) = limits.frame_size.hit() {
                 warn!(
                     len,
-                    limit = conn.io.max_frame,
+                    limit = conn.io.max_frame(),
                     hits,
                     "frame over --max-frame; answered BAD_REQUEST and closed the connection"
                 );
@@ -95,15 +96,15 @@ pub(crate) async fn serve(
             timeout = ?conn.io.idle_timeout,
             "connection idle past --idle-timeout-secs; closed"
         ),
-        Err(e @ Close::Stalled { .. }) => {
+        Err(Close::Framed(e @ FramedError::Stalled { .. })) => {
             if let Some(hits) = limits.stalled_read.hit() {
-                warn!(error = %e, timeout = ?conn.io.stall_timeout, hits,
+                warn!(error = %e, timeout = ?conn.io.stall_timeout(), hits,
                     "frame made no progress for --stall-timeout-ms; closed the connection");
             }
         }
-        Err(e @ Close::WriteStalled(_)) => {
+        Err(Close::Framed(e @ FramedError::WriteStalled(_))) => {
             if let Some(hits) = limits.stalled_write.hit() {
-                warn!(error = %e, timeout = ?conn.io.stall_timeout, hits,
+                warn!(error = %e, timeout = ?conn.io.stall_timeout(), hits,
                     "gateway stopped reading replies for --stall-timeout-ms; closed the connection");
             }
         }
@@ -123,7 +124,7 @@ impl Connection<'_> {
         // frame that fits none gets BAD_REQUEST (in the default codec) and decides nothing, so
         // one bad frame cannot pin the connection to a protocol its gateway does not speak.
         let mut undecided = self.shared.config.protocol == ProtocolSetting::Auto;
-        while let Some(frame) = self.io.read_frame(Some(shutdown)).await? {
+        while let Some(frame) = self.io.next_frame(shutdown).await? {
             if undecided {
                 if let Some(p) = detect(&frame.payload) {
                     undecided = false;
