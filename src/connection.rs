@@ -3,7 +3,8 @@
 //! The connection owns every buffer a call needs (read buffer, write buffer, decoded messages,
 //! call state) and reuses them, so a steady stream of calls does not allocate for framing or
 //! decoding. A reply leaves in one write. The only reads inside a call are the answers to the
-//! call's own `extra_info` requests.
+//! call's own `extra_info` requests; an answer a plugin stopped waiting for (it dropped the
+//! fetch) is read and dropped before the reply is written, so the stream stays in step.
 //!
 //! Limits (docs/HARDENING.md): a frame over `max_frame` closes the connection; a frame (or a
 //! reply) that stops making progress for `stall_timeout` closes it; so does `idle_timeout`
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
+use tokio::time::{timeout_at, Instant};
 use tracing::{debug, warn};
 
 use crate::codec::{detect, Protocol, ProtocolSetting};
@@ -211,9 +213,10 @@ impl Connection<'_> {
             io.queue_error(ErrorCode::ConfTokenNotFound);
             return Ok(());
         };
+        let deadline = Instant::now() + shared.config.call_timeout;
         let run = chain.run_request(&scratch.req, &mut scratch.call, io);
-        let outcome = guard(shared.config.call_timeout, run).await;
-        let Some(action) = settle(io, shared, chain.key(), outcome)? else {
+        let outcome = guard(deadline, run).await;
+        let Some(action) = settle(io, shared, chain.key(), deadline, outcome).await? else {
             return Ok(());
         };
         let reply = HttpReqCallResp {
@@ -248,9 +251,13 @@ impl Connection<'_> {
             io.queue_error(ErrorCode::ConfTokenNotFound);
             return Ok(());
         };
+        let deadline = Instant::now() + shared.config.call_timeout;
         let run = chain.run_response(&scratch.resp_req, &mut scratch.resp, io);
-        let outcome = guard(shared.config.call_timeout, run).await;
-        if settle(io, shared, chain.key(), outcome)?.is_none() {
+        let outcome = guard(deadline, run).await;
+        if settle(io, shared, chain.key(), deadline, outcome)
+            .await?
+            .is_none()
+        {
             return Ok(());
         }
         let reply = scratch.resp.take_reply(scratch.resp_req.id);
@@ -268,8 +275,8 @@ enum Outcome<T> {
 }
 
 /// Runs a chain with the call deadline, turning a plugin panic into an outcome.
-async fn guard<T>(deadline: std::time::Duration, run: impl Future<Output = T>) -> Outcome<T> {
-    match tokio::time::timeout(deadline, AssertUnwindSafe(run).catch_unwind()).await {
+async fn guard<T>(deadline: Instant, run: impl Future<Output = T>) -> Outcome<T> {
+    match timeout_at(deadline, AssertUnwindSafe(run).catch_unwind()).await {
         Ok(Ok(value)) => Outcome::Done(value),
         Ok(Err(_panic)) => Outcome::Panicked,
         Err(_elapsed) => Outcome::TimedOut,
@@ -278,12 +285,34 @@ async fn guard<T>(deadline: std::time::Duration, run: impl Future<Output = T>) -
 
 /// A chain's result, or `None` when the call failed and was answered here with an error frame;
 /// `Err` when the connection must close.
-fn settle<T>(
+///
+/// A plugin may have abandoned a fetch (dropped its future, in a timeout or a `select!`): the
+/// gateway still answers it, and that answer is read and dropped here, within the call's
+/// deadline, before the reply is queued; otherwise the next frame read would be that answer and
+/// not the gateway's next call. A call whose exchange with the gateway broke fails and closes the
+/// connection even when the plugin ignored the error.
+async fn settle<T>(
     io: &mut Io,
     shared: &Shared,
     key: &str,
+    deadline: Instant,
     outcome: Outcome<Result<T, ChainFailure>>,
 ) -> Result<Option<T>, Close> {
+    let outcome = match outcome {
+        Outcome::TimedOut => Outcome::TimedOut,
+        other if io.owes_answers() => match timeout_at(deadline, io.catch_up()).await {
+            // A failure to catch up leaves the exchange broken, handled next.
+            Ok(_) => other,
+            Err(_elapsed) => Outcome::TimedOut,
+        },
+        other => other,
+    };
+    if let Some(why) = io.broken() {
+        debug!(key, error = why, "gateway failed during the call");
+        let close = Close::Gateway(why.to_owned());
+        io.queue_error(ErrorCode::BadRequest);
+        return Err(close);
+    }
     let answered = match outcome {
         Outcome::Done(Ok(value)) => return Ok(Some(value)),
         Outcome::Done(Err(f)) => fail(io, shared, key, Some(f.plugin), &f.error),
@@ -310,8 +339,8 @@ fn deadline_passed(io: &mut Io, shared: &Shared, key: &str) -> Result<(), Close>
     answer_unavailable(io)
 }
 
-/// Answers a failed call. The connection closes when the gateway broke the exchange or the call
-/// was abandoned with an extra_info request outstanding (the stream is out of step).
+/// Answers a failed call. The connection closes when the plugin says the gateway failed, or the
+/// call ended with an extra_info answer still owed (the stream is out of step).
 /// A plugin failure is logged at most once per interval (a broken plugin fails every request).
 fn fail(
     io: &mut Io,
@@ -332,11 +361,11 @@ fn fail(
     answer_unavailable(io)
 }
 
-/// Answers SERVICE_UNAVAILABLE; closes when the call was abandoned with an extra_info request
-/// outstanding (the stream is out of step).
+/// Answers SERVICE_UNAVAILABLE; closes when the call ended with an extra_info answer still owed
+/// (its deadline passed while the gateway was answering): the stream is out of step.
 fn answer_unavailable(io: &mut Io) -> Result<(), Close> {
     io.queue_error(ErrorCode::ServiceUnavailable);
-    if io.in_exchange {
+    if io.owes_answers() {
         return Err(Close::Gateway(
             "call abandoned during an extra_info exchange".into(),
         ));

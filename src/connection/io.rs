@@ -1,7 +1,6 @@
 //! A connection's socket in frames ([`crate::framed`]): reading calls with the idle timeout,
 //! queueing and sending replies, and the runner's side of an `extra_info` exchange.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -49,9 +48,13 @@ pub(super) struct Io {
     pub(super) framed: Framed<UnixStream>,
     pub(super) codec: Box<dyn RunnerCodec>,
     pub(super) idle_timeout: Duration,
-    /// An extra_info request is out and its answer not yet read: if the call is abandoned now,
-    /// the stream is out of step and the connection must close.
-    pub(super) in_exchange: bool,
+    /// extra_info requests queued whose answers have not been read. A plugin may drop a fetch
+    /// (a timeout or `select!` around it): its request is still sent, whole, and its answer
+    /// still comes, so it is read and dropped before anything else is read or written.
+    owed: usize,
+    /// Why an exchange with the gateway broke during this call: the stream may be out of step,
+    /// so the call fails and the connection closes, whatever the plugin made of the error.
+    broken: Option<String>,
 }
 
 impl Io {
@@ -60,7 +63,8 @@ impl Io {
             framed: Framed::with_limits(stream, config.max_frame, Some(config.stall_timeout)),
             codec,
             idle_timeout: config.idle_timeout,
-            in_exchange: false,
+            owed: 0,
+            broken: None,
         }
     }
 
@@ -135,32 +139,84 @@ impl Io {
         self.framed.trim(RETAINED_BUFFER);
     }
 
-    async fn exchange(&mut self, req: ExtraInfoReq) -> Result<Option<Bytes>, PluginError> {
-        let gateway = |what: &str, e: &dyn fmt::Display| {
-            PluginError::gateway(format!("extra_info: {what}: {e}"))
-        };
-        self.queue(FrameType::ExtraInfo, |c, out| {
-            c.encode_extra_info_req(&req, out)
-        });
-        self.in_exchange = true;
-        self.flush()
-            .await
-            .map_err(|e| gateway("writing the request", &e))?;
+    /// True when the gateway still owes answers to requests a plugin abandoned.
+    pub(super) fn owes_answers(&self) -> bool {
+        self.owed > 0
+    }
+
+    /// Why an exchange broke during this call, if one did.
+    pub(super) fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
+    /// Sends what abandoned fetches left queued and reads, and drops, the answers owed to them,
+    /// so that the next frame read or written is in step with the gateway. Cancel safe: what is
+    /// still owed stays counted.
+    pub(super) async fn catch_up(&mut self) -> Result<(), PluginError> {
+        if let Some(why) = &self.broken {
+            return Err(PluginError::gateway(why.clone()));
+        }
+        if self.owed == 0 {
+            return Ok(());
+        }
+        if let Err(e) = self.framed.flush().await {
+            return Err(self.break_off(format!("extra_info: writing a request: {e}")));
+        }
+        while self.owed > 0 {
+            self.read_answer().await?;
+        }
+        Ok(())
+    }
+
+    /// Records that the exchange broke; the error for the plugin.
+    fn break_off(&mut self, why: String) -> PluginError {
+        let error = PluginError::gateway(why.clone());
+        self.broken = Some(why);
+        error
+    }
+
+    /// Reads the answer to the oldest request owed.
+    async fn read_answer(&mut self) -> Result<Frame, PluginError> {
         let frame = match self.framed.read_frame().await {
             Ok(Some(frame)) => frame,
-            Ok(None) => return Err(gateway("reading the answer", &"connection closed")),
-            Err(e) => return Err(gateway("reading the answer", &e)),
+            Ok(None) => {
+                return Err(
+                    self.break_off("extra_info: reading the answer: connection closed".into())
+                )
+            }
+            Err(e) => return Err(self.break_off(format!("extra_info: reading the answer: {e}"))),
         };
-        self.in_exchange = false;
+        // Counted off as soon as it is read, before any await: a fetch dropped from here on
+        // owes nothing.
+        self.owed -= 1;
         if frame.ty != FrameType::ExtraInfo as u8 {
-            return Err(PluginError::gateway(format!(
+            return Err(self.break_off(format!(
                 "extra_info: expected an answer of type 3, got a frame of type {}",
                 frame.ty
             )));
         }
-        match self.codec.decode_extra_info_resp(&frame.payload) {
+        Ok(frame)
+    }
+
+    async fn exchange(&mut self, req: ExtraInfoReq) -> Result<Option<Bytes>, PluginError> {
+        self.catch_up().await?;
+        let Io { framed, codec, .. } = self;
+        if let Err(e) = framed.queue().push_with(FrameType::ExtraInfo as u8, |out| {
+            codec.encode_extra_info_req(&req, out)
+        }) {
+            // Nothing was queued; the plugin asked for something no frame can carry.
+            return Err(PluginError::new(format!("extra_info request: {e}")));
+        }
+        // From here the request is committed: if the fetch is dropped, even half written, the
+        // rest is sent and the answer read by the next catch_up.
+        self.owed += 1;
+        if let Err(e) = self.framed.flush().await {
+            return Err(self.break_off(format!("extra_info: writing the request: {e}")));
+        }
+        let answer = self.read_answer().await?;
+        match self.codec.decode_extra_info_resp(&answer.payload) {
             Ok(resp) => Ok(resp.result),
-            Err(e) => Err(gateway("decoding the answer", &e)),
+            Err(e) => Err(self.break_off(format!("extra_info: decoding the answer: {e}"))),
         }
     }
 }
@@ -178,6 +234,8 @@ impl GatewayVars for Io {
 mod tests {
     use super::*;
     use crate::codec::Protocol;
+    use crate::model::ExtraInfoResp;
+    use futures_util::FutureExt;
 
     fn pair(config: &Config) -> (Io, UnixStream) {
         let (runner, gateway) = UnixStream::pair().expect("a socket pair");
@@ -196,5 +254,46 @@ mod tests {
         let (mut io, _gateway) = pair(&config);
         let (_tx, mut rx) = watch::channel(false);
         assert!(matches!(io.next_frame(&mut rx).await, Err(Close::Idle)));
+    }
+
+    #[tokio::test]
+    async fn a_fetch_dropped_half_written_is_finished_and_its_answer_read_first() {
+        let (mut io, gateway) = pair(&Config::default());
+        // Far more than the socket buffers hold: one poll writes part of it, then waits.
+        let huge = "v".repeat(4 << 20);
+        let dropped = io.fetch(ExtraInfoReq::Var(huge.into())).now_or_never();
+        assert!(dropped.is_none(), "the request cannot have been sent whole");
+        assert!(io.owes_answers());
+        // The gateway answers each variable with the length of its name.
+        let gw = tokio::spawn(async move {
+            let mut framed = Framed::new(gateway);
+            let mut codec = Protocol::Capnp.gateway_codec();
+            let mut asked = Vec::new();
+            for _ in 0..2 {
+                let f = framed.expect_frame().await.unwrap();
+                let ExtraInfoReq::Var(name) = codec.decode_extra_info_req(&f.payload).unwrap()
+                else {
+                    panic!("a variable was asked")
+                };
+                let result = Some(Bytes::from(name.len().to_string()));
+                framed
+                    .queue()
+                    .push_with(FrameType::ExtraInfo as u8, |o| {
+                        codec.encode_extra_info_resp(&ExtraInfoResp { result }, o)
+                    })
+                    .unwrap();
+                framed.flush().await.unwrap();
+                asked.push(name.len());
+            }
+            asked
+        });
+        let got = io.fetch(ExtraInfoReq::Var("fast".into())).await.unwrap();
+        assert_eq!(
+            got.as_deref(),
+            Some(&b"4"[..]),
+            "its own answer, not the dropped one's"
+        );
+        assert!(!io.owes_answers());
+        assert_eq!(gw.await.unwrap(), [4 << 20, 4]);
     }
 }
