@@ -52,7 +52,7 @@ fn hs256_token() -> String {
 
 /// The conf and the request for `plugin`'s case.
 fn case(plugin: &str) -> (String, HttpReqCallReq) {
-    let mut req = common::realistic();
+    let mut req = common::fixtures::realistic();
     let mut header = |n: &str, v: String| req.headers.push(Pair::new(n.to_owned(), v));
     let conf = match plugin {
         "echo" => "{}".to_owned(),
