@@ -1,18 +1,101 @@
-//! Plugins that abandon a gateway round trip: a fetch wrapped in a timeout or polled once and
-//! dropped, or an error ignored. The answer the gateway still owes must not be read as the next
-//! frame: each reply must be right, and the next call on the same connection served as usual.
+//! extra_info over a real socket, for every codec: PROTOCOL.md §5 scenario 6 (round trips for
+//! variables and bodies), then plugins that abandon a round trip: a fetch wrapped in a timeout
+//! or polled once and dropped, or an error ignored. The answer the gateway still owes must not be
+//! read as the next frame: each reply must be right, and the next call on the same connection
+//! served as usual.
+
+#[macro_use]
+mod common;
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{call_frame, closed, echoed, error_code, guarded, rewrite, runner_error, start, stop};
 use ext_plugin_runner::codec::Protocol;
-use ext_plugin_runner::frame::{write_frame, FrameType};
-use ext_plugin_runner::model::{ErrorCode, ExtraInfoReq, Method, Pair, ReqAction};
+use ext_plugin_runner::frame::FrameType;
+use ext_plugin_runner::model::{ErrorCode, ExtraInfoReq, HttpReqCallResp, Method, Pair};
 use ext_plugin_runner::testing::{request, FakeGateway, GatewayError, TestRunner};
 use ext_plugin_runner::Registry;
 use ext_plugin_sdk::*;
 use futures_util::FutureExt;
 use serde_json::Value;
+
+// 6. extra_info: several var lookups then a final action; unknown var → absent; req_body absent
+//    vs present; resp_body inside resp_call.
+
+async fn extra_info_round_trips(p: Protocol) {
+    let runner = start().await;
+    let mut gw = runner.connect_with(p).await;
+    gw.set_var("route_id", "r6");
+    gw.set_var("empty", "");
+    let conf = r#"{"vars": ["route_id", "empty", "nope", "route_id", "remote_addr"], "request_body": true}"#;
+    let token = gw
+        .prepare("route#6#ext-plugin-pre-req#1", &[("echo", conf)])
+        .await
+        .unwrap();
+
+    let e = echoed(gw.call(token, &request(Method::Get, "/")).await.unwrap());
+    assert_eq!(e["vars"]["route_id"], "r6");
+    assert_eq!(e["vars"]["empty"], "", "empty differs from nil");
+    assert_eq!(e["vars"]["nope"], Value::Null, "unknown var is absent");
+    assert_eq!(e["vars"]["remote_addr"], "127.0.0.1");
+    assert_eq!(e["body"], Value::Null, "no body");
+    assert_eq!(
+        gw.asked,
+        vec![
+            ExtraInfoReq::Var("route_id".into()),
+            ExtraInfoReq::Var("empty".into()),
+            ExtraInfoReq::Var("nope".into()),
+            ExtraInfoReq::ReqBody,
+        ],
+        "one round trip per var (cached within the call), none for local vars"
+    );
+
+    gw.asked.clear();
+    gw.req_body = Some(Bytes::from_static(b"{\"a\":1}"));
+    let e = echoed(gw.call(token, &request(Method::Post, "/")).await.unwrap());
+    assert_eq!(e["body"], "{\"a\":1}");
+    assert_eq!(gw.asked.len(), 4, "the cache lasts one call only");
+
+    gw.req_body = Some(Bytes::new());
+    let e = echoed(gw.call(token, &request(Method::Post, "/")).await.unwrap());
+    assert_eq!(e["body"], "", "an empty body differs from none");
+
+    if p == Protocol::Capnp {
+        // Variables pushed with the request cost no round trip.
+        gw.asked.clear();
+        let req = request(Method::Get, "/")
+            .with_pushed_var("route_id", Some("pushed"))
+            .with_pushed_var("nope", None);
+        let e = echoed(gw.call(token, &req).await.unwrap());
+        assert_eq!(e["vars"]["route_id"], "pushed");
+        assert_eq!(e["vars"]["nope"], Value::Null);
+        assert_eq!(
+            gw.asked,
+            vec![ExtraInfoReq::Var("empty".into()), ExtraInfoReq::ReqBody]
+        );
+    }
+
+    // resp_body inside a response call, asked once.
+    let token = gw
+        .prepare(
+            "route#6#ext-plugin-post-resp#1",
+            &[("test-resp-body", "{}")],
+        )
+        .await
+        .unwrap();
+    gw.resp_body = Some(Bytes::from_static(b"upstream"));
+    gw.asked.clear();
+    let r = gw.resp_call(token, 200, &[("a", "b")]).await.unwrap();
+    assert_eq!(r.status, 201);
+    assert_eq!(r.body.as_deref(), Some(&b"wrapped:upstream"[..]));
+    assert!(r.headers.is_empty(), "headers untouched: none returned");
+    assert_eq!(gw.asked, vec![ExtraInfoReq::RespBody]);
+}
+for_each_protocol!(scenario_6_extra_info, extra_info_round_trips);
+
+// ---------------------------------------------------------------------------------------------
+// Abandoned round trips.
 
 /// Long enough that a plugin's short timeout always fires first, even on a loaded machine.
 const SLOW: Duration = Duration::from_millis(400);
@@ -126,7 +209,7 @@ impl Plugin for IgnoreError {
 }
 
 fn registry() -> Registry {
-    ext_plugin_catalogue::builtin()
+    common::plugins::registry()
         .with::<Abandon>()
         .with::<AbandonThenAsk>()
         .with::<Impatient>()
@@ -135,7 +218,7 @@ fn registry() -> Registry {
 }
 
 /// A runner and a gateway connection whose `slow` variable and bodies answer late.
-async fn start(p: Protocol) -> (TestRunner, FakeGateway) {
+async fn slow_gateway(p: Protocol) -> (TestRunner, FakeGateway) {
     let runner = TestRunner::start(registry()).await;
     let mut gw = runner.connect_with(p).await;
     gw.set_var("slow", "S");
@@ -161,42 +244,28 @@ async fn still_in_step(gw: &mut FakeGateway) {
         )
         .await
         .unwrap();
-    let resp = gw
-        .call(token, &request(Method::Get, "/next"))
-        .await
-        .unwrap();
-    let ReqAction::Stop(stop) = resp.action else {
-        panic!("echo stops: {resp:?}")
-    };
-    let echoed: Value = serde_json::from_slice(&stop.body).unwrap();
-    assert_eq!(echoed["path"], "/next");
-    assert_eq!(echoed["vars"]["route_id"], "r1");
-    assert_eq!(echoed["vars"]["fast"], "F");
+    let resp = guarded("a call", gw.call(token, &request(Method::Get, "/next"))).await;
+    let e = echoed(resp.unwrap());
+    assert_eq!(e["path"], "/next");
+    assert_eq!(e["vars"]["route_id"], "r1");
+    assert_eq!(e["vars"]["fast"], "F");
 }
 
-fn status_of(r: Result<ext_plugin_runner::model::HttpReqCallResp, GatewayError>) -> u16 {
-    match r {
-        Ok(resp) => match resp.action {
-            ReqAction::Stop(s) => s.status,
-            other => panic!("expected a stop, got {other:?}"),
-        },
-        Err(e) => panic!("expected a reply, got {e}"),
-    }
+/// A call on `gw` through chain `token`, with a hang guard.
+async fn call(gw: &mut FakeGateway, token: u32) -> Result<HttpReqCallResp, GatewayError> {
+    guarded("a call", gw.call(token, &request(Method::Get, "/"))).await
 }
 
 #[tokio::test]
 async fn a_fetch_polled_once_and_dropped_leaves_the_connection_in_step() {
     for p in Protocol::ALL {
-        let (_runner, mut gw) = start(p).await;
+        let (_runner, mut gw) = slow_gateway(p).await;
         let token = gw
             .prepare("route#a#ext-plugin-pre-req#1", &[("test-abandon", "{}")])
             .await
             .unwrap();
         for _ in 0..2 {
-            assert_eq!(
-                status_of(gw.call(token, &request(Method::Get, "/")).await),
-                202
-            );
+            assert_eq!(stop(call(&mut gw, token).await.unwrap()).status, 202);
         }
         still_in_step(&mut gw).await;
     }
@@ -205,7 +274,7 @@ async fn a_fetch_polled_once_and_dropped_leaves_the_connection_in_step() {
 #[tokio::test]
 async fn a_fetch_after_an_abandoned_one_gets_its_own_answer() {
     for p in Protocol::ALL {
-        let (_runner, mut gw) = start(p).await;
+        let (_runner, mut gw) = slow_gateway(p).await;
         let token = gw
             .prepare(
                 "route#b#ext-plugin-pre-req#1",
@@ -214,12 +283,9 @@ async fn a_fetch_after_an_abandoned_one_gets_its_own_answer() {
             .await
             .unwrap();
         for _ in 0..2 {
-            let resp = gw.call(token, &request(Method::Get, "/")).await.unwrap();
-            let ReqAction::Stop(stop) = resp.action else {
-                panic!("{p}: {resp:?}")
-            };
+            let s = stop(call(&mut gw, token).await.unwrap());
             assert_eq!(
-                &stop.body[..],
+                &s.body[..],
                 b"F",
                 "{p}: `fast` answered with another's value"
             );
@@ -236,16 +302,13 @@ async fn a_fetch_after_an_abandoned_one_gets_its_own_answer() {
 #[tokio::test]
 async fn a_fetch_that_times_out_in_the_plugin_costs_nothing_but_the_wait() {
     for p in Protocol::ALL {
-        let (_runner, mut gw) = start(p).await;
+        let (_runner, mut gw) = slow_gateway(p).await;
         let token = gw
             .prepare("route#c#ext-plugin-pre-req#1", &[("test-impatient", "{}")])
             .await
             .unwrap();
         for _ in 0..2 {
-            let resp = gw.call(token, &request(Method::Get, "/")).await.unwrap();
-            let ReqAction::Rewrite(rw) = resp.action else {
-                panic!("{p}: {resp:?}")
-            };
+            let rw = rewrite(call(&mut gw, token).await.unwrap());
             assert_eq!(rw.headers, [Pair::new("x-slow", "gave up")], "{p}");
         }
         still_in_step(&mut gw).await;
@@ -255,7 +318,7 @@ async fn a_fetch_that_times_out_in_the_plugin_costs_nothing_but_the_wait() {
 #[tokio::test]
 async fn a_response_body_fetch_that_times_out_costs_nothing_but_the_wait() {
     for p in Protocol::ALL {
-        let (_runner, mut gw) = start(p).await;
+        let (_runner, mut gw) = slow_gateway(p).await;
         let token = gw
             .prepare(
                 "route#d#ext-plugin-post-resp#1",
@@ -264,7 +327,8 @@ async fn a_response_body_fetch_that_times_out_costs_nothing_but_the_wait() {
             .await
             .unwrap();
         for _ in 0..2 {
-            let resp = gw.resp_call(token, 200, &[("a", "b")]).await.unwrap();
+            let resp = guarded("a call", gw.resp_call(token, 200, &[("a", "b")])).await;
+            let resp = resp.unwrap();
             assert_eq!(
                 resp.headers,
                 [Pair::new("a", "b"), Pair::new("x-body", "gave up")],
@@ -279,7 +343,7 @@ async fn a_response_body_fetch_that_times_out_costs_nothing_but_the_wait() {
 #[tokio::test]
 async fn a_panic_after_an_abandoned_fetch_costs_one_call() {
     for p in Protocol::ALL {
-        let (_runner, mut gw) = start(p).await;
+        let (_runner, mut gw) = slow_gateway(p).await;
         let token = gw
             .prepare(
                 "route#e#ext-plugin-pre-req#1",
@@ -288,11 +352,8 @@ async fn a_panic_after_an_abandoned_fetch_costs_one_call() {
             .await
             .unwrap();
         for _ in 0..2 {
-            let r = gw.call(token, &request(Method::Get, "/")).await;
-            assert!(
-                matches!(r, Err(GatewayError::Runner(ErrorCode::ServiceUnavailable))),
-                "{p}: {r:?}"
-            );
+            let code = runner_error(call(&mut gw, token).await);
+            assert_eq!(code, ErrorCode::ServiceUnavailable, "{p}");
         }
         still_in_step(&mut gw).await;
     }
@@ -315,27 +376,13 @@ async fn an_ignored_gateway_failure_still_closes_the_connection() {
             .unwrap();
         let mut gw = runner.connect_with(p).await;
         let mut codec = p.gateway_codec();
-        let mut call = request(Method::Get, "/");
-        call.conf_token = token;
-        let mut bytes = Vec::new();
-        write_frame(&mut bytes, FrameType::HttpReqCall as u8, |o| {
-            codec.encode_http_req_call_req(&call, o)
-        })
-        .unwrap();
+        let bytes = call_frame(codec.as_mut(), token, &request(Method::Get, "/"));
         gw.send_raw(&bytes).await.unwrap();
-        let question = gw.read_frame().await.unwrap().unwrap();
-        assert_eq!(question.ty, FrameType::ExtraInfo as u8);
+        let question = guarded("extra_info", gw.read_frame()).await.unwrap();
+        assert_eq!(question.unwrap().ty, FrameType::ExtraInfo as u8);
         // The "answer" is the next call.
         gw.send_raw(&bytes).await.unwrap();
-        let reply = gw.read_frame().await.unwrap().expect("an error frame");
-        assert_eq!(
-            gw.decode_error(&reply).unwrap(),
-            ErrorCode::BadRequest,
-            "{p}"
-        );
-        assert!(
-            gw.read_frame().await.unwrap().is_none(),
-            "{p}: out of step, so closed"
-        );
+        assert_eq!(error_code(&mut gw).await, ErrorCode::BadRequest, "{p}");
+        assert!(closed(&mut gw).await, "{p}: out of step, so closed");
     }
 }
