@@ -215,8 +215,11 @@ impl Connection<'_> {
         };
         let deadline = Instant::now() + shared.config.call_timeout;
         let run = chain.run_request(&scratch.req, &mut scratch.call, io);
-        let outcome = guard(deadline, run).await;
-        let Some(action) = settle(io, shared, chain.key(), deadline, outcome).await? else {
+        let mut outcome = guard(deadline, run).await;
+        if io.owes_answers() {
+            read_owed_answers(io, deadline, &mut outcome).await;
+        }
+        let Some(action) = settle(io, shared, chain.key(), outcome)? else {
             return Ok(());
         };
         let reply = HttpReqCallResp {
@@ -253,11 +256,11 @@ impl Connection<'_> {
         };
         let deadline = Instant::now() + shared.config.call_timeout;
         let run = chain.run_response(&scratch.resp_req, &mut scratch.resp, io);
-        let outcome = guard(deadline, run).await;
-        if settle(io, shared, chain.key(), deadline, outcome)
-            .await?
-            .is_none()
-        {
+        let mut outcome = guard(deadline, run).await;
+        if io.owes_answers() {
+            read_owed_answers(io, deadline, &mut outcome).await;
+        }
+        if settle(io, shared, chain.key(), outcome)?.is_none() {
             return Ok(());
         }
         let reply = scratch.resp.take_reply(scratch.resp_req.id);
@@ -283,30 +286,29 @@ async fn guard<T>(deadline: Instant, run: impl Future<Output = T>) -> Outcome<T>
     }
 }
 
+/// Reads, and drops, the answers still owed to fetches a plugin abandoned (dropped their futures,
+/// in a timeout or a `select!`), within the call's deadline, so that the reply goes out in step
+/// and the next frame read is the gateway's next call, not one of those answers. A deadline that
+/// passes first makes the call a timed-out one; a failure leaves the exchange broken, which
+/// [`settle`] answers.
+async fn read_owed_answers<T>(io: &mut Io, deadline: Instant, outcome: &mut Outcome<T>) {
+    if matches!(outcome, Outcome::TimedOut) {
+        return;
+    }
+    if timeout_at(deadline, io.catch_up()).await.is_err() {
+        *outcome = Outcome::TimedOut;
+    }
+}
+
 /// A chain's result, or `None` when the call failed and was answered here with an error frame;
-/// `Err` when the connection must close.
-///
-/// A plugin may have abandoned a fetch (dropped its future, in a timeout or a `select!`): the
-/// gateway still answers it, and that answer is read and dropped here, within the call's
-/// deadline, before the reply is queued; otherwise the next frame read would be that answer and
-/// not the gateway's next call. A call whose exchange with the gateway broke fails and closes the
-/// connection even when the plugin ignored the error.
-async fn settle<T>(
+/// `Err` when the connection must close. A call whose exchange with the gateway broke fails and
+/// closes the connection even when the plugin ignored the error.
+fn settle<T>(
     io: &mut Io,
     shared: &Shared,
     key: &str,
-    deadline: Instant,
     outcome: Outcome<Result<T, ChainFailure>>,
 ) -> Result<Option<T>, Close> {
-    let outcome = match outcome {
-        Outcome::TimedOut => Outcome::TimedOut,
-        other if io.owes_answers() => match timeout_at(deadline, io.catch_up()).await {
-            // A failure to catch up leaves the exchange broken, handled next.
-            Ok(_) => other,
-            Err(_elapsed) => Outcome::TimedOut,
-        },
-        other => other,
-    };
     if let Some(why) = io.broken() {
         debug!(key, error = why, "gateway failed during the call");
         let close = Close::Gateway(why.to_owned());
