@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::codec::ProtocolSetting;
 use crate::frame::MAX_PAYLOAD;
+use ext_plugin_sdk::Clock;
 
 /// Where the runner listens when neither `APISIX_LISTEN_ADDRESS` nor `--listen` says.
 pub const DEFAULT_LISTEN_ADDRESS: &str = "unix:/tmp/ext-plugin-runner.sock";
@@ -41,6 +42,10 @@ pub struct Config {
     /// this long closes the connection: a gateway writes a frame in one go, so a stall is a
     /// dead or hostile peer (slowloris), not a slow one.
     pub stall_timeout: Duration,
+    /// The clock plugins read time from ([`ext_plugin_sdk::PrepareEnv::clock`]): the system's
+    /// monotonic clock. Tests of time-dependent plugins set [`Clock::manual`] and advance it
+    /// (see [`crate::testing`]).
+    pub clock: Clock,
 }
 
 impl Default for Config {
@@ -56,6 +61,7 @@ impl Default for Config {
             max_frame: MAX_PAYLOAD,
             idle_timeout: Duration::from_secs(600),
             stall_timeout: Duration::from_secs(10),
+            clock: Clock::system(),
         }
     }
 }

@@ -117,7 +117,7 @@ pub(crate) async fn serve(
 struct Connection<'s> {
     io: Io,
     scratch: Scratch,
-    shared: &'s Shared,
+    shared: &'s Arc<Shared>,
 }
 
 impl Connection<'_> {
@@ -149,7 +149,7 @@ impl Connection<'_> {
     async fn serve_frame(&mut self, frame: Frame) -> Result<(), Close> {
         match FrameType::from_u8(frame.ty) {
             Some(FrameType::PrepareConf) => {
-                self.prepare_conf(&frame.payload);
+                self.prepare_conf(&frame.payload).await;
                 Ok(())
             }
             Some(FrameType::HttpReqCall) => self.http_req_call(&frame.payload).await,
@@ -165,7 +165,7 @@ impl Connection<'_> {
         }
     }
 
-    fn prepare_conf(&mut self, payload: &Bytes) {
+    async fn prepare_conf(&mut self, payload: &Bytes) {
         let Connection {
             io,
             scratch,
@@ -179,9 +179,16 @@ impl Connection<'_> {
             return io.queue_error(ErrorCode::BadRequest);
         }
         let req = &scratch.prepare;
-        let result = shared
-            .cache
-            .prepare(&req.key, || shared.registry.build_chain(req, &shared.state));
+        // The build runs on the blocking pool (the cache's docs say why), so it takes its own
+        // handles: the request's strings still share the frame, the chain copies what it keeps.
+        let build = {
+            let (req, shared) = (req.clone(), Arc::clone(shared));
+            move || {
+                let clock = &shared.config.clock;
+                shared.registry.build_chain(&req, &shared.state, clock)
+            }
+        };
+        let result = shared.cache.prepare(&req.key, build).await;
         match result {
             Ok(conf_token) => {
                 debug!(key = %req.key, conf_token, "prepared");

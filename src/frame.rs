@@ -1,4 +1,4 @@
-//! Frames: 1 byte type, 3 bytes big-endian payload length, then the payload (PROTOCOL.md §2).
+//! Frames: 1 byte type, 3 bytes big-endian payload length, then the payload (docs/protocol.md §2).
 //!
 //! [`FrameHeader::parse`] and [`split_frame`] say "need more bytes" with `None`, distinct from a
 //! malformed frame. [`write_frame`] appends a whole frame to an output buffer, so a reply (and

@@ -47,5 +47,5 @@ pub mod server;
 pub mod testing;
 
 pub use config::Config;
-pub use ext_plugin_sdk::{model, Chain, Registry};
+pub use ext_plugin_sdk::{model, Chain, Clock, Registry};
 pub use server::{serve, Listener, Runner};

@@ -1,4 +1,4 @@
-//! The listening socket and the accept loop (PROTOCOL.md §1).
+//! The listening socket and the accept loop (docs/protocol.md §1).
 //!
 //! [`Listener::bind`] owns the socket file's life cycle: it replaces a stale socket, refuses to
 //! replace anything else, opens the file to the gateway's workers (mode 0766, as stock runners
@@ -30,7 +30,7 @@ use ext_plugin_sdk::Registry;
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) registry: Registry,
-    pub(crate) cache: ConfCache,
+    pub(crate) cache: Arc<ConfCache>,
     pub(crate) state: StateRegistry,
     pub(crate) limits: Limits,
 }
@@ -43,7 +43,10 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(config: Config, registry: Registry) -> Runner {
-        let cache = ConfCache::new(config.conf_cache_capacity, config.conf_ttl());
+        let cache = Arc::new(ConfCache::new(
+            config.conf_cache_capacity,
+            config.conf_ttl(),
+        ));
         Runner {
             shared: Arc::new(Shared {
                 config,

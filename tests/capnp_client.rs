@@ -125,7 +125,7 @@ fn an_independent_capnp_gateway_gets_every_answer() {
     let echo = prepare(
         &mut c,
         "route#1#ext-plugin-pre-req#1",
-        &[("echo", r#"{"vars": ["route_id"]}"#)],
+        &[("debug-echo", r#"{"vars": ["route_id"]}"#)],
     );
     http_call(&mut c, echo, 41, &[127, 0, 0, 1], &[]);
     let (ty, payload) = recv(&mut c);
@@ -228,7 +228,11 @@ fn an_independent_capnp_gateway_gets_every_answer() {
     assert_eq!(rh.get_value().unwrap().to_str().unwrap(), "abc");
 
     // Response phase.
-    let resp_token = prepare(&mut c, "route#1#ext-plugin-post-resp#1", &[("echo", "{}")]);
+    let resp_token = prepare(
+        &mut c,
+        "route#1#ext-plugin-post-resp#1",
+        &[("debug-echo", "{}")],
+    );
     let mut m = Builder::new_default();
     let mut req = m.init_root::<s::h_t_t_p_resp_call_req::Builder<'_>>();
     req.set_id(9);

@@ -1,4 +1,4 @@
-//! extra_info over a real socket, for every codec: PROTOCOL.md §5 scenario 6 (round trips for
+//! extra_info over a real socket, for every codec: scenario 6 of docs/protocol.md (round trips for
 //! variables and bodies), then plugins that abandon a round trip: a fetch wrapped in a timeout
 //! or polled once and dropped, or an error ignored. The answer the gateway still owes must not be
 //! read as the next frame: each reply must be right, and the next call on the same connection
@@ -30,7 +30,7 @@ async fn extra_info_round_trips(p: Protocol) {
     gw.set_var("empty", "");
     let conf = r#"{"vars": ["route_id", "empty", "nope", "route_id", "remote_addr"], "request_body": true}"#;
     let token = gw
-        .prepare("route#6#ext-plugin-pre-req#1", &[("echo", conf)])
+        .prepare("route#6#ext-plugin-pre-req#1", &[("debug-echo", conf)])
         .await
         .unwrap();
 
@@ -240,7 +240,7 @@ async fn still_in_step(gw: &mut FakeGateway) {
     let token = gw
         .prepare(
             "route#echo#ext-plugin-pre-req#1",
-            &[("echo", r#"{"vars": ["route_id", "fast"]}"#)],
+            &[("debug-echo", r#"{"vars": ["route_id", "fast"]}"#)],
         )
         .await
         .unwrap();

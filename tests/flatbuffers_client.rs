@@ -20,7 +20,7 @@ use flatbuffers::{ipv6, registry, start, Client};
 async fn prepare_returns_one_token_per_key() {
     let runner = start().await;
     let mut gw = Client::connect(&runner).await;
-    let echo = [("echo", Some("{}"))];
+    let echo = [("debug-echo", Some("{}"))];
     let a = gw.prepare("route#1#ext-plugin-pre-req#1", &echo).await;
     let again = gw.prepare("route#1#ext-plugin-pre-req#1", &echo).await;
     let b = gw.prepare("route#2#ext-plugin-pre-req#1", &echo).await;
@@ -29,7 +29,7 @@ async fn prepare_returns_one_token_per_key() {
     // A conf the plugin refuses is BAD_REQUEST, and the connection goes on.
     let bad = prepare_conf_req(
         "route#3#ext-plugin-pre-req#1",
-        &[("echo", Some(r#"{"status": 7}"#))],
+        &[("debug-echo", Some(r#"{"status": 7}"#))],
     );
     assert_eq!(gw.error(1, &bad).await, BAD_REQUEST);
     gw.prepare("route#4#ext-plugin-pre-req#1", &[]).await;
@@ -145,7 +145,10 @@ async fn extra_info_round_trips_absent_empty_and_bodies() {
     gw.req_body = Some(b"hello");
     let conf = r#"{"vars": ["route_id", "missing", "empty"], "request_body": true}"#;
     let token = gw
-        .prepare("route#1#ext-plugin-pre-req#1", &[("echo", Some(conf))])
+        .prepare(
+            "route#1#ext-plugin-pre-req#1",
+            &[("debug-echo", Some(conf))],
+        )
         .await;
     let v6 = ipv6("2001:db8::1");
     let r = Req {
@@ -208,7 +211,7 @@ async fn response_phase_with_resp_body() {
     let token = gw
         .prepare(
             "route#1#ext-plugin-post-resp#1",
-            &[("echo", Some("{}")), ("test-rewrite-all", Some("{}"))],
+            &[("debug-echo", Some("{}")), ("test-rewrite-all", Some("{}"))],
         )
         .await;
     let upstream = [("Content-Type", Some("text/plain")), ("X-Up", Some("1"))];
@@ -287,8 +290,11 @@ async fn a_garbage_first_frame_does_not_pin_the_connection() {
     let mut gw = Client::connect(&runner).await;
     let (ty, _) = gw.exchange(2, b"garbage").await;
     assert_eq!(ty, 0);
-    gw.prepare("route#1#ext-plugin-pre-req#1", &[("echo", Some("{}"))])
-        .await;
+    gw.prepare(
+        "route#1#ext-plugin-pre-req#1",
+        &[("debug-echo", Some("{}"))],
+    )
+    .await;
     runner.stop().await;
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Every file under `tests/fixtures/fuzz/<target>/` is an input a fuzz target found (a crash,
 //! or one worth keeping); it is replayed here through the very checks the target runs, which
-//! live in `fuzz/src/lib.rs` and are included below. The seed corpora are checked too: they
+//! live in the `fuzz/checks` crate. The seed corpora are checked too: they
 //! must be real, accepted messages, or the fuzzer starts from noise.
 
 use std::path::Path;
@@ -10,8 +10,7 @@ use std::path::Path;
 use ext_plugin_runner::codec::{detect, Protocol};
 use ext_plugin_runner::model::{Pair, PrepareConfReq};
 
-#[path = "../fuzz/src/lib.rs"]
-mod harness;
+use ext_plugin_fuzz_checks as harness;
 
 /// The inputs saved for `target`, by file name.
 fn fixtures(target: &str) -> Vec<(String, Vec<u8>)> {

@@ -114,7 +114,7 @@ async fn a_plugin_that_panics_or_loops_on_an_await_costs_one_call() {
             }
             // The same connection still serves other chains.
             let echo = gw
-                .prepare("route#e#ext-plugin-pre-req#1", &[("echo", "{}")])
+                .prepare("route#e#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
                 .await
                 .unwrap();
             assert!(gw.call(echo, &request(Method::Get, "/")).await.is_ok());

@@ -26,7 +26,11 @@ async fn frames_written_one_byte_at_a_time() {
     for p in Protocol::ALL {
         let mut gw = runner.connect_with(p).await;
         let mut codec = p.gateway_codec();
-        let bytes = prepare_frame(codec.as_mut(), "route#bytes#ext-plugin-pre-req#1", "echo");
+        let bytes = prepare_frame(
+            codec.as_mut(),
+            "route#bytes#ext-plugin-pre-req#1",
+            "debug-echo",
+        );
         for b in &bytes {
             gw.send_raw(std::slice::from_ref(b)).await.unwrap();
             tokio::task::yield_now().await;
@@ -53,7 +57,7 @@ async fn a_promised_16_mib_then_silence_is_closed_after_the_stall_timeout() {
     let runner = TestRunner::start_with(config, plugins::registry()).await;
     let mut bystander = runner.connect().await;
     let token = bystander
-        .prepare("route#by#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#by#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
 
@@ -86,7 +90,7 @@ async fn a_gateway_that_stops_reading_replies_is_closed_after_the_stall_timeout(
     let runner = start().await;
     let mut gw = runner.connect().await;
     let token = gw
-        .prepare("route#deaf#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#deaf#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     // 64 pipelined calls whose echoed replies (~30 KB each) far exceed the sockets' buffers.
@@ -129,7 +133,7 @@ async fn lengths_up_to_the_cap_are_read_and_one_over_closes() {
         // valid call first, so an `auto` runner knows the connection's protocol.)
         let mut gw = runner.connect_with(p).await;
         let token = gw
-            .prepare("route#cap#ext-plugin-pre-req#1", &[("echo", "{}")])
+            .prepare("route#cap#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
             .await
             .unwrap();
         let mut at_cap = FrameHeader::encode(2, max).to_vec();
@@ -152,7 +156,7 @@ async fn every_frame_type_with_garbage_is_refused_and_the_connection_kept() {
     for p in Protocol::ALL {
         let mut gw = runner.connect_with(p).await;
         let token = gw
-            .prepare("route#g#ext-plugin-pre-req#1", &[("echo", "{}")])
+            .prepare("route#g#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
             .await
             .unwrap();
         for ty in 0..=255u8 {
@@ -178,7 +182,7 @@ async fn truncated_payloads_get_an_answer_and_the_connection_kept() {
     for p in Protocol::ALL {
         let mut gw = runner.connect_with(p).await;
         let token = gw
-            .prepare("route#t#ext-plugin-pre-req#1", &[("echo", "{}")])
+            .prepare("route#t#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
             .await
             .unwrap();
         let mut codec = p.gateway_codec();

@@ -49,7 +49,7 @@ async fn a_hundred_thousand_distinct_prepares_stay_within_the_cache_capacity() {
         out.clear();
         for i in batch * BATCH..(batch + 1) * BATCH {
             let key = format!("route#{i}#ext-plugin-pre-req#1");
-            out.extend(prepare_frame(codec.as_mut(), &key, "echo"));
+            out.extend(prepare_frame(codec.as_mut(), &key, "debug-echo"));
         }
         gw.send_raw(&out).await.unwrap();
         for _ in 0..BATCH {
@@ -204,7 +204,7 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     let runner = TestRunner::start_with(config, plugins::registry()).await;
     let mut gw = runner.connect().await;
     let token = gw
-        .prepare("route#idle#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#idle#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     let since = Instant::now();
@@ -229,7 +229,7 @@ async fn connections_over_the_limit_wait_and_are_served_when_one_closes() {
     let runner = TestRunner::start_with(config, plugins::registry()).await;
     let mut a = runner.connect().await;
     let token = a
-        .prepare("route#max#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#max#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     let _b = runner.connect().await;

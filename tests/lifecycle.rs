@@ -1,5 +1,5 @@
-//! The runner binary as a gateway spawns it: environment, socket file, signals (PROTOCOL.md §1,
-//! scenario 10 of §5).
+//! The runner binary as a gateway spawns it: environment, socket file, signals (docs/protocol.md §1,
+//! and its acceptance scenario 10).
 
 mod common;
 
@@ -75,7 +75,7 @@ async fn sigterm_finishes_calls_in_flight_removes_the_socket_and_exits_promptly(
     let token = gw
         .prepare(
             "route#1#ext-plugin-pre-req#1",
-            &[("echo", r#"{"vars": ["route_id"]}"#)],
+            &[("debug-echo", r#"{"vars": ["route_id"]}"#)],
         )
         .await
         .unwrap();
@@ -217,7 +217,7 @@ fn help_version_and_plugin_list() {
     assert!(ok && out.contains(env!("CARGO_PKG_VERSION")), "{out}");
     let (ok, out, _) = run_to_end(&["--list-plugins"], &[]);
     assert!(ok);
-    for name in ["echo", "ip-restriction", "request-id"] {
+    for name in ["debug-echo", "ip-restriction", "request-id"] {
         assert!(out.lines().any(|l| l == name), "{name} missing from {out}");
     }
 }

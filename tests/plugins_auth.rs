@@ -1,4 +1,4 @@
-//! The authentication plugins (PLUGINS.md §2.5–2.7: key-auth, basic-auth, jwt-auth) driven
+//! The authentication plugins (docs/plugins/security.md: key-auth, basic-auth, jwt-auth) driven
 //! through the fake gateway: exact statuses, headers and bodies on accept and reject, and the
 //! consumer handed to later plugins.
 
@@ -105,7 +105,7 @@ async fn key_auth_anonymous_consumer_passes_without_credentials() {
     let conf =
         r#"{"anonymous_consumer": "guest", "consumers": [{"username": "jack", "key": "k"}]}"#;
     let echo = r#"{"vars": ["consumer_name"]}"#;
-    let (_r, mut gw, t) = setup(&[("key-auth", conf), ("echo", echo)]).await;
+    let (_r, mut gw, t) = setup(&[("key-auth", conf), ("debug-echo", echo)]).await;
     let s = stop(act(&mut gw, t, &request(Method::Get, "/p")).await);
     let v: Value = serde_json::from_slice(&s.body).unwrap();
     assert_eq!(v["vars"]["consumer_name"], "guest");
@@ -147,7 +147,7 @@ async fn key_auth_consumers_come_from_a_file() {
 async fn key_auth_consumer_reaches_later_plugins_without_a_round_trip() {
     let conf = r#"{"consumers": [{"username": "jack", "key": "jack-key"}]}"#;
     let echo = r#"{"vars": ["consumer_name"]}"#;
-    let (_r, mut gw, t) = setup(&[("key-auth", conf), ("echo", echo)]).await;
+    let (_r, mut gw, t) = setup(&[("key-auth", conf), ("debug-echo", echo)]).await;
     let req = request(Method::Get, "/p").with_header("apikey", "jack-key");
     let s = stop(act(&mut gw, t, &req).await);
     let v: Value = serde_json::from_slice(&s.body).unwrap();

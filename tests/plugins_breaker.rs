@@ -2,67 +2,37 @@
 //! reject and probe, the request and response chains of a route sharing one breaker, and the
 //! correlation id shared with other plugins of the chain.
 //!
-//! Time is driven: each test registers its own `api-breaker` built on its own manual clock (a
-//! macro makes one plugin type per test, so parallel tests do not move each other's clocks).
+//! Time is driven: each test starts its runner on a manual clock of its own
+//! (`Config::clock`), so parallel tests do not move each other's clocks.
 
 mod common;
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::{pairs, stop, POST, PRE};
 use ext_plugin_catalogue as plugins;
-use ext_plugin_catalogue::api_breaker::{ApiBreaker, ApiBreakerConf};
+use ext_plugin_catalogue::api_breaker::ApiBreaker;
 use ext_plugin_catalogue::limit_conn::LimitConn;
 use ext_plugin_catalogue::limit_count::LimitCount;
 use ext_plugin_catalogue::request_id::RequestId;
-use ext_plugin_catalogue::support::clock::ManualClock;
 use ext_plugin_runner::model::{ExtraInfoReq, HttpReqCallResp, Pair, ReqAction};
 use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
-use ext_plugin_runner::Registry;
+use ext_plugin_runner::{Config, Registry};
 use ext_plugin_sdk::*;
 
 const CORR: &str = "x-a6-runner-req";
 
-/// `$ty`: api-breaker on a manual clock of its own.
-macro_rules! clocked_breaker {
-    ($ty:ident) => {
-        struct $ty(ApiBreaker);
-
-        impl $ty {
-            fn clock() -> &'static Arc<ManualClock> {
-                static CLOCK: OnceLock<Arc<ManualClock>> = OnceLock::new();
-                CLOCK.get_or_init(ManualClock::new)
-            }
-
-            fn advance(secs: u64) {
-                Self::clock().advance(Duration::from_secs(secs));
-            }
-        }
-
-        impl Plugin for $ty {
-            const NAME: &'static str = ApiBreaker::NAME;
-            type Conf = ApiBreakerConf;
-
-            fn prepare(conf: ApiBreakerConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
-                ApiBreaker::build(conf, env, Self::clock().clone()).map($ty)
-            }
-
-            async fn request_filter(
-                &self,
-                call: &mut RequestCall<'_>,
-            ) -> Result<Flow, PluginError> {
-                self.0.request_filter(call).await
-            }
-
-            async fn response_filter(
-                &self,
-                call: &mut ResponseCall<'_>,
-            ) -> Result<(), PluginError> {
-                self.0.response_filter(call).await
-            }
-        }
+/// A runner with `registry` whose plugins read `clock`.
+async fn start(registry: Registry, clock: &Clock) -> TestRunner {
+    let config = Config {
+        clock: clock.clone(),
+        ..Config::default()
     };
+    TestRunner::start_with(config, registry).await
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
 }
 
 /// The request headers a passing call set (a probe's correlation id).
@@ -73,10 +43,14 @@ fn set_headers(resp: HttpReqCallResp) -> Vec<Pair> {
     }
 }
 
-/// A runner with `registry`, one connection and `chain` prepared as the route's pre-req and
-/// post-resp halves: `(runner, gateway, pre token, post token)`.
-async fn halves(registry: Registry, chain: &[(&str, &str)]) -> (TestRunner, FakeGateway, u32, u32) {
-    let runner = TestRunner::start(registry).await;
+/// A runner with `registry` on `clock`, one connection and `chain` prepared as the route's
+/// pre-req and post-resp halves: `(runner, gateway, pre token, post token)`.
+async fn halves(
+    registry: Registry,
+    clock: &Clock,
+    chain: &[(&str, &str)],
+) -> (TestRunner, FakeGateway, u32, u32) {
+    let runner = start(registry, clock).await;
     let mut gw = runner.connect().await;
     let pre = gw.prepare(PRE, chain).await.unwrap();
     let post = gw.prepare(POST, chain).await.unwrap();
@@ -114,11 +88,10 @@ const RATIO: &str = r#"{"break_response_code": 503, "break_response_body": "upst
     "policy": "error_ratio", "threshold": 0.5, "min_request_amount": 4, "stat_interval_ms": 10000,
     "recovery_timeout_ms": 5000, "probe_num": 1, "unhealthy": {"http_statuses": [500, 502, 503, 504]}}"#;
 
-clocked_breaker!(RatioBreaker);
-
 #[tokio::test]
 async fn error_ratio_pass_reject_probe_and_close_on_the_wire() {
-    let runner = TestRunner::start(Registry::new().with::<RatioBreaker>()).await;
+    let clock = Clock::manual();
+    let runner = start(Registry::new().with::<ApiBreaker>(), &clock).await;
     // The two halves on two connections, as a gateway's pool would use them.
     let mut gw = runner.connect().await;
     let pre = gw.prepare(PRE, &[("api-breaker", RATIO)]).await.unwrap();
@@ -145,14 +118,14 @@ async fn error_ratio_pass_reject_probe_and_close_on_the_wire() {
         s.headers,
         pairs(&[("X-Breaker", "open"), ("Retry-After", "5")])
     );
-    RatioBreaker::advance(3);
+    clock.advance(secs(3));
     let s = stop(gw.call(pre, &req).await.unwrap());
     assert_eq!(
         s.headers,
         pairs(&[("X-Breaker", "open"), ("Retry-After", "2")])
     );
 
-    RatioBreaker::advance(2);
+    clock.advance(secs(2));
     let probe = set_headers(gw.call(pre, &req).await.unwrap());
     assert_eq!(probe.len(), 1);
     assert_eq!(probe[0].name.as_str(), CORR, "the probe is correlated");
@@ -176,17 +149,17 @@ async fn error_ratio_pass_reject_probe_and_close_on_the_wire() {
     );
 }
 
-clocked_breaker!(LostProbeBreaker);
-
 #[tokio::test]
 async fn a_probe_whose_answer_never_comes_reopens_the_breaker() {
     let chain = [("api-breaker", RATIO)];
-    let (_r, mut gw, pre, post) = halves(Registry::new().with::<LostProbeBreaker>(), &chain).await;
+    let clock = Clock::manual();
+    let (_r, mut gw, pre, post) =
+        halves(Registry::new().with::<ApiBreaker>(), &clock, &chain).await;
     let req = request(Method::Get, "/");
     round_trips(&mut gw, (pre, post), 4, 502).await;
-    LostProbeBreaker::advance(5);
+    clock.advance(secs(5));
     set_headers(gw.call(pre, &req).await.unwrap()); // the upstream failed: no resp-call
-    LostProbeBreaker::advance(30);
+    clock.advance(secs(30));
     let s = stop(gw.call(pre, &req).await.unwrap());
     assert_eq!(
         s.headers,
@@ -194,18 +167,15 @@ async fn a_probe_whose_answer_never_comes_reopens_the_breaker() {
     );
 }
 
-clocked_breaker!(ConsecutiveBreaker);
-
 #[tokio::test]
 async fn consecutive_stop_has_headers_without_a_body_after_earlier_plugins_headers() {
     let quota = r#"{"count": 100, "time_window": 60, "key_type": "constant", "key": "all"}"#;
     let breaker = r#"{"break_response_code": 502, "break_response_headers": [{"key": "X-Breaker", "value": "open"}],
                       "unhealthy": {"http_statuses": [500], "failures": 2}}"#;
     let chain = [("limit-count", quota), ("api-breaker", breaker)];
-    let registry = Registry::new()
-        .with::<LimitCount>()
-        .with::<ConsecutiveBreaker>();
-    let (_r, mut gw, pre, post) = halves(registry, &chain).await;
+    let registry = Registry::new().with::<LimitCount>().with::<ApiBreaker>();
+    let clock = Clock::manual();
+    let (_r, mut gw, pre, post) = halves(registry, &clock, &chain).await;
     round_trips(&mut gw, (pre, post), 2, 500).await;
     let s = stop(gw.call(pre, &request(Method::Get, "/")).await.unwrap());
     assert_eq!((s.status, s.body.len()), (502, 0));
@@ -222,7 +192,7 @@ async fn consecutive_stop_has_headers_without_a_body_after_earlier_plugins_heade
         "the headers limit-count set earlier in the chain, then the breaker's"
     );
     assert_eq!(s.headers[4].value.as_deref(), Some("2"), "2^1 s");
-    ConsecutiveBreaker::advance(2);
+    clock.advance(secs(2));
     let probe = set_headers(gw.call(pre, &request(Method::Get, "/")).await.unwrap());
     assert_eq!(
         probe[0].name.as_str(),
@@ -231,20 +201,17 @@ async fn consecutive_stop_has_headers_without_a_body_after_earlier_plugins_heade
     );
 }
 
-clocked_breaker!(SharedIdBreaker);
-
 #[tokio::test]
 async fn limit_conn_and_a_probe_share_one_correlation_id() {
     let conn = r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "key_type": "constant", "key": "all"}"#;
     let chain = [("limit-conn", conn), ("api-breaker", RATIO)];
-    let registry = Registry::new()
-        .with::<LimitConn>()
-        .with::<SharedIdBreaker>();
-    let (_r, mut gw, pre, post) = halves(registry, &chain).await;
+    let registry = Registry::new().with::<LimitConn>().with::<ApiBreaker>();
+    let clock = Clock::manual();
+    let (_r, mut gw, pre, post) = halves(registry, &clock, &chain).await;
     // Each answer frees limit-conn's only slot (else the next request would be refused).
     round_trips(&mut gw, (pre, post), 4, 500).await;
     let req = request(Method::Get, "/");
-    SharedIdBreaker::advance(5);
+    clock.advance(secs(5));
     let h = set_headers(gw.call(pre, &req).await.unwrap());
     assert_eq!(h.len(), 1, "one header, one id for both plugins: {h:?}");
     gw.set_var("http_x_a6_runner_req", h[0].value.as_deref().unwrap());
@@ -256,18 +223,15 @@ async fn limit_conn_and_a_probe_share_one_correlation_id() {
     ));
 }
 
-clocked_breaker!(RequestIdBreaker);
-
 #[tokio::test]
 async fn probes_reuse_the_request_id() {
     let chain = [("request-id", "{}"), ("api-breaker", RATIO)];
-    let registry = Registry::new()
-        .with::<RequestId>()
-        .with::<RequestIdBreaker>();
-    let (_r, mut gw, pre, post) = halves(registry, &chain).await;
+    let registry = Registry::new().with::<RequestId>().with::<ApiBreaker>();
+    let clock = Clock::manual();
+    let (_r, mut gw, pre, post) = halves(registry, &clock, &chain).await;
     round_trips(&mut gw, (pre, post), 4, 500).await;
     let req = request(Method::Get, "/").with_header("x-request-id", "client-id-1");
-    RequestIdBreaker::advance(5);
+    clock.advance(secs(5));
     let probe = set_headers(gw.call(pre, &req).await.unwrap());
     assert!(
         probe.is_empty(),

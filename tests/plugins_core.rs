@@ -31,7 +31,7 @@ async fn echo_shows_the_request_and_honours_its_status() {
     let token = gw
         .prepare(
             "route#e#ext-plugin-pre-req#1",
-            &[("echo", r#"{"status": 299}"#)],
+            &[("debug-echo", r#"{"status": 299}"#)],
         )
         .await
         .unwrap();
@@ -64,7 +64,7 @@ async fn echo_refuses_bad_confs() {
         r#"{"request_body": "yes"}"#,
         r#"{"extra": 1}"#,
     ] {
-        assert_refused(&mut gw, "echo", conf).await;
+        assert_refused(&mut gw, "debug-echo", conf).await;
     }
 }
 
@@ -255,7 +255,7 @@ async fn request_id_response_phase_keeps_the_upstreams_id_else_adds_the_requests
 async fn request_id_refuses_bad_confs() {
     let (_r, mut gw) = gateway().await;
     for conf in [
-        r#"{"algorithm": "ksuid"}"#,
+        r#"{"algorithm": "uuidv5"}"#,
         r#"{"header_name": "bad header"}"#,
         r#"{"algorithm": "range_id", "range_id": {"length": 2}}"#,
         r#"{"algorithm": "range_id", "range_id": {"char_set": "abc"}}"#,
@@ -272,7 +272,7 @@ async fn a_later_plugin_sees_the_generated_id() {
             "route#chain#ext-plugin-pre-req#1",
             &[
                 ("request-id", "{}"),
-                ("echo", r#"{"vars": ["http_x_request_id"]}"#),
+                ("debug-echo", r#"{"vars": ["http_x_request_id"]}"#),
             ],
         )
         .await

@@ -1,4 +1,4 @@
-//! PROTOCOL.md §5: the acceptance scenarios, over a real socket, for every codec, with the
+//! The acceptance scenarios of docs/protocol.md, over a real socket, for every codec, with the
 //! built-in plugins plus the test plugins of `tests/common/plugins.rs`.
 //!
 //! Here: connections and tokens (scenarios 1, 2, 3, 9) and prepare failures. Stops, rewrites and
@@ -35,14 +35,14 @@ async fn three_attachments_on_pooled_connections(p: Protocol) {
     assert_eq!(rw.headers[0].name, "X-Request-Id");
 
     let post = b
-        .prepare("route#1#ext-plugin-post-req#1", &[("echo", "{}")])
+        .prepare("route#1#ext-plugin-post-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     let echo = b.call(post, &request(Method::Post, "/x")).await.unwrap();
     assert_eq!(echoed(&echo)["method"], "POST");
 
     let resp = a
-        .prepare("route#1#ext-plugin-post-resp#1", &[("echo", "{}")])
+        .prepare("route#1#ext-plugin-post-resp#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     let r = a
@@ -82,7 +82,7 @@ async fn nested_connection(p: Protocol) {
     let mut prep_conn = runner.connect_with(p).await;
     let token = tokio::time::timeout(
         Duration::from_secs(10),
-        prep_conn.prepare("route#2#ext-plugin-pre-req#1", &[("echo", "{}")]),
+        prep_conn.prepare("route#2#ext-plugin-pre-req#1", &[("debug-echo", "{}")]),
     )
     .await
     .expect("prepare_conf must not wait for the idle connection")
@@ -105,7 +105,7 @@ async fn unknown_token_then_retry(p: Protocol) {
     let code = runner_error(gw.resp_call(12345, 200, &[]).await);
     assert_eq!(code, ErrorCode::ConfTokenNotFound);
     let token = gw
-        .prepare("route#3#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#3#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     assert!(gw.call(token, &request(Method::Get, "/")).await.is_ok());
@@ -116,7 +116,7 @@ for_each_protocol!(scenario_3_unknown_token, unknown_token_then_retry);
 
 async fn restart_forgets_tokens(p: Protocol) {
     let old = start().await;
-    let token = prepare_apart(&old, p, "route#9#ext-plugin-pre-req#1", "echo").await;
+    let token = prepare_apart(&old, p, "route#9#ext-plugin-pre-req#1", "debug-echo").await;
     old.stop().await;
 
     let new = start().await;
@@ -138,24 +138,24 @@ async fn restart_forgets_tokens(p: Protocol) {
         "an old token never reaches another route's chain"
     );
     let again = gw
-        .prepare("route#9#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#9#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     assert!(gw.call(again, &request(Method::Get, "/")).await.is_ok());
 }
 for_each_protocol!(scenario_9_restart, restart_forgets_tokens);
 
-// Beyond §5: prepare failures, deadlines.
+// Beyond the acceptance scenarios: prepare failures.
 
 async fn bad_chains_fail_closed(p: Protocol) {
     let runner = start().await;
     let mut gw = runner.connect_with(p).await;
     for chain in [
         vec![("no-such-plugin", "{}")],
-        vec![("echo", "{}"), ("echo", r#"{"status": 9000}"#)],
-        vec![("echo", r#"{"unknown_field": 1}"#)],
+        vec![("debug-echo", "{}"), ("debug-echo", r#"{"status": 9000}"#)],
+        vec![("debug-echo", r#"{"unknown_field": 1}"#)],
         vec![("ip-restriction", r#"{"whitelist": ["not an ip"]}"#)],
-        vec![("echo", "not json")],
+        vec![("debug-echo", "not json")],
     ] {
         let code = runner_error(gw.prepare("route#x#ext-plugin-pre-req#1", &chain).await);
         assert_eq!(code, ErrorCode::BadRequest, "{chain:?}");

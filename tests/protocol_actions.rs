@@ -1,5 +1,6 @@
-//! PROTOCOL.md §5, scenarios 4, 5 and 7, for every codec: what a call carries out (stops,
-//! rewrites) and in (every input, exactly as sent). The other scenarios: `protocol.rs`.
+//! The acceptance scenarios 4, 5 and 7 of docs/protocol.md, for every codec: what a call
+//! carries out (stops, rewrites) and in (every input, exactly as sent). The other scenarios:
+//! `protocol.rs`.
 
 #[macro_use]
 mod common;
@@ -93,7 +94,7 @@ async fn rewrite_everything(p: Protocol) {
     let token = gw
         .prepare(
             "route#5b#ext-plugin-pre-req#1",
-            &[("test-rewrite", "{}"), ("echo", r#"{"vars": ["http_x_set", "http_x_drop", "arg_replace", "uri"], "request_body": true}"#)],
+            &[("test-rewrite", "{}"), ("debug-echo", r#"{"vars": ["http_x_set", "http_x_drop", "arg_replace", "uri"], "request_body": true}"#)],
         )
         .await
         .unwrap();
@@ -121,7 +122,7 @@ async fn input_fidelity(p: Protocol) {
         .prepare(
             "route#7#ext-plugin-pre-req#1",
             &[(
-                "echo",
+                "debug-echo",
                 r#"{"vars": ["arg_flag", "arg_e", "http_accept", "request_uri", "args"]}"#,
             )],
         )

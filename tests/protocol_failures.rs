@@ -1,6 +1,6 @@
-//! PROTOCOL.md §5, scenario 8, for every codec: frames a gateway must not send, and plugins
-//! that panic or never finish. The other scenarios: `protocol.rs`; the hostile-gateway suites
-//! (`hostile_*.rs`) go further.
+//! The acceptance scenario 8 of docs/protocol.md, for every codec: frames a gateway must not
+//! send, and plugins that panic or never finish. The other scenarios: `protocol.rs`; the
+//! hostile-gateway suites (`hostile_*.rs`) go further.
 
 #[macro_use]
 mod common;
@@ -23,7 +23,7 @@ async fn hostile_frames(p: Protocol) {
     let runner = TestRunner::start_with(config, common::plugins::registry()).await;
     let mut bystander = runner.connect_with(p).await;
     let token = bystander
-        .prepare("route#8#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#8#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
 
@@ -105,7 +105,7 @@ async fn a_call_over_its_deadline_is_answered_and_freed() {
         ErrorCode::ServiceUnavailable
     );
     let echo = gw
-        .prepare("route#e#ext-plugin-pre-req#1", &[("echo", "{}")])
+        .prepare("route#e#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
         .await
         .unwrap();
     assert!(gw.call(echo, &request(Method::Get, "/")).await.is_ok());

@@ -74,3 +74,28 @@ fn every_plugin_in_the_readme_is_built_in() {
         );
     }
 }
+
+/// The "Writing a plugin" section shows the example crates exactly as they are in `examples/`,
+/// which `cargo test` builds and tests: the README's code compiles as written.
+#[test]
+fn the_plugin_quick_start_is_the_example_crate_verbatim() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in [
+        "examples/require-header/Cargo.toml",
+        "examples/require-header/src/lib.rs",
+        "examples/custom-runner/Cargo.toml",
+        "examples/custom-runner/src/main.rs",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let fence = if file.ends_with(".toml") {
+            "toml"
+        } else {
+            "rust"
+        };
+        let block = format!("```{fence}\n{text}```\n");
+        assert!(
+            README.contains(&block),
+            "README's quick start does not show {file} as it is"
+        );
+    }
+}

@@ -1,11 +1,11 @@
 //! Writes the seed corpora: `cargo run --manifest-path fuzz/Cargo.toml --example seed`.
-//! Seeds are real messages encoded by the project's own codecs (see fuzz/src/lib.rs), written
+//! Seeds are real messages encoded by the project's own codecs (see fuzz/checks/src/lib.rs), written
 //! to fuzz/corpus/<target>/seed_<name>; the fuzzer's own finds land beside them.
 
 use std::path::Path;
 
 use ext_plugin_runner::codec::Protocol;
-use ext_plugin_runner_fuzz::{codec_seeds, conf_seeds, frame_seeds};
+use ext_plugin_fuzz_checks::{codec_seeds, conf_seeds, frame_seeds};
 
 fn main() -> std::io::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");

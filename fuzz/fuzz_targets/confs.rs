@@ -1,4 +1,4 @@
 //! See fuzz/src/lib.rs for what this target checks; docs/HARDENING.md for how to run it.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| ext_plugin_runner_fuzz::confs(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ext_plugin_fuzz_checks::confs(data));

@@ -1,4 +1,4 @@
-//! `api-breaker` (PLUGINS.md §2.4): a circuit breaker in front of the upstream.
+//! `api-breaker` (docs/plugins/traffic.md): a circuit breaker in front of the upstream.
 //!
 //! * Request phase (admit): closed, the request passes untouched; open (or half-open with its
 //!   probe budget used) it gets `Stop{break_response_code, break_response_headers,
@@ -30,9 +30,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ext_plugin_sdk::*;
-use crate::support::clock::{self, secs_until, SharedClock};
+use crate::support::clock::{self, secs_until, Nanos};
 use crate::support::keyed::KeyedStore;
 use crate::support::lease::{Correlation, Leases};
+use crate::support::template::{self, Template};
 
 use breaker::{Admit, Breaker, Outcome, Policy, Settings, Ticket};
 pub use conf::ApiBreakerConf;
@@ -49,11 +50,11 @@ pub struct ApiBreaker {
     count_missing: bool,
     lease_timeout: u64,
     corr: Correlation,
-    /// Held, not just looked up: the registry keeps state only while a chain holds it, and the
-    /// request and response chains must see the same breakers.
+    /// The request and response chains of the route see the same breakers.
     state: Arc<BreakerState>,
     reject: Stop,
-    clock: SharedClock,
+    reject_vars: Vec<(Text, Template)>,
+    clock: Clock,
 }
 
 /// Shared by the request (admit) and response (record) chains of a route.
@@ -83,11 +84,44 @@ impl Plugin for ApiBreaker {
     type Conf = ApiBreakerConf;
 
     fn prepare(conf: ApiBreakerConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
-        ApiBreaker::build(conf, env, clock::system())
+        let clock = env.clock().clone();
+        let p: Prepared = conf.validate()?;
+        let now = clock.nanos();
+        let idle = p.idle;
+        let max_keys = p.max_keys;
+        let lease_timeout = p.lease_timeout;
+        let settings = p.settings;
+        let route_name = env.route().into();
+        let state = env.state(|| BreakerState {
+            route: Arc::new(Breaker::new(&settings)),
+            breakers: KeyedStore::new(max_keys, idle),
+            leases: Leases::new(lease_timeout),
+            route_name,
+            prepared_at: now,
+            seen_response: AtomicBool::new(false),
+            checked: AtomicBool::new(false),
+        });
+        if env.attachment() == Attachment::PostResp {
+            state.seen_response.store(true, Ordering::Relaxed);
+        }
+        Ok(ApiBreaker {
+            settings,
+            unhealthy: p.unhealthy,
+            healthy: p.healthy,
+            max_rt: p.max_rt,
+            scope: p.scope,
+            count_missing: p.count_missing,
+            lease_timeout,
+            corr: Correlation::new(None, env.chain()),
+            state,
+            reject: p.reject,
+            reject_vars: p.reject_vars,
+            clock,
+        })
     }
 
     async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
-        let now = self.clock.now();
+        let now = self.clock.nanos();
         self.expire(now);
         self.check_post_resp(now);
         let breaker = match self.scope {
@@ -99,7 +133,14 @@ impl Plugin for ApiBreaker {
             }
         };
         let ticket = match breaker.admit(&self.settings, now) {
-            Admit::Reject { until } => return Ok(Flow::Stop(self.rejection(now, until))),
+            Admit::Reject { until } => {
+                let mut stop = self.rejection(now, until);
+                for (name, value) in &self.reject_vars {
+                    let value = template::header_safe(value.render(call).await?.text);
+                    stop = stop.with_header(name.clone(), value);
+                }
+                return Ok(Flow::Stop(stop));
+            }
             Admit::Pass if !self.count_missing => return Ok(Flow::Continue),
             Admit::Pass => None,
             Admit::Probe(ticket) => Some(ticket),
@@ -110,7 +151,7 @@ impl Plugin for ApiBreaker {
     }
 
     async fn response_filter(&self, call: &mut ResponseCall<'_>) -> Result<(), PluginError> {
-        let now = self.clock.now();
+        let now = self.clock.nanos();
         if !self.state.seen_response.load(Ordering::Relaxed) {
             self.state.seen_response.store(true, Ordering::Relaxed);
         }
@@ -143,46 +184,6 @@ impl Plugin for ApiBreaker {
 }
 
 impl ApiBreaker {
-    /// [`Plugin::prepare`] with the clock to count time by.
-    pub fn build(
-        conf: ApiBreakerConf,
-        env: &mut PrepareEnv<'_>,
-        clock: SharedClock,
-    ) -> Result<ApiBreaker, ConfError> {
-        let p: Prepared = conf.validate()?;
-        let now = clock.now();
-        let idle = p.idle;
-        let max_keys = p.max_keys;
-        let lease_timeout = p.lease_timeout;
-        let settings = p.settings;
-        let route_name = env.route().into();
-        let state = env.state(|| BreakerState {
-            route: Arc::new(Breaker::new(&settings)),
-            breakers: KeyedStore::new(max_keys, idle),
-            leases: Leases::new(lease_timeout),
-            route_name,
-            prepared_at: now,
-            seen_response: AtomicBool::new(false),
-            checked: AtomicBool::new(false),
-        });
-        if env.attachment() == Attachment::PostResp {
-            state.seen_response.store(true, Ordering::Relaxed);
-        }
-        Ok(ApiBreaker {
-            settings,
-            unhealthy: p.unhealthy,
-            healthy: p.healthy,
-            max_rt: p.max_rt,
-            scope: p.scope,
-            count_missing: p.count_missing,
-            lease_timeout,
-            corr: Correlation::new(None, env.chain()),
-            state,
-            reject: p.reject,
-            clock,
-        })
-    }
-
     fn breaker(&self, key: &str, now: u64) -> Arc<Breaker> {
         self.state
             .breakers
@@ -218,7 +219,7 @@ impl ApiBreaker {
 
     /// The policy's judgement of the upstream's answer.
     async fn outcome(&self, call: &mut ResponseCall<'_>) -> Result<Outcome, PluginError> {
-        let status = call.upstream_status();
+        let status = call.original_status();
         let bad_status = self.unhealthy.contains(&status);
         Ok(match self.settings.policy {
             Policy::Consecutive if bad_status => Outcome::Failure,

@@ -1,11 +1,12 @@
-//! `basic-auth` (PLUGINS.md §2.6): HTTP Basic authentication (RFC 7617).
+//! `basic-auth` (docs/plugins/security.md): HTTP Basic authentication (RFC 7617).
 //!
 //! Conf: `{"hide_credentials": false, "realm": "basic", "anonymous_consumer": null,
 //! "consumers": [{"username": "u", "password": "$ENV://P", "custom_id": "t-1"}]}` (or
 //! `consumers_file`).
 //!
 //! * Pass: the same consumer headers and context as `key-auth`; with `hide_credentials` the
-//!   `authorization` header is deleted.
+//!   `authorization` header is deleted, also when wrong credentials pass as
+//!   `anonymous_consumer`.
 //! * Fail: `Stop(401, WWW-Authenticate: Basic realm="basic", {"message": ...})` with "Missing
 //!   authorization in request", "Invalid authorization in request" (not `Basic <base64 of
 //!   user:password>`) or "Invalid user authorization" (unknown user or wrong password; the two
@@ -132,7 +133,10 @@ impl Plugin for BasicAuth {
                 }
             },
         };
-        if self.hide_credentials && matches!(verdict, Verdict::Pass(_)) {
+        // A request that goes on (authenticated, or as the anonymous consumer with wrong
+        // credentials) never forwards the header.
+        let proceeds = matches!(verdict, Verdict::Pass(_)) || self.anonymous.is_some();
+        if self.hide_credentials && proceeds && call.header("authorization").is_some() {
             call.remove_header("authorization");
         }
         Ok(consumers::finish(verdict, self.anonymous.as_ref(), call))
@@ -157,6 +161,32 @@ mod tests {
         assert_eq!(p, b"pa:ss:");
         let (u, p) = parse_basic(&b64(":x")).unwrap();
         assert_eq!((u.as_str(), p.as_slice()), ("", &b"x"[..]));
+    }
+
+    /// APISIX deletes the header on the anonymous path too: wrong credentials must not reach
+    /// the upstream.
+    #[test]
+    fn hide_credentials_strips_wrong_credentials_on_the_anonymous_path() {
+        use ext_plugin_sdk::harness::{block_on, request, Harness, LocalGateway};
+        use ext_plugin_sdk::model::ReqAction;
+        let conf = r#"{"hide_credentials": true, "anonymous_consumer": "anon",
+                       "consumers": [{"username": "foo", "password": "bar"}]}"#;
+        let harness = Harness::new(Registry::new().with::<BasicAuth>());
+        let chain = harness
+            .prepare("route#1#ext-plugin-pre-req#1", &[("basic-auth", conf)])
+            .unwrap();
+        for header in [b64("foo:wrong"), "Bearer x".to_owned()] {
+            let req = request(Method::Get, "/").with_header("authorization", &header);
+            let ReqAction::Rewrite(r) = block_on(LocalGateway::new().call(&chain, &req)).unwrap()
+            else {
+                panic!("the anonymous consumer passes");
+            };
+            assert!(
+                r.headers.iter().any(|p| p.name == "authorization" && p.value.is_none()),
+                "{header}: {:?}",
+                r.headers
+            );
+        }
     }
 
     #[test]

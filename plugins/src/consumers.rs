@@ -3,7 +3,7 @@
 //! later plugins who the consumer is.
 //!
 //! The runner never sees the gateway's Consumer objects, so each auth conf carries its own
-//! (PLUGINS.md §B): inline `consumers`, or `consumers_file` naming a JSON file holding the same
+//! (docs/plugins/security.md): inline `consumers`, or `consumers_file` naming a JSON file holding the same
 //! array. Both are read once per `prepare_conf`; a request only does map lookups.
 
 use std::collections::HashMap;
@@ -191,15 +191,16 @@ pub fn challenge(scheme: &str, realm: &str, message: &str) -> Stop {
         .with_header("www-authenticate", format!("{scheme} realm=\"{realm}\""))
 }
 
-/// A realm goes inside a quoted header parameter: no quotes, backslashes or control characters.
+/// A realm goes inside a quoted header parameter: as APISIX, printable ASCII without quotes or
+/// backslashes.
 pub fn check_realm(realm: &str) -> Result<(), ConfError> {
     if realm.is_empty()
         || realm
             .bytes()
-            .any(|b| b == b'"' || b == b'\\' || b.is_ascii_control())
+            .any(|b| b == b'"' || b == b'\\' || !(0x20..=0x7e).contains(&b))
     {
         return Err(ConfError::new(format!(
-            "`realm` {realm:?} must be non-empty, without quotes, backslashes or control characters"
+            "`realm` {realm:?} must be non-empty printable ASCII, without quotes or backslashes"
         )));
     }
     Ok(())
@@ -272,5 +273,7 @@ mod tests {
         assert!(check_realm("key").is_ok());
         assert!(check_realm("a\"b").is_err());
         assert!(check_realm("").is_err());
+        assert!(check_realm("réalm").is_err());
+        assert!(check_realm("my realm!").is_ok());
     }
 }

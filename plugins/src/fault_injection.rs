@@ -1,4 +1,4 @@
-//! `fault-injection` (PLUGINS.md §2.12): delay and/or abort a share of requests, for resilience
+//! `fault-injection` (docs/plugins/traffic.md): delay and/or abort a share of requests, for resilience
 //! testing.
 //!
 //! ```json
@@ -8,9 +8,11 @@
 //! ```
 //!
 //! * Delay first (an asynchronous sleep), then abort: `Stop(http_status, headers, body)` with
-//!   `$var`s in the body filled in (the raw string, as APISIX sends it). Otherwise no action.
-//! * A fault fires when its `vars` (a list of expressions) has *any* match, or has none, and then
-//!   with `percentage` % probability (`rand(1..=100) ≤ percentage`; always without it).
+//!   APISIX variables (`$var`, `${var ?? default}`) in the body and the header values filled
+//!   in. Otherwise no action.
+//! * A fault fires when its `vars` (a list of expressions) has *any* match, or is absent, and
+//!   then with `percentage` % probability (`rand(1..=100) ≤ percentage`; always without it). An
+//!   empty `vars` list never matches, as in APISIX.
 //! * `duration` must be below 55 s: the gateway stops reading after 60 s.
 
 use std::collections::BTreeMap;
@@ -20,10 +22,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use ext_plugin_sdk::*;
-use crate::support::expr::Expr;
-use crate::support::key::{parse_template, render, Part};
 use crate::limit_req::MAX_DELAY_SECS;
+use crate::support::expr::Expr;
 use crate::support::reject::{self, HeaderConf};
+use crate::support::template::{self, Template};
+
+/// APISIX's bound on the expressions of one `vars`.
+const MAX_VARS: usize = 20;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,8 +42,7 @@ pub struct FaultInjectionConf {
 struct AbortConf {
     http_status: u16,
     body: Option<String>,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: Option<BTreeMap<String, Value>>,
     percentage: Option<u8>,
     vars: Option<Vec<Value>>,
 }
@@ -59,14 +63,15 @@ pub struct FaultInjection {
 /// When a fault fires.
 struct Trigger {
     percentage: Option<u8>,
-    /// Any of these matching (empty: always).
-    vars: Vec<Expr>,
+    /// Any of these matching; `None`: always.
+    vars: Option<Vec<Expr>>,
 }
 
 struct Abort {
-    /// Status and headers; the body is added per request when it has variables.
+    /// Status and the headers and body without variables; the others are added per request.
     stop: Stop,
-    body: Option<Vec<Part>>,
+    headers: Vec<(Text, Template)>,
+    body: Option<Template>,
 }
 
 impl Trigger {
@@ -74,19 +79,22 @@ impl Trigger {
         if percentage.is_some_and(|p| p > 100) {
             return Err(ConfError::new(format!("`{field}.percentage` must be 0 to 100")));
         }
+        if vars.as_ref().is_some_and(|v| v.len() > MAX_VARS) {
+            return Err(ConfError::new(format!(
+                "`{field}.vars` holds more than {MAX_VARS} expressions"
+            )));
+        }
         let vars = vars
-            .unwrap_or_default()
-            .iter()
-            .map(Expr::parse)
-            .collect::<Result<_, _>>()
+            .map(|list| list.iter().map(Expr::parse).collect::<Result<Vec<_>, _>>())
+            .transpose()
             .map_err(|e| ConfError::new(format!("`{field}.vars`: {e}")))?;
         Ok(Trigger { percentage, vars })
     }
 
     async fn fires(&self, call: &mut RequestCall<'_>) -> Result<bool, PluginError> {
-        if !self.vars.is_empty() {
+        if let Some(vars) = &self.vars {
             let mut any = false;
-            for e in &self.vars {
+            for e in vars {
                 if e.matches(call).await? {
                     any = true;
                     break;
@@ -113,9 +121,9 @@ impl Plugin for FaultInjection {
         let delay = match conf.delay {
             None => None,
             Some(d) => {
-                if !(d.duration > 0.0 && d.duration < MAX_DELAY_SECS) {
+                if !(d.duration >= 0.0 && d.duration < MAX_DELAY_SECS) {
                     return Err(ConfError::new(format!(
-                        "`delay.duration` must be above 0 and below 55 s (the gateway reads for 60 s), got {}",
+                        "`delay.duration` must be 0 or more and below 55 s (the gateway reads for 60 s), got {}",
                         d.duration
                     )));
                 }
@@ -127,28 +135,51 @@ impl Plugin for FaultInjection {
             None => None,
             Some(a) => {
                 reject::check_status("abort.http_status", a.http_status)?;
-                let headers: Vec<_> = a
-                    .headers
-                    .into_iter()
-                    .map(|(key, value)| HeaderConf { key, value })
-                    .collect();
-                let stop = reject::with_headers(Stop::new(a.http_status), &headers)
-                    .map_err(|e| ConfError::new(format!("`abort.headers`: {e}")))?;
-                let parts = a
-                    .body
-                    .as_deref()
-                    .map(parse_template)
-                    .transpose()
-                    .map_err(|e| ConfError::new(format!("`abort.body` {e}")))?;
+                let mut fixed = Vec::new();
+                let mut templated = Vec::new();
+                if a.headers.as_ref().is_some_and(BTreeMap::is_empty) {
+                    return Err(ConfError::new("`abort.headers` must not be empty"));
+                }
+                for (name, value) in a.headers.unwrap_or_default() {
+                    let field = format!("abort.headers.{name}");
+                    let value = template::header_values(&field, &value, false, false)?.remove(0);
+                    match value.constant() {
+                        Some(text) => fixed.push(HeaderConf {
+                            key: name,
+                            value: text.to_owned(),
+                        }),
+                        None => {
+                            // The name is checked with the fixed ones; the value per request.
+                            fixed.push(HeaderConf {
+                                key: name.clone(),
+                                value: String::new(),
+                            });
+                            templated.push((Text::from(name), value));
+                        }
+                    }
+                }
+                let stop = reject::with_headers(Stop::new(a.http_status), &fixed)
+                    .map_err(|e| ConfError::field("abort.headers", e))?;
+                // Headers with variables are added per request instead.
+                let mut stop = stop;
+                stop.headers.retain(|h| !templated.iter().any(|(n, _)| *n == h.name));
+                let body = a.body.as_deref().map(Template::parse);
                 // A body without variables is built once.
-                let (stop, body) = match parts {
-                    Some(p) if p.iter().all(|p| matches!(p, Part::Literal(_))) => {
+                let (stop, body) = match body {
+                    Some(t) if t.constant().is_some() => {
                         (stop.with_body(a.body.unwrap_or_default()), None)
                     }
                     other => (stop, other),
                 };
                 let trigger = Trigger::parse("abort", a.percentage, a.vars)?;
-                Some((trigger, Abort { stop, body }))
+                Some((
+                    trigger,
+                    Abort {
+                        stop,
+                        headers: templated,
+                        body,
+                    },
+                ))
             }
         };
         Ok(FaultInjection { abort, delay })
@@ -156,15 +187,19 @@ impl Plugin for FaultInjection {
 
     async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
         if let Some((trigger, duration)) = &self.delay {
-            if trigger.fires(call).await? {
+            if trigger.fires(call).await? && !duration.is_zero() {
                 tokio::time::sleep(*duration).await;
             }
         }
         if let Some((trigger, abort)) = &self.abort {
             if trigger.fires(call).await? {
                 let mut stop = abort.stop.clone();
-                if let Some(parts) = &abort.body {
-                    stop.body = render(parts, call).await?.0.into();
+                for (name, value) in &abort.headers {
+                    let value = template::header_safe(value.render(call).await?.text);
+                    stop = stop.with_header(name.clone(), value);
+                }
+                if let Some(body) = &abort.body {
+                    stop.body = body.render(call).await?.text.into();
                 }
                 return Ok(Flow::Stop(stop));
             }
@@ -229,6 +264,26 @@ mod tests {
         let start = tokio::time::Instant::now();
         run(&p, request(Method::Get, "/")).await;
         assert_eq!(start.elapsed(), Duration::ZERO, "vars did not match: no delay");
+    }
+
+    async fn abort_headers(conf: &str) -> Vec<String> {
+        let p = plugin(conf).unwrap();
+        let Flow::Stop(s) = run(&p, request(Method::Get, "/hello")).await else { panic!("must abort") };
+        let mut h: Vec<_> = s.headers.iter().map(|p| format!("{}: {}", p.name, p.value.as_deref().unwrap())).collect();
+        h.sort();
+        h
+    }
+
+    #[tokio::test]
+    async fn abort_headers_resolve_variables() {
+        let h = abort_headers(r#"{"abort": {"http_status": 200, "headers": {"h1": "v1", "h3": "$uri"}}}"#).await;
+        assert_eq!(h, ["h1: v1", "h3: /hello"]);
+    }
+
+    #[tokio::test]
+    async fn abort_header_values_may_be_numbers() {
+        let h = abort_headers(r#"{"abort": {"http_status": 200, "headers": {"h2": 2}}}"#).await;
+        assert_eq!(h, ["h2: 2"]);
     }
 
     #[test]

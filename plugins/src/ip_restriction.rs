@@ -1,4 +1,4 @@
-//! `ip-restriction` (PLUGINS.md §2.8): allow or deny clients by address.
+//! `ip-restriction` (docs/plugins/ip-restriction.md): allow or deny clients by address.
 //!
 //! Conf: `{"whitelist": ["10.0.0.0/8", "2001:db8::/32", "127.0.0.1"], "message": "Your IP
 //! address is not allowed", "response_code": 403}`, or `"blacklist"` instead of `"whitelist"`

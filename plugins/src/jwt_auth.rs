@@ -1,7 +1,7 @@
-//! `jwt-auth` (PLUGINS.md §2.7): authenticate by a signed JSON Web Token.
+//! `jwt-auth` (docs/plugins/security.md): authenticate by a signed JSON Web Token.
 //!
 //! Conf: `{"header": "authorization", "query": "jwt", "cookie": "jwt", "hide_credentials":
-//! false, "key_claim_name": "key", "claims_to_verify": ["exp", "nbf"], "realm": "jwt",
+//! false, "key_claim_name": "key", "claims_to_verify": null, "realm": "jwt",
 //! "anonymous_consumer": null, "consumers": [{"username": "jack", "key": "user-key",
 //! "algorithm": "HS256", "secret": "$ENV://S", "base64_secret": false,
 //! "lifetime_grace_period": 0}, {"username": "svc", "key": "svc-key", "algorithm": "RS256",
@@ -10,11 +10,13 @@
 //! Flow, in APISIX's order: the token from the header (a `Bearer ` prefix is stripped), else the
 //! query argument, else the cookie; the consumer by `payload[key_claim_name]`; the token's `alg`
 //! must equal the consumer's `algorithm` (so `none` and HMAC-with-a-public-key confusion cannot
-//! pass); the signature; then `exp`/`nbf` (when listed in `claims_to_verify` and present) with
-//! the consumer's `lifetime_grace_period` in seconds.
+//! pass); the signature; then the time claims with the consumer's `lifetime_grace_period` in
+//! seconds: without `claims_to_verify` (or with `[]`) `exp` and `nbf` when the token has them, or
+//! else every listed claim, which must be present. A present claim must be a number.
 //!
 //! * Pass: like `key-auth` (consumer headers and context; `hide_credentials` deletes the header,
-//!   argument or cookie that carried the token).
+//!   argument or cookie that carried the token, also when a bad token passes as
+//!   `anonymous_consumer`).
 //! * Fail: `Stop(401, WWW-Authenticate: Bearer realm="jwt", {"message": ...})` with "Missing JWT
 //!   token in request", "JWT token invalid", "missing user key in JWT token", "Invalid user key
 //!   in JWT token" or "failed to verify jwt".
@@ -38,6 +40,8 @@ pub struct JwtAuth {
     cookie_var: Text,
     hide_credentials: bool,
     key_claim: String,
+    /// The time claims checked, and whether they must be present.
+    claims: Claims,
     /// `key` claim → consumer.
     consumers: HashMap<String, Verifier>,
     anonymous: Option<Identity>,
@@ -51,8 +55,69 @@ pub struct JwtAuth {
 struct Verifier {
     identity: Identity,
     key: DecodingKey,
-    /// Allows exactly the consumer's algorithm, with its grace period.
+    /// Allows exactly the consumer's algorithm; the time claims are checked by [`Claims`].
     validation: Validation,
+    /// `lifetime_grace_period`, in seconds.
+    leeway: f64,
+}
+
+/// The time claims a token is checked against, as APISIX checks them.
+///
+/// Without `claims_to_verify` (or with an empty list) `exp` and `nbf` are checked when the token
+/// has them; a listed claim must be present. Either way a present claim must be a number.
+struct Claims {
+    exp: bool,
+    nbf: bool,
+    required: bool,
+}
+
+impl Claims {
+    fn new(listed: Option<&[String]>) -> Result<Claims, ConfError> {
+        let listed = listed.unwrap_or_default();
+        let mut seen = Vec::with_capacity(2);
+        for c in listed {
+            if c != "exp" && c != "nbf" {
+                return Err(ConfError::new(format!(
+                    "`claims_to_verify` may hold \"exp\" and \"nbf\", not {c:?}"
+                )));
+            }
+            if seen.contains(&c) {
+                return Err(ConfError::new(format!(
+                    "`claims_to_verify` lists {c:?} twice"
+                )));
+            }
+            seen.push(c);
+        }
+        if listed.is_empty() {
+            return Ok(Claims {
+                exp: true,
+                nbf: true,
+                required: false,
+            });
+        }
+        Ok(Claims {
+            exp: seen.iter().any(|c| *c == "exp"),
+            nbf: seen.iter().any(|c| *c == "nbf"),
+            required: true,
+        })
+    }
+
+    /// Whether `payload` (already verified) is within its lifetime at `now`, seconds.
+    fn hold(&self, payload: &Map<String, Value>, now: f64, leeway: f64) -> bool {
+        let check = |name: &str, within: &dyn Fn(f64) -> bool| match payload.get(name) {
+            None => !self.required,
+            Some(v) => v.as_f64().is_some_and(within),
+        };
+        (!self.exp || check("exp", &|exp| exp > now - leeway))
+            && (!self.nbf || check("nbf", &|nbf| nbf < now + leeway))
+    }
+}
+
+/// The current time in whole seconds, as the gateway's clock reads it.
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs() as f64)
 }
 
 #[derive(Deserialize)]
@@ -66,10 +131,13 @@ pub struct JwtAuthConf {
     cookie: String,
     #[serde(default)]
     hide_credentials: bool,
+    /// Only `false`: the runner cannot store the payload in the gateway's request context.
+    #[serde(default)]
+    store_in_ctx: bool,
     #[serde(default = "default_key_claim")]
     key_claim_name: String,
-    #[serde(default = "default_claims")]
-    claims_to_verify: Vec<String>,
+    #[serde(default)]
+    claims_to_verify: Option<Vec<String>>,
     #[serde(default = "default_realm")]
     realm: String,
     #[serde(default)]
@@ -95,6 +163,13 @@ pub struct JwtConsumer {
     base64_secret: bool,
     #[serde(default)]
     lifetime_grace_period: u64,
+    /// APISIX's token lifetime for signing, which the runner never does: checked, then unused.
+    #[serde(default)]
+    exp: Option<i64>,
+    /// APISIX accepts a private key beside the public one (older versions signed with it); the
+    /// runner only verifies, so it is accepted and unused.
+    #[serde(default, rename = "private_key")]
+    _private_key: Option<String>,
     #[serde(default)]
     custom_id: Option<String>,
     #[serde(default)]
@@ -109,9 +184,6 @@ fn default_jwt() -> String {
 }
 fn default_key_claim() -> String {
     "key".into()
-}
-fn default_claims() -> Vec<String> {
-    vec!["exp".into(), "nbf".into()]
 }
 fn default_realm() -> String {
     "jwt".into()
@@ -139,7 +211,7 @@ fn parse_alg(name: &str) -> Option<Algorithm> {
     })
 }
 
-fn verifier(c: JwtConsumer, claims: &[String]) -> Result<Verifier, ConfError> {
+fn verifier(c: JwtConsumer) -> Result<Verifier, ConfError> {
     let who = format!("consumer `{}`", c.username);
     let alg = parse_alg(&c.algorithm).ok_or_else(|| {
         ConfError::new(format!(
@@ -170,36 +242,55 @@ fn verifier(c: JwtConsumer, claims: &[String]) -> Result<Verifier, ConfError> {
                 DecodingKey::from_secret(secret.as_bytes())
             }
         }
+        // A `secret` beside an asymmetric algorithm is accepted and unused, as in APISIX.
         _ => {
-            if c.secret.is_some() {
-                return Err(ConfError::new(format!(
-                    "{who}: {alg:?} verifies with `public_key`; remove `secret`"
-                )));
-            }
             let pem = c
                 .public_key
                 .ok_or_else(|| ConfError::new(format!("{who}: {alg:?} needs `public_key`")))?;
             let pem = consumers::resolve_secret(&pem, &format!("{who}: `public_key`"))?;
             match alg {
-                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem.as_bytes()),
-                Algorithm::EdDSA => DecodingKey::from_ed_pem(pem.as_bytes()),
-                _ => DecodingKey::from_rsa_pem(pem.as_bytes()),
+                Algorithm::ES256 | Algorithm::ES384 => {
+                    DecodingKey::from_ec_pem(pem.as_bytes()).map_err(bad_key)?
+                }
+                Algorithm::EdDSA => DecodingKey::from_ed_pem(pem.as_bytes()).map_err(bad_key)?,
+                _ if pem.contains("PRIVATE KEY-----") => rsa_public_of_private(&pem, &who)?,
+                _ => DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(bad_key)?,
             }
-            .map_err(bad_key)?
         }
     };
+    if c.exp.is_some_and(|e| e < 1) {
+        return Err(ConfError::new(format!("{who}: `exp` must be at least 1")));
+    }
     let mut validation = Validation::new(alg);
-    validation.leeway = c.lifetime_grace_period;
     validation.required_spec_claims.clear();
-    validation.validate_exp = claims.iter().any(|c| c == "exp");
-    validation.validate_nbf = claims.iter().any(|c| c == "nbf");
+    // `exp` and `nbf` are checked by `Claims`, with APISIX's rules.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
     // APISIX checks no audience; a token carrying one must not fail for it.
     validation.validate_aud = false;
     Ok(Verifier {
         identity: Identity::new(c.username, c.custom_id, c.credential_id)?,
         key,
         validation,
+        leeway: c.lifetime_grace_period as f64,
     })
+}
+
+/// The public half of an RSA private key given as `public_key` (PKCS#1 or PKCS#8 PEM), which
+/// APISIX accepts there: OpenSSL verifies with a private key too.
+fn rsa_public_of_private(pem: &str, who: &str) -> Result<DecodingKey, ConfError> {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::traits::PublicKeyParts;
+    let key = rsa::RsaPrivateKey::from_pkcs1_pem(pem)
+        .or_else(|_| rsa::RsaPrivateKey::from_pkcs8_pem(pem))
+        .map_err(|e| {
+            ConfError::new(format!("{who}: `public_key` holds a private key that is not RSA: {e}"))
+        })?;
+    Ok(DecodingKey::from_rsa_raw_components(
+        &key.n().to_bytes_be(),
+        &key.e().to_bytes_be(),
+    ))
 }
 
 /// Where the token came from, so `hide_credentials` deletes the right thing.
@@ -231,17 +322,24 @@ impl JwtAuth {
         else {
             return Verdict::Reject(&self.invalid);
         };
-        let Some(Value::String(key)) = unverified.claims.get(&self.key_claim) else {
-            return Verdict::Reject(&self.no_key);
+        let key = match unverified.claims.get(&self.key_claim) {
+            None | Some(Value::Bool(false)) => return Verdict::Reject(&self.no_key),
+            Some(Value::String(key)) => key,
+            // Any other value names no consumer.
+            Some(_) => return Verdict::Reject(&self.unknown_key),
         };
         let Some(v) = self.consumers.get(key) else {
             return Verdict::Reject(&self.unknown_key);
         };
         // `validation.algorithms` holds only the consumer's algorithm.
-        match jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &v.key, &v.validation) {
-            Ok(_) => Verdict::Pass(&v.identity),
-            Err(_) => Verdict::Reject(&self.unverified),
+        if jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &v.key, &v.validation).is_err() {
+            return Verdict::Reject(&self.unverified);
         }
+        // The signature covers the payload read above: it can be trusted now.
+        if !self.claims.hold(&unverified.claims, now_secs(), v.leeway) {
+            return Verdict::Reject(&self.unverified);
+        }
+        Verdict::Pass(&v.identity)
     }
 
     /// Deletes the token cookie from the `Cookie` header, keeping the others.
@@ -278,11 +376,13 @@ impl Plugin for JwtAuth {
                 return Err(ConfError::new(format!("`{field}` must not be empty")));
             }
         }
-        if let Some(c) = conf.claims_to_verify.iter().find(|c| *c != "exp" && *c != "nbf") {
-            return Err(ConfError::new(format!(
-                "`claims_to_verify` may hold \"exp\" and \"nbf\", not {c:?}"
-            )));
+        if conf.store_in_ctx {
+            return Err(ConfError::new(
+                "`store_in_ctx` cannot be true: the runner cannot store the payload in the \
+                 gateway's request context",
+            ));
         }
+        let claims = Claims::new(conf.claims_to_verify.as_deref())?;
         consumers::check_realm(&conf.realm)?;
         let list = consumers::load(conf.consumers, conf.consumers_file.as_deref())?;
         let mut by_key = HashMap::with_capacity(list.len());
@@ -295,7 +395,7 @@ impl Plugin for JwtAuth {
                     c.username
                 )));
             }
-            let v = verifier(c, &conf.claims_to_verify)?;
+            let v = verifier(c)?;
             identities.push(v.identity.clone());
             if let Some(old) = by_key.insert(key.clone(), v) {
                 return Err(ConfError::new(format!(
@@ -313,6 +413,7 @@ impl Plugin for JwtAuth {
             cookie: conf.cookie.into(),
             hide_credentials: conf.hide_credentials,
             key_claim: conf.key_claim_name,
+            claims,
             consumers: by_key,
             anonymous: Identity::anonymous(conf.anonymous_consumer)?,
             missing: challenge("Missing JWT token in request"),
@@ -337,7 +438,10 @@ impl Plugin for JwtAuth {
             return Ok(consumers::finish(v, self.anonymous.as_ref(), call));
         };
         let verdict = self.check(&token);
-        if self.hide_credentials && matches!(verdict, Verdict::Pass(_)) {
+        // A request that goes on (authenticated, or as the anonymous consumer with a bad token)
+        // never forwards the token.
+        let proceeds = matches!(verdict, Verdict::Pass(_)) || self.anonymous.is_some();
+        if self.hide_credentials && proceeds {
             match source {
                 Source::Header => call.remove_header(self.header.clone()),
                 Source::Query => call.remove_arg(self.query.clone()),
@@ -362,5 +466,93 @@ mod tests {
         }
         assert!(parse_alg("none").is_none());
         assert!(parse_alg("ES512").is_none());
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+    use ext_plugin_sdk::harness::{block_on, request, Harness, LocalGateway};
+    use ext_plugin_sdk::model::{HttpReqCallReq, ReqAction};
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const CONSUMERS: &str = r#""consumers": [{"username": "jack", "key": "user-key", "secret": "my-secret-key"}]"#;
+
+    fn token(claims: Value) -> String {
+        let key = EncodingKey::from_secret(b"my-secret-key");
+        encode(&Header::default(), &claims, &key).unwrap()
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn run(conf: &str, req: HttpReqCallReq) -> ReqAction {
+        let harness = Harness::new(Registry::new().with::<JwtAuth>());
+        let chain = harness
+            .prepare("route#1#ext-plugin-pre-req#1", &[("jwt-auth", conf)])
+            .unwrap();
+        block_on(LocalGateway::new().call(&chain, &req)).unwrap()
+    }
+
+    fn passes(conf: &str, claims: Value) -> bool {
+        let req = request(Method::Get, "/").with_arg("jwt", &token(claims));
+        match run(conf, req) {
+            ReqAction::Stop(s) => {
+                assert_eq!(&s.body[..], b"{\"message\":\"failed to verify jwt\"}\n");
+                false
+            }
+            _ => true,
+        }
+    }
+
+    #[test]
+    fn an_empty_claims_list_still_checks_exp_and_nbf_when_present() {
+        for conf in [
+            format!("{{{CONSUMERS}}}"),
+            format!(r#"{{"claims_to_verify": [], {CONSUMERS}}}"#),
+        ] {
+            assert!(!passes(&conf, json!({"key": "user-key", "exp": 1563870501})), "{conf}");
+            assert!(!passes(&conf, json!({"key": "user-key", "nbf": now() + 3600})), "{conf}");
+            assert!(!passes(&conf, json!({"key": "user-key", "exp": "soon"})), "{conf}");
+            assert!(passes(&conf, json!({"key": "user-key"})), "absent claims are fine: {conf}");
+            assert!(passes(&conf, json!({"key": "user-key", "exp": now() + 60})), "{conf}");
+        }
+    }
+
+    #[test]
+    fn listed_claims_are_required() {
+        let nbf = format!(r#"{{"claims_to_verify": ["nbf"], {CONSUMERS}}}"#);
+        assert!(!passes(&nbf, json!({"key": "user-key"})));
+        assert!(passes(&nbf, json!({"key": "user-key", "nbf": now() - 10})));
+        // Only the listed claims are checked.
+        assert!(passes(&nbf, json!({"key": "user-key", "nbf": now() - 10, "exp": 1})));
+        let exp = format!(r#"{{"claims_to_verify": ["exp"], {CONSUMERS}}}"#);
+        assert!(!passes(&exp, json!({"key": "user-key"})));
+        assert!(!passes(&exp, json!({"key": "user-key", "exp": now() - 10})));
+        assert!(passes(&exp, json!({"key": "user-key", "exp": now() + 60})));
+    }
+
+    #[test]
+    fn hide_credentials_strips_an_invalid_token_on_the_anonymous_path() {
+        let conf = format!(
+            r#"{{"hide_credentials": true, "anonymous_consumer": "anon", {CONSUMERS}}}"#
+        );
+        let bad = "not-a-jwt";
+        let cases = [
+            (request(Method::Get, "/").with_header("authorization", bad), "authorization"),
+            (request(Method::Get, "/").with_arg("jwt", bad), "jwt"),
+        ];
+        for (req, name) in cases {
+            let ReqAction::Rewrite(r) = run(&conf, req) else {
+                panic!("the anonymous consumer passes");
+            };
+            let all: Vec<_> = r.headers.iter().chain(&r.args).collect();
+            assert!(all.iter().any(|p| p.name == name && p.value.is_none()), "{name}: {all:?}");
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! `key-auth` (PLUGINS.md §2.5): authenticate by an API key in a header or query argument.
+//! `key-auth` (docs/plugins/security.md): authenticate by an API key in a header or query argument.
 //!
 //! Conf: `{"header": "apikey", "query": "apikey", "hide_credentials": false, "realm": "key",
 //! "anonymous_consumer": null, "consumers": [{"username": "jack", "key": "$ENV://JACK_KEY",
@@ -7,6 +7,8 @@
 //! * Pass: the consumer is recorded for later plugins and sent upstream as
 //!   `X-Consumer-Username`, `X-Credential-Identifier`, `X-Consumer-Custom-ID`; with
 //!   `hide_credentials` the header or argument that carried the key is deleted.
+//! * A wrong key with `anonymous_consumer`: passes as that consumer; with `hide_credentials`
+//!   the header and the argument are both deleted, so the wrong key never reaches the upstream.
 //! * Fail: `Stop(401, WWW-Authenticate: apikey realm="key", {"message": "Missing API key in
 //!   request" | "Invalid API key in request"})`, unless `anonymous_consumer` is set.
 
@@ -122,8 +124,63 @@ impl Plugin for KeyAuth {
                 }
                 Verdict::Pass(&self.identities[i])
             }
-            None => Verdict::Reject(&self.invalid),
+            None => {
+                // A wrong key that lets the request through as the anonymous consumer is not
+                // forwarded either; the request may carry it in both places.
+                if self.hide_credentials && self.anonymous.is_some() {
+                    if matches!(source, Source::Header) {
+                        call.remove_header(self.header.clone());
+                    }
+                    if call.arg(&self.query).is_some() {
+                        call.remove_arg(self.query.clone());
+                    }
+                }
+                Verdict::Reject(&self.invalid)
+            }
         };
         Ok(consumers::finish(verdict, self.anonymous.as_ref(), call))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ext_plugin_sdk::harness::{block_on, request, Harness, LocalGateway};
+    use ext_plugin_sdk::model::{Pair, ReqAction};
+
+    fn rewrite_of(conf: &str, req: ext_plugin_sdk::model::HttpReqCallReq) -> Vec<Pair> {
+        let harness = Harness::new(Registry::new().with::<KeyAuth>());
+        let chain = harness
+            .prepare("route#1#ext-plugin-pre-req#1", &[("key-auth", conf)])
+            .unwrap();
+        match block_on(LocalGateway::new().call(&chain, &req)).unwrap() {
+            ReqAction::Rewrite(r) => r.headers.into_iter().chain(r.args).collect(),
+            other => panic!("expected a rewrite, got {other:?}"),
+        }
+    }
+
+    fn deleted(pairs: &[Pair], name: &str) -> bool {
+        pairs.iter().any(|p| p.name == name && p.value.is_none())
+    }
+
+    /// APISIX strips the credential before falling back to the anonymous consumer: a wrong key
+    /// must not reach the upstream either.
+    #[test]
+    fn hide_credentials_strips_an_invalid_key_on_the_anonymous_path() {
+        let conf = r#"{"query": "auth", "hide_credentials": true, "anonymous_consumer": "anon",
+                       "consumers": [{"username": "jack", "key": "auth-one"}]}"#;
+        let header = request(Method::Get, "/").with_header("apikey", "wrong");
+        assert!(deleted(&rewrite_of(conf, header), "apikey"));
+        let query = request(Method::Get, "/").with_arg("auth", "wrong");
+        assert!(deleted(&rewrite_of(conf, query), "auth"));
+        let both = request(Method::Get, "/")
+            .with_header("apikey", "wrong")
+            .with_arg("auth", "wrong");
+        let r = rewrite_of(conf, both);
+        assert!(deleted(&r, "apikey") && deleted(&r, "auth"), "{r:?}");
+        // Without hide_credentials nothing is stripped.
+        let kept = conf.replace("true", "false");
+        let r = rewrite_of(&kept, request(Method::Get, "/").with_header("apikey", "wrong"));
+        assert!(!r.iter().any(|p| p.name == "apikey"), "{r:?}");
     }
 }

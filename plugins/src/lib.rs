@@ -26,6 +26,7 @@ builtin_plugins! {
     api_breaker => ApiBreaker,
     basic_auth => BasicAuth,
     cors => Cors,
+    debug_echo => DebugEcho,
     echo => Echo,
     fault_injection => FaultInjection,
     ip_restriction => IpRestriction,

@@ -1,20 +1,24 @@
-//! `limit-conn` (PLUGINS.md §2.3): at most `conn` requests in flight per key, `burst` more
+//! `limit-conn` (docs/plugins/traffic.md): at most `conn` requests in flight per key, `burst` more
 //! delayed, the rest rejected.
 //!
 //! * Request phase (acquire), resty.limit.conn's algorithm: count the request in; above
 //!   `conn + burst` count it out again and reject; above `conn` delay it by
 //!   `unit_delay·floor((n−1)/conn)` (asynchronously, at most 55 s).
+//! * `conn` and `burst` may be templates (`"${http_conn ?? 5}"`), read per request; a value that
+//!   is not a whole number in bounds answers 500 (`conn` at least 1, `burst` at least 0).
 //! * Response phase (release): needs the same conf under `ext-plugin-post-resp`. The request
 //!   carries a correlation header (`correlation_header` *(ext)*, else request-id's `x-request-id`
 //!   when that plugin is in the chain, else `x-a6-runner-req`); the response phase reads it back
-//!   with one `extra_info` Var and frees the slot. Unless `only_use_default_delay`, the unit delay
-//!   then learns from the latency (Var `request_time`): `unit = (latency + unit)/2`.
+//!   with one `extra_info` Var and frees the slots. Unless `only_use_default_delay`, the unit
+//!   delay then learns from the latency (Var `request_time`): `unit = (latency + unit)/2`.
 //! * *(ext)* `lease_timeout` (default 30 s) frees slots whose release never comes: the upstream
 //!   failed (the gateway answers 502 itself), a later gateway plugin rejected, or post-resp is
 //!   not configured. **Without post-resp the plugin only limits how many requests start per
 //!   lease period**; prepare logs a warning until it has seen the post-resp half.
-//! * `rules` *(ext shape of APISIX's)*: the first rule whose `key` template resolves applies.
+//! * `rules`: every rule whose `key` template resolves and whose `conn`/`burst` are usable
+//!   applies, each with its own counts; when none applies the answer is 500.
 //! * Reject: `rejected_code` (default 503), `rejected_headers`, `{"error_msg": rejected_msg}\n`.
+//! * `allow_degradation`: a request the plugin cannot decide for passes instead of the 500.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,7 +28,9 @@ use serde::Deserialize;
 
 use ext_plugin_sdk::*;
 use crate::limit_req::MAX_DELAY_SECS;
-use crate::support::clock::{self, secs_to_nanos, SharedClock, NANOS_PER_MS};
+use crate::support::amount::{Amount, AmountConf};
+use crate::support::clock::{secs_to_nanos, Nanos, NANOS_PER_MS};
+use crate::support::few::Few;
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::KeyedStore;
 use crate::support::lease::{Correlation, Leases};
@@ -33,10 +39,9 @@ use crate::support::reject::{self, HeaderConf};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConnConf {
-    conn: Option<u64>,
-    burst: Option<u64>,
-    #[serde(default)]
-    rules: Vec<RuleConf>,
+    conn: Option<AmountConf>,
+    burst: Option<AmountConf>,
+    rules: Option<Vec<RuleConf>>,
     default_conn_delay: f64,
     #[serde(default)]
     only_use_default_delay: bool,
@@ -51,6 +56,8 @@ pub struct LimitConnConf {
     rejected_headers: Vec<HeaderConf>,
     #[serde(default = "reject::default_policy")]
     policy: String,
+    #[serde(default)]
+    allow_degradation: bool,
     #[serde(default = "default_lease_timeout")]
     lease_timeout: f64,
     correlation_header: Option<String>,
@@ -61,9 +68,8 @@ pub struct LimitConnConf {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleConf {
-    conn: u64,
-    #[serde(default)]
-    burst: u64,
+    conn: AmountConf,
+    burst: Option<AmountConf>,
     key: String,
 }
 
@@ -79,38 +85,44 @@ fn default_lease_timeout() -> f64 {
 
 pub struct LimitConn {
     limits: Vec<Limit>,
+    /// `rules` mode: a request no rule applies to is not decided (500).
+    rules: bool,
     state: Arc<ConnState>,
     corr: Correlation,
     only_default_delay: bool,
+    allow_degradation: bool,
     reject: Stop,
-    clock: SharedClock,
+    clock: Clock,
 }
 
 struct Limit {
     key: KeySource,
     /// The main key falls back to the client address; rules are skipped when nil.
     fallback: bool,
+    conn: Amount,
+    burst: Amount,
     index: usize,
 }
 
 /// Shared by the request (acquire) and response (release) chains of a route.
 pub struct ConnState {
-    pools: Vec<Pool>,
-    leases: Leases<Arc<Slot>>,
+    pools: Vec<KeyedStore<Slot>>,
+    leases: Leases<Held>,
     default_delay: u64,
     seen_post_resp: AtomicBool,
-}
-
-struct Pool {
-    conn: u64,
-    burst: u64,
-    keys: KeyedStore<Slot>,
 }
 
 /// One key's in-flight count and learned unit delay.
 pub struct Slot {
     in_flight: AtomicU64,
     unit_delay: AtomicU64,
+}
+
+/// The slots one request holds until its answer: one per applicable limit.
+type Held = Few<Arc<Slot>>;
+
+fn release(held: &Held, latency: Option<u64>) {
+    held.as_slice().iter().for_each(|s| s.release(latency));
 }
 
 impl Slot {
@@ -125,19 +137,27 @@ impl Slot {
 
 impl ConnState {
     /// Counts a request in: `Ok((slot, delay))`, or `Err(())` above `conn + burst`.
-    fn acquire(&self, pool: usize, key: &str, now: u64) -> Result<(Arc<Slot>, u64), ()> {
-        let pool = &self.pools[pool];
-        let slot = pool.keys.get_or_insert(key, now, || Slot {
+    fn acquire(
+        &self,
+        pool: usize,
+        key: &str,
+        conn: u64,
+        burst: u64,
+        now: u64,
+    ) -> Result<(Arc<Slot>, u64), ()> {
+        let slot = self.pools[pool].get_or_insert(key, now, || Slot {
             in_flight: AtomicU64::new(0),
             unit_delay: AtomicU64::new(self.default_delay),
         });
         let n = slot.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-        if n > pool.conn + pool.burst {
+        if n > conn.saturating_add(burst) {
             slot.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(());
         }
-        let delay = if n > pool.conn {
-            slot.unit_delay.load(Ordering::Relaxed) * ((n - 1) / pool.conn)
+        let delay = if n > conn {
+            slot.unit_delay
+                .load(Ordering::Relaxed)
+                .saturating_mul((n - 1) / conn)
         } else {
             0
         };
@@ -146,71 +166,19 @@ impl ConnState {
 
     /// Frees the slots whose response never came.
     fn expire(&self, now: u64) {
-        self.leases.sweep(now, |slot| slot.release(None));
+        self.leases.sweep(now, |held| release(&held, None));
     }
 }
+
+/// How one request is limited: `Ok(limits that apply)`, or why it cannot be decided.
+type Plan<'a> = Result<Few<(&'a Limit, Text, u64, u64)>, String>;
 
 impl Plugin for LimitConn {
     const NAME: &'static str = "limit-conn";
     type Conf = LimitConnConf;
 
     fn prepare(conf: LimitConnConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
-        LimitConn::build(conf, env, clock::system())
-    }
-
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
-        let now = self.clock.now();
-        self.state.expire(now);
-        for limit in &self.limits {
-            let key = if limit.fallback {
-                limit.key.resolve_or_client(call).await?
-            } else {
-                limit.key.resolve(call).await?
-            };
-            let Some(key) = key else { continue };
-            let Ok((slot, delay)) = self.state.acquire(limit.index, &key, now) else {
-                return Ok(Flow::Stop(self.reject.clone()));
-            };
-            let id = self.corr.id_for_call(call);
-            self.state.leases.insert(&id, now, slot);
-            if delay >= NANOS_PER_MS {
-                let capped = delay.min(secs_to_nanos(MAX_DELAY_SECS));
-                tokio::time::sleep(Duration::from_nanos(capped)).await;
-            }
-            return Ok(Flow::Continue);
-        }
-        Ok(Flow::Continue)
-    }
-
-    async fn response_filter(&self, call: &mut ResponseCall<'_>) -> Result<(), PluginError> {
-        let Some(id) = call.var(&self.corr.var).await? else {
-            tracing::debug!(header = %self.corr.header, "limit-conn: response without correlation id");
-            return Ok(());
-        };
-        let Some(slot) = self.state.leases.take(&id) else {
-            return Ok(());
-        };
-        let latency = if self.only_default_delay {
-            None
-        } else {
-            call.var("request_time")
-                .await?
-                .and_then(|t| t.trim().parse::<f64>().ok())
-                .filter(|t| t.is_finite() && *t >= 0.0)
-                .map(secs_to_nanos)
-        };
-        slot.release(latency);
-        Ok(())
-    }
-}
-
-impl LimitConn {
-    /// [`Plugin::prepare`] with the clock to count time by.
-    pub fn build(
-        conf: LimitConnConf,
-        env: &mut PrepareEnv<'_>,
-        clock: SharedClock,
-    ) -> Result<LimitConn, ConfError> {
+        let clock = env.clock().clone();
         reject::check_policy(&conf.policy)?;
         reject::check_max_keys(conf.max_keys)?;
         if !(conf.default_conn_delay > 0.0 && conf.default_conn_delay < MAX_DELAY_SECS) {
@@ -224,35 +192,44 @@ impl LimitConn {
                 return Err(ConfError::new(format!("`correlation_header` {h:?} is not a header name")));
             }
         }
-        // (key, conn, burst, fallback)
-        let mut specs = Vec::new();
-        match (conf.conn, conf.burst, conf.rules.is_empty()) {
-            (Some(conn), Some(burst), true) => {
-                specs.push((KeySource::parse(conf.key_type, &conf.key)?, conn, burst, true))
-            }
-            (None, None, false) => {
-                for (i, r) in conf.rules.iter().enumerate() {
-                    let key = KeySource::parse(KeyType::VarCombination, &r.key)
-                        .map_err(|e| ConfError::new(format!("`rules[{i}]`: {e}")))?;
-                    specs.push((key, r.conn, r.burst, false));
+        let rules = conf.rules.is_some();
+        let mut limits = Vec::new();
+        match (conf.conn, conf.burst, conf.rules) {
+            (Some(conn), Some(burst), None) => limits.push(Limit {
+                key: KeySource::parse(conf.key_type, &conf.key)?,
+                fallback: true,
+                conn: Amount::new("conn", conn, 1)?,
+                burst: Amount::new("burst", burst, 0)?,
+                index: 0,
+            }),
+            (None, None, Some(rules)) => {
+                if rules.is_empty() {
+                    return Err(ConfError::new("`rules` must not be empty"));
+                }
+                for (i, r) in rules.into_iter().enumerate() {
+                    let field = |f: &str| format!("rules[{i}].{f}");
+                    limits.push(Limit {
+                        key: KeySource::parse(KeyType::VarCombination, &r.key)
+                            .map_err(|e| ConfError::new(format!("`rules[{i}]`: {e}")))?,
+                        fallback: false,
+                        conn: Amount::new(&field("conn"), r.conn, 1)?,
+                        burst: match r.burst {
+                            Some(b) => Amount::new(&field("burst"), b, 0)?,
+                            None => Amount::Fixed(0),
+                        },
+                        index: i,
+                    });
                 }
             }
-            (_, _, false) => return Err(ConfError::new("`rules` and `conn`/`burst` are exclusive")),
+            (_, _, Some(_)) => return Err(ConfError::new("`rules` and `conn`/`burst` are exclusive")),
             _ => return Err(ConfError::new("`conn` and `burst` are required (or `rules`)")),
-        }
-        if specs.iter().any(|s| s.1 == 0) {
-            return Err(ConfError::new("`conn` must be at least 1"));
         }
         let default_delay = secs_to_nanos(conf.default_conn_delay);
         let lease = secs_to_nanos(conf.lease_timeout);
         let state = env.state(|| ConnState {
-            pools: specs
+            pools: limits
                 .iter()
-                .map(|s| Pool {
-                    conn: s.1,
-                    burst: s.2,
-                    keys: KeyedStore::new(conf.max_keys, 2 * lease),
-                })
+                .map(|_| KeyedStore::new(conf.max_keys, 2 * lease))
                 .collect(),
             leases: Leases::new(lease),
             default_delay,
@@ -268,14 +245,12 @@ impl LimitConn {
             );
         }
         Ok(LimitConn {
-            limits: specs
-                .into_iter()
-                .enumerate()
-                .map(|(index, (key, _, _, fallback))| Limit { key, fallback, index })
-                .collect(),
+            limits,
+            rules,
             state,
             corr: Correlation::new(conf.correlation_header.as_deref(), env.chain()),
             only_default_delay: conf.only_use_default_delay,
+            allow_degradation: conf.allow_degradation,
             reject: reject::rejection(
                 "rejected_code",
                 conf.rejected_code,
@@ -285,18 +260,103 @@ impl LimitConn {
             clock,
         })
     }
+
+    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+        let now = self.clock.nanos();
+        self.state.expire(now);
+        let plan = match self.plan(call).await? {
+            Ok(plan) => plan,
+            Err(why) => return Ok(reject::undecided(self.allow_degradation, &why)),
+        };
+        let mut held = Few::None;
+        let mut delay = 0u64;
+        for (limit, key, conn, burst) in plan {
+            match self.state.acquire(limit.index, &key, conn, burst, now) {
+                Ok((slot, d)) => {
+                    held.push(slot);
+                    delay = delay.saturating_add(d);
+                }
+                Err(()) => {
+                    // The limits already passed give their slots back.
+                    release(&held, None);
+                    return Ok(Flow::Stop(self.reject.clone()));
+                }
+            }
+        }
+        // Leased before the delay: a call cancelled while it sleeps still frees its slots.
+        let id = self.corr.id_for_call(call);
+        self.state.leases.insert(&id, now, held);
+        if delay >= NANOS_PER_MS {
+            let capped = delay.min(secs_to_nanos(MAX_DELAY_SECS));
+            tokio::time::sleep(Duration::from_nanos(capped)).await;
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn response_filter(&self, call: &mut ResponseCall<'_>) -> Result<(), PluginError> {
+        let Some(id) = call.var(&self.corr.var).await? else {
+            tracing::debug!(header = %self.corr.header, "limit-conn: response without correlation id");
+            return Ok(());
+        };
+        let Some(held) = self.state.leases.take(&id) else {
+            return Ok(());
+        };
+        let latency = if self.only_default_delay {
+            None
+        } else {
+            call.var("request_time")
+                .await?
+                .and_then(|t| t.trim().parse::<f64>().ok())
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .map(secs_to_nanos)
+        };
+        release(&held, latency);
+        Ok(())
+    }
+}
+
+impl LimitConn {
+    /// The limits that apply to this request, with their keys and numbers resolved.
+    async fn plan(&self, call: &mut RequestCall<'_>) -> Result<Plan<'_>, PluginError> {
+        let mut plan = Few::None;
+        for limit in &self.limits {
+            // As APISIX: a rule with an unusable number or an unresolved key is skipped; the
+            // main limit's unusable number is an error.
+            let conn = limit.conn.resolve(call, 1).await?;
+            let burst = limit.burst.resolve(call, 0).await?;
+            let (conn, burst) = match (conn, burst) {
+                (Ok(c), Ok(b)) => (c, b),
+                (Err(why), _) | (_, Err(why)) if limit.fallback => return Ok(Err(why)),
+                _ => continue,
+            };
+            let key = if limit.fallback {
+                limit.key.resolve_or_client(call).await?
+            } else {
+                limit.key.resolve(call).await?
+            };
+            match key {
+                Some(key) => plan.push((limit, key, conn, burst)),
+                None if limit.fallback => return Ok(Err("no key, no client address".into())),
+                None => {}
+            }
+        }
+        if plan.is_empty() && self.rules {
+            return Ok(Err("no rule applies".into()));
+        }
+        Ok(Ok(plan))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::support::clock::{ManualClock, NANOS_PER_SEC};
+    use crate::support::clock::NANOS_PER_SEC;
     use ext_plugin_sdk::harness::{TestCall, TestEnv, TestResp};
     use ext_plugin_sdk::harness::request;
 
-    fn plugin(conf: &str, env: &TestEnv, key: &str, clock: &Arc<ManualClock>) -> Result<LimitConn, ConfError> {
+    fn plugin(conf: &str, env: &TestEnv, key: &str) -> Result<LimitConn, ConfError> {
         let parsed: LimitConnConf = serde_json::from_str(conf).map_err(ConfError::from)?;
-        env.with(key, LimitConn::NAME, conf, &[LimitConn::NAME], |e| LimitConn::build(parsed, e, clock.clone()))
+        env.with(key, LimitConn::NAME, conf, &[LimitConn::NAME], |e| LimitConn::prepare(parsed, e))
     }
 
     /// Runs a request; `Some(correlation id)` when admitted.
@@ -315,9 +375,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn rejects_above_conn_plus_burst_and_releases_on_response() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
-        let pre = plugin(CONF, &env, "route#1#ext-plugin-pre-req#1", &clock).unwrap();
-        let post = plugin(CONF, &env, "route#1#ext-plugin-post-resp#1", &clock).unwrap();
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let pre = plugin(CONF, &env, "route#1#ext-plugin-pre-req#1").unwrap();
+        let post = plugin(CONF, &env, "route#1#ext-plugin-post-resp#1").unwrap();
         let a = acquire(&pre).await.unwrap();
         acquire(&pre).await.unwrap();
         let start = tokio::time::Instant::now();
@@ -337,8 +397,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn leases_expire_when_no_response_comes() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
-        let pre = plugin(CONF, &env, "route#1#ext-plugin-pre-req#1", &clock).unwrap();
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let clock = env.clock();
+        let pre = plugin(CONF, &env, "route#1#ext-plugin-pre-req#1").unwrap();
         for _ in 0..3 {
             acquire(&pre).await.unwrap();
         }
@@ -349,9 +410,97 @@ mod tests {
         assert!(acquire(&pre).await.is_some(), "expired leases freed their slots");
     }
 
+    const PRE: &str = "route#1#ext-plugin-pre-req#1";
+
+    /// The statuses of `n` requests that are never answered (all in flight at once).
+    async fn in_flight(p: &LimitConn, n: usize, req: &ext_plugin_sdk::model::HttpReqCallReq) -> Vec<u16> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let mut c = TestCall::new(req.clone());
+            out.push(match p.request_filter(&mut c.call()).await.unwrap() {
+                Flow::Continue => 200,
+                Flow::Stop(s) => s.status,
+            });
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn conn_and_burst_may_be_variables() {
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let conf = r#"{"conn": "${http_conn ?? 5}", "burst": "${http_burst ?? 2}",
+                       "default_conn_delay": 0.1, "rejected_code": 503, "key": "remote_addr"}"#;
+        let p = plugin(conf, &env, PRE).unwrap();
+        let plain = request(Method::Get, "/");
+        assert_eq!(in_flight(&p, 10, &plain).await, [200, 200, 200, 200, 200, 200, 200, 503, 503, 503]);
+        let p = plugin(&conf.replace("0.1", "0.2"), &env, PRE).unwrap();
+        let req = request(Method::Get, "/").with_header("conn", "3").with_header("burst", "4");
+        assert_eq!(in_flight(&p, 8, &req).await, [200, 200, 200, 200, 200, 200, 200, 503]);
+        for (name, bad) in [("conn", "0"), ("conn", "-1"), ("conn", "1.5"), ("burst", "-1"), ("burst", "1.5"),
+                            ("conn", "99007199254740993")] {
+            let req = request(Method::Get, "/").with_header(name, bad);
+            assert_eq!(in_flight(&p, 1, &req).await, [500], "{name}: {bad}");
+        }
+        let req = request(Method::Get, "/").with_header("burst", "0").with_src_ip("10.9.9.9");
+        assert_eq!(in_flight(&p, 1, &req).await, [200], "a burst of 0 is fine");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_applicable_rule_counts_and_none_answers_500() {
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let conf = r#"{"default_conn_delay": 0.01, "rejected_code": 503, "rules": [
+            {"conn": 4, "burst": 3, "key": "${http_user}"},
+            {"conn": "${http_project_conn ?? 3}", "burst": "${http_project_burst ?? 2}", "key": "${http_project}"}]}"#;
+        let p = plugin(conf, &env, PRE).unwrap();
+        let user = request(Method::Get, "/").with_header("user", "jack");
+        assert_eq!(in_flight(&p, 8, &user).await, [200, 200, 200, 200, 200, 200, 200, 503]);
+        let project = request(Method::Get, "/").with_header("project", "apisix");
+        assert_eq!(in_flight(&p, 6, &project).await, [200, 200, 200, 200, 200, 503]);
+        assert_eq!(in_flight(&p, 1, &request(Method::Get, "/")).await, [500], "no rule applies");
+        // Both rules apply: the tighter one decides, and a rejection by the second frees the
+        // first one's slot.
+        let p = plugin(&conf.replace("0.01", "0.02"), &env, PRE).unwrap();
+        let both = request(Method::Get, "/").with_header("user", "ann").with_header("project", "p")
+            .with_header("project-conn", "1").with_header("project-burst", "0");
+        assert_eq!(in_flight(&p, 2, &both).await, [200, 503]);
+        let ann = request(Method::Get, "/").with_header("user", "ann");
+        assert_eq!(in_flight(&p, 7, &ann).await, [200, 200, 200, 200, 200, 200, 503],
+                   "ann holds one slot of seven, not two");
+    }
+
+    /// A documented difference: APISIX sleeps each rule's delay before it checks the next rule;
+    /// here every rule is checked first and the delays are slept once, summed.
+    #[tokio::test(start_paused = true)]
+    async fn the_delays_of_all_applicable_rules_add_up() {
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let conf = r#"{"default_conn_delay": 0.1, "rules": [{"conn": 1, "burst": 1, "key": "${remote_addr}a"},
+                                                            {"conn": 1, "burst": 1, "key": "${remote_addr}b"}]}"#;
+        let p = plugin(conf, &env, PRE).unwrap();
+        let start = tokio::time::Instant::now();
+        assert_eq!(in_flight(&p, 1, &request(Method::Get, "/")).await, [200]);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(in_flight(&p, 1, &request(Method::Get, "/")).await, [200]);
+        assert_eq!(start.elapsed(), Duration::from_millis(200), "0.1 s for each rule");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_template_without_variables_falls_back_to_the_client() {
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let conf = r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "key": "abcdefgh",
+                       "key_type": "var_combination"}"#;
+        let p = plugin(conf, &env, PRE).unwrap();
+        assert_eq!(in_flight(&p, 2, &request(Method::Get, "/")).await, [200, 503]);
+        let other = request(Method::Get, "/").with_src_ip("10.0.0.2");
+        assert_eq!(in_flight(&p, 1, &other).await, [200]);
+        let e = plugin(r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "rejected_msg": ""}"#, &env, PRE)
+            .err()
+            .unwrap();
+        assert!(e.message().contains("rejected_msg"), "{e}");
+    }
+
     #[test]
     fn bad_confs_name_the_field() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default();
         for (conf, why) in [
             (r#"{"conn": 1, "burst": 0}"#, "default_conn_delay"),
             (r#"{"conn": 0, "burst": 0, "default_conn_delay": 1}"#, "conn"),
@@ -359,7 +508,7 @@ mod tests {
             (r#"{"conn": 1, "burst": 0, "default_conn_delay": 1, "policy": "redis"}"#, "policy"),
             (r#"{"conn": 1, "default_conn_delay": 1}"#, "required"),
         ] {
-            let e = plugin(conf, &env, "route#1#ext-plugin-pre-req#1", &clock).err().expect(conf);
+            let e = plugin(conf, &env, "route#1#ext-plugin-pre-req#1").err().expect(conf);
             assert!(e.message().contains(why), "{conf}: {e}");
         }
     }

@@ -1,15 +1,18 @@
-//! `limit-count` (PLUGINS.md §2.1): at most `count` requests per `time_window` seconds per key.
+//! `limit-count` (docs/plugins/traffic.md): at most `count` requests per `time_window` seconds per key.
 //!
 //! * `window_type: "fixed"` (default): APISIX's window, starting at the key's first request.
-//!   `"sliding"` *(ext)*: a LeapArray of `buckets` buckets, so a burst straddling a window
+//!   `"sliding"`: a LeapArray of `buckets` *(ext)* buckets, so a burst straddling a window
 //!   boundary is still counted. Rejected requests are never counted.
-//! * `rules` (instead of `count`/`time_window`): each rule whose `key` template resolves applies,
-//!   in order, with its own counters and headers `X-<header_prefix>-RateLimit-*` (the prefix
-//!   defaults to the rule's 1-based index); a rule whose variables are all nil is skipped.
+//! * `count` and `time_window` may be templates (`"${http_count ?? 2}"`), read per request; a
+//!   value that is not a whole number from 1 to 2⁵³ − 1 answers 500.
+//! * `rules` (instead of `count`/`time_window`): every rule whose `key` template resolves
+//!   applies, in order, with its own counters and headers (`X-<header_prefix>-RateLimit-*`, the
+//!   prefix defaulting to the rule's 1-based index). When no rule applies the answer is 500.
 //! * Pass: the three quota headers on the response (unless `show_limit_quota_header` is false).
 //!   Reject: `rejected_code` (default 503, as APISIX; 429 is recommended) with the headers
 //!   (Remaining 0), `rejected_headers`, *(ext)* `Retry-After` with `retry_after`, and
 //!   `{"error_msg": rejected_msg}\n` (no body without `rejected_msg`).
+//! * `allow_degradation`: a request the plugin cannot decide for passes instead of the 500.
 //! * *(ext)* `dry_run`: everything is computed and the headers set, but nothing is stopped.
 //! * State: per route and conf, or per `group` across routes (a group must keep one
 //!   count/window/type; a conflicting conf fails prepare).
@@ -19,7 +22,9 @@ use std::sync::{Arc, Mutex};
 use serde::Deserialize;
 
 use ext_plugin_sdk::*;
-use crate::support::clock::{self, secs_until, SharedClock, NANOS_PER_SEC};
+use crate::support::amount::{Amount, AmountConf};
+use crate::support::clock::{secs_until, Nanos, NANOS_PER_SEC};
+use crate::support::few::Few;
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::{lock, KeyedStore};
 use crate::support::reject::{self, HeaderConf};
@@ -28,10 +33,9 @@ use crate::support::window::LeapArray;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitCountConf {
-    count: Option<u64>,
-    time_window: Option<u64>,
-    #[serde(default)]
-    rules: Vec<RuleConf>,
+    count: Option<AmountConf>,
+    time_window: Option<AmountConf>,
+    rules: Option<Vec<RuleConf>>,
     #[serde(default)]
     window_type: WindowType,
     #[serde(default = "default_buckets")]
@@ -47,6 +51,8 @@ pub struct LimitCountConf {
     rejected_headers: Vec<HeaderConf>,
     #[serde(default = "reject::default_policy")]
     policy: String,
+    #[serde(default)]
+    allow_degradation: bool,
     #[serde(default = "yes")]
     show_limit_quota_header: bool,
     group: Option<String>,
@@ -67,8 +73,8 @@ pub struct LimitCountConf {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleConf {
-    count: u64,
-    time_window: u64,
+    count: AmountConf,
+    time_window: AmountConf,
     key: String,
     header_prefix: Option<String>,
 }
@@ -105,14 +111,14 @@ fn default_reset_header() -> String {
 
 pub struct LimitCount {
     limits: Vec<Limit>,
+    /// `rules` mode: a request no rule applies to is not decided (500).
+    rules: bool,
     reject: Stop,
     show_headers: bool,
     retry_after: bool,
     dry_run: bool,
-    clock: SharedClock,
-    /// Held so the scope's state lives as long as a chain uses it (the registry keeps only a
-    /// weak reference).
-    _quotas: Arc<Quotas>,
+    allow_degradation: bool,
+    clock: Clock,
 }
 
 /// One quota: the conf's own, or one rule's.
@@ -120,22 +126,32 @@ struct Limit {
     key: KeySource,
     /// The main key falls back to `remote_addr` when nil (as APISIX); rules are skipped.
     fallback: bool,
+    count: Amount,
+    /// Seconds.
+    window: Amount,
     headers: [Text; 3],
-    count_text: Text,
     counters: Arc<Counters>,
+}
+
+/// How many requests per how long (nanoseconds), as resolved for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub count: u64,
+    pub window: u64,
 }
 
 /// The counters of one quota, shared by every chain in its scope.
 pub struct Counters {
-    count: u64,
-    window: u64,
     kind: WindowType,
     buckets: usize,
+    /// The window is the same for every request: a key's cell is found by the key alone.
+    fixed_window: bool,
     keys: KeyedStore<Mutex<Cell>>,
 }
 
 enum Cell {
-    Fixed { start: u64, used: u64 },
+    /// `window`: the length the window had when it started.
+    Fixed { start: u64, window: u64, used: u64 },
     Sliding(LeapArray<1>),
 }
 
@@ -150,49 +166,67 @@ pub struct Verdict {
 }
 
 impl Counters {
-    fn new(count: u64, window: u64, kind: WindowType, buckets: usize, max_keys: usize) -> Counters {
+    /// `window`: the one window length every request uses, or `None` when it varies.
+    fn new(kind: WindowType, buckets: usize, window: Option<u64>, max_keys: usize) -> Counters {
         Counters {
-            count,
-            window,
             kind,
             buckets,
-            // Idle for two windows: the key's counts cannot matter any more.
-            keys: KeyedStore::new(max_keys, window.saturating_mul(2)),
+            fixed_window: window.is_some(),
+            // Idle for two windows: the key's counts cannot matter any more. A window read from
+            // the request has no bound to wait for; such keys go only at `max_keys`.
+            keys: KeyedStore::new(max_keys, window.map_or(u64::MAX, |w| w.saturating_mul(2))),
         }
     }
 
     /// Checks and counts one request for `key` at `now`, atomically for that key.
-    pub fn acquire(&self, key: &str, now: u64) -> Verdict {
-        let cell = self.keys.get_or_insert(key, now, || {
+    pub fn acquire(&self, key: &str, q: Quota, now: u64) -> Verdict {
+        let init = || {
             Mutex::new(match self.kind {
-                WindowType::Fixed => Cell::Fixed { start: 0, used: 0 },
-                WindowType::Sliding => Cell::Sliding(LeapArray::new(self.window, self.buckets)),
+                WindowType::Fixed => Cell::Fixed {
+                    start: 0,
+                    window: q.window,
+                    used: 0,
+                },
+                WindowType::Sliding => Cell::Sliding(LeapArray::new(q.window, self.buckets)),
             })
-        });
+        };
+        // A sliding window has its own buckets per length; as in APISIX, a request with another
+        // window length counts apart.
+        let cell = if self.fixed_window || self.kind == WindowType::Fixed {
+            self.keys.get_or_insert(key, now, init)
+        } else {
+            self.keys
+                .get_or_insert(&format!("{key}\u{0}{}", q.window), now, init)
+        };
         let mut cell = lock(&cell);
         match &mut *cell {
-            Cell::Fixed { start, used } => {
-                if *used == 0 || now >= *start + self.window {
+            Cell::Fixed {
+                start,
+                window,
+                used,
+            } => {
+                if *used == 0 || now >= start.saturating_add(*window) {
                     *start = now;
+                    *window = q.window;
                     *used = 0;
                 }
-                let admitted = *used < self.count;
+                let admitted = *used < q.count;
                 *used += u64::from(admitted);
                 Verdict {
                     admitted,
-                    remaining: self.count - *used,
-                    reset_in: *start + self.window - now,
+                    remaining: q.count.saturating_sub(*used),
+                    reset_in: start.saturating_add(*window) - now,
                 }
             }
             Cell::Sliding(w) => {
                 let used = w.sum(now)[0];
-                let admitted = used < self.count;
+                let admitted = used < q.count;
                 if admitted {
                     w.add(now, 0, 1);
                 }
                 Verdict {
                     admitted,
-                    remaining: self.count - used - u64::from(admitted),
+                    remaining: q.count.saturating_sub(used + u64::from(admitted)),
                     reset_in: w.next_expiry(now).map_or(0, |at| at - now),
                 }
             }
@@ -207,69 +241,19 @@ struct Quotas {
     counters: Vec<Arc<Counters>>,
 }
 
+/// One applicable quota of a request, resolved.
+struct Planned<'a> {
+    limit: &'a Limit,
+    key: Text,
+    quota: Quota,
+}
+
 impl Plugin for LimitCount {
     const NAME: &'static str = "limit-count";
     type Conf = LimitCountConf;
 
     fn prepare(conf: LimitCountConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
-        LimitCount::build(conf, env, clock::system())
-    }
-
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
-        for limit in &self.limits {
-            let key = if limit.fallback {
-                limit.key.resolve_or_client(call).await?
-            } else {
-                limit.key.resolve(call).await?
-            };
-            let Some(key) = key else { continue };
-            let v = limit.counters.acquire(&key, self.clock.now());
-            if v.admitted || self.dry_run {
-                if !v.admitted {
-                    tracing::debug!(key = %key, "limit-count dry run: would reject");
-                }
-                if self.show_headers {
-                    for (name, value) in limit.header_values(&v) {
-                        call.set_response_header(name, value);
-                    }
-                }
-                continue;
-            }
-            let mut stop = Stop::new(self.reject.status).with_body(self.reject.body.clone());
-            if self.show_headers {
-                for (name, value) in limit.header_values(&v) {
-                    stop = stop.with_header(name, value);
-                }
-            }
-            stop.headers.extend(self.reject.headers.iter().cloned());
-            if self.retry_after {
-                let secs = secs_until(0, v.reset_in).max(1);
-                stop = stop.with_header("Retry-After", secs.to_string());
-            }
-            return Ok(Flow::Stop(stop));
-        }
-        Ok(Flow::Continue)
-    }
-}
-
-impl Limit {
-    fn header_values(&self, v: &Verdict) -> [(Text, Text); 3] {
-        let [limit, remaining, reset] = self.headers.clone();
-        [
-            (limit, self.count_text.clone()),
-            (remaining, Text::from(v.remaining.to_string())),
-            (reset, Text::from(secs_until(0, v.reset_in).to_string())),
-        ]
-    }
-}
-
-impl LimitCount {
-    /// [`Plugin::prepare`] with the clock to count time by.
-    pub fn build(
-        conf: LimitCountConf,
-        env: &mut PrepareEnv<'_>,
-        clock: SharedClock,
-    ) -> Result<LimitCount, ConfError> {
+        let clock = env.clock().clone();
         reject::check_policy(&conf.policy)?;
         reject::check_max_keys(conf.max_keys)?;
         if conf.window_type == WindowType::Sliding && !(1..=1000).contains(&conf.buckets) {
@@ -278,41 +262,59 @@ impl LimitCount {
                 conf.buckets
             )));
         }
-        for name in [&conf.limit_header, &conf.remaining_header, &conf.reset_header] {
+        let base = [conf.limit_header, conf.remaining_header, conf.reset_header];
+        for name in &base {
             if !reject::is_token(name) {
                 return Err(ConfError::new(format!("{name:?} is not a valid header name")));
             }
         }
-        // (key source, count, window seconds, header names, falls back to remote_addr)
         let mut specs = Vec::new();
-        match (conf.count, conf.time_window, conf.rules.is_empty()) {
-            (Some(count), Some(window), true) => specs.push((
-                KeySource::parse(conf.key_type, &conf.key)?,
-                count,
-                window,
-                [
-                    conf.limit_header.clone(),
-                    conf.remaining_header.clone(),
-                    conf.reset_header.clone(),
-                ],
-                true,
-            )),
-            (None, None, false) => {
-                for (i, rule) in conf.rules.iter().enumerate() {
-                    let prefix = rule.header_prefix.clone().unwrap_or((i + 1).to_string());
-                    let headers = ["Limit", "Remaining", "Reset"]
-                        .map(|h| format!("X-{prefix}-RateLimit-{h}"));
-                    if !reject::is_token(&headers[0]) {
+        let rules = conf.rules.is_some();
+        match (conf.count, conf.time_window, conf.rules) {
+            (Some(count), Some(window), None) => specs.push(Spec {
+                key: KeySource::parse(conf.key_type, &conf.key)?,
+                fallback: true,
+                count: Amount::new("count", count, 1)?,
+                window: Amount::new("time_window", window, 1)?,
+                headers: base,
+            }),
+            (None, None, Some(rules)) => {
+                if conf.group.is_some() {
+                    return Err(ConfError::new("`group` and `rules` are exclusive"));
+                }
+                if rules.is_empty() {
+                    return Err(ConfError::new("`rules` must not be empty"));
+                }
+                let mut rule_keys: Vec<String> = Vec::new();
+                for (i, rule) in rules.into_iter().enumerate() {
+                    let field = |f: &str| format!("rules[{i}].{f}");
+                    if rule_keys.contains(&rule.key) {
                         return Err(ConfError::new(format!(
-                            "`rules[{i}].header_prefix` {prefix:?} does not make a header name"
+                            "`rules` repeat the key {:?}: rules with one key would share one counter",
+                            rule.key
                         )));
                     }
-                    let key = KeySource::parse(KeyType::VarCombination, &rule.key)
-                        .map_err(|e| ConfError::new(format!("`rules[{i}]`: {e}")))?;
-                    specs.push((key, rule.count, rule.time_window, headers, false));
+                    rule_keys.push(rule.key.clone());
+                    let prefix = rule.header_prefix.unwrap_or((i + 1).to_string());
+                    // As APISIX: the prefix goes before the first `RateLimit-` of each name.
+                    let headers = base.clone().map(|h| h.replacen("RateLimit-", &format!("{prefix}-RateLimit-"), 1));
+                    if !headers.iter().all(|h| reject::is_token(h)) {
+                        return Err(ConfError::new(format!(
+                            "`{}` {prefix:?} does not make a header name",
+                            field("header_prefix")
+                        )));
+                    }
+                    specs.push(Spec {
+                        key: KeySource::parse(KeyType::VarCombination, &rule.key)
+                            .map_err(|e| ConfError::new(format!("`rules[{i}]`: {e}")))?,
+                        fallback: false,
+                        count: Amount::new(&field("count"), rule.count, 1)?,
+                        window: Amount::new(&field("time_window"), rule.time_window, 1)?,
+                        headers,
+                    });
                 }
             }
-            (_, _, false) => {
+            (_, _, Some(_)) => {
                 return Err(ConfError::new(
                     "`rules` and `count`/`time_window` are exclusive",
                 ))
@@ -323,15 +325,16 @@ impl LimitCount {
                 ))
             }
         }
-        for (_, count, window, _, _) in &specs {
-            if *count == 0 || *window == 0 {
-                return Err(ConfError::new("`count` and `time_window` must be at least 1"));
-            }
+        if conf.group.is_some() && specs.iter().any(|s| s.count.fixed().is_none() || s.window.fixed().is_none()) {
+            return Err(ConfError::new(
+                "a `group` shares one quota: `count` and `time_window` must be numbers, not variables",
+            ));
         }
 
+        let amount = |a: &Amount| a.fixed().map_or("var".to_owned(), |n| n.to_string());
         let signature = specs
             .iter()
-            .map(|(_, c, w, _, _)| format!("{c}/{w}"))
+            .map(|s| format!("{}/{}", amount(&s.count), amount(&s.window)))
             .collect::<Vec<_>>()
             .join(",")
             + &format!(" {:?}/{}", conf.window_type, conf.buckets);
@@ -339,12 +342,11 @@ impl LimitCount {
             signature: signature.clone(),
             counters: specs
                 .iter()
-                .map(|(_, count, window, _, _)| {
+                .map(|s| {
                     Arc::new(Counters::new(
-                        *count,
-                        window * NANOS_PER_SEC,
                         conf.window_type,
                         conf.buckets,
+                        s.window.fixed().map(|w| w.saturating_mul(NANOS_PER_SEC)),
                         conf.max_keys,
                     ))
                 })
@@ -364,16 +366,18 @@ impl LimitCount {
         let limits = specs
             .into_iter()
             .zip(quotas.counters.iter())
-            .map(|((key, count, _, headers, fallback), counters)| Limit {
-                key,
-                fallback,
-                headers: headers.map(Text::from),
-                count_text: Text::from(count.to_string()),
+            .map(|(s, counters)| Limit {
+                key: s.key,
+                fallback: s.fallback,
+                count: s.count,
+                window: s.window,
+                headers: s.headers.map(Text::from),
                 counters: counters.clone(),
             })
             .collect();
         Ok(LimitCount {
             limits,
+            rules,
             reject: reject::rejection(
                 "rejected_code",
                 conf.rejected_code,
@@ -383,24 +387,110 @@ impl LimitCount {
             show_headers: conf.show_limit_quota_header,
             retry_after: conf.retry_after,
             dry_run: conf.dry_run,
+            allow_degradation: conf.allow_degradation,
             clock,
-            _quotas: quotas,
         })
     }
+
+    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+        // As APISIX: every applicable quota is resolved before any is counted, so an unusable
+        // value counts nothing.
+        let mut plan = Few::None;
+        for limit in &self.limits {
+            let key = if limit.fallback {
+                limit.key.resolve_or_client(call).await?
+            } else {
+                limit.key.resolve(call).await?
+            };
+            let Some(key) = key else {
+                if limit.fallback {
+                    return Ok(reject::undecided(self.allow_degradation, "no key, no client address"));
+                }
+                continue;
+            };
+            let count = limit.count.resolve(call, 1).await?;
+            let window = limit.window.resolve(call, 1).await?;
+            let (count, window) = match (count, window) {
+                (Ok(c), Ok(w)) => (c, w),
+                (Err(why), _) | (_, Err(why)) => {
+                    return Ok(reject::undecided(self.allow_degradation, &why));
+                }
+            };
+            let quota = Quota {
+                count,
+                window: window.saturating_mul(NANOS_PER_SEC),
+            };
+            plan.push(Planned { limit, key, quota });
+        }
+        if plan.is_empty() && self.rules {
+            return Ok(reject::undecided(self.allow_degradation, "no rule applies"));
+        }
+        for Planned { limit, key, quota } in plan {
+            let v = limit.counters.acquire(&key, quota, self.clock.nanos());
+            if v.admitted || self.dry_run {
+                if !v.admitted {
+                    tracing::debug!(key = %key, "limit-count dry run: would reject");
+                }
+                if self.show_headers {
+                    for (name, value) in limit.header_values(quota, &v) {
+                        call.set_response_header(name, value);
+                    }
+                }
+                continue;
+            }
+            let mut stop = Stop::new(self.reject.status).with_body(self.reject.body.clone());
+            if self.show_headers {
+                for (name, value) in limit.header_values(quota, &v) {
+                    stop = stop.with_header(name, value);
+                }
+            }
+            stop.headers.extend(self.reject.headers.iter().cloned());
+            if self.retry_after {
+                let secs = secs_until(0, v.reset_in).max(1);
+                stop = stop.with_header("Retry-After", secs.to_string());
+            }
+            return Ok(Flow::Stop(stop));
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+impl Limit {
+    fn header_values(&self, q: Quota, v: &Verdict) -> [(Text, Text); 3] {
+        let [limit, remaining, reset] = self.headers.clone();
+        [
+            (limit, Text::from(q.count.to_string())),
+            (remaining, Text::from(v.remaining.to_string())),
+            (reset, Text::from(secs_until(0, v.reset_in).to_string())),
+        ]
+    }
+}
+
+/// A conf's limit before its counters exist.
+struct Spec {
+    key: KeySource,
+    fallback: bool,
+    count: Amount,
+    window: Amount,
+    headers: [String; 3],
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::support::clock::ManualClock;
     use ext_plugin_sdk::harness::{TestCall, TestEnv};
     use ext_plugin_sdk::harness::request;
     use std::time::Duration;
 
     const S: u64 = NANOS_PER_SEC;
 
+    const Q: Quota = Quota {
+        count: 3,
+        window: 10 * S,
+    };
+
     fn counters(kind: WindowType) -> Counters {
-        Counters::new(3, 10 * S, kind, 10, 100)
+        Counters::new(kind, 10, Some(Q.window), 100)
     }
 
     #[test]
@@ -408,15 +498,15 @@ mod tests {
         let c = counters(WindowType::Fixed);
         let t0 = 1000 * S;
         for i in 0..3 {
-            let v = c.acquire("k", t0 + i * S);
+            let v = c.acquire("k", Q, t0 + i * S);
             assert!(v.admitted);
             assert_eq!(v.remaining, 2 - i);
             assert_eq!(v.reset_in, 10 * S - i * S, "the window starts at the first request");
         }
-        assert!(!c.acquire("k", t0 + 9 * S).admitted);
-        assert!(c.acquire("other", t0 + 9 * S).admitted, "keys are independent");
-        assert!(!c.acquire("k", t0 + 10 * S - 1).admitted);
-        let v = c.acquire("k", t0 + 10 * S);
+        assert!(!c.acquire("k", Q, t0 + 9 * S).admitted);
+        assert!(c.acquire("other", Q, t0 + 9 * S).admitted, "keys are independent");
+        assert!(!c.acquire("k", Q, t0 + 10 * S - 1).admitted);
+        let v = c.acquire("k", Q, t0 + 10 * S);
         assert_eq!((v.admitted, v.remaining, v.reset_in), (true, 2, 10 * S));
     }
 
@@ -427,23 +517,23 @@ mod tests {
         let t0 = 1000 * S;
         // Three at the end of one window, three right after it ends.
         let burst = |c: &Counters| {
-            let late: usize = (0..3).filter(|_| c.acquire("k", t0 + 9_500_000_000).admitted).count();
-            let early: usize = (0..3).filter(|_| c.acquire("k", t0 + 10_100_000_000).admitted).count();
+            let late: usize = (0..3).filter(|_| c.acquire("k", Q, t0 + 9_500_000_000).admitted).count();
+            let early: usize = (0..3).filter(|_| c.acquire("k", Q, t0 + 10_100_000_000).admitted).count();
             (late, early)
         };
-        fixed.acquire("k", t0);
-        sliding.acquire("k", t0);
+        fixed.acquire("k", Q, t0);
+        sliding.acquire("k", Q, t0);
         assert_eq!(burst(&fixed), (2, 3), "a fixed window forgives the boundary");
         assert_eq!(burst(&sliding), (2, 1), "the t0 request left the sliding window, the burst did not");
-        let v = sliding.acquire("k", t0 + 10_100_000_000);
+        let v = sliding.acquire("k", Q, t0 + 10_100_000_000);
         assert!(!v.admitted);
         assert_eq!(v.reset_in, 19 * S - 10_100_000_000, "the 9.5 s bucket leaves at 19 s");
     }
 
-    async fn plugin(conf: &str, env: &TestEnv, clock: &Arc<ManualClock>) -> Result<LimitCount, ConfError> {
+    async fn plugin(conf: &str, env: &TestEnv) -> Result<LimitCount, ConfError> {
         let parsed: LimitCountConf = serde_json::from_str(conf).map_err(ConfError::from)?;
         env.with("route#1#ext-plugin-pre-req#1", LimitCount::NAME, conf, &[LimitCount::NAME], |e| {
-            LimitCount::build(parsed, e, clock.clone())
+            LimitCount::prepare(parsed, e)
         })
     }
 
@@ -460,10 +550,10 @@ mod tests {
 
     #[tokio::test]
     async fn rules_apply_in_order_and_skip_unresolved_keys() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default().with_clock(Clock::manual());
         let conf = r#"{"rules": [{"count": 1, "time_window": 60, "key": "$http_x_user", "header_prefix": "user"},
                                 {"count": 5, "time_window": 60, "key": "$remote_addr"}], "rejected_code": 429}"#;
-        let p = plugin(conf, &env, &clock).await.unwrap();
+        let p = plugin(conf, &env).await.unwrap();
         let (flow, headers) = run(&p, request(Method::Get, "/").with_header("x-user", "ann")).await;
         assert_eq!(flow, Flow::Continue);
         assert!(headers.contains(&("X-user-RateLimit-Remaining".into(), "0".into())));
@@ -477,10 +567,11 @@ mod tests {
 
     #[tokio::test]
     async fn reject_dry_run_retry_after_and_time() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let clock = env.clock();
         let conf = r#"{"count": 1, "time_window": 30, "rejected_code": 429, "rejected_msg": "no",
                        "retry_after": true, "rejected_headers": [{"key": "X-Why", "value": "quota"}]}"#;
-        let p = plugin(conf, &env, &clock).await.unwrap();
+        let p = plugin(conf, &env).await.unwrap();
         run(&p, request(Method::Get, "/")).await;
         clock.advance(Duration::from_millis(10_500));
         let Flow::Stop(s) = run(&p, request(Method::Get, "/")).await.0 else { panic!("must reject") };
@@ -490,31 +581,139 @@ mod tests {
         clock.advance(Duration::from_secs(20));
         assert_eq!(run(&p, request(Method::Get, "/")).await.0, Flow::Continue);
 
-        let dry = plugin(r#"{"count": 1, "time_window": 30, "dry_run": true}"#, &env, &clock).await.unwrap();
+        let dry = plugin(r#"{"count": 1, "time_window": 30, "dry_run": true}"#, &env).await.unwrap();
         run(&dry, request(Method::Get, "/")).await;
         let (flow, headers) = run(&dry, request(Method::Get, "/")).await;
         assert_eq!(flow, Flow::Continue);
         assert!(headers.contains(&("X-RateLimit-Remaining".into(), "0".into())));
     }
 
+    fn status(flow: &Flow) -> u16 {
+        match flow {
+            Flow::Continue => 200,
+            Flow::Stop(s) => s.status,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rule_key_takes_a_default_with_question_marks() {
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let conf = r#"{"rules": [{"count": 1, "time_window": 10, "key": "${http_project ?? apisix}"}],
+                       "rejected_code": 503}"#;
+        let p = plugin(conf, &env).await.unwrap();
+        let with = |v: &str| request(Method::Get, "/").with_header("project", v);
+        assert_eq!(status(&run(&p, with("kubernetes")).await.0), 200);
+        assert_eq!(status(&run(&p, request(Method::Get, "/")).await.0), 200, "key `apisix`");
+        assert_eq!(status(&run(&p, request(Method::Get, "/")).await.0), 503, "`apisix` again");
+        assert_eq!(status(&run(&p, with("apisix")).await.0), 503, "the default is the key");
+        assert_eq!(status(&run(&p, with("kubernetes")).await.0), 503);
+    }
+
+    #[tokio::test]
+    async fn rules_of_which_none_applies_answer_500() {
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let conf = r#"{"rules": [{"count": 5, "time_window": 60, "key": "${http_user}"},
+                                {"count": 5, "time_window": 60, "key": "${http_project}"}]}"#;
+        let p = plugin(conf, &env).await.unwrap();
+        assert_eq!(run(&p, request(Method::Get, "/")).await.0, Flow::Stop(Stop::new(500)));
+        let degrade = conf.replace("]}", r#"], "allow_degradation": true}"#);
+        let p = plugin(&degrade, &env).await.unwrap();
+        assert_eq!(run(&p, request(Method::Get, "/")).await.0, Flow::Continue, "allow_degradation");
+    }
+
+    #[tokio::test]
+    async fn counts_and_windows_may_be_variables() {
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let conf = r#"{"count": "${http_count ?? 2}", "time_window": "${http_time_window ?? 5}",
+                       "rejected_code": 503, "key_type": "var", "key": "remote_addr"}"#;
+        let p = plugin(conf, &env).await.unwrap();
+        let mut codes = Vec::new();
+        for _ in 0..3 {
+            codes.push(status(&run(&p, request(Method::Get, "/")).await.0));
+        }
+        assert_eq!(codes, [200, 200, 503]);
+        let (_, headers) = run(&p, request(Method::Get, "/").with_header("count", "5")).await;
+        assert!(headers.contains(&("X-RateLimit-Limit".into(), "5".into())), "{headers:?}");
+        assert!(headers.contains(&("X-RateLimit-Remaining".into(), "2".into())), "{headers:?}");
+        // The longest window a client may ask for: no arithmetic overflows, for either window.
+        let longest = || request(Method::Get, "/").with_src_ip("10.0.0.8").with_header("time-window", "9007199254740991");
+        assert_eq!(status(&run(&p, longest()).await.0), 200);
+        assert_eq!(status(&run(&p, longest()).await.0), 200);
+        assert_eq!(status(&run(&p, longest()).await.0), 503);
+        let sliding = plugin(&conf.replace("\"key_type\"", "\"window_type\": \"sliding\", \"key_type\""), &env)
+            .await
+            .unwrap();
+        for (i, expect) in [200, 200, 503].into_iter().enumerate() {
+            assert_eq!(status(&run(&sliding, longest()).await.0), expect, "sliding request {i}");
+        }
+        for bad in ["0", "-1", "1.5", "9999999999999999", "many"] {
+            let flow = run(&p, request(Method::Get, "/").with_header("count", bad)).await.0;
+            assert_eq!(flow, Flow::Stop(Stop::new(500)), "count {bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_apisix_accepts() {
+        let env = TestEnv::default().with_clock(Clock::manual());
+        // A template without `$` resolves to nothing: the client address counts.
+        let p = plugin(
+            r#"{"count": 1, "time_window": 60, "key_type": "var_combination", "key": "abcdefgh"}"#,
+            &env,
+        )
+        .await
+        .unwrap();
+        let from = |ip: &str| request(Method::Get, "/").with_src_ip(ip);
+        assert_eq!(status(&run(&p, from("10.0.0.1")).await.0), 200);
+        assert_eq!(status(&run(&p, from("10.0.0.1")).await.0), 503);
+        assert_eq!(status(&run(&p, from("10.0.0.2")).await.0), 200);
+        // `$ENV://NAME` is read at prepare time (PATH is set in every test environment).
+        let path = std::env::var("PATH").unwrap();
+        let p = plugin(
+            r#"{"count": 1, "time_window": 60, "key_type": "constant", "key": "$ENV://PATH"}"#,
+            &env,
+        )
+        .await
+        .unwrap();
+        assert_eq!(status(&run(&p, from("10.0.0.1")).await.0), 200);
+        assert_eq!(status(&run(&p, from("10.0.0.2")).await.0), 503, "one constant key");
+        assert!(!path.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_empty_rejected_msg_is_refused() {
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let e = plugin(r#"{"count": 1, "time_window": 1, "rejected_msg": ""}"#, &env)
+            .await
+            .err()
+            .unwrap();
+        assert!(e.message().contains("rejected_msg"), "{e}");
+    }
+
     #[tokio::test]
     async fn bad_confs_name_the_field() {
-        let (env, clock) = (TestEnv::default(), ManualClock::new());
+        let env = TestEnv::default();
         for (conf, why) in [
             (r#"{"count": 1}"#, "required"),
-            (r#"{"count": 0, "time_window": 1}"#, "at least 1"),
+            (r#"{"count": 0, "time_window": 1}"#, "1 to 2^53 - 1"),
             (r#"{"count": 1, "time_window": 1, "rules": [{"count": 1, "time_window": 1, "key": "$a"}]}"#, "exclusive"),
             (r#"{"count": 1, "time_window": 1, "policy": "redis"}"#, "policy"),
             (r#"{"count": 1, "time_window": 1, "bogus": 1}"#, "bogus"),
             (r#"{"count": 1, "time_window": 1, "rejected_code": 99}"#, "rejected_code"),
             (r#"{"count": 1, "time_window": 1, "window_type": "sliding", "buckets": 0}"#, "buckets"),
-            (r#"{"count": 1, "time_window": 1, "key_type": "var_combination", "key": "x"}"#, "key"),
+            (r#"{"count": -100, "time_window": 1}"#, "negative"),
+            (r#"{"count": "abc", "time_window": 1}"#, "count"),
+            (r#"{"count": 1, "time_window": 0}"#, "time_window"),
+            (r#"{"rules": [{"count": 5, "time_window": 10, "key": "${http_company}"},
+                           {"count": 8, "time_window": 20, "key": "${http_company}"}]}"#, "repeat the key"),
+            (r#"{"group": "g", "rules": [{"count": 5, "time_window": 10, "key": "$a"}]}"#, "exclusive"),
+            (r#"{"group": "v", "count": "${http_c ?? 1}", "time_window": 1}"#, "group"),
+            (r#"{"count": 1, "time_window": 1, "rejected_msg": true}"#, "expected a string"),
         ] {
-            let e = plugin(conf, &env, &clock).await.err().expect(conf);
+            let e = plugin(conf, &env).await.err().expect(conf);
             assert!(e.message().contains(why), "{conf}: {e}");
         }
-        let _first = plugin(r#"{"count": 1, "time_window": 1, "group": "g"}"#, &env, &clock).await.unwrap();
-        let e = plugin(r#"{"count": 2, "time_window": 1, "group": "g"}"#, &env, &clock).await.err().unwrap();
+        let _first = plugin(r#"{"count": 1, "time_window": 1, "group": "g"}"#, &env).await.unwrap();
+        let e = plugin(r#"{"count": 2, "time_window": 1, "group": "g"}"#, &env).await.err().unwrap();
         assert!(e.message().contains("group"), "{e}");
     }
 }

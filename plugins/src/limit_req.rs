@@ -1,4 +1,4 @@
-//! `limit-req` (PLUGINS.md §2.2): leaky-bucket pacing at `rate` requests per second per key,
+//! `limit-req` (docs/plugins/traffic.md): leaky-bucket pacing at `rate` requests per second per key,
 //! with `burst` extra requests delayed rather than rejected.
 //!
 //! The algorithm is resty.limit.req's: `excess' = max(excess − rate·Δt + 1, 0)`; reject when
@@ -20,12 +20,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use ext_plugin_sdk::*;
-use crate::support::clock::{self, secs_until, SharedClock, NANOS_PER_MS, NANOS_PER_SEC};
+use crate::support::clock::{secs_until, Nanos, NANOS_PER_MS, NANOS_PER_SEC};
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::KeyedStore;
 use crate::support::reject::{self, HeaderConf};
 
-/// The longest delay the plugin may add (PLUGINS.md §0: APISIX reads for 60 s at most).
+/// The longest delay the plugin may add (APISIX reads the runner's answer for 60 s at most).
 pub const MAX_DELAY_SECS: f64 = 55.0;
 
 #[derive(Deserialize)]
@@ -48,6 +48,8 @@ pub struct LimitReqConf {
     policy: String,
     #[serde(default)]
     retry_after: bool,
+    #[serde(default)]
+    allow_degradation: bool,
     #[serde(default = "reject::default_max_keys")]
     max_keys: usize,
 }
@@ -65,7 +67,8 @@ pub struct LimitReq {
     nodelay: bool,
     reject: Stop,
     retry_after: bool,
-    clock: SharedClock,
+    allow_degradation: bool,
+    clock: Clock,
 }
 
 /// The drain times of every key of one scope.
@@ -118,38 +121,7 @@ impl Plugin for LimitReq {
     type Conf = LimitReqConf;
 
     fn prepare(conf: LimitReqConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
-        LimitReq::build(conf, env, clock::system())
-    }
-
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
-        let Some(key) = self.key.resolve_or_client(call).await? else {
-            return Ok(Flow::Continue);
-        };
-        match self.buckets.acquire(&key, self.clock.now()) {
-            Ok(delay) => {
-                if !self.nodelay && delay >= NANOS_PER_MS {
-                    tokio::time::sleep(Duration::from_nanos(delay)).await;
-                }
-                Ok(Flow::Continue)
-            }
-            Err(wait) => {
-                let mut stop = self.reject.clone();
-                if self.retry_after {
-                    stop = stop.with_header("Retry-After", secs_until(0, wait).max(1).to_string());
-                }
-                Ok(Flow::Stop(stop))
-            }
-        }
-    }
-}
-
-impl LimitReq {
-    /// [`Plugin::prepare`] with the clock to count time by.
-    pub fn build(
-        conf: LimitReqConf,
-        env: &mut PrepareEnv<'_>,
-        clock: SharedClock,
-    ) -> Result<LimitReq, ConfError> {
+        let clock = env.clock().clone();
         reject::check_policy(&conf.policy)?;
         reject::check_max_keys(conf.max_keys)?;
         if !(conf.rate > 0.0 && conf.rate <= 1e9) {
@@ -177,15 +149,36 @@ impl LimitReq {
                 &conf.rejected_headers,
             )?,
             retry_after: conf.retry_after,
+            allow_degradation: conf.allow_degradation,
             clock,
         })
+    }
+
+    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+        let Some(key) = self.key.resolve_or_client(call).await? else {
+            return Ok(reject::undecided(self.allow_degradation, "no key, no client address"));
+        };
+        match self.buckets.acquire(&key, self.clock.nanos()) {
+            Ok(delay) => {
+                if !self.nodelay && delay >= NANOS_PER_MS {
+                    tokio::time::sleep(Duration::from_nanos(delay)).await;
+                }
+                Ok(Flow::Continue)
+            }
+            Err(wait) => {
+                let mut stop = self.reject.clone();
+                if self.retry_after {
+                    stop = stop.with_header("Retry-After", secs_until(0, wait).max(1).to_string());
+                }
+                Ok(Flow::Stop(stop))
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::support::clock::ManualClock;
     use ext_plugin_sdk::harness::{TestCall, TestEnv};
     use ext_plugin_sdk::harness::request;
 
@@ -217,19 +210,17 @@ mod tests {
         assert_eq!(b.acquire("k", t + 500 * MS), Ok(0));
     }
 
-    fn plugin(conf: &str, env: &TestEnv) -> Result<(LimitReq, Arc<ManualClock>), ConfError> {
-        let clock = ManualClock::new();
+    fn plugin(conf: &str, env: &TestEnv) -> Result<LimitReq, ConfError> {
         let parsed: LimitReqConf = serde_json::from_str(conf).map_err(ConfError::from)?;
-        let p = env.with("route#1#ext-plugin-pre-req#1", LimitReq::NAME, conf, &[], |e| {
-            LimitReq::build(parsed, e, clock.clone())
-        })?;
-        Ok((p, clock))
+        env.with("route#1#ext-plugin-pre-req#1", LimitReq::NAME, conf, &[], |e| {
+            LimitReq::prepare(parsed, e)
+        })
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_delay_is_an_async_sleep() {
-        let env = TestEnv::default();
-        let (p, _clock) = plugin(r#"{"rate": 4, "burst": 1, "rejected_code": 429, "retry_after": true}"#, &env).unwrap();
+        let env = TestEnv::default().with_clock(Clock::manual());
+        let p = plugin(r#"{"rate": 4, "burst": 1, "rejected_code": 429, "retry_after": true}"#, &env).unwrap();
         let run = || async {
             let mut c = TestCall::new(request(Method::Get, "/"));
             let start = tokio::time::Instant::now();
@@ -254,6 +245,7 @@ mod tests {
             (r#"{"rate": 1, "burst": 60}"#, "60 s read timeout"),
             (r#"{"rate": 1}"#, "burst"),
             (r#"{"rate": 1, "burst": 1, "policy": "redis-cluster"}"#, "policy"),
+            (r#"{"rate": 1, "burst": 1, "rejected_msg": ""}"#, "rejected_msg"),
         ] {
             let e = plugin(conf, &env).err().expect(conf);
             assert!(e.message().contains(why), "{conf}: {e}");

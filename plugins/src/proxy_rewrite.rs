@@ -1,45 +1,62 @@
-//! `proxy-rewrite` (PLUGINS.md §2.11): rewrite the upstream path, Host, headers and arguments.
+//! `proxy-rewrite` (docs/plugins/security.md): rewrite the upstream path, Host, headers and arguments.
 //!
 //! Conf: `{"uri": "/v2/$arg_id", "regex_uri": ["^/api/(.*)", "/svc/$1"], "host":
 //! "backend.internal", "headers": {"add": {"X-From": "gw"}, "set": {"X-Route": "$uri"},
 //! "remove": ["X-Debug"]}, "args": {"add": {...}, "set": {"v": "2"}, "remove": ["debug"]}}`.
+//! APISIX's older flat form `"headers": {"X-Api": "v2"}` means `set`.
 //!
 //! Order (APISIX's): `uri`, else the first `regex_uri` pair whose regex matches the path (only
 //! the matched part is replaced); then `host`; then headers add → set → remove; then *(ext)*
-//! args add → set → remove. Variables (`$uri`, `$arg_id`, `$http_x_user`, `${name}`) resolve
-//! against the request before this plugin's rewrite; `$1`/`${1}` are captures of the matching
-//! `regex_uri` regex (empty when none matched). A nil variable renders as nothing.
+//! args add → set → remove.
 //!
-//! Limits of the protocol, rejected or documented rather than faked:
-//! * `method` (and `scheme`, `use_real_request_uri_unsafe`) fail `prepare_conf`.
-//! * `headers.add` cannot append a second value: it sets a header that is absent and otherwise
-//!   merges as `old, new` (one value, as HTTP allows for list headers); `Set-Cookie` is never
-//!   merged, only set when absent.
-//! * A literal `?` in `uri` or a `regex_uri` template is rejected: use `args`.
+//! * `uri` and header values are APISIX templates (`$var`, `${var ?? default}`), rendered
+//!   against the request before this plugin's rewrite; header values also take `$1`/`${1}`,
+//!   the captures of the matching `regex_uri` regex (empty when none matched). A `regex_uri`
+//!   replacement takes only captures and `$$`, as `ngx.re.sub` does; anything else after a `$`
+//!   is refused.
+//! * A `?` written in `uri` or a `regex_uri` replacement starts a query: its arguments go
+//!   upstream before the request's own (`?` inside a variable's value stays in the path).
+//! * Header values are strings, numbers or arrays of them; the protocol sets one value per
+//!   header, so several values (an array, or `add` on a header the request has) are joined with
+//!   `, `, which HTTP reads as the same list. An empty value removes the header, as APISIX does.
+//! * `method` fails `prepare_conf` (the protocol cannot change it), and so does
+//!   `use_real_request_uri_unsafe: true`.
 
 use std::collections::BTreeMap;
 
+use percent_encoding::percent_decode_str;
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::restriction;
+use crate::support::few::Few;
+use crate::support::template::{self, Template};
 use ext_plugin_sdk::*;
 
 pub struct ProxyRewrite {
     uri: Option<Template>,
-    regex_uri: Vec<(Regex, Template)>,
+    regex_uri: Vec<(Regex, SubTemplate)>,
     host: Option<Text>,
-    headers: Ops,
-    args: Ops,
+    headers: Ops<Vec<Template>>,
+    args: Ops<Template>,
 }
 
 /// add / set / remove, each in conf order (names sorted).
-#[derive(Default)]
-struct Ops {
-    add: Vec<(Text, Template)>,
-    set: Vec<(Text, Template)>,
+struct Ops<V> {
+    add: Vec<(Text, V)>,
+    set: Vec<(Text, V)>,
     remove: Vec<Text>,
+}
+
+impl<V> Default for Ops<V> {
+    fn default() -> Self {
+        Ops {
+            add: Vec::new(),
+            set: Vec::new(),
+            remove: Vec::new(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -52,21 +69,21 @@ pub struct ProxyRewriteConf {
     #[serde(default)]
     host: Option<String>,
     #[serde(default)]
-    headers: Option<OpsConf>,
+    headers: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
-    args: Option<OpsConf>,
+    args: Option<ArgsConf>,
     // Fields the runner cannot honour; named so their rejection can say why.
     #[serde(default)]
     method: Option<Value>,
     #[serde(default)]
     scheme: Option<Value>,
     #[serde(default)]
-    use_real_request_uri_unsafe: Option<Value>,
+    use_real_request_uri_unsafe: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct OpsConf {
+pub struct ArgsConf {
     #[serde(default)]
     add: BTreeMap<String, String>,
     #[serde(default)]
@@ -75,96 +92,84 @@ pub struct OpsConf {
     remove: Vec<String>,
 }
 
-/// A string with `$var`, `${var}`, `$1` and `${1}` placeholders, parsed once.
+/// A `regex_uri` replacement, in `ngx.re.sub`'s syntax: text, `$N` / `${N}` captures, `$$`.
 #[derive(Debug, PartialEq)]
-enum Segment {
+struct SubTemplate(Vec<SubPart>);
+
+#[derive(Debug, PartialEq)]
+enum SubPart {
     Lit(String),
-    Var(Text),
     Capture(usize),
 }
 
-#[derive(Debug, PartialEq)]
-struct Template(Vec<Segment>);
-
-impl Template {
-    fn parse(s: &str) -> Template {
-        let mut segs = Vec::new();
+impl SubTemplate {
+    /// Parses as nginx compiles a replacement; the error says what is wrong.
+    fn parse(s: &str) -> Result<SubTemplate, String> {
+        let mut parts = Vec::new();
         let mut lit = String::new();
         let mut rest = s;
-        while let Some(i) = rest.find('$') {
-            lit.push_str(&rest[..i]);
-            let after = &rest[i + 1..];
-            let (name, next) = match after.strip_prefix('{') {
-                Some(b) => match b.find('}') {
-                    Some(end) => (&b[..end], &b[end + 1..]),
-                    None => ("", after),
-                },
-                None => {
-                    let end = after
-                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                        .unwrap_or(after.len());
-                    // `$1a` is capture 1 then "a", as ngx.re.sub reads it.
-                    let end = match after.bytes().take_while(u8::is_ascii_digit).count() {
-                        0 => end,
-                        digits => digits,
-                    };
-                    (&after[..end], &after[end..])
-                }
-            };
-            if name.is_empty() {
+        while let Some(at) = rest.find('$') {
+            lit.push_str(&rest[..at]);
+            let after = &rest[at + 1..];
+            if let Some(next) = after.strip_prefix('$') {
                 lit.push('$');
-                rest = after;
+                rest = next;
                 continue;
             }
-            if !lit.is_empty() {
-                segs.push(Segment::Lit(std::mem::take(&mut lit)));
+            let (braced, body) = match after.strip_prefix('{') {
+                Some(b) => (true, b),
+                None => (false, after),
+            };
+            let digits = body.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                let named = body.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+                return Err(if named {
+                    "named captures and variables are not supported in a replacement (only $1, ${1} and $$)".into()
+                } else {
+                    "a `$` must be followed by a capture number, `{number}` or `$`".into()
+                });
             }
-            segs.push(match name.parse::<usize>() {
-                Ok(n) => Segment::Capture(n),
-                Err(_) => Segment::Var(name.to_owned().into()),
-            });
+            let n = body[..digits]
+                .parse()
+                .map_err(|_| "a capture number is too large".to_owned())?;
+            let mut next = &body[digits..];
+            if braced {
+                next = next
+                    .strip_prefix('}')
+                    .ok_or_else(|| "the closing `}` of a `${...}` capture is missing".to_owned())?;
+            }
+            if !lit.is_empty() {
+                parts.push(SubPart::Lit(std::mem::take(&mut lit)));
+            }
+            parts.push(SubPart::Capture(n));
             rest = next;
         }
         lit.push_str(rest);
         if !lit.is_empty() {
-            segs.push(Segment::Lit(lit));
+            parts.push(SubPart::Lit(lit));
         }
-        Template(segs)
+        Ok(SubTemplate(parts))
     }
 
-    /// The text without placeholders, when there are none (no work per request).
-    fn constant(&self) -> Option<&str> {
-        match &self.0[..] {
-            [] => Some(""),
-            [Segment::Lit(s)] => Some(s),
-            _ => None,
-        }
-    }
-
-    async fn render(
-        &self,
-        call: &mut RequestCall<'_>,
-        caps: &[Option<String>],
-    ) -> Result<Text, PluginError> {
-        if let Some(c) = self.constant() {
-            return Ok(Text::from(c.to_owned()));
-        }
-        let mut out = String::new();
-        for seg in &self.0 {
-            match seg {
-                Segment::Lit(s) => out.push_str(s),
-                Segment::Capture(n) => out.push_str(caps.get(*n).and_then(Option::as_deref).unwrap_or("")),
-                Segment::Var(v) => {
-                    if let Some(value) = call.var(v).await? {
-                        out.push_str(&value);
+    /// The replacement text, and where its first `?` written in the template is.
+    fn render(&self, caps: &[Option<&str>], out: &mut String) -> Option<usize> {
+        let mut query = None;
+        for part in &self.0 {
+            match part {
+                SubPart::Lit(s) => {
+                    if query.is_none() {
+                        query = s.find('?').map(|i| out.len() + i);
                     }
+                    out.push_str(s);
                 }
+                SubPart::Capture(n) => out.push_str(caps.get(*n).copied().flatten().unwrap_or("")),
             }
         }
-        Ok(out.into())
+        query
     }
 }
 
+/// A header name: an HTTP token, sent lower-cased.
 fn header_name(field: &str, name: &str) -> Result<Text, ConfError> {
     let ok = !name.is_empty()
         && name
@@ -176,15 +181,83 @@ fn header_name(field: &str, name: &str) -> Result<Text, ConfError> {
     Ok(name.to_ascii_lowercase().into())
 }
 
-fn ops(field: &str, conf: Option<OpsConf>, is_header: bool) -> Result<Ops, ConfError> {
+/// Header values of one operation: `{name: value}`, values templates with captures.
+fn header_map(field: &str, value: &Value) -> Result<Vec<(Text, Vec<Template>)>, ConfError> {
+    let map = value
+        .as_object()
+        .ok_or_else(|| ConfError::new(format!("`{field}` must be an object")))?;
+    if map.is_empty() {
+        return Err(ConfError::new(format!("`{field}` must not be empty")));
+    }
+    let mut sorted: Vec<_> = map.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    sorted
+        .into_iter()
+        .map(|(name, v)| {
+            let f = format!("{field}.{name}");
+            let values = template::header_values(&f, v, true, true)?;
+            for t in &values {
+                if let Some(text) = t.constant() {
+                    if text.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                        return Err(ConfError::new(format!("`{f}` has a line break")));
+                    }
+                }
+            }
+            Ok((header_name(field, name)?, values))
+        })
+        .collect()
+}
+
+fn headers(conf: Option<serde_json::Map<String, Value>>) -> Result<Ops<Vec<Template>>, ConfError> {
+    let Some(conf) = conf else {
+        return Ok(Ops::default());
+    };
+    if conf.is_empty() {
+        return Err(ConfError::new("`headers` must not be empty"));
+    }
+    // APISIX's test for the newer form: `add` or `set` is an object, or `remove` an array.
+    let new_form = matches!(conf.get("add"), Some(Value::Object(_)))
+        || matches!(conf.get("set"), Some(Value::Object(_)))
+        || matches!(conf.get("remove"), Some(Value::Array(_)));
+    if !new_form {
+        return Ok(Ops {
+            set: header_map("headers", &Value::Object(conf))?,
+            ..Ops::default()
+        });
+    }
+    let mut ops = Ops::default();
+    for (key, value) in &conf {
+        match key.as_str() {
+            "add" => ops.add = header_map("headers.add", value)?,
+            "set" => ops.set = header_map("headers.set", value)?,
+            "remove" => {
+                let list = value
+                    .as_array()
+                    .filter(|l| !l.is_empty())
+                    .ok_or_else(|| ConfError::new("`headers.remove` must be a non-empty array of names"))?;
+                ops.remove = list
+                    .iter()
+                    .map(|n| match n {
+                        Value::String(n) => header_name("headers.remove", n),
+                        other => Err(ConfError::new(format!("`headers.remove` holds {other}, not a name"))),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            other => {
+                return Err(ConfError::new(format!(
+                    "`headers` has an unknown field `{other}` (expected `add`, `set`, `remove`)"
+                )))
+            }
+        }
+    }
+    Ok(ops)
+}
+
+fn args(conf: Option<ArgsConf>) -> Result<Ops<Template>, ConfError> {
     let conf = conf.unwrap_or_default();
     let name = |op: &str, n: &str| -> Result<Text, ConfError> {
-        let f = format!("{field}.{op}");
-        if is_header {
-            return header_name(&f, n);
-        }
         if n.is_empty() {
-            return Err(ConfError::new(format!("`{f}` has an empty name")));
+            return Err(ConfError::new(format!("`args.{op}` has an empty name")));
         }
         Ok(n.to_owned().into())
     };
@@ -200,13 +273,29 @@ fn ops(field: &str, conf: Option<OpsConf>, is_header: bool) -> Result<Ops, ConfE
     })
 }
 
-fn no_query(field: &str, template: &str) -> Result<(), ConfError> {
-    if template.contains('?') {
-        return Err(ConfError::new(format!(
-            "`{field}` {template:?} contains `?`: the path cannot carry a query; use `args`"
-        )));
+/// APISIX's `host` pattern: letters, digits, `-` and `.`, and an optional port.
+fn valid_host(h: &str) -> bool {
+    let (name, port) = match h.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (h, None),
+    };
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Joins header values as HTTP joins repeated list headers (`; ` for cookies); empty values
+/// add nothing.
+fn join_values<'a>(name: &str, values: impl Iterator<Item = &'a str>) -> String {
+    let sep = if name == "cookie" { "; " } else { ", " };
+    let mut out = String::new();
+    for v in values.filter(|v| !v.is_empty()) {
+        if !out.is_empty() {
+            out.push_str(sep);
+        }
+        out.push_str(v);
     }
-    Ok(())
+    out
 }
 
 impl Plugin for ProxyRewrite {
@@ -220,42 +309,54 @@ impl Plugin for ProxyRewrite {
                  method; use the gateway's own proxy-rewrite for that",
             ));
         }
-        if conf.scheme.is_some() || conf.use_real_request_uri_unsafe.is_some() {
+        if conf.scheme.is_some() || conf.use_real_request_uri_unsafe == Some(true) {
             return Err(ConfError::new(
-                "`scheme` and `use_real_request_uri_unsafe` cannot be honoured through the \
-                 ext-plugin protocol",
+                "`scheme` and `use_real_request_uri_unsafe: true` cannot be honoured through the \
+                 ext-plugin protocol (it carries the decoded path)",
             ));
         }
+        let empty = conf.uri.is_none()
+            && conf.regex_uri.is_none()
+            && conf.host.is_none()
+            && conf.headers.is_none()
+            && conf.args.is_none()
+            && conf.use_real_request_uri_unsafe.is_none();
+        if empty {
+            return Err(ConfError::new("the conf is empty: set `uri`, `regex_uri`, `host` or `headers`"));
+        }
         let uri = match conf.uri {
-            Some(u) if !u.starts_with('/') && !u.starts_with('$') => {
-                return Err(ConfError::new(format!("`uri` {u:?} must start with `/`")))
+            Some(u) if !u.starts_with('/') || u.len() > 4096 => {
+                return Err(ConfError::new(format!(
+                    "`uri` {u:?} must start with `/` (at most 4096 bytes)"
+                )))
             }
-            Some(u) => {
-                no_query("uri", &u)?;
-                Some(Template::parse(&u))
-            }
+            Some(u) => Some(Template::parse(&u)),
             None => None,
         };
         let regex_uri = match conf.regex_uri {
             None => Vec::new(),
-            Some(list) if list.is_empty() || list.len() % 2 != 0 => {
+            Some(list) if list.len() < 2 || list.len() % 2 != 0 => {
                 return Err(ConfError::new(
-                    "`regex_uri` must be pairs: [regex, template, regex, template, ...]",
+                    "`regex_uri` must be pairs: [regex, replacement, regex, replacement, ...]",
                 ))
             }
             Some(list) => list
                 .chunks(2)
                 .enumerate()
                 .map(|(i, pair)| {
-                    no_query(&format!("regex_uri[{}]", 2 * i + 1), &pair[1])?;
                     let re = restriction::regex(&format!("regex_uri[{}]", 2 * i), &pair[0])?;
-                    Ok((re, Template::parse(&pair[1])))
+                    let sub = SubTemplate::parse(&pair[1]).map_err(|why| {
+                        ConfError::new(format!("`regex_uri[{}]` {:?}: {why}", 2 * i + 1, pair[1]))
+                    })?;
+                    Ok((re, sub))
                 })
                 .collect::<Result<_, ConfError>>()?,
         };
         let host = match conf.host {
-            Some(h) if h.is_empty() || h.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') => {
-                return Err(ConfError::new(format!("`host` {h:?} is not a host")))
+            Some(h) if !valid_host(&h) => {
+                return Err(ConfError::new(format!(
+                    "`host` {h:?} is not a host (letters, digits, `-`, `.`, optional `:port`)"
+                )))
             }
             h => h.map(Text::from),
         };
@@ -263,56 +364,75 @@ impl Plugin for ProxyRewrite {
             uri,
             regex_uri,
             host,
-            headers: ops("headers", conf.headers, true)?,
-            args: ops("args", conf.args, false)?,
+            headers: headers(conf.headers)?,
+            args: args(conf.args)?,
         })
     }
 
     async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
-        let mut caps: Vec<Option<String>> = Vec::new();
-        let mut path = None;
+        let mut captured: Vec<Option<String>> = Vec::new();
+        // The new path, and where a query written in the template starts in it.
+        let mut path: Option<(String, Option<usize>)> = None;
         if let Some(uri) = &self.uri {
-            path = Some(uri.render(call, &caps).await?);
+            // A `?` in a value is escaped (it belongs to the path), as APISIX escapes it, so a
+            // `?` left in the text was written in the template and starts the query.
+            let text = uri
+                .render_escaped(call, |v, out| out.push_str(&v.replace('?', "%3F")))
+                .await?
+                .text;
+            let at = text.find('?');
+            path = Some((text, at));
         } else {
             let current = call.path();
             let hit = self.regex_uri.iter().find_map(|(re, t)| {
                 let c = re.captures(current)?;
                 let m = c.get(0).expect("group 0 always matches");
-                Some((t, m.start(), m.end(), c.iter().map(|g| g.map(|g| g.as_str().to_owned())).collect()))
+                Some((t, m.start(), m.end(), c.iter().map(|g| g.map(|g| g.as_str().to_owned())).collect::<Vec<_>>()))
             });
-            if let Some((template, start, end, captured)) = hit {
-                let (before, after) = (current[..start].to_owned(), current[end..].to_owned());
-                caps = captured;
-                let middle = template.render(call, &caps).await?;
-                path = Some(format!("{before}{middle}{after}").into());
+            if let Some((template, start, end, caps)) = hit {
+                let mut text = current[..start].to_owned();
+                let borrowed: Vec<Option<&str>> = caps.iter().map(|c| c.as_deref()).collect();
+                let at = template.render(&borrowed, &mut text);
+                text.push_str(&current[end..]);
+                captured = caps;
+                path = Some((text, at));
             }
         }
+        let caps: Vec<Option<&str>> = captured.iter().map(|c| c.as_deref()).collect();
         // Values render before anything is applied, so `$uri` means the request's path.
-        let mut headers = Vec::with_capacity(self.headers.add.len() + self.headers.set.len());
-        for (_, t) in self.headers.add.iter().chain(&self.headers.set) {
-            headers.push(t.render(call, &caps).await?);
+        let mut rendered = Vec::with_capacity(self.headers.add.len() + self.headers.set.len());
+        for (_, ts) in self.headers.add.iter().chain(&self.headers.set) {
+            let mut values = Few::None;
+            for t in ts {
+                let v = t.render_with(call, &caps, |v, out| out.push_str(v)).await?;
+                values.push(template::header_safe(v.text));
+            }
+            rendered.push(values);
         }
         let mut args = Vec::with_capacity(self.args.add.len() + self.args.set.len());
         for (_, t) in self.args.add.iter().chain(&self.args.set) {
-            args.push(t.render(call, &caps).await?);
+            args.push(t.render(call).await?.text);
         }
 
         if let Some(host) = &self.host {
             call.set_header("host", host.clone());
         }
-        let mut values = headers.into_iter();
-        for ((name, _), value) in self.headers.add.iter().zip(values.by_ref()) {
-            match call.header(name) {
-                None => call.set_header(name.clone(), value),
-                Some(_) if &**name == "set-cookie" => {}
-                Some(old) => {
-                    let merged = format!("{old}, {value}");
-                    call.set_header(name.clone(), merged);
-                }
+        let mut values = rendered.into_iter();
+        for ((name, _), new) in self.headers.add.iter().zip(values.by_ref()) {
+            if &**name == "set-cookie" && call.header(name).is_some() {
+                continue;
             }
+            let merged = if call.header(name).is_none() {
+                combine(name, new)
+            } else {
+                let new = new.as_slice().iter().map(String::as_str);
+                join_values(name, call.header_values(name).chain(new))
+            };
+            set_or_remove(call, name, merged);
         }
-        for ((name, _), value) in self.headers.set.iter().zip(values) {
-            call.set_header(name.clone(), value);
+        for ((name, _), new) in self.headers.set.iter().zip(values) {
+            let value = combine(name, new);
+            set_or_remove(call, name, value);
         }
         for name in &self.headers.remove {
             call.remove_header(name.clone());
@@ -327,34 +447,134 @@ impl Plugin for ProxyRewrite {
         for name in &self.args.remove {
             call.remove_arg(name.clone());
         }
-        if let Some(p) = path {
-            call.set_path(p);
+        if let Some((mut text, query)) = path {
+            if let Some(at) = query {
+                let q = text.split_off(at);
+                prepend_query(call, &q[1..]);
+            }
+            call.set_path(text);
         }
         Ok(Flow::Continue)
+    }
+}
+
+/// One header value from several: the value itself when there is one (no copy), else joined.
+fn combine(name: &str, values: Few<String>) -> String {
+    match values {
+        Few::One(v) => v,
+        other => join_values(name, other.as_slice().iter().map(String::as_str)),
+    }
+}
+
+/// Sets a header, or removes it when the value is empty (APISIX's set with an empty value).
+fn set_or_remove(call: &mut RequestCall<'_>, name: &Text, value: String) {
+    if value.is_empty() {
+        call.remove_header(name.clone());
+    } else {
+        call.set_header(name.clone(), value);
+    }
+}
+
+/// Puts the arguments of `query` (`a=1&b`) before the request's own arguments of the same
+/// names, as APISIX joins a rewritten uri's query with the request's.
+fn prepend_query(call: &mut RequestCall<'_>, query: &str) {
+    let mut names: Vec<String> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+        let (name, value) = (decode(name), decode(value));
+        if names.contains(&name) {
+            call.append_arg(name, value);
+        } else {
+            call.set_arg(name.clone(), value);
+            names.push(name);
+        }
+    }
+    for name in names {
+        let kept: Vec<String> = call
+            .original_args()
+            .iter()
+            .filter(|a| a.name.as_str() == name)
+            .map(|a| a.value.as_deref().unwrap_or("").to_owned())
+            .collect();
+        for value in kept {
+            call.append_arg(name.clone(), value);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Segment::*;
+
+    use ext_plugin_sdk::harness::{request, TestCall, TestEnv};
+
+    fn plugin(conf: &str) -> Result<ProxyRewrite, ConfError> {
+        let parsed: ProxyRewriteConf = serde_json::from_str(conf).map_err(ConfError::from)?;
+        TestEnv::default().with("route#1#ext-plugin-pre-req#1", ProxyRewrite::NAME, conf, &[], |e| {
+            ProxyRewrite::prepare(parsed, e)
+        })
+    }
+
+    /// The request headers the upstream gets: `(name, value)` of every header set or removed.
+    async fn rewritten(conf: &str, req: ext_plugin_sdk::model::HttpReqCallReq) -> Vec<(String, Option<String>)> {
+        let p = plugin(conf).unwrap();
+        let mut c = TestCall::new(req);
+        assert_eq!(p.request_filter(&mut c.call()).await.unwrap(), Flow::Continue);
+        c.set_headers()
+            .iter()
+            .map(|h| (h.name.to_string(), h.value.as_ref().map(|v| v.to_string())))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn add_keeps_every_incoming_value() {
+        let conf = r#"{"headers": {"add": {"test": "123"}, "set": {"test2": "2233"}, "remove": ["hello"]}}"#;
+        let req = request(Method::Get, "/echo").with_header("test", "sssss").with_header("test", "bbb");
+        let set = rewritten(conf, req).await;
+        assert!(set.contains(&("test".into(), Some("sssss, bbb, 123".into()))), "{set:?}");
+    }
+
+    #[tokio::test]
+    async fn header_values_may_be_numbers_and_arrays() {
+        let conf = r#"{"headers": {"X-Forwarded-Port": 10080}}"#;
+        let set = rewritten(conf, request(Method::Get, "/")).await;
+        assert_eq!(set, [("x-forwarded-port".into(), Some("10080".into()))]);
+        let conf = r#"{"headers": {"set": {"x-multi": ["val1", 2]}, "add": {"x-add": ["a", "b"]}}}"#;
+        let set = rewritten(conf, request(Method::Get, "/").with_header("x-add", "origin")).await;
+        assert!(set.contains(&("x-multi".into(), Some("val1, 2".into()))), "{set:?}");
+        assert!(set.contains(&("x-add".into(), Some("origin, a, b".into()))), "{set:?}");
+    }
 
     #[test]
-    fn templates_parse_vars_and_captures() {
+    fn invalid_regex_uri_templates_are_refused() {
+        for template in ["/$`1", "/$a", "/${a}", "/${1", "/$", "/${}"] {
+            let conf = format!(r#"{{"regex_uri": ["^/test/(.*)", "{template}"]}}"#);
+            let e = plugin(&conf).err().unwrap_or_else(|| panic!("{template} must be refused"));
+            assert!(e.message().contains("regex_uri"), "{template}: {e}");
+        }
+        for template in ["/$1_${1}x", "/a$$b", "/${12}"] {
+            let conf = format!(r#"{{"regex_uri": ["^/test/(.*)", "{template}"]}}"#);
+            assert!(plugin(&conf).is_ok(), "{template}");
+        }
+    }
+
+    #[test]
+    fn replacements_parse_as_ngx_re_sub_does() {
+        use SubPart::*;
         assert_eq!(
-            Template::parse("/v2/$arg_id/${1}x$2a$$"),
-            Template(vec![
+            SubTemplate::parse("/v2/${1}x$2a$$/$10"),
+            Ok(SubTemplate(vec![
                 Lit("/v2/".into()),
-                Var("arg_id".into()),
-                Lit("/".into()),
                 Capture(1),
                 Lit("x".into()),
                 Capture(2),
-                Lit("a$$".into()),
-            ])
+                Lit("a$/".into()),
+                Capture(10),
+            ]))
         );
-        assert_eq!(Template::parse("plain").constant(), Some("plain"));
-        assert_eq!(Template::parse("${unclosed").constant(), Some("${unclosed"));
-        assert_eq!(Template::parse("a-$").constant(), Some("a-$"));
+        let mut out = String::new();
+        let at = SubTemplate::parse("/$1?a=$2").unwrap().render(&[None, Some("x?y"), None], &mut out);
+        assert_eq!((out.as_str(), at), ("/x?y?a=", Some(4)), "only a written `?` starts the query");
     }
 }

@@ -1,9 +1,9 @@
-//! `request-id` (PLUGINS.md §2.13): give every request an id the upstream and the client see.
+//! `request-id` (docs/plugins/request-id.md): give every request an id the upstream and the client see.
 //!
 //! Conf: `{"header_name": "X-Request-Id", "include_in_response": true, "algorithm": "uuid",
 //! "range_id": {"length": 16, "char_set": "abc...XYZ0123456789"}}`; `algorithm` is `uuid` (v4),
-//! `uuidv7` (time-ordered), `nanoid` (21 URL-safe characters) or `range_id` (`length` characters
-//! drawn from `char_set`).
+//! `uuidv7` (time-ordered), `nanoid` (21 URL-safe characters), `ksuid` (27 base62 characters,
+//! time-ordered by the second) or `range_id` (`length` characters drawn from `char_set`).
 //!
 //! * Request phase: an id the client sent is kept; otherwise a new one is set as a request header.
 //!   With `include_in_response`, the id is also set on the client's response. The gateway *sets*
@@ -44,6 +44,7 @@ enum AlgorithmName {
     Uuid,
     Uuidv7,
     Nanoid,
+    Ksuid,
     #[serde(rename = "range_id")]
     RangeId,
 }
@@ -85,6 +86,7 @@ const NANOID_LEN: usize = 21;
 enum Algorithm {
     Uuid,
     Uuidv7,
+    Ksuid,
     /// `len` characters drawn uniformly from `chars` (nanoid is this with its own alphabet).
     Random { chars: Vec<u8>, len: usize },
 }
@@ -95,6 +97,7 @@ impl Algorithm {
         match self {
             Algorithm::Uuid => uuid::Uuid::new_v4().to_string(),
             Algorithm::Uuidv7 => uuid::Uuid::now_v7().to_string(),
+            Algorithm::Ksuid => ksuid(),
             Algorithm::Random { chars, len } => {
                 let mut rng = rand::rng();
                 (0..*len)
@@ -103,6 +106,38 @@ impl Algorithm {
             }
         }
     }
+}
+
+/// KSUID's epoch (2014-05-13T16:53:20Z) in Unix seconds.
+const KSUID_EPOCH: u64 = 1_400_000_000;
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A KSUID: 4 bytes of seconds since its epoch and 16 random bytes, as 27 base62 characters.
+fn ksuid() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(KSUID_EPOCH);
+    let mut bytes = [0u8; 20];
+    bytes[..4].copy_from_slice(&u32::try_from(secs).unwrap_or(u32::MAX).to_be_bytes());
+    bytes[4..].copy_from_slice(&rand::random::<[u8; 16]>());
+    base62_27(bytes)
+}
+
+/// The 160-bit big-endian number `bytes` in base62, left-padded with `0` to 27 digits.
+fn base62_27(mut bytes: [u8; 20]) -> String {
+    let mut digits = [b'0'; 27];
+    for d in digits.iter_mut().rev() {
+        // Long division of the whole number by 62; the remainder is the next digit.
+        let mut rem = 0u32;
+        for b in bytes.iter_mut() {
+            let cur = (rem << 8) | u32::from(*b);
+            *b = (cur / 62) as u8;
+            rem = cur % 62;
+        }
+        *d = BASE62[rem as usize];
+    }
+    String::from_utf8(digits.to_vec()).expect("base62 digits are ASCII")
 }
 
 /// A header name: an HTTP token.
@@ -127,6 +162,7 @@ impl Plugin for RequestId {
         let algorithm = match conf.algorithm {
             AlgorithmName::Uuid => Algorithm::Uuid,
             AlgorithmName::Uuidv7 => Algorithm::Uuidv7,
+            AlgorithmName::Ksuid => Algorithm::Ksuid,
             AlgorithmName::Nanoid => Algorithm::Random {
                 chars: NANOID_ALPHABET.to_vec(),
                 len: NANOID_LEN,
@@ -202,6 +238,19 @@ mod tests {
         assert_eq!(range.len(), 30);
         assert!(range.bytes().all(|b| b"abcdef".contains(&b)));
         assert_ne!(Algorithm::Uuid.generate(), uuid, "ids differ");
+    }
+
+    #[test]
+    fn ksuids_are_27_base62_characters_ordered_by_time() {
+        assert_eq!(base62_27([0; 20]), "0".repeat(27));
+        assert_eq!(base62_27([0xff; 20]), "aWgEPTl1tmebfsQzFP4bxwgy80V", "the largest KSUID");
+        let mut one = [0; 20];
+        one[19] = 62;
+        assert_eq!(base62_27(one), format!("{}10", "0".repeat(25)));
+        let id = Algorithm::Ksuid.generate();
+        assert_eq!(id.len(), 27);
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+        assert!(id.as_str() > "0ujtsYcgvSTl8PAuAdqWYSMnLOv", "after 2020: {id}");
     }
 
     #[test]

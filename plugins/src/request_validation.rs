@@ -1,7 +1,9 @@
-//! `request-validation` (PLUGINS.md §2.16): JSON Schema (draft 7) checks of headers and body.
+//! `request-validation` (docs/plugins/security.md): JSON Schema (draft 7) checks of headers and body.
 //!
 //! Conf: `{"header_schema": {...}, "body_schema": {...}, "rejected_code": 400, "rejected_msg":
 //! "bad request", "max_req_body_size": 67108864, "rejected_headers": []}`; at least one schema.
+//! `rejected_msg` is 1 to 256 characters. Schemas are draft 7, with APISIX's Lua types `table`
+//! (object or array) and `function` (nothing) translated.
 //!
 //! * Headers are validated as an object of lower-case names to strings (a repeated header to an
 //!   array of strings), straight from the req-call.
@@ -57,9 +59,65 @@ fn default_max_body() -> usize {
     64 * 1024 * 1024
 }
 
+/// APISIX's schema library knows two Lua types besides JSON's: `table` (an object or an array)
+/// and `function` (which no JSON value is). Schemas written for it use them, so they are
+/// translated into draft 7 before compiling. Only `type` keywords are touched: a property that
+/// happens to be named `type` holds a schema, never a string.
+fn translate_lua_types(schema: &mut Value) {
+    let Value::Object(map) = schema else {
+        if let Value::Array(items) = schema {
+            items.iter_mut().for_each(translate_lua_types);
+        }
+        return;
+    };
+    let mut never = false;
+    if let Some(t) = map.get_mut("type") {
+        let names: Option<Vec<String>> = match t {
+            Value::String(n) => Some(vec![n.clone()]),
+            Value::Array(a) => a.iter().map(|v| v.as_str().map(str::to_owned)).collect(),
+            _ => None,
+        };
+        if let Some(names) = names.filter(|n| n.iter().any(|n| n == "table" || n == "function")) {
+            let mut types: Vec<Value> = Vec::new();
+            for n in &names {
+                let add: Vec<&str> = match n.as_str() {
+                    "table" => vec!["object", "array"],
+                    "function" => vec![],
+                    other => vec![other],
+                };
+                for a in add {
+                    if !types.iter().any(|t| t == a) {
+                        types.push(Value::String(a.to_owned()));
+                    }
+                }
+            }
+            never = types.is_empty();
+            *t = Value::Array(types);
+        }
+    }
+    if never {
+        // No JSON value has type `function`.
+        map.remove("type");
+        map.insert("not".to_owned(), Value::Object(Map::new()));
+    }
+    for (key, value) in map.iter_mut() {
+        match (key.as_str(), value) {
+            // Instances, not schemas.
+            ("enum" | "const" | "default" | "examples", _) => {}
+            // Maps from names (any names, `enum` included) to schemas.
+            (
+                "properties" | "patternProperties" | "definitions" | "$defs" | "dependencies",
+                Value::Object(named),
+            ) => named.values_mut().for_each(translate_lua_types),
+            (_, value) => translate_lua_types(value),
+        }
+    }
+}
+
 fn compile(field: &str, schema: Option<Value>) -> Result<Option<Validator>, ConfError> {
     schema
-        .map(|s| {
+        .map(|mut s| {
+            translate_lua_types(&mut s);
             jsonschema::draft7::new(&s).map_err(|e| {
                 ConfError::new(format!("`{field}` is not a valid draft 7 JSON Schema: {e}"))
             })
@@ -133,6 +191,14 @@ impl Plugin for RequestValidation {
             return Err(ConfError::new("set `header_schema`, `body_schema` or both"));
         }
         restriction::check_status("rejected_code", conf.rejected_code)?;
+        if let Some(m) = &conf.rejected_msg {
+            let len = m.chars().count();
+            if !(1..=256).contains(&len) {
+                return Err(ConfError::new(format!(
+                    "`rejected_msg` must be 1 to 256 characters, got {len}"
+                )));
+            }
+        }
         if conf.max_req_body_size == 0 {
             return Err(ConfError::new("`max_req_body_size` must be positive"));
         }
@@ -148,10 +214,8 @@ impl Plugin for RequestValidation {
     async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
         if let Some(schema) = &self.header_schema {
             let mut headers = Map::new();
-            for h in call.headers() {
-                if let Some(v) = &h.value {
-                    insert_repeated(&mut headers, &h.name.to_ascii_lowercase(), v.to_string());
-                }
+            for (name, value) in call.headers() {
+                insert_repeated(&mut headers, &name.to_ascii_lowercase(), value.to_string());
             }
             if let Some(msg) = violation(schema, &Value::Object(headers)) {
                 return Ok(self.reject(msg));
@@ -166,7 +230,7 @@ impl Plugin for RequestValidation {
             return Ok(self.reject("duplicate Content-Type header".into()));
         }
         drop(content_types);
-        let Some(body) = call.request_body().await? else {
+        let Some(body) = call.body().await? else {
             return Ok(self.reject("request body is missing".into()));
         };
         if body.len() > self.max_body {
@@ -188,7 +252,7 @@ impl Plugin for RequestValidation {
             return Ok(self.reject(msg));
         }
         if !form {
-            let canonical = serde_json::to_vec(&value).map_err(|e| PluginError::new(e.to_string()))?;
+            let canonical = serde_json::to_vec(&value)?;
             call.set_body(canonical);
         }
         Ok(Flow::Continue)
@@ -209,6 +273,45 @@ mod tests {
         assert!(decode_form(b"a=%FF").is_none());
         assert!(is_form(Some("Application/X-WWW-Form-Urlencoded; charset=utf-8")));
         assert!(!is_form(Some("application/json")));
+    }
+
+    #[test]
+    fn lua_types_translate_to_draft_7() {
+        let compiled = |schema: Value| compile("s", Some(schema)).unwrap().unwrap();
+        let table = compiled(json!({"type": "table"}));
+        assert!(table.is_valid(&json!({})) && table.is_valid(&json!([1])));
+        assert!(!table.is_valid(&json!("x")));
+        let function = compiled(json!({"type": "function"}));
+        assert!(!function.is_valid(&json!({})) && !function.is_valid(&json!(null)));
+        let nested = compiled(json!({"type": "object", "properties": {
+            "type": {"type": ["string", "table"]}, "e": {"enum": [{"type": "table"}]},
+            "enum": {"type": "table"}}}));
+        assert!(nested.is_valid(&json!({"type": [1], "e": {"type": "table"}, "enum": {}})));
+        assert!(!nested.is_valid(&json!({"type": 1})));
+        assert!(!nested.is_valid(&json!({"enum": 1})));
+        for bad in [json!({"type": "test"}), json!({"enum": "x"}), json!({"required": "x"})] {
+            assert!(compile("s", Some(bad.clone())).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rejected_msg_is_1_to_256_characters() {
+        let prepare = |msg: &str| {
+            let conf = json!({"header_schema": {"type": "object"}, "rejected_msg": msg});
+            let text = conf.to_string();
+            let conf: RequestValidationConf = serde_json::from_value(conf).unwrap();
+            ext_plugin_sdk::harness::TestEnv::default().with(
+                "route#1#ext-plugin-pre-req#1",
+                RequestValidation::NAME,
+                &text,
+                &[RequestValidation::NAME],
+                |env| RequestValidation::prepare(conf, env).map(|_| ()),
+            )
+        };
+        assert!(prepare("").is_err());
+        assert!(prepare(&"m".repeat(257)).is_err());
+        assert!(prepare(&"é".repeat(256)).is_ok(), "characters, not bytes");
+        assert!(prepare("x").is_ok());
     }
 
     #[test]

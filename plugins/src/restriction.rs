@@ -1,13 +1,14 @@
-//! `ua-restriction` and `referer-restriction` (PLUGINS.md §2.9): one allow/deny matcher, two
+//! `ua-restriction` and `referer-restriction` (docs/plugins/security.md): one allow/deny matcher, two
 //! plugins. Also the regex and rejection helpers the other edge plugins share.
 //!
 //! * `ua-restriction`: `{"allowlist" | "denylist": [regex], "bypass_missing": false, "message":
-//!   "Not allowed"}` (`whitelist`/`blacklist` accepted as aliases). Regexes are searched
-//!   (unanchored) in every `User-Agent` value.
+//!   "Not allowed"}` (`whitelist`/`blacklist` accepted as aliases). Regexes (not empty) are
+//!   searched (unanchored) in every `User-Agent` value, surrounding whitespace trimmed.
 //! * `referer-restriction`: `{"whitelist" | "blacklist": ["example.com", "*.example.com"],
 //!   "bypass_missing": false, "message": "Your referer host is not allowed"}`
 //!   (`allowlist`/`denylist` accepted as aliases). The host is parsed out of `Referer`;
-//!   `*.example.com` matches any subdomain (not `example.com` itself); case-insensitive.
+//!   `*.example.com` matches any subdomain (not `example.com` itself), `*` any host, and
+//!   `*suffix` any host ending with `suffix`, as in APISIX; case-insensitive.
 //!
 //! Exactly one list. A missing header (or a referer without a host) passes only with
 //! `bypass_missing`. Reject: `Stop(403, {"message": message}\n)`.
@@ -20,6 +21,22 @@ use serde::Deserialize;
 
 use ext_plugin_sdk::*;
 
+/// APISIX's bounds on a list of patterns: each 1 to `max_len` bytes and, with `unique`, none
+/// listed twice.
+pub fn check_list(field: &str, items: &[String], max_len: usize, unique: bool) -> Result<(), ConfError> {
+    for (i, p) in items.iter().enumerate() {
+        if p.is_empty() || p.len() > max_len {
+            return Err(ConfError::new(format!(
+                "`{field}[{i}]` must be 1 to {max_len} bytes"
+            )));
+        }
+        if unique && items[..i].contains(p) {
+            return Err(ConfError::new(format!("`{field}[{i}]` {p:?} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
 /// Compiles `patterns` (the conf field `field`) as one set; a bad pattern names itself.
 pub fn regex_set(field: &str, patterns: &[String], case_insensitive: bool) -> Result<RegexSet, ConfError> {
     for (i, p) in patterns.iter().enumerate() {
@@ -28,7 +45,7 @@ pub fn regex_set(field: &str, patterns: &[String], case_insensitive: bool) -> Re
     RegexSetBuilder::new(patterns)
         .case_insensitive(case_insensitive)
         .build()
-        .map_err(|e| ConfError::new(format!("`{field}`: {e}")))
+        .field(field)
 }
 
 /// Compiles one pattern (the conf field `field`), with a message naming it.
@@ -158,7 +175,10 @@ impl Plugin for UaRestriction {
 
     fn prepare(c: UaRestrictionConf, _env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
         let names = ("allowlist", "denylist");
-        let build = |field: &str, list: Vec<String>| regex_set(field, &list, false);
+        let build = |field: &str, list: Vec<String>| {
+            check_list(field, &list, usize::MAX, false)?;
+            regex_set(field, &list, false)
+        };
         Lists::new(c.allowlist, c.denylist, names, c.bypass_missing, &c.message, build)
             .map(UaRestriction)
     }
@@ -168,7 +188,8 @@ impl Plugin for UaRestriction {
         let matched = values
             .peek()
             .is_some()
-            .then(|| values.any(|ua| self.0.matcher.is_match(ua)));
+            // As APISIX, surrounding whitespace is not part of the agent.
+            .then(|| values.any(|ua| self.0.matcher.is_match(ua.trim_ascii())));
         Ok(self.0.decide(matched))
     }
 }
@@ -177,10 +198,10 @@ impl Plugin for UaRestriction {
 
 pub struct RefererRestriction(Lists<HostList>);
 
-/// Exact hosts and `*.suffix` wildcards, lower-cased.
+/// Exact hosts and `*suffix` wildcards, lower-cased.
 pub struct HostList {
     exact: Vec<String>,
-    /// Each with its leading dot: `*.example.com` is stored as `.example.com`.
+    /// What follows the `*`: `*.example.com` is stored as `.example.com`, `*` as `""`.
     suffixes: Vec<String>,
 }
 
@@ -192,21 +213,22 @@ impl HostList {
         };
         for e in entries {
             let e = e.to_ascii_lowercase();
-            let (host, wildcard) = match e.strip_prefix("*.") {
+            // APISIX's host pattern: `*` alone, or an optional `*` and host characters.
+            let (host, wildcard) = match e.strip_prefix('*') {
                 Some(rest) => (rest, true),
                 None => (e.as_str(), false),
             };
-            let ok = !host.is_empty()
+            let ok = (wildcard || !host.is_empty())
                 && host
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
             if !ok {
                 return Err(ConfError::new(format!(
-                    "`{field}`: {e:?} is not a host or `*.domain` wildcard"
+                    "`{field}`: {e:?} is not a host or a `*` wildcard"
                 )));
             }
             if wildcard {
-                list.suffixes.push(format!(".{host}"));
+                list.suffixes.push(host.to_owned());
             } else {
                 list.exact.push(host.to_owned());
             }
@@ -217,7 +239,7 @@ impl HostList {
     fn contains(&self, host: &str) -> bool {
         self.exact.iter().any(|h| h.eq_ignore_ascii_case(host))
             || self.suffixes.iter().any(|s| {
-                host.len() > s.len()
+                host.len() >= s.len()
                     && host.is_char_boundary(host.len() - s.len())
                     && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
             })
@@ -292,8 +314,21 @@ mod tests {
         assert!(!l.contains("badexample.com"));
         assert!(l.contains("EXACT.org"));
         assert!(!l.contains("sub.exact.org"));
-        assert!(HostList::new("w", vec!["*".into()]).is_err());
         assert!(HostList::new("w", vec!["a b".into()]).is_err());
+        assert!(HostList::new("w", vec!["x.*".into()]).is_err());
+        // As APISIX: `*` is every host, `*suffix` a plain suffix.
+        let any = HostList::new("w", vec!["*".into()]).unwrap();
+        assert!(any.contains("anything.org"));
+        let bare = HostList::new("w", vec!["*xx.com".into()]).unwrap();
+        assert!(bare.contains("xx.com") && bare.contains("abxx.com") && !bare.contains("xx.org"));
+    }
+
+    #[test]
+    fn lists_have_apisix_bounds() {
+        assert!(check_list("l", &["a".into(), "".into()], 10, false).is_err());
+        assert!(check_list("l", &["a".repeat(11)], 10, false).is_err());
+        assert!(check_list("l", &["a".into(), "a".into()], 10, true).is_err());
+        assert!(check_list("l", &["a".into(), "a".into()], 10, false).is_ok());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `traffic-tag` (PLUGINS.md §2.10): canary split and tag routing. The protocol cannot choose an
+//! `traffic-tag` (docs/plugins/security.md): canary split and tag routing. The protocol cannot choose an
 //! upstream, so this plugin decides and labels; a `traffic-split` on the route, a mesh router, a
 //! path prefix or the upstream Host carries the routing out.
 //!

@@ -1,4 +1,4 @@
-//! `uri-blocker` (PLUGINS.md §2.15): reject requests whose URI matches a rule.
+//! `uri-blocker` (docs/plugins/security.md): reject requests whose URI matches a rule.
 //!
 //! Conf: `{"block_rules": ["\\.\\./", "^/admin"], "rejected_code": 403, "rejected_msg":
 //! "blocked", "case_insensitive": false, "rejected_headers": [{"key": "X-Blocked", "value":
@@ -46,6 +46,7 @@ impl Plugin for UriBlocker {
         if conf.block_rules.is_empty() {
             return Err(ConfError::new("`block_rules` must not be empty"));
         }
+        restriction::check_list("block_rules", &conf.block_rules, 4096, true)?;
         restriction::check_status("rejected_code", conf.rejected_code)?;
         let reject = match &conf.rejected_msg {
             Some(m) if m.is_empty() => {

@@ -2,7 +2,7 @@
 //! and appends each completed exchange to a corpus.
 //!
 //! One upstream connection per gateway connection, so the gateway's pooling and its nested
-//! prepare connections (PROTOCOL.md §1) behave as without the proxy. An exchange is written
+//! prepare connections (docs/protocol.md §1) behave as without the proxy. An exchange is written
 //! whole, under a lock, once its final reply has passed: exchanges of different connections
 //! never interleave in the file. The corpus' protocol is detected from the first request.
 

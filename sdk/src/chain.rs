@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::env::Held;
 use crate::model::{HttpReqCallReq, HttpRespCallReq, ReqAction};
 use crate::request::CallState;
 use crate::response::RespState;
@@ -53,6 +54,10 @@ pub struct Chain {
     /// Read from the key once, at prepare time, not per request.
     pub(crate) attachment: Attachment,
     pub(crate) links: Vec<Link>,
+    /// The state its plugins asked for at prepare time. The state registry holds state weakly,
+    /// so this is what keeps a route's state alive while the chain lives, whether or not the
+    /// plugins hold on to it themselves.
+    pub(crate) _state: Box<[Held]>,
 }
 
 /// A plugin's failure, with the plugin's name for the log.

@@ -5,6 +5,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use crate::state::{ScopeKey, StateRegistry};
+use crate::Clock;
 
 /// Where the gateway attached the chain, read from the `prepare_conf` key
 /// (`conf_type#conf_id#<gateway plugin name>#<version>`).
@@ -56,7 +57,14 @@ pub struct PrepareEnv<'a> {
     pub(crate) conf: &'a str,
     pub(crate) chain: &'a [&'a str],
     pub(crate) state: &'a StateRegistry,
+    pub(crate) clock: &'a Clock,
+    /// Every state value handed out, for the chain being built to keep (the registry holds
+    /// state weakly).
+    pub(crate) held: Vec<Held>,
 }
+
+/// A state value as the chain that asked for it keeps it.
+pub(crate) type Held = Arc<dyn Any + Send + Sync>;
 
 impl PrepareEnv<'_> {
     /// The `prepare_conf` key, e.g. `route#1#ext-plugin-pre-req#12`.
@@ -78,21 +86,31 @@ impl PrepareEnv<'_> {
         self.chain
     }
 
+    /// The clock to measure time by, in `prepare` and (keep a clone) in the filters: the
+    /// runner's monotonic clock, or the manual clock a test drives. See [`Clock`].
+    pub fn clock(&self) -> &Clock {
+        self.clock
+    }
+
     /// State shared by every chain of this route, plugin and conf: the pre-req and post-resp
     /// attachments of one route see the same value, and so do re-prepares of the same conf. A
     /// changed conf gets fresh state (as the gateway's own limiters reset). `init` runs when no
-    /// live chain holds such state yet.
+    /// live chain asked for such state yet.
+    ///
+    /// The state lives as long as any prepared chain that asked for it, whatever the plugin
+    /// keeps: the returned `Arc`, a field cloned out of it, or nothing.
     pub fn state<T: Any + Send + Sync>(&mut self, init: impl FnOnce() -> T) -> Arc<T> {
         let key = ScopeKey::Route {
             route: self.route().to_owned(),
             plugin: self.plugin,
             conf_hash: conf_hash(self.conf),
         };
-        self.state.get_or_init(key, init)
+        self.hold(self.state.get_or_init(key, init))
     }
 
     /// State shared by every chain, of any route, that uses this plugin with the same `group`
-    /// name (APISIX's `group` field of the limit plugins).
+    /// name (APISIX's `group` field of the limit plugins). It lives as long as any chain that
+    /// asked for it, like [`PrepareEnv::state`].
     pub fn group_state<T: Any + Send + Sync>(
         &mut self,
         group: &str,
@@ -102,7 +120,13 @@ impl PrepareEnv<'_> {
             group: group.to_owned(),
             plugin: self.plugin,
         };
-        self.state.get_or_init(key, init)
+        self.hold(self.state.get_or_init(key, init))
+    }
+
+    /// Keeps `value` with the chain being prepared.
+    fn hold<T: Any + Send + Sync>(&mut self, value: Arc<T>) -> Arc<T> {
+        self.held.push(value.clone());
+        value
     }
 }
 

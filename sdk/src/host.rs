@@ -4,7 +4,8 @@
 //! A runner decodes each call into the [`crate::model`] types, keeps one [`CallState`] and one
 //! [`RespState`] per connection (reset before each call, so their vectors are reused), answers
 //! the plugins' `extra_info` requests through its [`GatewayVars`], and builds chains with
-//! [`crate::Registry::build_chain`] against one [`StateRegistry`] shared by every chain it serves.
+//! [`crate::Registry::build_chain`] against one [`StateRegistry`] shared by every chain it serves
+//! and the [`crate::Clock`] its plugins read time from.
 
 pub use crate::chain::ChainFailure;
 pub use crate::request::CallState;

@@ -53,7 +53,7 @@
 //!
 //! # Gateway round trips
 //!
-//! [`RequestCall::var`], [`RequestCall::request_body`], [`ResponseCall::var`] and
+//! [`RequestCall::var`], [`RequestCall::body`], [`ResponseCall::var`] and
 //! [`ResponseCall::body`] may ask the gateway (one `extra_info` round trip on the call's
 //! connection; the answer is cached for the rest of the call).
 //!
@@ -75,14 +75,26 @@
 //! A plugin value lives as long as its prepared chain (the conf cache may drop it after the conf
 //! expiry). State that must outlive one chain, such as a rate limiter's counters, comes from
 //! [`PrepareEnv::state`]: it is shared by every chain of the same route, plugin and conf (the
-//! request and response attachments of one route, and re-prepares after token refresh).
+//! request and response attachments of one route, and re-prepares after token refresh), and
+//! lives as long as any of those chains does. The chain keeps it alive, not the plugin: a
+//! plugin may hold the returned `Arc` or only what it needs of it (a field's own `Arc`, say).
 //! Several connections call a plugin at once: keep shared state in atomics or short locks, and
 //! never hold a lock across an `.await`.
+//!
+//! # Time
+//!
+//! Plugins that measure time read it from [`PrepareEnv::clock`] (keep a clone of the
+//! [`Clock`]), not from `Instant::now()`. The runner hands out the system's monotonic clock;
+//! tests hand out [`Clock::manual`] and [`Clock::advance`] it by hand, through
+//! [`harness::Harness::with_clock`], [`harness::TestEnv::with_clock`] or the runner's test
+//! configuration, so windows, timeouts and recovery times are tested exactly and without
+//! sleeping.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 mod chain;
+mod clock;
 mod env;
 mod error;
 mod extensions;
@@ -102,8 +114,9 @@ use serde::de::DeserializeOwned;
 
 pub use bytes::Bytes;
 pub use chain::Chain;
+pub use clock::Clock;
 pub use env::{Attachment, PrepareEnv};
-pub use error::{ConfError, PluginError};
+pub use error::{ConfError, Context, PluginError};
 pub use model::{Method, Pair, Stop};
 pub use registry::{ChainError, Registry};
 pub use request::RequestCall;

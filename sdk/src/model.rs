@@ -1,4 +1,4 @@
-//! The protocol's messages as one codec-independent model (PROTOCOL.md §3).
+//! The protocol's messages as one codec-independent model (docs/protocol.md §4).
 //!
 //! Codecs decode wire payloads into these types and encode these types into payloads; the server
 //! and the plugins see nothing else. Request-side structs are reused across calls on a connection

@@ -7,7 +7,7 @@ use crate::chain::{Chain, DynPlugin, Link};
 use crate::model::PrepareConfReq;
 use crate::state::StateRegistry;
 use crate::text::Text;
-use crate::{Attachment, ConfError, Plugin, PrepareEnv};
+use crate::{Attachment, Clock, ConfError, Plugin, PrepareEnv};
 
 type Factory = fn(&str, &mut PrepareEnv<'_>) -> Result<Box<dyn DynPlugin>, ConfError>;
 
@@ -64,18 +64,22 @@ impl Registry {
     /// whether a gateway's conf would be accepted, and why not. For offline tools and the conf
     /// fuzz target; plugin state made while preparing is dropped with the chain.
     pub fn check(&self, req: &PrepareConfReq) -> Result<(), ChainError> {
-        self.build_chain(req, &StateRegistry::default()).map(drop)
+        self.build_chain(req, &StateRegistry::default(), &Clock::system())
+            .map(drop)
     }
 
     /// Parses and validates every entry of a chain. Fails closed: one unknown plugin or bad conf
-    /// fails the whole chain.
+    /// fails the whole chain. Plugins share state through `state` and read time from `clock`
+    /// (both one per runner).
     pub fn build_chain(
         &self,
         req: &PrepareConfReq,
         state: &StateRegistry,
+        clock: &Clock,
     ) -> Result<Chain, ChainError> {
         let names: Vec<&str> = req.conf.iter().map(|p| p.name.as_str()).collect();
         let mut links = Vec::with_capacity(req.conf.len());
+        let mut held = Vec::new();
         for (index, entry) in req.conf.iter().enumerate() {
             let fail = |reason: String| ChainError {
                 index,
@@ -95,15 +99,19 @@ impl Registry {
                 conf,
                 chain: &names,
                 state,
+                clock,
+                held: Vec::new(),
             };
             let plugin = factory(conf, &mut env).map_err(|e| fail(e.to_string()))?;
             links.push(Link { name, plugin });
+            held.append(&mut env.held);
         }
         Ok(Chain {
             attachment: Attachment::from_key(&req.key),
             // A copy: the request's key is a slice of the frame, which the chain must not pin.
             key: Text::from(req.key.as_str().to_owned()),
             links,
+            _state: held.into_boxed_slice(),
         })
     }
 }

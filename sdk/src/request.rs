@@ -48,8 +48,9 @@ impl CallState {
 /// One request, seen by one plugin of the chain.
 ///
 /// Reads reflect the rewrites recorded by earlier plugins of the chain (path, headers, args,
-/// body); [`RequestCall::headers`] and [`RequestCall::args`] give the request as the gateway sent
-/// it. Writes are recorded and sent to the gateway as one rewrite when the chain ends.
+/// body); the `original_*` methods give the request as the gateway sent it. Writes are recorded
+/// and sent to the gateway as one rewrite when the chain ends. [`ResponseCall`](crate::ResponseCall)
+/// uses the same names for the same ideas.
 pub struct RequestCall<'c> {
     req: &'c HttpReqCallReq,
     state: &'c mut CallState,
@@ -124,8 +125,26 @@ impl<'c> RequestCall<'c> {
             )
     }
 
-    /// The request headers as the gateway sent them: names lower-cased, repeats kept, in order.
-    pub fn headers(&self) -> &[Pair] {
+    /// The request headers as rewritten so far, in order: `(name, value)`, repeats kept. The
+    /// headers the gateway sent come first (names lower-cased) minus those a plugin set or
+    /// removed, then the ones plugins set.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let rewritten = &self.state.rewrite.headers;
+        self.req
+            .headers
+            .iter()
+            .filter(move |h| {
+                !rewritten
+                    .iter()
+                    .any(|r| r.name.eq_ignore_ascii_case(&h.name))
+            })
+            .chain(rewritten.iter())
+            .filter_map(|h| Some((h.name.as_str(), h.value.as_deref()?)))
+    }
+
+    /// The request headers exactly as the gateway sent them, before any plugin of this chain
+    /// changed them: names lower-cased, repeats kept, in order.
+    pub fn original_headers(&self) -> &[Pair] {
         &self.req.headers
     }
 
@@ -148,9 +167,27 @@ impl<'c> RequestCall<'c> {
             .map(|a| a.value.as_ref())
     }
 
-    /// The query arguments as the gateway sent them: decoded, repeats kept, in order; a bare flag
-    /// has no value.
-    pub fn args(&self) -> &[Pair] {
+    /// The query arguments as rewritten so far, in order: `(name, value)`, decoded, repeats
+    /// kept; a bare flag (`?debug`) has no value. The gateway's arguments come first minus those
+    /// a plugin set or removed, then the ones plugins set.
+    pub fn args(&self) -> impl Iterator<Item = (&str, Option<&str>)> + '_ {
+        let rewritten = &self.state.rewrite.args;
+        let kept = self
+            .req
+            .args
+            .iter()
+            .filter(move |a| !rewritten.iter().any(|r| r.name == a.name))
+            .map(|a| (a.name.as_str(), a.value.as_deref()));
+        // In a rewrite an entry without a value deletes the argument.
+        let set = rewritten
+            .iter()
+            .filter_map(|a| Some((a.name.as_str(), Some(a.value.as_deref()?))));
+        kept.chain(set)
+    }
+
+    /// The query arguments exactly as the gateway sent them: decoded, repeats kept, in order; a
+    /// bare flag has no value.
+    pub fn original_args(&self) -> &[Pair] {
         &self.req.args
     }
 
@@ -306,14 +343,14 @@ impl<'c> RequestCall<'c> {
         }
     }
 
-    /// The request body (fetched from the gateway once per call, or as rewritten by an earlier
-    /// plugin); `None` when the request has none.
+    /// The request body as rewritten so far, else the client's (fetched from the gateway at most
+    /// once per call); `None` when the request has none.
     ///
     /// # Errors and cancellation
     ///
     /// As [`RequestCall::var`]: `Err` when the round trip fails (a gateway failure fails the call
     /// whatever the plugin returns); dropping the future is safe.
-    pub async fn request_body(&mut self) -> Result<Option<Bytes>, PluginError> {
+    pub async fn body(&mut self) -> Result<Option<Bytes>, PluginError> {
         if let Some(body) = &self.state.rewrite.body {
             return Ok(Some(body.clone()));
         }
@@ -336,7 +373,7 @@ impl<'c> RequestCall<'c> {
         push_replacing(&mut self.state.rewrite.headers, Pair::new(name, value));
     }
 
-    /// Deletes request header `name`.
+    /// Removes request header `name` (every value).
     pub fn remove_header(&mut self, name: impl Into<Text>) {
         push_replacing(&mut self.state.rewrite.headers, Pair::absent(name));
     }

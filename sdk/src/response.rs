@@ -45,7 +45,8 @@ impl RespState {
 }
 
 /// The upstream's answer, seen by one plugin of the chain. Reads reflect the changes of earlier
-/// plugins.
+/// plugins; the `original_*` methods give the answer as the gateway sent it (the same names as
+/// [`RequestCall`](crate::RequestCall)'s).
 pub struct ResponseCall<'c> {
     req: &'c HttpRespCallReq,
     state: &'c mut RespState,
@@ -70,8 +71,8 @@ impl<'c> ResponseCall<'c> {
         self.req.id
     }
 
-    /// The status the upstream answered.
-    pub fn upstream_status(&self) -> u16 {
+    /// The status the upstream answered, before any plugin of this chain changed it.
+    pub fn original_status(&self) -> u16 {
         self.req.status
     }
 
@@ -84,22 +85,37 @@ impl<'c> ResponseCall<'c> {
         self.state.status = Some(status);
     }
 
-    /// The upstream's headers, in their original case and order.
-    pub fn upstream_headers(&self) -> &[Pair] {
+    /// The upstream's headers exactly as the gateway sent them, before any plugin of this chain
+    /// changed them: original case, repeats kept, in order.
+    pub fn original_headers(&self) -> &[Pair] {
         &self.req.headers
     }
 
-    /// The headers the client will get, as changed so far.
-    pub fn headers(&self) -> &[Pair] {
+    /// The headers the client will get, as changed so far, in order: `(name, value)`.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.current_headers()
+            .iter()
+            .filter_map(|h| Some((h.name.as_str(), h.value.as_deref()?)))
+    }
+
+    fn current_headers(&self) -> &[Pair] {
         self.state.headers.as_deref().unwrap_or(&self.req.headers)
     }
 
     /// The first value of header `name` (any case), as changed so far.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers()
+        self.current_headers()
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .and_then(|h| h.value.as_deref())
+    }
+
+    /// Every value of header `name` (any case), as changed so far.
+    pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {
+        self.current_headers()
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .filter_map(|h| h.value.as_deref())
     }
 
     fn headers_mut(&mut self) -> &mut Vec<Pair> {
@@ -121,10 +137,11 @@ impl<'c> ResponseCall<'c> {
         self.headers_mut().push(pair);
     }
 
-    /// Removes header `name`.
-    pub fn remove_header(&mut self, name: &str) {
+    /// Removes header `name` (every value).
+    pub fn remove_header(&mut self, name: impl Into<Text>) {
+        let name = name.into();
         self.headers_mut()
-            .retain(|h| !h.name.eq_ignore_ascii_case(name));
+            .retain(|h| !h.name.eq_ignore_ascii_case(&name));
     }
 
     /// The response body as changed so far, or the upstream's (fetched from the gateway at most

@@ -1,8 +1,9 @@
 //! Long-lived plugin state, shared across the chains that use it.
 //!
-//! The registry holds only weak references: a state value lives exactly as long as some prepared
-//! chain holds it, so the registry is bounded by the conf cache and never keeps state for a conf
-//! the runner has forgotten.
+//! The registry holds only weak references; every [`Chain`](crate::Chain) holds the state its
+//! plugins asked for (whatever the plugins keep of it). So a state value lives exactly as long
+//! as some prepared chain that asked for it, the registry is bounded by the conf cache, and it
+//! never keeps state for a conf the runner has forgotten.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;

@@ -25,7 +25,7 @@ const SCRATCH_BYTES: usize = 2048;
 const MAX_SEGMENTS: usize = 512;
 
 /// True when `payload` starts with a Cap'n Proto segment table that accounts exactly for its
-/// length (PROTOCOL.md §3.3).
+/// length (docs/protocol.md §9).
 pub fn segment_table_fits(payload: &[u8]) -> bool {
     let word = |i: usize| -> Option<usize> {
         let b = payload.get(i * 4..i * 4 + 4)?;

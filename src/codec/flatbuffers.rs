@@ -1,5 +1,5 @@
 //! The FlatBuffers codec: what stock Apache APISIX speaks (ext-plugin-proto v0.6.1,
-//! `schema/ext-plugin.fbs`, PROTOCOL.md §3.2).
+//! `schema/ext-plugin.fbs`, docs/protocol.md §7).
 //!
 //! A payload is one finished buffer: root offset at byte 0, no size prefix, no file identifier.
 //! Every incoming buffer goes through the `flatbuffers` crate's verifier (`schema`) before it
@@ -43,7 +43,7 @@ const BUILDER_BYTES: usize = 1024;
 const BUILDER_KEEP_BYTES: usize = 64 * 1024;
 
 /// True when `payload` has the shape of a FlatBuffers buffer: a root offset at byte 0 leading to
-/// a table whose vtable and fields lie inside the payload (PROTOCOL.md §3.3).
+/// a table whose vtable and fields lie inside the payload (docs/protocol.md §9).
 pub fn root_table_fits(payload: &[u8]) -> bool {
     Table::root(payload).is_ok()
 }

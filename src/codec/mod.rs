@@ -99,7 +99,7 @@ impl fmt::Display for ProtocolSetting {
     }
 }
 
-/// Tells which protocol a payload is in (PROTOCOL.md §3.3); `None` when it fits none.
+/// Tells which protocol a payload is in (docs/protocol.md §9); `None` when it fits none.
 ///
 /// Cap'n Proto is tried first because its test is the stricter one (the segment table must
 /// account for every byte of the payload). The two cannot both fit in practice: a one-segment

@@ -7,6 +7,24 @@
 //! To run chains in memory instead, without a runner, use the SDK's
 //! [`ext_plugin_sdk::harness`] (its request builders are re-exported here).
 //!
+//! Plugins that measure time read the runner's [`Config::clock`]. To drive it, start the runner
+//! with a manual clock and advance it between calls:
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use std::time::Duration;
+//! use ext_plugin_runner::testing::TestRunner;
+//! use ext_plugin_runner::{Clock, Config};
+//!
+//! let clock = Clock::manual();
+//! let config = Config { clock: clock.clone(), ..Config::default() };
+//! let runner = TestRunner::start_with(config, ext_plugin_catalogue::builtin()).await;
+//! // ... a limit is hit ...
+//! clock.advance(Duration::from_secs(60));
+//! // ... and the window has passed for every chain of this runner.
+//! # }
+//! ```
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), ext_plugin_runner::testing::GatewayError> {
 //! use ext_plugin_runner::model::{Method, ReqAction};
@@ -14,7 +32,7 @@
 //!
 //! let runner = TestRunner::start(ext_plugin_catalogue::builtin()).await;
 //! let mut gw = runner.connect().await;
-//! let token = gw.prepare("route#1#ext-plugin-pre-req#1", &[("echo", "{}")]).await?;
+//! let token = gw.prepare("route#1#ext-plugin-pre-req#1", &[("debug-echo", "{}")]).await?;
 //! let reply = gw.call(token, &request(Method::Get, "/hi")).await?;
 //! assert!(matches!(reply.action, ReqAction::Stop(_)));
 //! runner.stop().await;
@@ -70,7 +88,8 @@ impl TestRunner {
         TestRunner::start_with(Config::default(), registry).await
     }
 
-    /// Starts a runner with `config` (its listen path is replaced by a temporary one).
+    /// Starts a runner with `config` (its listen path is replaced by a temporary one; its
+    /// `clock` is the one plugins read, see [the module docs](self)).
     pub async fn start_with(mut config: Config, registry: Registry) -> TestRunner {
         let path = temp_socket_path();
         config.listen = path.clone();

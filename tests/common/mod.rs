@@ -159,9 +159,9 @@ pub fn body(s: &Stop) -> &str {
     std::str::from_utf8(&s.body).expect("a text body")
 }
 
-/// The echo plugin's JSON answer.
+/// The debug-echo plugin's JSON answer.
 pub fn echoed(reply: impl IntoAction) -> Value {
-    serde_json::from_slice(&stop(reply).body).expect("echo answers JSON")
+    serde_json::from_slice(&stop(reply).body).expect("debug-echo answers JSON")
 }
 
 /// Pairs from `(name, value)`s.
@@ -219,12 +219,12 @@ pub fn call_frame(codec: &mut dyn GatewayCodec, token: u32, req: &HttpReqCallReq
     })
 }
 
-/// A normal call on a fresh connection: prepare echo, call it, get echo's answer.
+/// A normal call on a fresh connection: prepare debug-echo, call it, get its answer.
 pub async fn fresh_call_works(runner: &TestRunner, p: Protocol) {
     guarded("a normal call", async {
         let mut gw = runner.connect_with(p).await;
         let token = gw
-            .prepare("route#ok#ext-plugin-pre-req#1", &[("echo", "{}")])
+            .prepare("route#ok#ext-plugin-pre-req#1", &[("debug-echo", "{}")])
             .await
             .expect("prepare on a fresh connection");
         let resp = gw.call(token, &request(Method::Get, "/ok")).await.unwrap();

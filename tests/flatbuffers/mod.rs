@@ -1,5 +1,5 @@
 //! A FlatBuffers gateway client written from the published ext-plugin-proto v0.6.1 schema
-//! (PROTOCOL.md §3.2), independently of this crate's codec: requests are built with raw
+//! (docs/protocol.md §7), independently of this crate's codec: requests are built with raw
 //! `FlatBufferBuilder` calls ([`schema`]), frames are cut by hand, and replies are verified with
 //! the `flatbuffers` crate's verifier and read with its table accessors ([`verify`]). Its framing
 //! and extra_info loop are its own on purpose, not the crate's `framed`: it checks the runner

@@ -1,10 +1,10 @@
-//! The schema, from PROTOCOL.md §3.2 (field ids and enum values), and requests built with raw
+//! The schema, from docs/protocol.md §7 (field ids and enum values), and requests built with raw
 //! `FlatBufferBuilder` calls.
 
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, TableFinishedWIPOffset, Vector, WIPOffset};
 
 // ---------------------------------------------------------------------------------------------
-// The schema, from PROTOCOL.md §3.2: field ids and enum values.
+// The schema, from docs/protocol.md §7: field ids and enum values.
 
 /// The vtable offset of field `id`.
 pub const fn f(id: u16) -> u16 {

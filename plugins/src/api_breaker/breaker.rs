@@ -144,8 +144,9 @@ impl Consecutive {
         let Some(at) = self.tripped_at else {
             return Admit::Pass;
         };
-        // As APISIX, from the failures seen so far (answers still arriving while open extend it).
-        let trips = self.unhealthy.div_ceil(s.failures).max(1);
+        // As APISIX, from the whole trips seen so far: floor(failures / `failures`), at least 1.
+        // Failures arriving while open or after it, short of the next multiple, change nothing.
+        let trips = (self.unhealthy / s.failures).max(1);
         let secs = 1u64.checked_shl(trips as u32).filter(|_| trips < 64);
         let open = secs.map_or(u64::MAX, |x| x.saturating_mul(NANOS_PER_SEC));
         let until = at.saturating_add(open.min(s.max_open));

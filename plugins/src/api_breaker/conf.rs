@@ -2,13 +2,14 @@
 //! validated once at prepare time with messages that name the field.
 //!
 //! Fields of the other policies are accepted and unused (a conf may carry a full set, as the
-//! PLUGINS.md example does, and switch `policy` alone); a field the chosen policy needs but lacks
+//! documented example does, and switch `policy` alone); a field the chosen policy needs but lacks
 //! (`threshold`, `max_allowed_rt_ms`) is an error.
 
 use serde::Deserialize;
 
 use super::breaker::{Policy, Settings};
-use ext_plugin_sdk::{ConfError, Stop};
+use crate::support::template::Template;
+use ext_plugin_sdk::{ConfError, Stop, Text};
 use crate::support::clock::{secs_to_nanos, NANOS_PER_MS, NANOS_PER_SEC};
 use crate::support::reject::{self, HeaderConf};
 
@@ -143,6 +144,8 @@ pub(super) struct Prepared {
     pub idle: u64,
     pub max_keys: usize,
     pub reject: Stop,
+    /// Rejection headers whose values have variables.
+    pub reject_vars: Vec<(Text, Template)>,
 }
 
 fn in_range(field: &str, value: u64, min: u64, max: u64) -> Result<u64, ConfError> {
@@ -182,8 +185,36 @@ impl ApiBreakerConf {
         if let Some(body) = self.break_response_body {
             reject = reject.with_body(body);
         }
-        let reject = reject::with_headers(reject, &self.break_response_headers)
-            .map_err(|e| ConfError::new(format!("`break_response_headers`: {e}")))?;
+        if let Some(h) = self
+            .break_response_headers
+            .iter()
+            .find(|h| h.key.is_empty() || h.value.is_empty())
+        {
+            return Err(ConfError::new(format!(
+                "`break_response_headers`: {:?} needs a non-empty key and value",
+                h.key
+            )));
+        }
+        // Values with variables are filled in per rejection, as APISIX does.
+        let (fixed, templated): (Vec<_>, Vec<_>) = self
+            .break_response_headers
+            .into_iter()
+            .partition(|h| Template::parse(&h.value).constant().is_some());
+        let checked: Vec<HeaderConf> = templated
+            .iter()
+            .map(|h| HeaderConf {
+                key: h.key.clone(),
+                value: String::new(),
+            })
+            .collect();
+        reject::with_headers(Stop::new(code), &checked)
+            .map_err(|e| ConfError::field("break_response_headers", e))?;
+        let reject = reject::with_headers(reject, &fixed)
+            .map_err(|e| ConfError::field("break_response_headers", e))?;
+        let reject_vars = templated
+            .into_iter()
+            .map(|h| (Text::from(h.key), Template::parse(&h.value)))
+            .collect();
         let max_breaker_sec = in_range("max_breaker_sec", self.max_breaker_sec, 3, MAX_MS / 1000)?;
         let unhealthy = statuses("unhealthy.http_statuses", self.unhealthy.http_statuses, 500, 599)?;
         let healthy = statuses("healthy.http_statuses", self.healthy.http_statuses, 200, 499)?;
@@ -266,6 +297,7 @@ impl ApiBreakerConf {
             idle,
             max_keys: self.max_keys,
             reject,
+            reject_vars,
         })
     }
 }

@@ -1,10 +1,8 @@
 //! The plugin around the state machine: both phases in memory, a driven clock.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::support::clock::ManualClock;
 use ext_plugin_sdk::harness::{TestCall, TestEnv, TestResp};
 use ext_plugin_sdk::harness::request;
 
@@ -12,27 +10,24 @@ const PRE: &str = "route#1#ext-plugin-pre-req#1";
 const POST: &str = "route#1#ext-plugin-post-resp#1";
 const CORR: &str = "http_x_a6_runner_req";
 
+/// The request and response halves of a route, on a manual clock.
 struct Pair {
     pre: ApiBreaker,
     post: ApiBreaker,
-    clock: Arc<ManualClock>,
-    _env: TestEnv,
+    clock: Clock,
 }
 
-fn build(conf: &str, env: &TestEnv, key: &str, clock: &Arc<ManualClock>) -> Result<ApiBreaker, ConfError> {
+fn build(conf: &str, env: &TestEnv, key: &str) -> Result<ApiBreaker, ConfError> {
     let parsed: ApiBreakerConf = serde_json::from_str(conf).map_err(ConfError::from)?;
-    env.with(key, ApiBreaker::NAME, conf, &[ApiBreaker::NAME], |e| {
-        ApiBreaker::build(parsed, e, clock.clone())
-    })
+    env.with(key, ApiBreaker::NAME, conf, &[ApiBreaker::NAME], |e| ApiBreaker::prepare(parsed, e))
 }
 
 fn pair(conf: &str) -> Pair {
-    let (env, clock) = (TestEnv::default(), ManualClock::new());
+    let env = TestEnv::default().with_clock(Clock::manual());
     Pair {
-        pre: build(conf, &env, PRE, &clock).unwrap(),
-        post: build(conf, &env, POST, &clock).unwrap(),
-        clock,
-        _env: env,
+        pre: build(conf, &env, PRE).unwrap(),
+        post: build(conf, &env, POST).unwrap(),
+        clock: env.clock().clone(),
     }
 }
 
@@ -139,8 +134,9 @@ async fn missing_answers_count_as_errors_when_asked() {
     let conf = r#"{"break_response_code": 502, "policy": "error_count", "threshold": 2,
         "min_request_amount": 2, "stat_interval_ms": 60000, "count_missing_response_as_error": true,
         "lease_timeout": 10}"#;
-    let (env, clock) = (TestEnv::default(), ManualClock::new());
-    let pre = build(conf, &env, PRE, &clock).unwrap();
+    let env = TestEnv::default().with_clock(Clock::manual());
+    let pre = build(conf, &env, PRE).unwrap();
+    let clock = env.clock();
     for _ in 0..2 {
         assert!(matches!(req(&pre, "a.test", "/").await, Seen::Pass(Some(_))), "every request leased");
     }
@@ -197,7 +193,7 @@ async fn consecutive_is_apisix_per_host_and_uri() {
 
 #[test]
 fn bad_confs_name_the_field() {
-    let (env, clock) = (TestEnv::default(), ManualClock::new());
+    let env = TestEnv::default();
     for (conf, why) in [
         (r#"{}"#, "break_response_code"),
         (r#"{"break_response_code": 600}"#, "break_response_code"),
@@ -218,7 +214,7 @@ fn bad_confs_name_the_field() {
         (r#"{"break_response_code": 503, "scope": "global"}"#, "unknown variant"),
         (r#"{"break_response_code": 503, "unhealthy": {"failure": 1}}"#, "unknown field"),
     ] {
-        let e = build(conf, &env, PRE, &clock).err().expect(conf);
+        let e = build(conf, &env, PRE).err().expect(conf);
         assert!(e.message().contains(why), "{conf}: {e}");
     }
     let full = r#"{"break_response_code": 503, "break_response_body": "upstream unhealthy",
@@ -228,5 +224,29 @@ fn bad_confs_name_the_field() {
         "threshold": 0.5, "min_request_amount": 5, "stat_interval_ms": 10000, "buckets": 10,
         "recovery_timeout_ms": 5000, "max_allowed_rt_ms": 500, "probe_num": 1,
         "scope": "route", "count_missing_response_as_error": true, "lease_timeout": 30}"#;
-    build(full, &env, PRE, &clock).expect("the PLUGINS.md example prepares");
+    build(full, &env, PRE).expect("the documented example prepares");
+}
+
+/// APISIX re-opens a consecutive breaker only after `unhealthy.failures` more failures once the
+/// open time is over (its open time counts whole trips: floor(failures seen / failures)).
+#[tokio::test]
+async fn consecutive_reopens_after_failures_more_failures() {
+    let p = pair(
+        r#"{"break_response_code": 502, "unhealthy": {"http_statuses": [500], "failures": 3},
+            "healthy": {"successes": 3}}"#,
+    );
+    for _ in 0..3 {
+        let id = pass(&p).await;
+        answer(&p, 500, id.as_deref(), &[]).await;
+    }
+    assert_eq!(retry_after(&req(&p.pre, "a.test", "/x").await), "2", "open for 2^1 s");
+    p.clock.advance(Duration::from_secs(3));
+    for n in 4..=6 {
+        let id = pass(&p).await;
+        answer(&p, 500, id.as_deref(), &[]).await;
+        if n < 6 {
+            assert!(matches!(req(&p.pre, "a.test", "/x").await, Seen::Pass(_)), "failure {n} does not re-open");
+        }
+    }
+    assert_eq!(retry_after(&req(&p.pre, "a.test", "/x").await), "4", "the 6th failure: 2^2 s");
 }

@@ -1,61 +1,27 @@
-//! Time for limiters and breakers: a monotonic clock that tests can drive.
+//! Time for limiters and breakers, in the unit their atomics store.
 //!
-//! Plugin state is built with a [`SharedClock`]; production passes [`system`], tests a
-//! [`ManualClock`] they advance by hand, so time-dependent behaviour is asserted exactly instead
-//! of by sleeping. Times are nanoseconds since an arbitrary epoch, never 0 (0 marks "never" in
-//! the atomics that store times).
+//! Plugins read the SDK's [`Clock`] from [`PrepareEnv::clock`](ext_plugin_sdk::PrepareEnv::clock)
+//! and keep a clone: the runner's monotonic clock in production, a manual one that tests advance
+//! by hand (`Harness::with_clock`, `TestEnv::with_clock`, the runner's `Config::clock`), so
+//! time-dependent behaviour is asserted exactly instead of by sleeping. [`Nanos::nanos`] reads it
+//! as nanoseconds since the clock's epoch, never 0 (0 marks "never" in the atomics that store
+//! times).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use ext_plugin_sdk::Clock;
 
 pub const NANOS_PER_MS: u64 = 1_000_000;
 pub const NANOS_PER_SEC: u64 = 1_000_000_000;
 
-pub trait Clock: Send + Sync + 'static {
+/// A [`Clock`] read in nanoseconds.
+pub trait Nanos {
     /// Nanoseconds since the clock's epoch; never goes back, never 0.
-    fn now(&self) -> u64;
+    fn nanos(&self) -> u64;
 }
 
-pub type SharedClock = Arc<dyn Clock>;
-
-/// The process's monotonic clock.
-pub fn system() -> SharedClock {
-    static SYSTEM: OnceLock<SharedClock> = OnceLock::new();
-    SYSTEM
-        .get_or_init(|| Arc::new(MonotonicClock(Instant::now())))
-        .clone()
-}
-
-struct MonotonicClock(Instant);
-
-impl Clock for MonotonicClock {
-    fn now(&self) -> u64 {
-        // Start at one second so that "now minus a window" stays positive early in the process.
-        let elapsed = u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX / 2);
-        NANOS_PER_SEC + elapsed
-    }
-}
-
-/// A clock that moves only when told to.
-#[derive(Debug)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    /// A clock at an arbitrary start of 1000 s (so early windows do not underflow).
-    pub fn new() -> Arc<ManualClock> {
-        Arc::new(ManualClock(AtomicU64::new(1000 * NANOS_PER_SEC)))
-    }
-
-    pub fn advance(&self, by: Duration) {
-        let by = u64::try_from(by.as_nanos()).expect("a test advance fits in u64 nanoseconds");
-        self.0.fetch_add(by, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+impl Nanos for Clock {
+    fn nanos(&self) -> u64 {
+        // Readings start at 1000 s; u64 nanoseconds last 584 years past that.
+        u64::try_from(self.now().as_nanos()).unwrap_or(u64::MAX / 2)
     }
 }
 

@@ -1,4 +1,4 @@
-//! APISIX `vars` expressions (the lua-resty-expr subset of PLUGINS.md §2.10), parsed once at
+//! APISIX `vars` expressions (the lua-resty-expr subset in docs/plugins/traffic.md), parsed once at
 //! prepare time and evaluated against a request's variables.
 //!
 //! ```text

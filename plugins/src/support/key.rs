@@ -9,6 +9,8 @@
 
 use serde::Deserialize;
 
+use super::template::Template;
+use crate::consumers::resolve_secret;
 use ext_plugin_sdk::{ConfError, PluginError, RequestCall, Text};
 
 #[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,25 +26,22 @@ pub enum KeyType {
 pub enum KeySource {
     Constant(Text),
     Var(Box<str>),
-    Combination(Vec<Part>),
-}
-
-#[derive(Debug)]
-pub enum Part {
-    Literal(Box<str>),
-    Var(Box<str>),
+    Combination(Template),
 }
 
 impl KeySource {
+    /// `key` may be `$ENV://NAME`, read from the runner's environment now (APISIX resolves such
+    /// references in every conf string).
     pub fn parse(key_type: KeyType, key: &str) -> Result<KeySource, ConfError> {
         if key.is_empty() {
             return Err(ConfError::new("`key` must not be empty"));
         }
+        let key = resolve_secret(key, "`key`")?;
         Ok(match key_type {
-            KeyType::Constant => KeySource::Constant(Text::from(key.to_owned())),
+            KeyType::Constant => KeySource::Constant(Text::from(key)),
             // A `$` before a single variable name is accepted: APISIX users write both.
             KeyType::Var => {
-                let name = key.strip_prefix('$').unwrap_or(key);
+                let name = key.strip_prefix('$').unwrap_or(&key);
                 if !name.bytes().all(is_var_byte) || name.is_empty() {
                     return Err(ConfError::new(format!(
                         "`key` {key:?} is not a variable name (use key_type \"var_combination\" for templates)"
@@ -50,16 +49,9 @@ impl KeySource {
                 }
                 KeySource::Var(name.into())
             }
-            KeyType::VarCombination => {
-                let parts =
-                    parse_template(key).map_err(|e| ConfError::new(format!("`key` {e}")))?;
-                if !parts.iter().any(|p| matches!(p, Part::Var(_))) {
-                    return Err(ConfError::new(format!(
-                        "`key` {key:?} names no `$variable`"
-                    )));
-                }
-                KeySource::Combination(parts)
-            }
+            // As APISIX: any string is a template; one naming no variable never resolves, so
+            // the client address counts.
+            KeyType::VarCombination => KeySource::Combination(Template::parse(&key)),
         })
     }
 
@@ -68,10 +60,10 @@ impl KeySource {
         match self {
             KeySource::Constant(k) => Ok(Some(k.clone())),
             KeySource::Var(name) => Ok(call.var(name).await?.filter(|v| !v.is_empty())),
-            KeySource::Combination(parts) => {
-                let (key, any_var) = render(parts, call).await?;
-                // As APISIX: a template whose variables are all nil gives no key.
-                Ok(any_var.then(|| key.into()))
+            KeySource::Combination(template) => {
+                let rendered = template.render(call).await?;
+                // As APISIX: a template none of whose variables has a value gives no key.
+                Ok((rendered.resolved > 0).then(|| rendered.text.into()))
             }
         }
     }
@@ -89,64 +81,8 @@ impl KeySource {
     }
 }
 
-/// Fills a template's variables in; also says whether any variable was non-empty.
-pub async fn render(
-    parts: &[Part],
-    call: &mut RequestCall<'_>,
-) -> Result<(String, bool), PluginError> {
-    let mut out = String::new();
-    let mut any_var = false;
-    for part in parts {
-        match part {
-            Part::Literal(s) => out.push_str(s),
-            Part::Var(name) => {
-                if let Some(v) = call.var(name).await? {
-                    any_var |= !v.is_empty();
-                    out.push_str(&v);
-                }
-            }
-        }
-    }
-    Ok((out, any_var))
-}
-
 fn is_var_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
-}
-
-/// Splits `"$a-$b x"` into literals and variables (`${name}` is accepted too).
-pub fn parse_template(key: &str) -> Result<Vec<Part>, ConfError> {
-    let mut parts = Vec::new();
-    let mut rest = key;
-    while let Some(at) = rest.find('$') {
-        if at > 0 {
-            parts.push(Part::Literal(rest[..at].into()));
-        }
-        let after = &rest[at + 1..];
-        let (name, next) = if let Some(braced) = after.strip_prefix('{') {
-            let end = braced
-                .find('}')
-                .ok_or_else(|| ConfError::new(format!("{key:?}: unclosed `${{`")))?;
-            (&braced[..end], &braced[end + 1..])
-        } else {
-            let end = after
-                .bytes()
-                .position(|b| !is_var_byte(b))
-                .unwrap_or(after.len());
-            (&after[..end], &after[end..])
-        };
-        if name.is_empty() {
-            return Err(ConfError::new(format!(
-                "`key` {key:?}: `$` without a variable name"
-            )));
-        }
-        parts.push(Part::Var(name.into()));
-        rest = next;
-    }
-    if !rest.is_empty() {
-        parts.push(Part::Literal(rest.into()));
-    }
-    Ok(parts)
 }
 
 #[cfg(test)]
@@ -202,11 +138,36 @@ mod tests {
         assert_eq!(c.asked(), ["route_id"]);
     }
 
+    #[tokio::test]
+    async fn apisix_key_forms() {
+        let mut c = TestCall::new(request(Method::Get, "/").with_header("x-p", "k8s"));
+        // Without a `$` nothing resolves (the limiters then count by client address).
+        assert_eq!(key(KeyType::VarCombination, "plain", &mut c).await, None);
+        assert_eq!(key(KeyType::VarCombination, "${open", &mut c).await, None);
+        assert_eq!(
+            key(KeyType::VarCombination, "${http_x_q ?? apisix}", &mut c)
+                .await
+                .as_deref(),
+            Some("apisix")
+        );
+        assert_eq!(
+            key(KeyType::VarCombination, "${http_x_p ?? apisix}", &mut c)
+                .await
+                .as_deref(),
+            Some("k8s")
+        );
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(
+            key(KeyType::Constant, "$ENV://PATH", &mut c).await,
+            Some(path)
+        );
+    }
+
     #[test]
     fn bad_keys_are_rejected() {
         assert!(KeySource::parse(KeyType::Var, "").is_err());
         assert!(KeySource::parse(KeyType::Var, "$a $b").is_err());
-        assert!(KeySource::parse(KeyType::VarCombination, "plain").is_err());
-        assert!(KeySource::parse(KeyType::VarCombination, "${open").is_err());
+        let e = KeySource::parse(KeyType::Var, "$ENV://EPR_SURELY_UNSET_VAR").unwrap_err();
+        assert!(e.message().contains("EPR_SURELY_UNSET_VAR"), "{e}");
     }
 }

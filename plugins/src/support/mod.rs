@@ -2,6 +2,9 @@
 //! written once here.
 //!
 //! * [`expr`]: APISIX `vars` expressions (lua-resty-expr subset).
+//! * [`template`]: strings with APISIX variables (`$var`, `${var ?? default}`).
+//! * [`amount`]: a limiter's number, fixed or taken from the request.
+//! * [`few`]: a list of usually one item, without a heap allocation for that one.
 //! * [`clock`]: monotonic time that tests drive by hand.
 //! * [`keyed`]: a bounded, sharded, swept map from a request key to its limiter cell.
 //! * [`window`]: a sliding-window counter (LeapArray).
@@ -9,10 +12,13 @@
 //! * [`reject`]: rejection answers and the conf fields all limiters share.
 //! * [`lease`]: request ↔ response correlation with expiring leases.
 
+pub mod amount;
 pub mod clock;
 pub mod expr;
+pub mod few;
 pub mod key;
 pub mod keyed;
 pub mod lease;
 pub mod reject;
+pub mod template;
 pub mod window;

@@ -25,6 +25,11 @@ pub fn rejection(
     headers: &[HeaderConf],
 ) -> Result<Stop, ConfError> {
     check_status(field, status)?;
+    if msg == Some("") {
+        return Err(ConfError::new(
+            "`rejected_msg` must not be empty (leave it out for no body)",
+        ));
+    }
     let stop = match msg {
         Some(m) => Stop::json_message(status, "error_msg", m),
         None => Stop::new(status),
@@ -83,6 +88,17 @@ pub fn check_policy(policy: &str) -> Result<(), ConfError> {
         other => Err(ConfError::new(format!(
             "`policy` must be \"local\", got {other:?}"
         ))),
+    }
+}
+
+/// The answer when a limiter cannot decide (no rule applies, or a variable count is unusable):
+/// a 500 without a body, as APISIX answers, unless `allow_degradation` lets the request through.
+pub fn undecided(allow_degradation: bool, why: &str) -> ext_plugin_sdk::Flow {
+    tracing::debug!(why, allow_degradation, "limiter cannot decide");
+    if allow_degradation {
+        ext_plugin_sdk::Flow::Continue
+    } else {
+        ext_plugin_sdk::Flow::Stop(Stop::new(500))
     }
 }
 

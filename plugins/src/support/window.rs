@@ -77,7 +77,7 @@ impl<const K: usize> LeapArray<K> {
         self.buckets
             .iter()
             .filter(|b| self.live(b, now) && b.counts.iter().any(|&c| c > 0))
-            .map(|b| b.start + self.window_ns())
+            .map(|b| b.start.saturating_add(self.window_ns()))
             .min()
     }
 

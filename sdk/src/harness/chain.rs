@@ -35,13 +35,15 @@ use crate::host::{CallState, GatewayVars, RespState};
 use crate::model::{ExtraInfoReq, HttpReqCallReq, HttpRespCallReq, HttpRespCallResp, ReqAction};
 use crate::registry::{ChainError, Registry};
 use crate::state::StateRegistry;
-use crate::PluginError;
+use crate::{Clock, PluginError};
 
 /// Prepares chains as `prepare_conf` does, with state shared between the chains it prepares,
-/// but no conf cache and no tokens.
+/// but no conf cache and no tokens. Its plugins read the system clock unless
+/// [`Harness::with_clock`] says otherwise.
 pub struct Harness {
     registry: Registry,
     state: StateRegistry,
+    clock: Clock,
 }
 
 impl Harness {
@@ -49,13 +51,27 @@ impl Harness {
         Harness {
             registry,
             state: StateRegistry::default(),
+            clock: Clock::system(),
         }
+    }
+
+    /// Plugins prepared from now on read time from `clock` (usually [`Clock::manual`], which
+    /// the test advances).
+    pub fn with_clock(mut self, clock: Clock) -> Harness {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock plugins read time from.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Parses and validates a chain of `(plugin name, JSON conf)` under `key`.
     pub fn prepare(&self, key: &str, chain: &[(&str, &str)]) -> Result<Arc<Chain>, ChainError> {
+        let req = super::request::prepare_request(key, chain);
         self.registry
-            .build_chain(&super::request::prepare_request(key, chain), &self.state)
+            .build_chain(&req, &self.state, &self.clock)
             .map(Arc::new)
     }
 }

@@ -8,6 +8,8 @@
 //!   [`TestResp`] and look at what it recorded.
 //! * [`request`] and the `with_*` builders on [`HttpReqCallReq`] make requests as a gateway
 //!   sends them.
+//! * Time: plugins read the system clock, unless [`Harness::with_clock`] or
+//!   [`TestEnv::with_clock`] gives them a [`crate::Clock::manual`] the test advances.
 //!
 //! The harness is executor-agnostic: its calls are futures. [`block_on`] runs one on the current
 //! thread for plugins that never sleep; plugins that use timers need the runtime they use

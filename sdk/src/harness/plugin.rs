@@ -5,12 +5,14 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Mutex;
 
 use bytes::Bytes;
 
+use crate::env::Held;
 use crate::host::{CallState, GatewayVars, RespState, StateRegistry};
 use crate::model::{ExtraInfoReq, HttpReqCallReq, HttpRespCallReq, Pair};
-use crate::{Attachment, PluginError, PrepareEnv, RequestCall, ResponseCall};
+use crate::{Attachment, Clock, PluginError, PrepareEnv, RequestCall, ResponseCall};
 
 /// Answers `extra_info` from a map.
 #[derive(Default)]
@@ -119,14 +121,45 @@ impl TestResp {
     }
 }
 
-/// Prepare-time context for unit tests, with its own state registry: two envs of the same
-/// route and conf share state, as in the runner.
+/// Prepare-time context for unit tests, with its own state registry: two plugins built with it
+/// for the same route and conf share state, as in the runner.
+///
+/// State handed out through a `TestEnv` lives as long as the `TestEnv` (in a runner, as long as
+/// a chain that asked for it): use a new `TestEnv` for fresh state.
+///
+/// Plugins read the system clock unless [`TestEnv::with_clock`] says otherwise:
+///
+/// ```
+/// use std::time::Duration;
+/// use ext_plugin_sdk::harness::TestEnv;
+/// use ext_plugin_sdk::Clock;
+///
+/// let env = TestEnv::default().with_clock(Clock::manual());
+/// let t0 = env.with("route#1#ext-plugin-pre-req#1", "p", "{}", &["p"], |e| e.clock().now());
+/// env.clock().advance(Duration::from_secs(30));
+/// // A plugin built with `env` (and keeping `e.clock().clone()`) now reads t0 + 30 s.
+/// assert_eq!(env.clock().now() - t0, Duration::from_secs(30));
+/// ```
 #[derive(Default)]
 pub struct TestEnv {
     state: StateRegistry,
+    held: Mutex<Vec<Held>>,
+    clock: Clock,
 }
 
 impl TestEnv {
+    /// Plugins built from now on read time from `clock` (usually [`Clock::manual`], which the
+    /// test advances through [`TestEnv::clock`] or a clone).
+    pub fn with_clock(mut self, clock: Clock) -> TestEnv {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock plugins read time from.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// Runs `f` with a [`PrepareEnv`] for `plugin` with `conf` under `key`, in `chain`.
     pub fn with<T>(
         &self,
@@ -142,7 +175,14 @@ impl TestEnv {
             conf,
             chain,
             state: &self.state,
+            clock: &self.clock,
+            held: Vec::new(),
         };
-        f(&mut env)
+        let out = f(&mut env);
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(&mut env.held);
+        out
     }
 }

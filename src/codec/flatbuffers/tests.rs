@@ -48,7 +48,7 @@ fn gateway_requests() -> Vec<(u8, Bytes)> {
                 c.encode_prepare_conf_req(
                     &PrepareConfReq {
                         key: "route#1#ext-plugin-pre-req#12".into(),
-                        conf: vec![Pair::new("echo", "{}"), Pair::absent("request-id")],
+                        conf: vec![Pair::new("debug-echo", "{}"), Pair::absent("request-id")],
                     },
                     o,
                 )
@@ -97,7 +97,7 @@ fn gateway_requests_round_trip() {
     let prepare = PrepareConfReq {
         key: "route#1#ext-plugin-pre-req#12".into(),
         conf: vec![
-            Pair::new("echo", r#"{"vars":["route_id"]}"#),
+            Pair::new("debug-echo", r#"{"vars":["route_id"]}"#),
             Pair::absent("x"),
         ],
     };
@@ -441,7 +441,7 @@ fn capnp_gateway_requests() -> Vec<Bytes> {
             c.encode_prepare_conf_req(
                 &PrepareConfReq {
                     key: "route#1#ext-plugin-pre-req#12".into(),
-                    conf: vec![Pair::new("echo", "{}")],
+                    conf: vec![Pair::new("debug-echo", "{}")],
                 },
                 o,
             )

@@ -1,7 +1,7 @@
 //! What each fuzz target checks, and the seed messages its corpus starts from.
 //!
 //! The targets in `fuzz_targets/` are one line each; the checks live here so that
-//! `tests/fuzz_regressions.rs` (which includes this file as a module) replays a found input
+//! `tests/fuzz_regressions.rs` (a user of this crate) replays a found input
 //! through exactly the code the fuzzer ran. Every check must hold for *any* input: a panic,
 //! hang or abort is a finding.
 
@@ -170,7 +170,7 @@ pub fn codec_seeds(protocol: Protocol) -> Vec<(String, Vec<u8>)> {
     let prepare = PrepareConfReq {
         key: "route#1#ext-plugin-pre-req#1".into(),
         conf: pairs(&[
-            ("echo", Some("{}")),
+            ("debug-echo", Some("{}")),
             ("key-auth", Some(r#"{"header":"apikey"}"#)),
             ("request-id", None),
         ]),
@@ -320,7 +320,11 @@ pub fn conf_seeds() -> Vec<(String, Vec<u8>)> {
 }
 
 const CONF_SEEDS: &[&[(&str, &str)]] = &[
-    &[("echo", "{}")],
+    &[("debug-echo", "{}")],
+    &[(
+        "echo",
+        r#"{"before_body":"<","body":"hello","after_body":">","headers":{"X-A":"1"}}"#,
+    )],
     &[(
         "request-id",
         r#"{"header_name":"X-Request-Id","algorithm":"uuid"}"#,
@@ -384,7 +388,7 @@ const CONF_SEEDS: &[&[(&str, &str)]] = &[
         r#"{"rules":[{"match":[{"vars":[["http_x_user_id","==","12345"],["uri","~~","^/index"]]}],"weighted_tags":[{"tag":"gray","weight":1}]}]}"#,
     )],
     &[
-        ("echo", "{}"),
+        ("debug-echo", "{}"),
         ("request-id", "{}"),
         ("limit-count", r#"{"count":1,"time_window":1}"#),
     ],
