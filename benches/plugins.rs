@@ -11,7 +11,7 @@ use ext_plugin_sdk::harness::{Harness, LocalGateway};
 
 fn main() {
     for name in ext_plugin_catalogue::builtin().names() {
-        if !CASES.contains(&name) {
+        if !CASES.contains(&name) && !CYCLE_CASES.contains(&name) {
             eprintln!("plugins bench: no case for built-in plugin `{name}`; add one to CASES");
         }
     }
@@ -38,7 +38,14 @@ const CASES: &[&str] = &[
     "cors",
     "uri-blocker",
     "request-validation",
+    "hmac-auth",
+    "consumer-restriction",
+    "response-rewrite",
 ];
+
+/// Plugins that hold something from the request to the response phase: benched as a whole
+/// cycle (`request_and_response`), so what they hold is released.
+const CYCLE_CASES: &[&str] = &["adaptive-limit"];
 
 fn hs256_token() -> String {
     use jsonwebtoken::{encode, EncodingKey, Header};
@@ -105,6 +112,25 @@ fn case(plugin: &str) -> (String, HttpReqCallReq) {
         "request-validation" => {
             r#"{"header_schema": {"type": "object", "required": ["host"]}}"#.into()
         }
+        "hmac-auth" => {
+            use hmac::Mac;
+            let date = "Tue, 01 Dec 2026 10:00:00 GMT";
+            let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(b"bench-secret").unwrap();
+            mac.update(format!("jack-key\ndate: {date}\n").as_bytes());
+            let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+            req.headers.retain(|p| p.name.as_str() != "authorization");
+            req.headers.push(Pair::new("date", date));
+            req.headers.push(Pair::new(
+                "authorization",
+                format!(r#"Signature keyId="jack-key",algorithm="hmac-sha256",headers="date",signature="{sig}""#),
+            ));
+            // A skew wide enough for the fixed date: the bench measures the signature path.
+            r#"{"clock_skew": 1000000000000, "consumers": [{"username": "jack", "key_id": "jack-key", "secret_key": "bench-secret"}]}"#.into()
+        }
+        // The route id is a gateway variable: the bench's gateway answers it from memory.
+        "consumer-restriction" => r#"{"type": "route_id", "whitelist": ["1", "bench"]}"#.into(),
+        // Header-only confs act in the request phase; see `response_phase` for the rest.
+        "response-rewrite" => r#"{"headers": {"set": {"X-Served-By": "gw", "X-Client": "$remote_addr"}}}"#.into(),
         other => panic!("no case for {other}"),
     };
     (conf, req)
@@ -119,5 +145,89 @@ fn request_phase(bencher: Bencher<'_, '_>, plugin: &str) {
         .prepare("route#bench#ext-plugin-pre-req#1", &[(plugin, &conf)])
         .unwrap_or_else(|e| panic!("{plugin}: {e}"));
     let mut gw = LocalGateway::new();
+    gw.set_var("route_id", "bench");
     bencher.bench_local(|| black_box(common::call(&mut gw, &chain, black_box(&req))));
+}
+
+/// response-rewrite's response phase on a 1 KiB JSON body: filters that rewrite it, and a
+/// replacement body.
+#[divan::bench(args = ["filters", "body"])]
+fn response_phase(bencher: Bencher<'_, '_>, mode: &str) {
+    use ext_plugin_runner::model::HttpRespCallReq;
+    use futures_util::FutureExt;
+    let conf = match mode {
+        "filters" => {
+            r#"{"vars": [["status", "==", 200]], "filters": [{"regex": "\"id\":\\s*(\\d+)", "replace": "\"id\": \"$1\"", "scope": "global"}]}"#
+        }
+        _ => r#"{"vars": [["status", "==", 200]], "body": "{\"ok\": true}\n"}"#,
+    };
+    let chain = Harness::new(ext_plugin_catalogue::builtin())
+        .prepare(
+            "route#bench#ext-plugin-post-resp#1",
+            &[("response-rewrite", conf)],
+        )
+        .unwrap_or_else(|e| panic!("response-rewrite: {e}"));
+    let mut gw = LocalGateway::new();
+    let items: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"id": {i}, "n": "x"}}"#))
+        .collect();
+    gw.resp_body = Some(format!("[{}]", items.join(",")).into());
+    let req = HttpRespCallReq {
+        id: 1,
+        status: 200,
+        headers: vec![
+            Pair::new("content-type", "application/json"),
+            Pair::new("content-length", "1000"),
+            Pair::new("etag", "\"abc\""),
+        ],
+        conf_token: 1,
+    };
+    bencher.bench_local(|| {
+        gw.asked.clear();
+        black_box(
+            gw.resp_call(&chain, black_box(&req))
+                .now_or_never()
+                .expect("the chain finishes without waiting")
+                .expect("the chain succeeds"),
+        )
+    });
+}
+
+/// Admit, then record the completion: one request's whole cycle through adaptive-limit, with
+/// the estimator triggered (`trigger_rt_ms: 0`) so the limit is computed on every admission.
+#[divan::bench(args = CYCLE_CASES)]
+fn request_and_response(bencher: Bencher<'_, '_>, plugin: &str) {
+    use ext_plugin_runner::model::{HttpRespCallReq, ReqAction};
+    use futures_util::FutureExt;
+    let rt = common::runtime();
+    let _ctx = rt.enter();
+    let conf = r#"{"trigger_rt_ms": 0, "min_limit": 1000000}"#;
+    let harness = Harness::new(ext_plugin_catalogue::builtin());
+    let pre = harness
+        .prepare("route#bench#ext-plugin-pre-req#1", &[(plugin, conf)])
+        .unwrap_or_else(|e| panic!("{plugin}: {e}"));
+    let post = harness
+        .prepare("route#bench#ext-plugin-post-resp#1", &[(plugin, conf)])
+        .unwrap_or_else(|e| panic!("{plugin}: {e}"));
+    let req = common::fixtures::realistic();
+    let resp = HttpRespCallReq {
+        id: 2,
+        status: 200,
+        headers: vec![Pair::new("content-type", "application/json")],
+        conf_token: 1,
+    };
+    let mut gw = LocalGateway::new();
+    bencher.bench_local(|| {
+        let ReqAction::Rewrite(rw) = common::call(&mut gw, &pre, black_box(&req)) else {
+            panic!("admitted with a correlation header")
+        };
+        let id = rw.headers[0].value.clone().unwrap();
+        gw.set_var("http_x_a6_runner_req", &id);
+        black_box(
+            gw.resp_call(&post, &resp)
+                .now_or_never()
+                .expect("the chain finishes without waiting")
+                .expect("the chain succeeds"),
+        )
+    });
 }

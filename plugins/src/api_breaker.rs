@@ -15,6 +15,8 @@
 //!   never comes within `lease_timeout` (the gateway answered 502 itself, a later plugin
 //!   rejected, no post-resp) counts as a failure: a stuck probe re-opens the breaker.
 //! * `breaker` is the state machine of each policy.
+//! * *(ext)* `dry_run`: an open breaker lets requests through with
+//!   `x-dry-run-reject: api-breaker`; their answers are recorded as any other.
 //!
 //! Without the post-resp half the breaker never learns anything (except, with
 //! `count_missing_response_as_error`, that answers are missing): a warning is logged once per
@@ -33,6 +35,7 @@ use ext_plugin_sdk::*;
 use crate::support::clock::{self, secs_until, Nanos};
 use crate::support::keyed::KeyedStore;
 use crate::support::lease::{Correlation, Leases};
+use crate::support::reject;
 use crate::support::template::{self, Template};
 
 use breaker::{Admit, Breaker, Outcome, Policy, Settings, Ticket};
@@ -48,6 +51,7 @@ pub struct ApiBreaker {
     max_rt: u64,
     scope: Scope,
     count_missing: bool,
+    dry_run: bool,
     lease_timeout: u64,
     corr: Correlation,
     /// The request and response chains of the route see the same breakers.
@@ -111,6 +115,7 @@ impl Plugin for ApiBreaker {
             max_rt: p.max_rt,
             scope: p.scope,
             count_missing: p.count_missing,
+            dry_run: p.dry_run,
             lease_timeout,
             corr: Correlation::new(None, env.chain()),
             state,
@@ -133,6 +138,10 @@ impl Plugin for ApiBreaker {
             }
         };
         let ticket = match breaker.admit(&self.settings, now) {
+            Admit::Reject { .. } if self.dry_run => {
+                reject::dry_run_reject(call, Self::NAME);
+                return Ok(Flow::Continue);
+            }
             Admit::Reject { until } => {
                 let mut stop = self.rejection(now, until);
                 for (name, value) in &self.reject_vars {

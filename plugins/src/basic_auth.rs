@@ -58,6 +58,8 @@ pub struct BasicConsumer {
     custom_id: Option<String>,
     #[serde(default)]
     credential_id: Option<String>,
+    #[serde(default)]
+    group_id: Option<String>,
 }
 
 fn default_realm() -> String {
@@ -98,7 +100,7 @@ impl Plugin for BasicAuth {
             let password = consumers::resolve_secret(&c.password, &what)?;
             let fp = consumers::fingerprint(password.as_bytes());
             users.insert(c.username.clone(), (fp, identities.len()));
-            identities.push(Identity::new(c.username, c.custom_id, c.credential_id)?);
+            identities.push(Identity::new(c.username, c.custom_id, c.credential_id)?.with_group(c.group_id)?);
         }
         consumers::check_unique_usernames(&identities)?;
         let challenge = |m| consumers::challenge("Basic", &conf.realm, m);

@@ -14,9 +14,6 @@ use subtle::ConstantTimeEq;
 
 use ext_plugin_sdk::*;
 
-/// The prefix of a secret read from the runner's environment, as in APISIX's env secrets.
-const ENV_PREFIX: &str = "$ENV://";
-
 /// The consumers of an auth conf: exactly one of the inline array and the file.
 pub fn load<T: DeserializeOwned>(
     inline: Option<Vec<T>>,
@@ -47,29 +44,11 @@ pub fn load<T: DeserializeOwned>(
     Ok(consumers)
 }
 
-/// A secret as configured: literal, or `$ENV://NAME` read from the runner's environment now.
-/// `what` names the field for the error (e.g. "consumer `jack`: `key`").
+/// A secret as configured: literal, `$ENV://NAME` or `$ENV://NAME/field` (see
+/// [`ext_plugin_sdk::secret`]). `what` names the field for the error (e.g. "consumer `jack`:
+/// `key`").
 pub fn resolve_secret(value: &str, what: &str) -> Result<String, ConfError> {
-    let Some(name) = value
-        .get(..ENV_PREFIX.len())
-        .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
-        .map(|_| &value[ENV_PREFIX.len()..])
-    else {
-        return non_empty(value.to_owned(), what);
-    };
-    match std::env::var(name) {
-        Ok(v) => non_empty(v, what),
-        Err(_) => Err(ConfError::new(format!(
-            "{what}: environment variable `{name}` is not set (or not UTF-8)"
-        ))),
-    }
-}
-
-fn non_empty(v: String, what: &str) -> Result<String, ConfError> {
-    if v.is_empty() {
-        return Err(ConfError::new(format!("{what} must not be empty")));
-    }
-    Ok(v)
+    ext_plugin_sdk::resolve_secret(what, value)
 }
 
 /// A secret's fingerprint. Lookups go through fingerprints so neither a map probe nor a
@@ -121,6 +100,18 @@ pub struct Identity {
     pub username: Text,
     pub custom_id: Option<Text>,
     pub credential_id: Option<Text>,
+    /// *(ext)* The consumer's group (APISIX's consumer `group_id`), for `consumer-restriction`
+    /// with `type: "consumer_group_id"`.
+    pub group_id: Option<Text>,
+}
+
+/// The group of the consumer a runner auth plugin attached, left on the call for later plugins
+/// (only when the consumer has one). It names its consumer, so a value left by an earlier auth
+/// plugin of the chain is not mistaken for a later consumer's.
+#[derive(Clone, Debug)]
+pub struct ConsumerGroup {
+    pub consumer: Text,
+    pub group: Text,
 }
 
 pub const USERNAME_HEADER: &str = "x-consumer-username";
@@ -140,7 +131,20 @@ impl Identity {
             username: username.into(),
             custom_id: custom_id.map(Text::from),
             credential_id: credential_id.map(Text::from),
+            group_id: None,
         })
+    }
+
+    /// Sets the consumer's group (`group_id` of an inline consumer).
+    pub fn with_group(mut self, group_id: Option<String>) -> Result<Identity, ConfError> {
+        if group_id.as_deref() == Some("") {
+            return Err(ConfError::new(format!(
+                "consumer `{}`: `group_id` must not be empty",
+                self.username
+            )));
+        }
+        self.group_id = group_id.map(Text::from);
+        Ok(self)
     }
 
     /// The identity of `anonymous_consumer`: requests without valid credentials pass as it.
@@ -158,6 +162,12 @@ impl Identity {
     /// deleted, so a client cannot smuggle its own `X-Consumer-*` values to the upstream.
     pub fn attach(&self, call: &mut RequestCall<'_>) {
         call.set_consumer(self.username.clone());
+        if let Some(group) = &self.group_id {
+            call.insert(ConsumerGroup {
+                consumer: self.username.clone(),
+                group: group.clone(),
+            });
+        }
         call.set_header(USERNAME_HEADER, self.username.clone());
         for (name, value) in [
             (CREDENTIAL_HEADER, &self.credential_id),

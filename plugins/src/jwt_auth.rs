@@ -7,10 +7,10 @@
 //! "lifetime_grace_period": 0}, {"username": "svc", "key": "svc-key", "algorithm": "RS256",
 //! "public_key": "-----BEGIN PUBLIC KEY-----..."}]}` (or `consumers_file`).
 //!
-//! Flow, in APISIX's order: the token from the header (a `Bearer ` prefix is stripped), else the
-//! query argument, else the cookie; the consumer by `payload[key_claim_name]`; the token's `alg`
-//! must equal the consumer's `algorithm` (so `none` and HMAC-with-a-public-key confusion cannot
-//! pass); the signature; then the time claims with the consumer's `lifetime_grace_period` in
+//! Flow, in APISIX's order: the token from the header (a `Bearer ` or `bearer ` prefix is
+//! stripped), else the query argument, else the cookie; the consumer by
+//! `payload[key_claim_name]`; the token's `alg` must equal the consumer's `algorithm` (so `none`
+//! and HMAC-with-a-public-key confusion cannot pass); the signature; then the time claims with the consumer's `lifetime_grace_period` in
 //! seconds: without `claims_to_verify` (or with `[]`) `exp` and `nbf` when the token has them, or
 //! else every listed claim, which must be present. A present claim must be a number.
 //!
@@ -22,7 +22,9 @@
 //!   in JWT token" or "failed to verify jwt".
 //!
 //! Algorithms: HS256/384/512 (`secret`), RS256/384/512 and PS256/384/512, ES256/384, EdDSA
-//! (`public_key`, PEM), through `jsonwebtoken` with its pure-Rust backend.
+//! (`public_key`, PEM), through `jsonwebtoken` with its pure-Rust backend; ES512 (`public_key`,
+//! P-521 PEM) through the RustCrypto `p521` crate (`jwt_auth/es512.rs`); the time claims are
+//! checked the same way for every algorithm.
 
 use std::collections::HashMap;
 
@@ -32,6 +34,8 @@ use serde_json::{Map, Value};
 
 use super::consumers::{self, Identity, Verdict};
 use ext_plugin_sdk::*;
+
+mod es512;
 
 pub struct JwtAuth {
     header: Text,
@@ -57,6 +61,8 @@ struct Verifier {
     key: DecodingKey,
     /// Allows exactly the consumer's algorithm; the time claims are checked by [`Claims`].
     validation: Validation,
+    /// ES512 consumers are verified by [`es512`] (`key` is then unused).
+    es512: Option<p521::ecdsa::VerifyingKey>,
     /// `lifetime_grace_period`, in seconds.
     leeway: f64,
 }
@@ -213,10 +219,14 @@ fn parse_alg(name: &str) -> Option<Algorithm> {
 
 fn verifier(c: JwtConsumer) -> Result<Verifier, ConfError> {
     let who = format!("consumer `{}`", c.username);
-    let alg = parse_alg(&c.algorithm).ok_or_else(|| {
+    // ES512 is verified by `es512`; ES384 stands in where `jsonwebtoken` needs an algorithm.
+    let is_es512 = c.algorithm == es512::NAME;
+    let mut es512_key = None;
+    let alg = if is_es512 { Some(Algorithm::ES384) } else { parse_alg(&c.algorithm) };
+    let alg = alg.ok_or_else(|| {
         ConfError::new(format!(
             "{who}: `algorithm` {:?} is not one of HS256, HS384, HS512, RS256, RS384, RS512, \
-             PS256, PS384, PS512, ES256, ES384, EdDSA",
+             PS256, PS384, PS512, ES256, ES384, ES512, EdDSA",
             c.algorithm
         ))
     })?;
@@ -248,7 +258,11 @@ fn verifier(c: JwtConsumer) -> Result<Verifier, ConfError> {
                 .public_key
                 .ok_or_else(|| ConfError::new(format!("{who}: {alg:?} needs `public_key`")))?;
             let pem = consumers::resolve_secret(&pem, &format!("{who}: `public_key`"))?;
+            if is_es512 {
+                es512_key = Some(es512::key(&pem, &who)?);
+            }
             match alg {
+                _ if is_es512 => DecodingKey::from_secret(&[]),
                 Algorithm::ES256 | Algorithm::ES384 => {
                     DecodingKey::from_ec_pem(pem.as_bytes()).map_err(bad_key)?
                 }
@@ -272,6 +286,7 @@ fn verifier(c: JwtConsumer) -> Result<Verifier, ConfError> {
         identity: Identity::new(c.username, c.custom_id, c.credential_id)?,
         key,
         validation,
+        es512: es512_key,
         leeway: c.lifetime_grace_period as f64,
     })
 }
@@ -303,8 +318,9 @@ enum Source {
 impl JwtAuth {
     fn token(&self, call: &RequestCall<'_>) -> Option<(String, Source)> {
         if let Some(h) = call.header(&self.header) {
+            // As APISIX: only `Bearer ` and `bearer ` are prefixes.
             let token = match h.get(..7) {
-                Some(p) if p.eq_ignore_ascii_case("bearer ") => &h[7..],
+                Some("Bearer " | "bearer ") => &h[7..],
                 _ => h,
             };
             return Some((token.to_owned(), Source::Header));
@@ -318,11 +334,14 @@ impl JwtAuth {
     fn check(&self, token: &str) -> Verdict<'_> {
         // The payload is read before the signature is checked only to find whose key verifies
         // it; nothing in it is trusted until `decode` below has succeeded.
-        let Ok(unverified) = jsonwebtoken::dangerous::insecure_decode::<Map<String, Value>>(token)
+        let Some(claims) = jsonwebtoken::dangerous::insecure_decode::<Map<String, Value>>(token)
+            .map(|t| t.claims)
+            .ok()
+            .or_else(|| es512::unverified_claims(token))
         else {
             return Verdict::Reject(&self.invalid);
         };
-        let key = match unverified.claims.get(&self.key_claim) {
+        let key = match claims.get(&self.key_claim) {
             None | Some(Value::Bool(false)) => return Verdict::Reject(&self.no_key),
             Some(Value::String(key)) => key,
             // Any other value names no consumer.
@@ -332,11 +351,16 @@ impl JwtAuth {
             return Verdict::Reject(&self.unknown_key);
         };
         // `validation.algorithms` holds only the consumer's algorithm.
-        if jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &v.key, &v.validation).is_err() {
+        let verified = match &v.es512 {
+            Some(key) => es512::verify(token, key),
+            None => jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &v.key, &v.validation)
+                .is_ok(),
+        };
+        if !verified {
             return Verdict::Reject(&self.unverified);
         }
         // The signature covers the payload read above: it can be trusted now.
-        if !self.claims.hold(&unverified.claims, now_secs(), v.leeway) {
+        if !self.claims.hold(&claims, now_secs(), v.leeway) {
             return Verdict::Reject(&self.unverified);
         }
         Verdict::Pass(&v.identity)

@@ -56,6 +56,8 @@ pub struct KeyConsumer {
     custom_id: Option<String>,
     #[serde(default)]
     credential_id: Option<String>,
+    #[serde(default)]
+    group_id: Option<String>,
 }
 
 fn default_key_name() -> String {
@@ -87,7 +89,7 @@ impl Plugin for KeyAuth {
         for c in list {
             let what = format!("consumer `{}`: `key`", c.username);
             keys.push(consumers::resolve_secret(&c.key, &what)?);
-            identities.push(Identity::new(c.username, c.custom_id, c.credential_id)?);
+            identities.push(Identity::new(c.username, c.custom_id, c.credential_id)?.with_group(c.group_id)?);
         }
         consumers::check_unique_usernames(&identities)?;
         let scheme = "apikey";

@@ -23,12 +23,15 @@ macro_rules! builtin_plugins {
 pub mod consumers;
 
 builtin_plugins! {
+    adaptive_limit => AdaptiveLimit,
     api_breaker => ApiBreaker,
     basic_auth => BasicAuth,
+    consumer_restriction => ConsumerRestriction,
     cors => Cors,
     debug_echo => DebugEcho,
     echo => Echo,
     fault_injection => FaultInjection,
+    hmac_auth => HmacAuth,
     ip_restriction => IpRestriction,
     jwt_auth => JwtAuth,
     key_auth => KeyAuth,
@@ -38,6 +41,7 @@ builtin_plugins! {
     proxy_rewrite => ProxyRewrite,
     request_id => RequestId,
     request_validation => RequestValidation,
+    response_rewrite => ResponseRewrite,
     restriction => RefererRestriction | UaRestriction,
     traffic_tag => TrafficTag,
     uri_blocker => UriBlocker,

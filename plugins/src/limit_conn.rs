@@ -19,6 +19,8 @@
 //!   applies, each with its own counts; when none applies the answer is 500.
 //! * Reject: `rejected_code` (default 503), `rejected_headers`, `{"error_msg": rejected_msg}\n`.
 //! * `allow_degradation`: a request the plugin cannot decide for passes instead of the 500.
+//! * *(ext)* `dry_run`: over a limit, the request goes on, uncounted (the slots of the rules it
+//!   passed are given back), with `x-dry-run-reject: limit-conn`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -63,6 +65,8 @@ pub struct LimitConnConf {
     correlation_header: Option<String>,
     #[serde(default = "reject::default_max_keys")]
     max_keys: usize,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 #[derive(Deserialize)]
@@ -91,6 +95,7 @@ pub struct LimitConn {
     corr: Correlation,
     only_default_delay: bool,
     allow_degradation: bool,
+    dry_run: bool,
     reject: Stop,
     clock: Clock,
 }
@@ -251,6 +256,7 @@ impl Plugin for LimitConn {
             corr: Correlation::new(conf.correlation_header.as_deref(), env.chain()),
             only_default_delay: conf.only_use_default_delay,
             allow_degradation: conf.allow_degradation,
+            dry_run: conf.dry_run,
             reject: reject::rejection(
                 "rejected_code",
                 conf.rejected_code,
@@ -279,6 +285,11 @@ impl Plugin for LimitConn {
                 Err(()) => {
                     // The limits already passed give their slots back.
                     release(&held, None);
+                    if self.dry_run {
+                        // Not counted in flight: enforced, it would not be.
+                        reject::dry_run_reject(call, Self::NAME);
+                        return Ok(Flow::Continue);
+                    }
                     return Ok(Flow::Stop(self.reject.clone()));
                 }
             }

@@ -13,10 +13,15 @@
 //!   (Remaining 0), `rejected_headers`, *(ext)* `Retry-After` with `retry_after`, and
 //!   `{"error_msg": rejected_msg}\n` (no body without `rejected_msg`).
 //! * `allow_degradation`: a request the plugin cannot decide for passes instead of the 500.
-//! * *(ext)* `dry_run`: everything is computed and the headers set, but nothing is stopped.
+//! * *(ext)* `dry_run`: everything is computed and the headers set, but nothing is stopped; a
+//!   would-be rejection adds `x-dry-run-reject: limit-count`.
+//! * *(ext)* `specific_items`, `match_strategy`/`pattern`/`unmatched` (per-key counts and key
+//!   patterns, [`crate::support::specific_items`]) and `warm_up_period_sec`/`cold_factor`
+//!   (Sentinel's warm-up, [`crate::support::warm_up`]), for the main key.
 //! * State: per route and conf, or per `group` across routes (a group must keep one
 //!   count/window/type; a conflicting conf fails prepare).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
@@ -28,6 +33,8 @@ use crate::support::few::Few;
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::{lock, KeyedStore};
 use crate::support::reject::{self, HeaderConf};
+use crate::support::specific_items::{MatchStrategy, PerKey, Selected, Unmatched};
+use crate::support::warm_up::WarmUp;
 use crate::support::window::LeapArray;
 
 #[derive(Deserialize)]
@@ -68,6 +75,13 @@ pub struct LimitCountConf {
     dry_run: bool,
     #[serde(default = "reject::default_max_keys")]
     max_keys: usize,
+    // (ext) limiter extras: support::specific_items, support::warm_up.
+    specific_items: Option<HashMap<String, u64>>,
+    match_strategy: Option<MatchStrategy>,
+    pattern: Option<String>,
+    unmatched: Option<Unmatched>,
+    warm_up_period_sec: Option<f64>,
+    cold_factor: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +132,9 @@ pub struct LimitCount {
     retry_after: bool,
     dry_run: bool,
     allow_degradation: bool,
+    /// *(ext)* Per-key thresholds and patterns, and warm-up, for the main key.
+    per_key: Option<PerKey<u64>>,
+    warm_up: Option<Arc<WarmUp>>,
     clock: Clock,
 }
 
@@ -331,13 +348,36 @@ impl Plugin for LimitCount {
             ));
         }
 
+        let per_key = PerKey::parse(
+            conf.specific_items,
+            conf.match_strategy,
+            conf.pattern,
+            conf.unmatched,
+            |k, count| match count {
+                0 => Err(ConfError::field(&format!("specific_items.{k}"), "must be at least 1")),
+                _ => Ok(()),
+            },
+        )?;
+        let warm_up = WarmUp::from_conf(conf.warm_up_period_sec, conf.cold_factor, conf.max_keys)?;
+        if (per_key.is_some() || warm_up.is_some()) && rules {
+            return Err(ConfError::new(
+                "`specific_items`, `match_strategy` and `warm_up_period_sec` apply to the main \
+                 key: use them with `count`/`time_window`, not `rules`",
+            ));
+        }
+        let extras = format!(
+            "{} {}",
+            per_key.as_ref().map(PerKey::signature).unwrap_or_default(),
+            warm_up.as_ref().map(WarmUp::signature).unwrap_or_default()
+        );
+
         let amount = |a: &Amount| a.fixed().map_or("var".to_owned(), |n| n.to_string());
         let signature = specs
             .iter()
             .map(|s| format!("{}/{}", amount(&s.count), amount(&s.window)))
             .collect::<Vec<_>>()
             .join(",")
-            + &format!(" {:?}/{}", conf.window_type, conf.buckets);
+            + &format!(" {:?}/{} {extras}", conf.window_type, conf.buckets);
         let init = || Quotas {
             signature: signature.clone(),
             counters: specs
@@ -356,6 +396,10 @@ impl Plugin for LimitCount {
             Some(group) => env.group_state(group, init),
             None => env.state(init),
         };
+        let warm_up = warm_up.map(|w| match &conf.group {
+            Some(group) => env.group_state(group, || w),
+            None => env.state(|| w),
+        });
         if quotas.signature != signature {
             return Err(ConfError::new(format!(
                 "`group` {:?} is already used with a different quota ({}); a group shares one",
@@ -388,6 +432,8 @@ impl Plugin for LimitCount {
             retry_after: conf.retry_after,
             dry_run: conf.dry_run,
             allow_degradation: conf.allow_degradation,
+            per_key,
+            warm_up,
             clock,
         })
     }
@@ -408,7 +454,19 @@ impl Plugin for LimitCount {
                 }
                 continue;
             };
-            let count = limit.count.resolve(call, 1).await?;
+            // (ext) A pattern may let the key pass, or count it under the shared key; a
+            // specific item sets its count.
+            let (key, item) = match (&self.per_key, limit.fallback) {
+                (Some(per_key), true) => match per_key.select(key) {
+                    Selected::Pass => continue,
+                    Selected::Limit(k, item) => (k, item.copied()),
+                },
+                _ => (key, None),
+            };
+            let count = match item {
+                Some(count) => Ok(count),
+                None => limit.count.resolve(call, 1).await?,
+            };
             let window = limit.window.resolve(call, 1).await?;
             let (count, window) = match (count, window) {
                 (Ok(c), Ok(w)) => (c, w),
@@ -426,10 +484,20 @@ impl Plugin for LimitCount {
             return Ok(reject::undecided(self.allow_degradation, "no rule applies"));
         }
         for Planned { limit, key, quota } in plan {
-            let v = limit.counters.acquire(&key, quota, self.clock.nanos());
+            let now = self.clock.nanos();
+            // (ext) A warming key gets a share of its count (warm-up is for the main key only).
+            let rate = quota.count as f64 * NANOS_PER_SEC as f64 / quota.window as f64;
+            let (v, quota) = WarmUp::check(self.warm_up.as_deref(), &key, now, rate, |share| {
+                let quota = Quota {
+                    count: ((quota.count as f64 * share) as u64).max(1),
+                    ..quota
+                };
+                let v = limit.counters.acquire(&key, quota, now);
+                (v.admitted, (v, quota))
+            });
             if v.admitted || self.dry_run {
                 if !v.admitted {
-                    tracing::debug!(key = %key, "limit-count dry run: would reject");
+                    reject::dry_run_reject(call, Self::NAME);
                 }
                 if self.show_headers {
                     for (name, value) in limit.header_values(quota, &v) {

@@ -10,9 +10,13 @@
 //! * Pass: after an asynchronous sleep of the delay (when ≥ 1 ms and not `nodelay`), no action.
 //! * Reject: `rejected_code` (default 503), `rejected_headers`, `{"error_msg": rejected_msg}\n`,
 //!   and *(ext)* with `retry_after`, `Retry-After` = seconds until a slot frees.
+//! * *(ext)* `dry_run`: never rejects (nor delays for the limit); a would-be rejection adds
+//!   `x-dry-run-reject: limit-req`. `specific_items`, `match_strategy`/`pattern`/`unmatched`
+//!   (per-key rates) and `warm_up_period_sec`/`cold_factor` (Sentinel's warm-up) as limit-count.
 //! * The largest delay is `burst/rate`; it must stay below 55 s (the gateway gives up reading
 //!   after 60 s), so such a conf is rejected unless `nodelay` is set.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +28,8 @@ use crate::support::clock::{secs_until, Nanos, NANOS_PER_MS, NANOS_PER_SEC};
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::KeyedStore;
 use crate::support::reject::{self, HeaderConf};
+use crate::support::specific_items::{MatchStrategy, PerKey, Selected, Unmatched};
+use crate::support::warm_up::WarmUp;
 
 /// The longest delay the plugin may add (APISIX reads the runner's answer for 60 s at most).
 pub const MAX_DELAY_SECS: f64 = 55.0;
@@ -52,6 +58,15 @@ pub struct LimitReqConf {
     allow_degradation: bool,
     #[serde(default = "reject::default_max_keys")]
     max_keys: usize,
+    #[serde(default)]
+    dry_run: bool,
+    // (ext) limiter extras: support::specific_items, support::warm_up.
+    specific_items: Option<HashMap<String, f64>>,
+    match_strategy: Option<MatchStrategy>,
+    pattern: Option<String>,
+    unmatched: Option<Unmatched>,
+    warm_up_period_sec: Option<f64>,
+    cold_factor: Option<f64>,
 }
 
 fn default_key() -> String {
@@ -68,6 +83,12 @@ pub struct LimitReq {
     reject: Stop,
     retry_after: bool,
     allow_degradation: bool,
+    dry_run: bool,
+    /// *(ext)* Per-key rates and patterns, and warm-up; `rate`/`burst` to scale from.
+    per_key: Option<PerKey<f64>>,
+    warm_up: Option<Arc<WarmUp>>,
+    rate: f64,
+    burst: f64,
     clock: Clock,
 }
 
@@ -94,6 +115,12 @@ impl Buckets {
 
     /// `Ok(delay)` for an admitted request, `Err(wait)` (until a slot frees) for a rejected one.
     pub fn acquire(&self, key: &str, now: u64) -> Result<u64, u64> {
+        self.acquire_at(key, now, self.interval, self.max_wait)
+    }
+
+    /// [`Buckets::acquire`] at this request's pace (a specific item's rate, or a warming key's):
+    /// `interval` nanoseconds per request, at most `max_wait` of delay.
+    pub fn acquire_at(&self, key: &str, now: u64, interval: u64, max_wait: u64) -> Result<u64, u64> {
         let cell = self.keys.get_or_insert(key, now, || AtomicU64::new(0));
         let mut drained_at = cell.load(Ordering::Acquire);
         loop {
@@ -101,11 +128,11 @@ impl Buckets {
             let next = if drained_at == 0 {
                 now
             } else {
-                (drained_at + self.interval).max(now)
+                (drained_at + interval).max(now)
             };
             let excess = next - now;
-            if excess > self.max_wait {
-                return Err(excess - self.max_wait);
+            if excess > max_wait {
+                return Err(excess - max_wait);
             }
             match cell.compare_exchange_weak(drained_at, next, Ordering::AcqRel, Ordering::Acquire)
             {
@@ -138,6 +165,21 @@ impl Plugin for LimitReq {
             )));
         }
         let (rate, burst, max_keys) = (conf.rate, conf.burst, conf.max_keys);
+        let per_key = PerKey::parse(
+            conf.specific_items,
+            conf.match_strategy,
+            conf.pattern,
+            conf.unmatched,
+            |k, r| match *r > 0.0 && *r <= 1e9 && (conf.nodelay || burst / r <= MAX_DELAY_SECS) {
+                true => Ok(()),
+                false => Err(ConfError::field(
+                    &format!("specific_items.{k}"),
+                    format!("a rate above 0 (and with `burst` at most {MAX_DELAY_SECS} s of delay), got {r}"),
+                )),
+            },
+        )?;
+        let warm_up = WarmUp::from_conf(conf.warm_up_period_sec, conf.cold_factor, max_keys)?
+            .map(|w| env.state(|| w));
         Ok(LimitReq {
             key: KeySource::parse(conf.key_type, &conf.key)?,
             buckets: env.state(|| Buckets::new(rate, burst, max_keys)),
@@ -150,6 +192,11 @@ impl Plugin for LimitReq {
             )?,
             retry_after: conf.retry_after,
             allow_degradation: conf.allow_degradation,
+            dry_run: conf.dry_run,
+            per_key,
+            warm_up,
+            rate,
+            burst,
             clock,
         })
     }
@@ -158,7 +205,29 @@ impl Plugin for LimitReq {
         let Some(key) = self.key.resolve_or_client(call).await? else {
             return Ok(reject::undecided(self.allow_degradation, "no key, no client address"));
         };
-        match self.buckets.acquire(&key, self.clock.nanos()) {
+        let now = self.clock.nanos();
+        let verdict = if self.per_key.is_none() && self.warm_up.is_none() {
+            self.buckets.acquire(&key, now)
+        } else {
+            let (key, rate) = match self.per_key.as_ref().map(|p| p.select(key.clone())) {
+                Some(Selected::Pass) => return Ok(Flow::Continue),
+                Some(Selected::Limit(k, item)) => (k, item.copied().unwrap_or(self.rate)),
+                None => (key, self.rate),
+            };
+            WarmUp::check(self.warm_up.as_deref(), &key, now, rate, |share| {
+                let pace = NANOS_PER_SEC as f64 / (rate * share);
+                let v = self.buckets.acquire_at(&key, now, pace as u64, (self.burst * pace) as u64);
+                (v.is_ok(), v)
+            })
+        };
+        let verdict = match verdict {
+            Err(_) if self.dry_run => {
+                reject::dry_run_reject(call, Self::NAME);
+                Ok(0)
+            }
+            v => v,
+        };
+        match verdict {
             Ok(delay) => {
                 if !self.nodelay && delay >= NANOS_PER_MS {
                     tokio::time::sleep(Duration::from_nanos(delay)).await;

@@ -19,6 +19,8 @@
 //! * Header values are strings, numbers or arrays of them; the protocol sets one value per
 //!   header, so several values (an array, or `add` on a header the request has) are joined with
 //!   `, `, which HTTP reads as the same list. An empty value removes the header, as APISIX does.
+//! * A header or argument value that is a secret reference (`$ENV://NAME`,
+//!   `$ENV://NAME/field`) is read from the runner's environment at prepare time.
 //! * `method` fails `prepare_conf` (the protocol cannot change it), and so does
 //!   `use_real_request_uri_unsafe: true`.
 
@@ -195,7 +197,13 @@ fn header_map(field: &str, value: &Value) -> Result<Vec<(Text, Vec<Template>)>, 
         .into_iter()
         .map(|(name, v)| {
             let f = format!("{field}.{name}");
-            let values = template::header_values(&f, v, true, true)?;
+            // A secret reference (`$ENV://NAME`) is resolved now, not read as `$ENV`.
+            let values = match v {
+                Value::String(s) if ext_plugin_sdk::secret::is_secret_ref(s) => {
+                    vec![Template::literal(&ext_plugin_sdk::resolve_secret(&format!("`{f}`"), s)?)]
+                }
+                v => template::header_values(&f, v, true, true)?,
+            };
             for t in &values {
                 if let Some(text) = t.constant() {
                     if text.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
@@ -263,7 +271,16 @@ fn args(conf: Option<ArgsConf>) -> Result<Ops<Template>, ConfError> {
     };
     let pairs = |op: &str, m: BTreeMap<String, String>| {
         m.into_iter()
-            .map(|(n, v)| Ok((name(op, &n)?, Template::parse(&v))))
+            .map(|(n, v)| {
+                // A secret reference (`$ENV://NAME`) is resolved now, not read as `$ENV`.
+                let value = if ext_plugin_sdk::secret::is_secret_ref(&v) {
+                    let f = format!("`args.{op}.{n}`");
+                    Template::literal(&ext_plugin_sdk::resolve_secret(&f, &v)?)
+                } else {
+                    Template::parse(&v)
+                };
+                Ok((name(op, &n)?, value))
+            })
             .collect::<Result<Vec<_>, ConfError>>()
     };
     Ok(Ops {

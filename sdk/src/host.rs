@@ -9,6 +9,6 @@
 
 pub use crate::chain::ChainFailure;
 pub use crate::request::CallState;
-pub use crate::response::RespState;
+pub use crate::response::{is_hop_by_hop, RespState};
 pub use crate::state::StateRegistry;
 pub use crate::vars::GatewayVars;

@@ -53,9 +53,9 @@
 //!
 //! # Gateway round trips
 //!
-//! [`RequestCall::var`], [`RequestCall::body`], [`ResponseCall::var`] and
-//! [`ResponseCall::body`] may ask the gateway (one `extra_info` round trip on the call's
-//! connection; the answer is cached for the rest of the call).
+//! [`RequestCall::var`], [`RequestCall::gateway_var`], [`RequestCall::body`],
+//! [`ResponseCall::var`] and [`ResponseCall::body`] may ask the gateway (one `extra_info` round
+//! trip on the call's connection; the answer is cached for the rest of the call).
 //!
 //! * **`Err`** from them means the round trip failed, in practice because the gateway
 //!   connection failed or broke the protocol ([`PluginError::is_gateway_failure`] is true). Pass
@@ -104,6 +104,7 @@ pub mod model;
 mod registry;
 mod request;
 mod response;
+pub mod secret;
 mod state;
 mod text;
 mod vars;
@@ -121,6 +122,7 @@ pub use model::{Method, Pair, Stop};
 pub use registry::{ChainError, Registry};
 pub use request::RequestCall;
 pub use response::ResponseCall;
+pub use secret::resolve_secret;
 pub use text::Text;
 
 /// What a request filter decides.

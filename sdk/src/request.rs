@@ -231,6 +231,20 @@ impl<'c> RequestCall<'c> {
         if let Some(local) = self.local_var(name) {
             return Ok(local);
         }
+        self.gateway_var(name).await
+    }
+
+    /// A variable as the gateway holds it: like [`RequestCall::var`], but asked of the gateway
+    /// (one round trip, cached for the call) even when `var` would answer it from the request.
+    /// For values whose exact bytes matter: `request_uri` here is the path and query exactly as
+    /// the client sent them (what a request signature covers), while `var("request_uri")`
+    /// re-encodes the decoded path and arguments.
+    ///
+    /// # Errors and cancellation
+    ///
+    /// As [`RequestCall::var`]: `Err` when the round trip fails (a gateway failure fails the call
+    /// whatever the plugin returns); dropping the future is safe.
+    pub async fn gateway_var(&mut self, name: &str) -> Result<Option<Text>, PluginError> {
         if let Some(pushed) = self.req.extra_info.iter().find(|p| p.name == *name) {
             return Ok(pushed.value.clone().map(bytes_to_text));
         }
@@ -416,6 +430,12 @@ impl<'c> RequestCall<'c> {
     /// content-language here.
     pub fn set_response_header(&mut self, name: impl Into<Text>, value: impl Into<Text>) {
         push_replacing(&mut self.state.rewrite.resp_headers, Pair::new(name, value));
+    }
+
+    /// Deletes header `name` from the client's response (the names `set_response_header`
+    /// cannot set cannot be deleted either).
+    pub fn remove_response_header(&mut self, name: impl Into<Text>) {
+        push_replacing(&mut self.state.rewrite.resp_headers, Pair::absent(name));
     }
 
     /// Replaces the request body sent upstream.

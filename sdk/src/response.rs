@@ -33,15 +33,49 @@ impl RespState {
     }
 
     /// The reply for the gateway. When any header changed, every header is sent: the gateway
-    /// then sends the client only the headers in the reply.
+    /// then sends the client only the headers in the reply. Hop-by-hop and framing headers are
+    /// left out of that set (see [`is_hop_by_hop`](crate::host::is_hop_by_hop)): they describe the upstream connection,
+    /// and the gateway frames the client's response itself.
     pub fn take_reply(&mut self, id: u32) -> HttpRespCallResp {
+        let mut headers = self.headers.take().unwrap_or_default();
+        if !headers.is_empty() {
+            let listed: Vec<Text> = headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                .filter_map(|h| h.value.as_deref())
+                .flat_map(|v| v.split(','))
+                .map(|n| Text::from(n.trim().to_owned()))
+                .collect();
+            headers.retain(|h| {
+                !is_hop_by_hop(&h.name) && !listed.iter().any(|l| l.eq_ignore_ascii_case(&h.name))
+            });
+        }
         HttpRespCallResp {
             id,
             status: self.status.take().unwrap_or(0),
-            headers: self.headers.take().unwrap_or_default(),
+            headers,
             body: self.body.take(),
         }
     }
+}
+
+/// Headers that never go back to the gateway in a response reply: the hop-by-hop headers of
+/// RFC 9110 §7.6.1 (and any the upstream's `Connection` names) and `Content-Length`. The gateway
+/// sets the reply's headers on the client's response as they are, so an echoed
+/// `Transfer-Encoding` or a `Content-Length` of a body a plugin replaced would corrupt it.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    const NAMES: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// The upstream's answer, seen by one plugin of the chain. Reads reflect the changes of earlier
@@ -192,5 +226,30 @@ impl<'c> ResponseCall<'c> {
     /// A value an earlier plugin of this call stored with [`ResponseCall::insert`].
     pub fn get<T: Any + Send>(&self) -> Option<&T> {
         self.state.extensions.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::harness::TestResp;
+
+    #[test]
+    fn a_reply_never_carries_hop_by_hop_or_framing_headers() {
+        let mut resp = TestResp::new(200);
+        let mut call = resp.call();
+        for (n, v) in [
+            ("Content-Length", "12"),
+            ("Transfer-Encoding", "chunked"),
+            ("Connection", "keep-alive, X-Trace"),
+            ("X-Trace", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Content-Type", "text/plain"),
+        ] {
+            call.append_header(n, v);
+        }
+        call.set_header("x-new", "1");
+        let reply = resp.reply();
+        let names: Vec<&str> = reply.headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["Content-Type", "x-new"]);
     }
 }

@@ -392,4 +392,26 @@ const CONF_SEEDS: &[&[(&str, &str)]] = &[
         ("request-id", "{}"),
         ("limit-count", r#"{"count":1,"time_window":1}"#),
     ],
+    &[
+        (
+            "hmac-auth",
+            r#"{"signed_headers":["date"],"validate_request_body":true,"consumers":[{"username":"jack","key_id":"jack-key","secret_key":"s3cret","group_id":"g1"}]}"#,
+        ),
+        (
+            "consumer-restriction",
+            r#"{"type":"consumer_group_id","whitelist":["g1"],"allowed_by_methods":[{"user":"jack","methods":["GET"]}]}"#,
+        ),
+    ],
+    &[(
+        "response-rewrite",
+        r#"{"headers":{"set":{"X-Served-By":"$remote_addr"},"remove":["X-Debug"]}}"#,
+    )],
+    &[(
+        "adaptive-limit",
+        r#"{"trigger_rt_ms":200,"min_limit":4,"headroom":0.1,"window_ms":10000,"buckets":100}"#,
+    )],
+    &[(
+        "limit-req",
+        r#"{"rate":10,"burst":5,"key":"http_x_user","specific_items":{"vip":100},"match_strategy":"prefix","pattern":"u-","warm_up_period_sec":10,"dry_run":true}"#,
+    )],
 ];

@@ -48,6 +48,8 @@ pub struct ApiBreakerConf {
     lease_timeout: f64,
     #[serde(default = "reject::default_max_keys")]
     max_keys: usize,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 #[derive(Deserialize)]
@@ -139,6 +141,8 @@ pub(super) struct Prepared {
     pub max_rt: u64,
     pub scope: Scope,
     pub count_missing: bool,
+    /// *(ext)* Never reject; mark the request instead.
+    pub dry_run: bool,
     pub lease_timeout: u64,
     /// How long an unused breaker is kept.
     pub idle: u64,
@@ -293,6 +297,7 @@ impl ApiBreakerConf {
             max_rt,
             scope: self.scope,
             count_missing: self.count_missing_response_as_error,
+            dry_run: self.dry_run,
             lease_timeout,
             idle,
             max_keys: self.max_keys,

@@ -30,6 +30,7 @@ use ipnet::IpNet;
 use regex::{Regex, RegexBuilder};
 use serde_json::Value;
 
+use super::vars::Vars;
 use ext_plugin_sdk::{ConfError, PluginError, RequestCall, Text};
 
 /// A parsed expression.
@@ -90,6 +91,11 @@ impl Expr {
     /// Whether the request matches. Variables come from [`RequestCall::var`]: free for request
     /// data, one cached `extra_info` round trip for the others.
     pub async fn matches(&self, call: &mut RequestCall<'_>) -> Result<bool, PluginError> {
+        self.matches_vars(call).await
+    }
+
+    /// [`Expr::matches`] against any source of variables (the response phase's too).
+    pub async fn matches_vars(&self, call: &mut impl Vars) -> Result<bool, PluginError> {
         if self.vars.is_empty() {
             return Ok(self.root.eval(&[]).unwrap_or(false));
         }

@@ -11,6 +11,9 @@
 //! * [`key`]: the `key_type` / `key` extractor.
 //! * [`reject`]: rejection answers and the conf fields all limiters share.
 //! * [`lease`]: request ↔ response correlation with expiring leases.
+//! * [`vars`]: variables in either phase, for the engines above.
+//! * [`specific_items`]: per-key thresholds and key patterns for the limiters.
+//! * [`warm_up`]: Sentinel's warm-up curve for the limiters.
 
 pub mod amount;
 pub mod clock;
@@ -20,5 +23,8 @@ pub mod key;
 pub mod keyed;
 pub mod lease;
 pub mod reject;
+pub mod specific_items;
 pub mod template;
+pub mod vars;
+pub mod warm_up;
 pub mod window;

@@ -57,6 +57,16 @@ pub fn with_headers(mut stop: Stop, headers: &[HeaderConf]) -> Result<Stop, Conf
     Ok(stop)
 }
 
+/// *(ext)* The response header a limiter in `dry_run` adds where it would have rejected; the
+/// value names the plugin, so access logs show what a rule would do before it is enforced.
+pub const DRY_RUN_HEADER: &str = "x-dry-run-reject";
+
+/// Records a would-be rejection of `plugin` in a dry run: the marker header, and a debug line.
+pub fn dry_run_reject(call: &mut ext_plugin_sdk::RequestCall<'_>, plugin: &'static str) {
+    tracing::debug!(plugin, "dry run: would reject");
+    call.set_response_header(DRY_RUN_HEADER, plugin);
+}
+
 /// A status the gateway can answer with.
 pub fn check_status(field: &str, status: u16) -> Result<(), ConfError> {
     if (200..=599).contains(&status) {

@@ -13,7 +13,8 @@
 //!
 //! Parsing never fails, as APISIX's never does: every string is some template.
 
-use ext_plugin_sdk::{ConfError, PluginError, RequestCall};
+use super::vars::Vars;
+use ext_plugin_sdk::{ConfError, PluginError};
 
 /// A parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +90,16 @@ impl Template {
         Template { parts }
     }
 
+    /// A template that is `text` as it is, `$` included.
+    pub fn literal(text: &str) -> Template {
+        let parts = if text.is_empty() {
+            Vec::new()
+        } else {
+            vec![Part::Lit(text.into())]
+        };
+        Template { parts }
+    }
+
     pub fn parts(&self) -> &[Part] {
         &self.parts
     }
@@ -102,15 +113,16 @@ impl Template {
         }
     }
 
-    /// Fills the variables in from the request.
-    pub async fn render(&self, call: &mut RequestCall<'_>) -> Result<Rendered, PluginError> {
+    /// Fills the variables in from the call (the request's, or the response phase's
+    /// [`ResponseVars`](super::vars::ResponseVars)).
+    pub async fn render(&self, call: &mut impl Vars) -> Result<Rendered, PluginError> {
         self.render_with(call, &[], |v, out| out.push_str(v)).await
     }
 
     /// [`Template::render`], passing every variable's value (or default) through `escape`.
     pub async fn render_escaped(
         &self,
-        call: &mut RequestCall<'_>,
+        call: &mut impl Vars,
         escape: impl Fn(&str, &mut String),
     ) -> Result<Rendered, PluginError> {
         self.render_with(call, &[], escape).await
@@ -120,7 +132,7 @@ impl Template {
     /// them without a match, render as nothing).
     pub async fn render_with(
         &self,
-        call: &mut RequestCall<'_>,
+        call: &mut impl Vars,
         captures: &[Option<&str>],
         escape: impl Fn(&str, &mut String),
     ) -> Result<Rendered, PluginError> {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::env::Held;
 use crate::host::{CallState, GatewayVars, RespState, StateRegistry};
-use crate::model::{ExtraInfoReq, HttpReqCallReq, HttpRespCallReq, Pair};
+use crate::model::{ExtraInfoReq, HttpReqCallReq, HttpRespCallReq, HttpRespCallResp, Pair};
 use crate::{Attachment, Clock, PluginError, PrepareEnv, RequestCall, ResponseCall};
 
 /// Answers `extra_info` from a map.
@@ -19,6 +19,8 @@ use crate::{Attachment, Clock, PluginError, PrepareEnv, RequestCall, ResponseCal
 struct MapGateway {
     vars: HashMap<String, String>,
     asked: Vec<String>,
+    req_body: Option<Bytes>,
+    resp_body: Option<Bytes>,
 }
 
 impl GatewayVars for MapGateway {
@@ -31,7 +33,8 @@ impl GatewayVars for MapGateway {
                 self.asked.push(name.to_string());
                 self.vars.get(name.as_str()).map(|v| Bytes::from(v.clone()))
             }
-            ExtraInfoReq::ReqBody | ExtraInfoReq::RespBody => None,
+            ExtraInfoReq::ReqBody => self.req_body.clone(),
+            ExtraInfoReq::RespBody => self.resp_body.clone(),
         };
         Box::pin(async move { Ok(answer) })
     }
@@ -58,6 +61,12 @@ impl TestCall {
     /// A variable the gateway answers through `extra_info`.
     pub fn with_gateway_var(mut self, name: &str, value: &str) -> TestCall {
         self.gateway.vars.insert(name.into(), value.into());
+        self
+    }
+
+    /// The request body the gateway answers a ReqBody request with.
+    pub fn with_body(mut self, body: impl Into<Bytes>) -> TestCall {
+        self.gateway.req_body = Some(body.into());
         self
     }
 
@@ -109,6 +118,26 @@ impl TestResp {
     pub fn with_gateway_var(mut self, name: &str, value: &str) -> TestResp {
         self.gateway.vars.insert(name.into(), value.into());
         self
+    }
+
+    /// Adds a header to the upstream's answer.
+    pub fn with_header(mut self, name: &str, value: &str) -> TestResp {
+        self.req
+            .headers
+            .push(Pair::new(name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The upstream body the gateway answers a RespBody request with.
+    pub fn with_body(mut self, body: impl Into<Bytes>) -> TestResp {
+        self.gateway.resp_body = Some(body.into());
+        self
+    }
+
+    /// The reply the gateway would receive for what the views recorded so far (taking it
+    /// resets the recorded changes).
+    pub fn reply(&mut self) -> HttpRespCallResp {
+        self.state.take_reply(self.req.id)
     }
 
     pub fn call(&mut self) -> ResponseCall<'_> {
