@@ -13,7 +13,7 @@ use capnp::serialize;
 mod proto {
     #[allow(dead_code, clippy::all)]
     pub mod ext_plugin_capnp {
-        include!(concat!(env!("OUT_DIR"), "/ext_plugin_capnp.rs"));
+        include!("../src/proto/ext_plugin_capnp.rs");
     }
 }
 use proto::ext_plugin_capnp as s;
