@@ -6,6 +6,7 @@
 
 use ext_plugin_sdk::Registry;
 
+pub mod redis;
 pub mod support;
 
 macro_rules! builtin_plugins {

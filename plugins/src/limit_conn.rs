@@ -38,6 +38,7 @@ use crate::support::keyed::KeyedStore;
 use crate::support::lease::{Correlation, Leases};
 use crate::support::reject::{self, HeaderConf};
 
+crate::with_redis_fields! {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConnConf {
@@ -67,6 +68,8 @@ pub struct LimitConnConf {
     max_keys: usize,
     #[serde(default)]
     dry_run: bool,
+    key_ttl: Option<i64>,
+}
 }
 
 #[derive(Deserialize)]
@@ -182,9 +185,11 @@ impl Plugin for LimitConn {
     const NAME: &'static str = "limit-conn";
     type Conf = LimitConnConf;
 
-    fn prepare(conf: LimitConnConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
+    fn prepare(mut conf: LimitConnConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
         let clock = env.clock().clone();
-        reject::check_policy(&conf.policy)?;
+        let fields = conf.take_redis_fields();
+        let storage = crate::redis::conf::storage(Self::NAME, &conf.policy, fields, None, env)?;
+        crate::redis::conn::check_conf(storage, conf.key_ttl)?;
         reject::check_max_keys(conf.max_keys)?;
         if !(conf.default_conn_delay > 0.0 && conf.default_conn_delay < MAX_DELAY_SECS) {
             return Err(ConfError::new("`default_conn_delay` must be above 0 and below 55 s"));

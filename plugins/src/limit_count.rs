@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use serde::Deserialize;
 
 use ext_plugin_sdk::*;
+use crate::redis::{self, conf::Storage, count::RedisCount};
 use crate::support::amount::{Amount, AmountConf};
 use crate::support::clock::{secs_until, Nanos, NANOS_PER_SEC};
 use crate::support::few::Few;
@@ -37,6 +38,7 @@ use crate::support::specific_items::{MatchStrategy, PerKey, Selected, Unmatched}
 use crate::support::warm_up::WarmUp;
 use crate::support::window::LeapArray;
 
+crate::with_redis_fields! {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitCountConf {
@@ -82,6 +84,8 @@ pub struct LimitCountConf {
     unmatched: Option<Unmatched>,
     warm_up_period_sec: Option<f64>,
     cold_factor: Option<f64>,
+    sync_interval: Option<f64>,
+}
 }
 
 #[derive(Deserialize)]
@@ -136,6 +140,8 @@ pub struct LimitCount {
     per_key: Option<PerKey<u64>>,
     warm_up: Option<Arc<WarmUp>>,
     clock: Clock,
+    /// `policy: "redis"` / `"redis-cluster"`.
+    redis: Option<RedisCount>,
 }
 
 /// One quota: the conf's own, or one rule's.
@@ -148,6 +154,8 @@ struct Limit {
     window: Amount,
     headers: [Text; 3],
     counters: Arc<Counters>,
+    /// The quota's position in the conf (its Redis key).
+    index: usize,
 }
 
 /// How many requests per how long (nanoseconds), as resolved for one request.
@@ -269,9 +277,17 @@ impl Plugin for LimitCount {
     const NAME: &'static str = "limit-count";
     type Conf = LimitCountConf;
 
-    fn prepare(conf: LimitCountConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
+    fn prepare(mut conf: LimitCountConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
         let clock = env.clock().clone();
-        reject::check_policy(&conf.policy)?;
+        let fields = conf.take_redis_fields();
+        let storage = redis::conf::storage(
+            Self::NAME,
+            &conf.policy,
+            fields,
+            conf.group.as_deref(),
+            env,
+        )?;
+        redis::count::check_conf(&storage, conf.sync_interval, conf.window_type == WindowType::Sliding)?;
         reject::check_max_keys(conf.max_keys)?;
         if conf.window_type == WindowType::Sliding && !(1..=1000).contains(&conf.buckets) {
             return Err(ConfError::new(format!(
@@ -410,15 +426,22 @@ impl Plugin for LimitCount {
         let limits = specs
             .into_iter()
             .zip(quotas.counters.iter())
-            .map(|(s, counters)| Limit {
+            .enumerate()
+            .map(|(index, (s, counters))| Limit {
                 key: s.key,
                 fallback: s.fallback,
                 count: s.count,
                 window: s.window,
                 headers: s.headers.map(Text::from),
                 counters: counters.clone(),
+                index,
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let redis = match storage {
+            Storage::Local => None,
+            Storage::Redis(policy) => Some(RedisCount::new(policy, limits.len(), conf.max_keys)),
+        };
+        redis::check_extras(redis.is_some(), per_key.is_some(), warm_up.is_some())?;
         Ok(LimitCount {
             limits,
             rules,
@@ -435,6 +458,7 @@ impl Plugin for LimitCount {
             per_key,
             warm_up,
             clock,
+            redis,
         })
     }
 
@@ -485,16 +509,32 @@ impl Plugin for LimitCount {
         }
         for Planned { limit, key, quota } in plan {
             let now = self.clock.nanos();
+            let (v, quota) = if let Some(r) = &self.redis {
+                // Per-key items and warm-up are refused with Redis at prepare.
+                let v = match r.acquire_cached(limit.index, &key, quota, now, limit.fixed()).await {
+                    Ok(v) => v,
+                    Err(why) if r.policy.fallback_local => {
+                        tracing::debug!(%why, "limit-count: redis unavailable, counting locally");
+                        limit.counters.acquire(&key, quota, now)
+                    }
+                    Err(why) => match redis::count::unavailable(self.allow_degradation, &why) {
+                        Some(stop) => return Ok(Flow::Stop(stop)),
+                        None => continue,
+                    },
+                };
+                (v, quota)
+            } else {
             // (ext) A warming key gets a share of its count (warm-up is for the main key only).
             let rate = quota.count as f64 * NANOS_PER_SEC as f64 / quota.window as f64;
-            let (v, quota) = WarmUp::check(self.warm_up.as_deref(), &key, now, rate, |share| {
+                WarmUp::check(self.warm_up.as_deref(), &key, now, rate, |share| {
                 let quota = Quota {
                     count: ((quota.count as f64 * share) as u64).max(1),
                     ..quota
                 };
                 let v = limit.counters.acquire(&key, quota, now);
                 (v.admitted, (v, quota))
-            });
+            })
+            };
             if v.admitted || self.dry_run {
                 if !v.admitted {
                     reject::dry_run_reject(call, Self::NAME);
@@ -524,6 +564,11 @@ impl Plugin for LimitCount {
 }
 
 impl Limit {
+    /// The quota is the same for every request (not read from variables).
+    fn fixed(&self) -> bool {
+        self.count.fixed().is_some() && self.window.fixed().is_some()
+    }
+
     fn header_values(&self, q: Quota, v: &Verdict) -> [(Text, Text); 3] {
         let [limit, remaining, reset] = self.headers.clone();
         [

@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use ext_plugin_sdk::*;
+use crate::redis::{self, conf::Storage, req::RedisReq};
 use crate::support::clock::{secs_until, Nanos, NANOS_PER_MS, NANOS_PER_SEC};
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::KeyedStore;
@@ -34,6 +35,7 @@ use crate::support::warm_up::WarmUp;
 /// The longest delay the plugin may add (APISIX reads the runner's answer for 60 s at most).
 pub const MAX_DELAY_SECS: f64 = 55.0;
 
+crate::with_redis_fields! {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitReqConf {
@@ -68,6 +70,7 @@ pub struct LimitReqConf {
     warm_up_period_sec: Option<f64>,
     cold_factor: Option<f64>,
 }
+}
 
 fn default_key() -> String {
     "remote_addr".into()
@@ -90,6 +93,8 @@ pub struct LimitReq {
     rate: f64,
     burst: f64,
     clock: Clock,
+    /// `policy: "redis"` / `"redis-cluster"`.
+    redis: Option<RedisReq>,
 }
 
 /// The drain times of every key of one scope.
@@ -147,9 +152,10 @@ impl Plugin for LimitReq {
     const NAME: &'static str = "limit-req";
     type Conf = LimitReqConf;
 
-    fn prepare(conf: LimitReqConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
+    fn prepare(mut conf: LimitReqConf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
         let clock = env.clock().clone();
-        reject::check_policy(&conf.policy)?;
+        let fields = conf.take_redis_fields();
+        let storage = redis::conf::storage(Self::NAME, &conf.policy, fields, None, env)?;
         reject::check_max_keys(conf.max_keys)?;
         if !(conf.rate > 0.0 && conf.rate <= 1e9) {
             return Err(ConfError::new(format!("`rate` must be above 0, got {}", conf.rate)));
@@ -180,6 +186,11 @@ impl Plugin for LimitReq {
         )?;
         let warm_up = WarmUp::from_conf(conf.warm_up_period_sec, conf.cold_factor, max_keys)?
             .map(|w| env.state(|| w));
+        let redis = match storage {
+            Storage::Local => None,
+            Storage::Redis(policy) => Some(RedisReq::new(policy, rate, burst, max_keys)),
+        };
+        redis::check_extras(redis.is_some(), per_key.is_some(), warm_up.is_some())?;
         Ok(LimitReq {
             key: KeySource::parse(conf.key_type, &conf.key)?,
             buckets: env.state(|| Buckets::new(rate, burst, max_keys)),
@@ -198,6 +209,7 @@ impl Plugin for LimitReq {
             rate,
             burst,
             clock,
+            redis,
         })
     }
 
@@ -206,7 +218,17 @@ impl Plugin for LimitReq {
             return Ok(reject::undecided(self.allow_degradation, "no key, no client address"));
         };
         let now = self.clock.nanos();
-        let verdict = if self.per_key.is_none() && self.warm_up.is_none() {
+        let verdict = if let Some(r) = &self.redis {
+            // Per-key items and warm-up are refused with Redis at prepare.
+            match r.acquire(&key, now).await {
+                Ok(d) => d,
+                Err(why) if r.policy.fallback_local => {
+                    tracing::debug!(%why, "limit-req: redis unavailable, limiting locally");
+                    self.buckets.acquire(&key, now)
+                }
+                Err(why) => return Ok(redis::unavailable(Self::NAME, self.allow_degradation, &why)),
+            }
+        } else if self.per_key.is_none() && self.warm_up.is_none() {
             self.buckets.acquire(&key, now)
         } else {
             let (key, rate) = match self.per_key.as_ref().map(|p| p.select(key.clone())) {

@@ -81,6 +81,13 @@ impl PrepareEnv<'_> {
         Attachment::from_key(self.key)
     }
 
+    /// The plugin's conf as the gateway sent it (JSON text). Stable across runner processes
+    /// and releases for one conf, so plugins sharing state outside the process (a Redis key)
+    /// can derive names from it.
+    pub fn conf(&self) -> &str {
+        self.conf
+    }
+
     /// The names of every plugin in this chain, in order (this one included).
     pub fn chain(&self) -> &[&str] {
         self.chain

@@ -86,21 +86,6 @@ pub fn is_token(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Only the in-process counters exist; `redis` and `redis-cluster` would need a backend the
-/// runner does not have, and silently counting locally instead would multiply the limit by the
-/// number of gateways.
-pub fn check_policy(policy: &str) -> Result<(), ConfError> {
-    match policy {
-        "local" => Ok(()),
-        "redis" | "redis-cluster" => Err(ConfError::new(format!(
-            "`policy` {policy:?} is not supported by this runner (no Redis backend); use \"local\""
-        ))),
-        other => Err(ConfError::new(format!(
-            "`policy` must be \"local\", got {other:?}"
-        ))),
-    }
-}
-
 /// The answer when a limiter cannot decide (no rule applies, or a variable count is unusable):
 /// a 500 without a body, as APISIX answers, unless `allow_degradation` lets the request through.
 pub fn undecided(allow_degradation: bool, why: &str) -> ext_plugin_sdk::Flow {
@@ -157,9 +142,5 @@ mod tests {
             value: "1".into(),
         }];
         assert!(rejection("rejected_code", 429, None, &bad).is_err());
-        assert!(check_policy("redis")
-            .unwrap_err()
-            .message()
-            .contains("not supported"));
     }
 }
