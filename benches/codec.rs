@@ -4,11 +4,11 @@
 mod common;
 
 use bytes::{Bytes, BytesMut};
-use common::realistic;
+use common::fixtures::{realistic, replies};
 use divan::{black_box, Bencher};
 use ext_plugin_runner::codec::Protocol;
 use ext_plugin_runner::frame::{split_frame, write_frame, FrameType};
-use ext_plugin_runner::model::{HttpReqCallReq, HttpReqCallResp, Pair, ReqAction, Rewrite, Stop};
+use ext_plugin_runner::model::HttpReqCallReq;
 
 fn main() {
     divan::main();
@@ -78,34 +78,7 @@ fn split_and_decode_request(bencher: Bencher<'_, '_>, protocol: Protocol) {
 #[divan::bench(args = Protocol::ALL)]
 fn encode_replies(bencher: Bencher<'_, '_>, protocol: Protocol) {
     let mut codec = protocol.runner_codec();
-    let replies = [
-        HttpReqCallResp {
-            id: 1,
-            action: ReqAction::Continue,
-        },
-        HttpReqCallResp {
-            id: 2,
-            action: ReqAction::Stop(Stop {
-                status: 403,
-                headers: vec![Pair::new("content-type", "application/json")],
-                body: Bytes::from_static(b"{\"message\":\"Your IP address is not allowed\"}\n"),
-            }),
-        },
-        HttpReqCallResp {
-            id: 3,
-            action: ReqAction::Rewrite(Rewrite {
-                headers: vec![Pair::new(
-                    "X-Request-Id",
-                    "3f2b9c1e-1111-2222-3333-444455556666",
-                )],
-                resp_headers: vec![Pair::new(
-                    "X-Request-Id",
-                    "3f2b9c1e-1111-2222-3333-444455556666",
-                )],
-                ..Default::default()
-            }),
-        },
-    ];
+    let replies = replies();
     let mut out = Vec::with_capacity(4096);
     bencher.bench_local(|| {
         out.clear();

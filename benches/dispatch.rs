@@ -59,7 +59,7 @@ fn request_phase(bencher: Bencher<'_, '_>, chain: &str) {
     let chain = harness
         .prepare("route#bench#ext-plugin-pre-req#1", chain_of(chain))
         .unwrap();
-    let req = common::realistic();
+    let req = common::fixtures::realistic();
     let mut gw = LocalGateway::new();
     bencher.bench_local(|| black_box(common::call(&mut gw, &chain, black_box(&req))));
 }

@@ -62,7 +62,7 @@ fn hs256_token() -> String {
 
 /// The conf and the request for `plugin`'s case.
 fn case(plugin: &str) -> (String, HttpReqCallReq) {
-    let mut req = common::realistic();
+    let mut req = common::fixtures::realistic();
     let mut header = |n: &str, v: String| req.headers.push(Pair::new(n.to_owned(), v));
     let conf = match plugin {
         "debug-echo" => "{}".to_owned(),
@@ -211,7 +211,7 @@ fn request_and_response(bencher: Bencher<'_, '_>, plugin: &str) {
     let post = harness
         .prepare("route#bench#ext-plugin-post-resp#1", &[(plugin, conf)])
         .unwrap_or_else(|e| panic!("{plugin}: {e}"));
-    let req = common::realistic();
+    let req = common::fixtures::realistic();
     let resp = HttpRespCallReq {
         id: 2,
         status: 200,
@@ -278,7 +278,7 @@ fn opensergo_request_phase(bencher: Bencher<'_, '_>, rules: usize) {
             &[("opensergo", r#"{"app": "bench"}"#)],
         )
         .unwrap();
-    let mut req = common::realistic();
+    let mut req = common::fixtures::realistic();
     req.path = format!("/r/{}", rules - 1).into();
     let mut gw = LocalGateway::new();
     bencher.bench_local(|| black_box(common::call(&mut gw, &chain, black_box(&req))));

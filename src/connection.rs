@@ -3,7 +3,8 @@
 //! The connection owns every buffer a call needs (read buffer, write buffer, decoded messages,
 //! call state) and reuses them, so a steady stream of calls does not allocate for framing or
 //! decoding. A reply leaves in one write. The only reads inside a call are the answers to the
-//! call's own `extra_info` requests.
+//! call's own `extra_info` requests; an answer a plugin stopped waiting for (it dropped the
+//! fetch) is read and dropped before the reply is written, so the stream stays in step.
 //!
 //! Limits (docs/HARDENING.md): a frame over `max_frame` closes the connection; a frame (or a
 //! reply) that stops making progress for `stall_timeout` closes it; so does `idle_timeout`
@@ -20,10 +21,12 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
+use tokio::time::{timeout_at, Instant};
 use tracing::{debug, warn};
 
 use crate::codec::{detect, Protocol, ProtocolSetting};
 use crate::frame::{Frame, FrameType};
+use crate::framed::FramedError;
 use crate::model::{
     ErrorCode, HttpReqCallReq, HttpReqCallResp, HttpRespCallReq, PrepareConfReq, PrepareConfResp,
     ReqAction,
@@ -79,11 +82,11 @@ pub(crate) async fn serve(
     let limits = &shared.limits;
     match conn.run(&mut shutdown).await {
         Ok(()) => debug!("connection closed"),
-        Err(Close::TooLarge(len)) => {
+        Err(Close::Framed(FramedError::TooLarge(len))) => {
             if let Some(hits) = limits.frame_size.hit() {
                 warn!(
                     len,
-                    limit = conn.io.max_frame,
+                    limit = conn.io.max_frame(),
                     hits,
                     "frame over --max-frame; answered BAD_REQUEST and closed the connection"
                 );
@@ -95,15 +98,15 @@ pub(crate) async fn serve(
             timeout = ?conn.io.idle_timeout,
             "connection idle past --idle-timeout-secs; closed"
         ),
-        Err(e @ Close::Stalled { .. }) => {
+        Err(Close::Framed(e @ FramedError::Stalled { .. })) => {
             if let Some(hits) = limits.stalled_read.hit() {
-                warn!(error = %e, timeout = ?conn.io.stall_timeout, hits,
+                warn!(error = %e, timeout = ?conn.io.stall_timeout(), hits,
                     "frame made no progress for --stall-timeout-ms; closed the connection");
             }
         }
-        Err(e @ Close::WriteStalled(_)) => {
+        Err(Close::Framed(e @ FramedError::WriteStalled(_))) => {
             if let Some(hits) = limits.stalled_write.hit() {
-                warn!(error = %e, timeout = ?conn.io.stall_timeout, hits,
+                warn!(error = %e, timeout = ?conn.io.stall_timeout(), hits,
                     "gateway stopped reading replies for --stall-timeout-ms; closed the connection");
             }
         }
@@ -123,7 +126,7 @@ impl Connection<'_> {
         // frame that fits none gets BAD_REQUEST (in the default codec) and decides nothing, so
         // one bad frame cannot pin the connection to a protocol its gateway does not speak.
         let mut undecided = self.shared.config.protocol == ProtocolSetting::Auto;
-        while let Some(frame) = self.io.read_frame(Some(shutdown)).await? {
+        while let Some(frame) = self.io.next_frame(shutdown).await? {
             if undecided {
                 if let Some(p) = detect(&frame.payload) {
                     undecided = false;
@@ -217,8 +220,12 @@ impl Connection<'_> {
             io.queue_error(ErrorCode::ConfTokenNotFound);
             return Ok(());
         };
+        let deadline = Instant::now() + shared.config.call_timeout;
         let run = chain.run_request(&scratch.req, &mut scratch.call, io);
-        let outcome = guard(shared.config.call_timeout, run).await;
+        let mut outcome = guard(deadline, run).await;
+        if io.owes_answers() {
+            read_owed_answers(io, deadline, &mut outcome).await;
+        }
         let Some(action) = settle(io, shared, chain.key(), outcome)? else {
             return Ok(());
         };
@@ -254,8 +261,12 @@ impl Connection<'_> {
             io.queue_error(ErrorCode::ConfTokenNotFound);
             return Ok(());
         };
+        let deadline = Instant::now() + shared.config.call_timeout;
         let run = chain.run_response(&scratch.resp_req, &mut scratch.resp, io);
-        let outcome = guard(shared.config.call_timeout, run).await;
+        let mut outcome = guard(deadline, run).await;
+        if io.owes_answers() {
+            read_owed_answers(io, deadline, &mut outcome).await;
+        }
         if settle(io, shared, chain.key(), outcome)?.is_none() {
             return Ok(());
         }
@@ -274,22 +285,43 @@ enum Outcome<T> {
 }
 
 /// Runs a chain with the call deadline, turning a plugin panic into an outcome.
-async fn guard<T>(deadline: std::time::Duration, run: impl Future<Output = T>) -> Outcome<T> {
-    match tokio::time::timeout(deadline, AssertUnwindSafe(run).catch_unwind()).await {
+async fn guard<T>(deadline: Instant, run: impl Future<Output = T>) -> Outcome<T> {
+    match timeout_at(deadline, AssertUnwindSafe(run).catch_unwind()).await {
         Ok(Ok(value)) => Outcome::Done(value),
         Ok(Err(_panic)) => Outcome::Panicked,
         Err(_elapsed) => Outcome::TimedOut,
     }
 }
 
+/// Reads, and drops, the answers still owed to fetches a plugin abandoned (dropped their futures,
+/// in a timeout or a `select!`), within the call's deadline, so that the reply goes out in step
+/// and the next frame read is the gateway's next call, not one of those answers. A deadline that
+/// passes first makes the call a timed-out one; a failure leaves the exchange broken, which
+/// [`settle`] answers.
+async fn read_owed_answers<T>(io: &mut Io, deadline: Instant, outcome: &mut Outcome<T>) {
+    if matches!(outcome, Outcome::TimedOut) {
+        return;
+    }
+    if timeout_at(deadline, io.catch_up()).await.is_err() {
+        *outcome = Outcome::TimedOut;
+    }
+}
+
 /// A chain's result, or `None` when the call failed and was answered here with an error frame;
-/// `Err` when the connection must close.
+/// `Err` when the connection must close. A call whose exchange with the gateway broke fails and
+/// closes the connection even when the plugin ignored the error.
 fn settle<T>(
     io: &mut Io,
     shared: &Shared,
     key: &str,
     outcome: Outcome<Result<T, ChainFailure>>,
 ) -> Result<Option<T>, Close> {
+    if let Some(why) = io.broken() {
+        debug!(key, error = why, "gateway failed during the call");
+        let close = Close::Gateway(why.to_owned());
+        io.queue_error(ErrorCode::BadRequest);
+        return Err(close);
+    }
     let answered = match outcome {
         Outcome::Done(Ok(value)) => return Ok(Some(value)),
         Outcome::Done(Err(f)) => fail(io, shared, key, Some(f.plugin), &f.error),
@@ -316,8 +348,8 @@ fn deadline_passed(io: &mut Io, shared: &Shared, key: &str) -> Result<(), Close>
     answer_unavailable(io)
 }
 
-/// Answers a failed call. The connection closes when the gateway broke the exchange or the call
-/// was abandoned with an extra_info request outstanding (the stream is out of step).
+/// Answers a failed call. The connection closes when the plugin says the gateway failed, or the
+/// call ended with an extra_info answer still owed (the stream is out of step).
 /// A plugin failure is logged at most once per interval (a broken plugin fails every request).
 fn fail(
     io: &mut Io,
@@ -338,11 +370,11 @@ fn fail(
     answer_unavailable(io)
 }
 
-/// Answers SERVICE_UNAVAILABLE; closes when the call was abandoned with an extra_info request
-/// outstanding (the stream is out of step).
+/// Answers SERVICE_UNAVAILABLE; closes when the call ended with an extra_info answer still owed
+/// (its deadline passed while the gateway was answering): the stream is out of step.
 fn answer_unavailable(io: &mut Io) -> Result<(), Close> {
     io.queue_error(ErrorCode::ServiceUnavailable);
-    if io.in_exchange {
+    if io.owes_answers() {
         return Err(Close::Gateway(
             "call abandoned during an extra_info exchange".into(),
         ));

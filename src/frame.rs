@@ -2,7 +2,8 @@
 //!
 //! [`FrameHeader::parse`] and [`split_frame`] say "need more bytes" with `None`, distinct from a
 //! malformed frame. [`write_frame`] appends a whole frame to an output buffer, so a reply (and
-//! everything queued before it) leaves in one write.
+//! everything queued before it) leaves in one write. A connection's buffers, and reading and
+//! writing frames over a stream, are [`crate::framed`].
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -70,6 +71,14 @@ impl FrameHeader {
 pub struct Frame {
     pub ty: u8,
     pub payload: Bytes,
+}
+
+impl Frame {
+    /// Appends the frame as it goes on the wire, header and payload.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&FrameHeader::encode(self.ty, self.payload.len()));
+        out.extend_from_slice(&self.payload);
+    }
 }
 
 /// Takes one whole frame off the front of `buf`; `None` (and `buf` untouched) while it is

@@ -21,8 +21,10 @@
 //!
 //! # Layout
 //!
-//! * Wire: [`frame`] (type + 24-bit length framing), [`codec`] (payload ⇄ [`model`], one codec
-//!   per protocol; `proto` holds the code generated from `schema/`).
+//! * Wire: [`frame`] (type + 24-bit length framing), [`framed`] (a stream read and written in
+//!   whole frames, async or blocking, and a gateway's `extra_info` answer loop, shared by the
+//!   server, the fake gateway and the replayer), [`codec`] (payload ⇄ [`model`], one codec per
+//!   protocol; `proto` holds the code generated from `schema/`).
 //! * Serving: [`server`] (socket file, accept loop, drain), `connection` (one connection's
 //!   read → serve → write loop and its `extra_info` exchanges), `conf_cache` (tokens → chains),
 //!   [`config`] and [`cli`] (settings), `limits` (one log line per limit hit, not one per event).
@@ -38,6 +40,7 @@ mod conf_cache;
 pub mod config;
 mod connection;
 pub mod frame;
+pub mod framed;
 mod limits;
 mod proto;
 pub mod server;

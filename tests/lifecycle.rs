@@ -1,11 +1,14 @@
 //! The runner binary as a gateway spawns it: environment, socket file, signals (docs/protocol.md §1,
 //! and its acceptance scenario 10).
 
+mod common;
+
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{call_frame, frame};
 use ext_plugin_runner::codec::Protocol;
 use ext_plugin_runner::frame::FrameType;
 use ext_plugin_runner::model::{ExtraInfoResp, Method};
@@ -84,13 +87,9 @@ async fn sigterm_finishes_calls_in_flight_removes_the_socket_and_exits_promptly(
     let mut codec = Protocol::Capnp.gateway_codec();
     let mut req = request(Method::Get, "/in-flight");
     req.id = 77;
-    req.conf_token = token;
-    let mut out = Vec::new();
-    ext_plugin_runner::frame::write_frame(&mut out, FrameType::HttpReqCall as u8, |o| {
-        codec.encode_http_req_call_req(&req, o)
-    })
-    .unwrap();
-    raw.send_raw(&out).await.unwrap();
+    raw.send_raw(&call_frame(codec.as_mut(), token, &req))
+        .await
+        .unwrap();
     let asked = raw.read_frame().await.unwrap().unwrap();
     assert_eq!(
         asked.ty,
@@ -103,17 +102,11 @@ async fn sigterm_finishes_calls_in_flight_removes_the_socket_and_exits_promptly(
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     // The call in flight completes.
-    let mut out = Vec::new();
-    ext_plugin_runner::frame::write_frame(&mut out, FrameType::ExtraInfo as u8, |o| {
-        codec.encode_extra_info_resp(
-            &ExtraInfoResp {
-                result: Some("r1".into()),
-            },
-            o,
-        )
-    })
-    .unwrap();
-    raw.send_raw(&out).await.unwrap();
+    let answer = frame(FrameType::ExtraInfo, |o| {
+        let result = Some("r1".into());
+        codec.encode_extra_info_resp(&ExtraInfoResp { result }, o)
+    });
+    raw.send_raw(&answer).await.unwrap();
     let reply = raw
         .read_frame()
         .await

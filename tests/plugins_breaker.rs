@@ -5,20 +5,21 @@
 //! Time is driven: each test starts its runner on a manual clock of its own
 //! (`Config::clock`), so parallel tests do not move each other's clocks.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{pairs, stop, POST, PRE};
 use ext_plugin_catalogue as plugins;
 use ext_plugin_catalogue::api_breaker::ApiBreaker;
 use ext_plugin_catalogue::limit_conn::LimitConn;
 use ext_plugin_catalogue::limit_count::LimitCount;
 use ext_plugin_catalogue::request_id::RequestId;
-use ext_plugin_runner::model::{ExtraInfoReq, HttpReqCallResp, Pair, ReqAction, Stop};
+use ext_plugin_runner::model::{ExtraInfoReq, HttpReqCallResp, Pair, ReqAction};
 use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
 use ext_plugin_runner::{Config, Registry};
 use ext_plugin_sdk::*;
 
-const PRE: &str = "route#1#ext-plugin-pre-req#1";
-const POST: &str = "route#1#ext-plugin-post-resp#1";
 const CORR: &str = "x-a6-runner-req";
 
 /// A runner with `registry` whose plugins read `clock`.
@@ -32,19 +33,6 @@ async fn start(registry: Registry, clock: &Clock) -> TestRunner {
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
-}
-
-fn pairs(list: &[(&str, &str)]) -> Vec<Pair> {
-    list.iter()
-        .map(|(n, v)| Pair::new(n.to_string(), v.to_string()))
-        .collect()
-}
-
-fn stop(resp: HttpReqCallResp) -> Stop {
-    match resp.action {
-        ReqAction::Stop(s) => s,
-        other => panic!("expected a stop, got {other:?}"),
-    }
 }
 
 /// The request headers a passing call set (a probe's correlation id).

@@ -1,9 +1,12 @@
 //! The first built-in plugins, through the fake gateway over a real socket: echo,
 //! ip-restriction, request-id.
 
+mod common;
+
 use bytes::Bytes;
-use ext_plugin_runner::model::{ErrorCode, ExtraInfoReq, Method, Pair, ReqAction, Rewrite, Stop};
-use ext_plugin_runner::testing::{request, FakeGateway, GatewayError, TestRunner};
+use common::{assert_refused, rewrite, stop};
+use ext_plugin_runner::model::{ExtraInfoReq, Method, Pair, ReqAction};
+use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
 use serde_json::{json, Value};
 
 async fn gateway() -> (TestRunner, FakeGateway) {
@@ -17,30 +20,6 @@ async fn prepared(key: &str, plugin: &str, conf: &str) -> (TestRunner, FakeGatew
     let (runner, mut gw) = gateway().await;
     let token = gw.prepare(key, &[(plugin, conf)]).await.unwrap();
     (runner, gw, token)
-}
-
-fn stop(action: ReqAction) -> Stop {
-    match action {
-        ReqAction::Stop(s) => s,
-        other => panic!("expected a stop, got {other:?}"),
-    }
-}
-
-fn rewrite(action: ReqAction) -> Rewrite {
-    match action {
-        ReqAction::Rewrite(r) => r,
-        other => panic!("expected a rewrite, got {other:?}"),
-    }
-}
-
-async fn refused(gw: &mut FakeGateway, plugin: &str, conf: &str) {
-    match gw
-        .prepare("route#bad#ext-plugin-pre-req#1", &[(plugin, conf)])
-        .await
-    {
-        Err(GatewayError::Runner(ErrorCode::BadRequest)) => {}
-        other => panic!("{plugin} {conf}: expected BAD_REQUEST, got {other:?}"),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -85,7 +64,7 @@ async fn echo_refuses_bad_confs() {
         r#"{"request_body": "yes"}"#,
         r#"{"extra": 1}"#,
     ] {
-        refused(&mut gw, "debug-echo", conf).await;
+        assert_refused(&mut gw, "debug-echo", conf).await;
     }
 }
 
@@ -160,7 +139,7 @@ async fn ip_restriction_refuses_bad_confs() {
         r#"{"whitelist": ["10.0.0.1"], "response_code": 500}"#,
         r#"{"whitelist": ["10.0.0.1"], "message": ""}"#,
     ] {
-        refused(&mut gw, "ip-restriction", conf).await;
+        assert_refused(&mut gw, "ip-restriction", conf).await;
     }
 }
 
@@ -281,7 +260,7 @@ async fn request_id_refuses_bad_confs() {
         r#"{"algorithm": "range_id", "range_id": {"length": 2}}"#,
         r#"{"algorithm": "range_id", "range_id": {"char_set": "abc"}}"#,
     ] {
-        refused(&mut gw, "request-id", conf).await;
+        assert_refused(&mut gw, "request-id", conf).await;
     }
 }
 

@@ -1,25 +1,13 @@
 //! The traffic plugins through the fake gateway over a real socket: the exact wire answers for
 //! pass and reject, and limits holding under concurrent connections.
 
+mod common;
+
+use common::{pairs, stop, PRE};
 use ext_plugin_catalogue as plugins;
-use ext_plugin_runner::model::{HttpReqCallResp, Pair, ReqAction, Stop};
+use ext_plugin_runner::model::{HttpReqCallResp, Pair, ReqAction};
 use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
 use ext_plugin_sdk::Method;
-
-const PRE: &str = "route#1#ext-plugin-pre-req#1";
-
-fn pairs(list: &[(&str, &str)]) -> Vec<Pair> {
-    list.iter()
-        .map(|(n, v)| Pair::new(n.to_string(), v.to_string()))
-        .collect()
-}
-
-fn stop(resp: HttpReqCallResp) -> Stop {
-    match resp.action {
-        ReqAction::Stop(s) => s,
-        other => panic!("expected a stop, got {other:?}"),
-    }
-}
 
 fn resp_headers(resp: &HttpReqCallResp) -> &[Pair] {
     match &resp.action {

@@ -16,20 +16,19 @@
 //! not timed or counted.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-
-use ext_plugin_runner::codec::GatewayCodec;
-use ext_plugin_runner::frame::{split_frame, write_frame, Frame, FrameType};
-use ext_plugin_runner::model::ExtraInfoResp;
+use ext_plugin_runner::codec::{DecodeError, GatewayCodec};
+use ext_plugin_runner::frame::Frame;
+use ext_plugin_runner::framed::{Answer, AnswerTable, BlockingFramed};
+use ext_plugin_runner::model::ExtraInfoReq;
 
 use super::check::{check, Failure, Mismatch};
-use super::plan::Plan;
+use super::plan::{Call, Plan};
 use super::report::{ConnStats, Report};
 
 /// How calls are issued on each connection.
@@ -132,12 +131,9 @@ pub fn run(
 
 /// One connection's loop and its tallies.
 struct Conn<'a> {
-    stream: UnixStream,
+    framed: BlockingFramed<UnixStream>,
     plan: &'a Plan,
     codec: Box<dyn GatewayCodec>,
-    rbuf: BytesMut,
-    chunk: Vec<u8>,
-    wbuf: Vec<u8>,
     next: usize,
     start: Instant,
     measure_start: Instant,
@@ -160,12 +156,9 @@ impl<'a> Conn<'a> {
             Limit::Duration(d) => (Some(measure_start + d), u64::MAX),
         };
         Conn {
-            stream,
+            framed: BlockingFramed::new(stream),
             plan,
             codec: plan.protocol.gateway_codec(),
-            rbuf: BytesMut::with_capacity(64 * 1024),
-            chunk: vec![0; 64 * 1024],
-            wbuf: Vec::with_capacity(64 * 1024),
             // Connections start at different places in the corpus.
             next: index * plan.calls.len() / settings.connections,
             start,
@@ -216,16 +209,13 @@ impl<'a> Conn<'a> {
     fn closed(&mut self, depth: usize) -> io::Result<()> {
         let mut in_flight: VecDeque<(usize, Instant)> = VecDeque::with_capacity(depth);
         loop {
-            self.wbuf.clear();
             let now = Instant::now();
             while in_flight.len() < depth && self.may_send(now) {
                 let i = self.take_call();
-                self.wbuf.extend_from_slice(&self.plan.calls[i].wire);
+                self.framed.queue().push_raw(&self.plan.calls[i].wire);
                 in_flight.push_back((i, now));
             }
-            if !self.wbuf.is_empty() {
-                self.stream.write_all(&self.wbuf)?;
-            }
+            self.framed.flush()?;
             let Some(&(i, sent)) = in_flight.front() else {
                 return Ok(());
             };
@@ -246,7 +236,7 @@ impl<'a> Conn<'a> {
                 std::thread::sleep(wait);
             }
             let i = self.take_call();
-            self.stream.write_all(&self.plan.calls[i].wire)?;
+            self.framed.send_raw(&self.plan.calls[i].wire)?;
             let reply = self.final_reply(i)?;
             self.settle(i, &reply, intended, Instant::now());
             intended += interval;
@@ -267,53 +257,51 @@ impl<'a> Conn<'a> {
         }
     }
 
-    /// Reads until the final reply to call `i`, answering its extra_info requests.
+    /// Reads until the final reply to call `i`, answering its extra_info requests from the
+    /// corpus. Pipelined calls have no extra_info: any frame is the next reply.
     fn final_reply(&mut self, i: usize) -> io::Result<Frame> {
-        loop {
-            let f = self.read_frame()?;
-            if f.ty != FrameType::ExtraInfo as u8
-                || matches!(self.mode, Mode::Closed { depth } if depth > 1)
-            {
-                return Ok(f);
-            }
-            let call = &self.plan.calls[i];
-            let asked = self.codec.decode_extra_info_req(&f.payload);
-            let answer = asked
-                .as_ref()
-                .ok()
-                .and_then(|a| call.extra.iter().find(|(ask, _)| ask == a));
-            self.wbuf.clear();
-            match answer {
-                Some((_, wire)) => self.wbuf.extend_from_slice(wire),
-                None => {
-                    self.stats.mismatch(
-                        Mismatch::UnexpectedExtraInfo,
-                        format!("call #{i} asked {asked:?}, which the corpus does not answer"),
-                    );
-                    let codec = &mut self.codec;
-                    write_frame(&mut self.wbuf, FrameType::ExtraInfo as u8, |o| {
-                        codec.encode_extra_info_resp(&ExtraInfoResp { result: None }, o)
-                    })
-                    .expect("an empty answer fits");
-                }
-            }
-            self.stream.write_all(&self.wbuf)?;
+        if matches!(self.mode, Mode::Closed { depth } if depth > 1) {
+            return Ok(self.framed.expect_frame()?);
         }
+        let mut answers = CorpusAnswers {
+            call: &self.plan.calls[i],
+            index: i,
+            stats: &mut self.stats,
+        };
+        self.framed.await_reply(self.codec.as_mut(), &mut answers)
     }
+}
 
-    fn read_frame(&mut self) -> io::Result<Frame> {
-        loop {
-            if let Some(f) = split_frame(&mut self.rbuf) {
-                return Ok(f);
+/// A call's recorded answers; a request the corpus does not answer is a mismatch, answered nil.
+struct CorpusAnswers<'a> {
+    call: &'a Call,
+    index: usize,
+    stats: &'a mut ConnStats,
+}
+
+impl AnswerTable for CorpusAnswers<'_> {
+    type Error = io::Error;
+
+    fn answer(
+        &mut self,
+        asked: Result<ExtraInfoReq, DecodeError>,
+    ) -> Result<Answer<'_>, io::Error> {
+        let recorded = asked
+            .as_ref()
+            .ok()
+            .and_then(|a| self.call.extra.iter().find(|(ask, _)| ask == a));
+        Ok(match recorded {
+            Some((_, wire)) => Answer::Wire(wire),
+            None => {
+                self.stats.mismatch(
+                    Mismatch::UnexpectedExtraInfo,
+                    format!(
+                        "call #{} asked {asked:?}, which the corpus does not answer",
+                        self.index
+                    ),
+                );
+                Answer::Value(None)
             }
-            let n = self.stream.read(&mut self.chunk)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the target closed the connection",
-                ));
-            }
-            self.rbuf.extend_from_slice(&self.chunk[..n]);
-        }
+        })
     }
 }

@@ -4,19 +4,18 @@
 //! its own key and with its own limit-count `count`, so no two share state or could be merged.
 //! An idle connection is one a gateway pools: it made one call, then sits open.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use serde::Serialize;
 
 use ext_plugin_runner::codec::Protocol;
 use ext_plugin_runner::frame::{write_frame, FrameType};
+use ext_plugin_runner::framed::BlockingFramed;
 use ext_plugin_runner::model::{HttpReqCallReq, Pair, PrepareConfReq};
 
-use super::plan::read_frame;
 use super::spawn::SpawnedRunner;
 
 /// RSS readings in KiB.
@@ -53,8 +52,7 @@ pub fn measure(
     settle();
     let baseline_kib = runner.rss_kib()?;
     let mut codec = protocol.gateway_codec();
-    let mut stream = UnixStream::connect(runner.socket())?;
-    let mut rbuf = BytesMut::new();
+    let mut stream = BlockingFramed::new(UnixStream::connect(runner.socket())?);
     let mut token = 0;
     for i in 0..confs {
         let req = PrepareConfReq {
@@ -77,10 +75,10 @@ pub fn measure(
                 ],
             },
         };
-        stream.write_all(&frame(FrameType::PrepareConf, |o| {
+        stream.send_raw(&frame(FrameType::PrepareConf, |o| {
             codec.encode_prepare_conf_req(&req, o)
         }))?;
-        let reply = read_frame(&mut stream, &mut rbuf)?;
+        let reply = stream.expect_frame()?;
         if reply.ty != FrameType::PrepareConf as u8 {
             return Err(io::Error::other(format!(
                 "prepare #{i} answered with a frame of type {}",
@@ -107,16 +105,18 @@ pub fn measure(
     });
     let mut open = Vec::with_capacity(idle);
     for i in 0..idle {
-        let mut s = UnixStream::connect(runner.socket())?;
-        s.write_all(&call)?;
-        let reply = read_frame(&mut s, &mut BytesMut::new())?;
+        let mut s = BlockingFramed::new(UnixStream::connect(runner.socket())?);
+        s.send_raw(&call)?;
+        let reply = s.expect_frame()?;
         if reply.ty != FrameType::HttpReqCall as u8 {
             return Err(io::Error::other(format!(
                 "the call on idle connection #{i} answered with a frame of type {}",
                 reply.ty
             )));
         }
-        open.push(s);
+        // Only the socket stays open: the framing buffers (a 64 KiB read chunk) would cost the
+        // replayer gigabytes over many thousands of idle connections.
+        open.push(s.into_inner());
     }
     settle();
     let with_idle_connections_kib = runner.rss_kib()?;

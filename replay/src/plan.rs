@@ -2,13 +2,12 @@
 //! recorded conf tokens to the fresh ones, and encode every call once, before any timing starts.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::net::UnixStream;
 
-use bytes::BytesMut;
-
 use ext_plugin_runner::codec::{GatewayCodec, Protocol};
-use ext_plugin_runner::frame::{split_frame, write_frame, Frame, FrameType};
+use ext_plugin_runner::frame::{write_frame, Frame, FrameType};
+use ext_plugin_runner::framed::{BlockingFramed, FramedError};
 use ext_plugin_runner::model::ExtraInfoReq;
 
 use super::check::Expect;
@@ -61,16 +60,23 @@ pub enum PlanError {
     Empty,
 }
 
+impl From<FramedError> for PlanError {
+    fn from(e: FramedError) -> PlanError {
+        PlanError::Io(e.into())
+    }
+}
+
 fn frame_bytes(ty: FrameType, encode: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut out = Vec::new();
     write_frame(&mut out, ty as u8, encode).expect("a corpus message fits in a frame");
     out
 }
 
+/// A frame as it goes on the wire.
 fn whole(f: &Frame) -> Vec<u8> {
-    frame_bytes(FrameType::from_u8(f.ty).unwrap_or(FrameType::Error), |o| {
-        o.extend_from_slice(&f.payload)
-    })
+    let mut out = Vec::with_capacity(4 + f.payload.len());
+    f.write_to(&mut out);
+    out
 }
 
 /// Sends the corpus' prepares on `stream`, then encodes its calls with the tokens they got.
@@ -79,7 +85,7 @@ fn whole(f: &Frame) -> Vec<u8> {
 pub fn prepare(corpus: &Corpus, stream: &mut UnixStream) -> Result<Plan, PlanError> {
     let mut codec = corpus.protocol.gateway_codec();
     let mut tokens = HashMap::new();
-    let mut rbuf = BytesMut::new();
+    let mut framed = BlockingFramed::new(stream);
     for (index, p) in corpus.prepares.iter().enumerate() {
         let corpus_err = |reason: String| PlanError::Corpus {
             what: "prepare",
@@ -97,8 +103,8 @@ pub fn prepare(corpus: &Corpus, stream: &mut UnixStream) -> Result<Plan, PlanErr
             ),
             _ => None,
         };
-        stream.write_all(&whole(&p.request))?;
-        let reply = read_frame(stream, &mut rbuf)?;
+        framed.send_frame(&p.request)?;
+        let reply = framed.expect_frame()?;
         let refused = |reason: String| PlanError::Prepare {
             index,
             key: key.clone(),
@@ -221,22 +227,4 @@ pub fn echo_plan(corpus: &Corpus) -> Result<Plan, PlanError> {
         protocol: corpus.protocol,
         calls,
     })
-}
-
-/// Reads one whole frame (blocking).
-pub fn read_frame(stream: &mut UnixStream, rbuf: &mut BytesMut) -> io::Result<Frame> {
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        if let Some(f) = split_frame(rbuf) {
-            return Ok(f);
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the target closed the connection",
-            ));
-        }
-        rbuf.extend_from_slice(&chunk[..n]);
-    }
 }

@@ -11,14 +11,13 @@ use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use tracing::warn;
 
 use ext_plugin_runner::codec::detect;
-use ext_plugin_runner::frame::{split_frame, Frame, FrameHeader, FrameType};
+use ext_plugin_runner::frame::{Frame, FrameType};
+use ext_plugin_runner::framed::Framed;
 
 use super::corpus::{CallExchange, CorpusWriter, PrepareExchange};
 
@@ -106,69 +105,31 @@ pub async fn record(
     tasks.shutdown().await;
 }
 
-/// One side of the proxy: a stream and its read buffer.
-struct Side {
-    stream: UnixStream,
-    rbuf: BytesMut,
-}
-
-impl Side {
-    async fn read(&mut self) -> io::Result<Option<Frame>> {
-        loop {
-            if let Some(f) = split_frame(&mut self.rbuf) {
-                return Ok(Some(f));
-            }
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
-                return if self.rbuf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "closed inside a frame",
-                    ))
-                };
-            }
-        }
-    }
-
-    async fn write(&mut self, f: &Frame) -> io::Result<()> {
-        let mut out = Vec::with_capacity(4 + f.payload.len());
-        out.extend_from_slice(&FrameHeader::encode(f.ty, f.payload.len()));
-        out.extend_from_slice(&f.payload);
-        self.stream.write_all(&out).await
-    }
-
-    async fn expect(&mut self, what: &str) -> io::Result<Frame> {
-        self.read().await?.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("closed while {what} was awaited"),
-            )
-        })
-    }
+/// Reads a frame the proxy cannot go on without.
+async fn expect(side: &mut Framed<UnixStream>, what: &str) -> io::Result<Frame> {
+    side.read_frame().await?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("closed while {what} was awaited"),
+        )
+    })
 }
 
 async fn proxy(gateway: UnixStream, upstream: &Path, recording: &Recording) -> io::Result<()> {
-    let mut gw = Side {
-        stream: gateway,
-        rbuf: BytesMut::new(),
-    };
-    let mut rn = Side {
-        stream: UnixStream::connect(upstream).await?,
-        rbuf: BytesMut::new(),
-    };
-    while let Some(request) = gw.read().await? {
-        rn.write(&request).await?;
+    let mut gw = Framed::new(gateway);
+    let mut rn = Framed::new(UnixStream::connect(upstream).await?);
+    while let Some(request) = gw.read_frame().await? {
+        rn.send_frame(&request).await?;
         let ty = FrameType::from_u8(request.ty);
         let mut extra = Vec::new();
         let reply = loop {
-            let f = rn.expect("the runner's reply").await?;
-            gw.write(&f).await?;
+            let f = expect(&mut rn, "the runner's reply").await?;
+            gw.send_frame(&f).await?;
             if f.ty != FrameType::ExtraInfo as u8 {
                 break f;
             }
-            let answer = gw.expect("the gateway's extra_info answer").await?;
-            rn.write(&answer).await?;
+            let answer = expect(&mut gw, "the gateway's extra_info answer").await?;
+            rn.send_frame(&answer).await?;
             extra.push((f, answer));
         };
         // Only well-formed exchanges are kept; anything else was forwarded but is no corpus.

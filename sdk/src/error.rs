@@ -89,7 +89,7 @@ impl PluginError {
     }
 
     /// The gateway connection failed or broke the protocol during an `extra_info` exchange. The
-    /// runner closes the connection after such a call.
+    /// runner fails the call and closes the connection, whatever the chain returns.
     pub fn gateway(message: impl Into<Cow<'static, str>>) -> PluginError {
         PluginError {
             kind: Kind::Gateway,

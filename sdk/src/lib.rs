@@ -51,6 +51,25 @@
 //!   SERVICE_UNAVAILABLE (the gateway answers 503, or skips the chain when the route sets
 //!   `allow_degradation`). The connection and the runner live on.
 //!
+//! # Gateway round trips
+//!
+//! [`RequestCall::var`], [`RequestCall::gateway_var`], [`RequestCall::body`],
+//! [`ResponseCall::var`] and [`ResponseCall::body`] may ask the gateway (one `extra_info` round
+//! trip on the call's connection; the answer is cached for the rest of the call).
+//!
+//! * **`Err`** from them means the round trip failed, in practice because the gateway
+//!   connection failed or broke the protocol ([`PluginError::is_gateway_failure`] is true). Pass
+//!   it on with `?`: the runner then answers the call with an error and closes that connection
+//!   whatever the plugin returns, so ignoring the error (to continue without the value) does not
+//!   save the call.
+//! * **Dropping the future** before it completes is safe: wrap a fetch in
+//!   `tokio::time::timeout`, race it in `select!`, or abandon it. The runner still reads the
+//!   gateway's answer, and drops it, before it sends the call's reply or another request, so
+//!   the connection stays in step. Nothing is cached for an abandoned fetch; asking again is a
+//!   new round trip, made after the abandoned one's answer has arrived. The call's deadline
+//!   covers the wait for abandoned answers too: if it passes first, the call is answered
+//!   SERVICE_UNAVAILABLE and the connection closed.
+//!
 //! # State
 //!
 //! A plugin value lives as long as its prepared chain (the conf cache may drop it after the conf

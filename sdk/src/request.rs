@@ -219,6 +219,14 @@ impl<'c> RequestCall<'c> {
     /// request, and `consumer_name` once an earlier plugin set a consumer. Anything else costs
     /// one round trip to the gateway, once per call. `consumer_name` without a runner consumer is
     /// asked of the gateway only where it can know it (`ext-plugin-post-req`).
+    ///
+    /// # Errors and cancellation
+    ///
+    /// `Err` when the round trip fails. When the gateway connection failed or broke the protocol
+    /// ([`PluginError::is_gateway_failure`]) the call fails whatever the plugin returns: pass the
+    /// error on with `?`. Dropping the future (a timeout, `select!`) is safe: the runner reads
+    /// and drops the abandoned answer before it replies or asks again. See
+    /// [Gateway round trips](crate#gateway-round-trips).
     pub async fn var(&mut self, name: &str) -> Result<Option<Text>, PluginError> {
         if let Some(local) = self.local_var(name) {
             return Ok(local);
@@ -231,6 +239,11 @@ impl<'c> RequestCall<'c> {
     /// For values whose exact bytes matter: `request_uri` here is the path and query exactly as
     /// the client sent them (what a request signature covers), while `var("request_uri")`
     /// re-encodes the decoded path and arguments.
+    ///
+    /// # Errors and cancellation
+    ///
+    /// As [`RequestCall::var`]: `Err` when the round trip fails (a gateway failure fails the call
+    /// whatever the plugin returns); dropping the future is safe.
     pub async fn gateway_var(&mut self, name: &str) -> Result<Option<Text>, PluginError> {
         if let Some(pushed) = self.req.extra_info.iter().find(|p| p.name == *name) {
             return Ok(pushed.value.clone().map(bytes_to_text));
@@ -346,6 +359,11 @@ impl<'c> RequestCall<'c> {
 
     /// The request body as rewritten so far, else the client's (fetched from the gateway at most
     /// once per call); `None` when the request has none.
+    ///
+    /// # Errors and cancellation
+    ///
+    /// As [`RequestCall::var`]: `Err` when the round trip fails (a gateway failure fails the call
+    /// whatever the plugin returns); dropping the future is safe.
     pub async fn body(&mut self) -> Result<Option<Bytes>, PluginError> {
         if let Some(body) = &self.state.rewrite.body {
             return Ok(Some(body.clone()));

@@ -180,6 +180,14 @@ impl<'c> ResponseCall<'c> {
 
     /// The response body as changed so far, or the upstream's (fetched from the gateway at most
     /// once per call); `None` when there is none.
+    ///
+    /// # Errors and cancellation
+    ///
+    /// `Err` when the round trip fails. When the gateway connection failed or broke the protocol
+    /// ([`PluginError::is_gateway_failure`]) the call fails whatever the plugin returns: pass the
+    /// error on with `?`. Dropping the future (a timeout, `select!`) is safe: the runner reads
+    /// and drops the abandoned answer before it replies or asks again. See
+    /// [Gateway round trips](crate#gateway-round-trips).
     pub async fn body(&mut self) -> Result<Option<Bytes>, PluginError> {
         if let Some(body) = &self.state.body {
             return Ok(Some(body.clone()));
@@ -200,6 +208,11 @@ impl<'c> ResponseCall<'c> {
     /// A gateway variable (`request_time`, `upstream_status`, `http_x_request_id`, ...), fetched
     /// from the gateway once per call; `None` when it is nil. The response phase carries no
     /// request data, so every variable costs one round trip.
+    ///
+    /// # Errors and cancellation
+    ///
+    /// As [`ResponseCall::body`]: `Err` when the round trip fails (a gateway failure fails the
+    /// call whatever the plugin returns); dropping the future is safe.
     pub async fn var(&mut self, name: &str) -> Result<Option<Text>, PluginError> {
         let v = self.state.vars.get_or_fetch(self.gateway, name).await?;
         Ok(v.map(bytes_to_text))

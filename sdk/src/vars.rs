@@ -14,6 +14,12 @@ use crate::text::Text;
 
 /// The connection's side of an `extra_info` exchange: send one request to the gateway, wait for
 /// its answer. Boxed because it only runs on a round trip, which costs far more than the box.
+///
+/// Implementations must be cancel safe: plugins may drop the future at any await (see
+/// [Gateway round trips](crate#gateway-round-trips)), and the connection must stay in step,
+/// with the next fetch getting its own answer. An `Err` fails the fetch; a
+/// [`PluginError::gateway`] one says the connection is unusable, and the host then fails the
+/// call whatever the plugin returns.
 pub trait GatewayVars: Send {
     fn fetch<'a>(
         &'a mut self,

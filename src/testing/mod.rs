@@ -2,7 +2,8 @@
 //!
 //! [`TestRunner`] starts a runner in-process on a fresh socket; [`FakeGateway`] connects to any
 //! runner socket and speaks the protocol the way a gateway does: it prepares chains, makes calls,
-//! answers the runner's `extra_info` requests from its tables, and can send raw bytes.
+//! answers the runner's `extra_info` requests from its tables (promptly, or late as a slow
+//! gateway would), and can send raw bytes.
 //! To run chains in memory instead, without a runner, use the SDK's
 //! [`ext_plugin_sdk::harness`] (its request builders are re-exported here).
 //!
@@ -43,18 +44,20 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
+
+use bytes::Bytes;
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::codec::{DecodeError, GatewayCodec, Protocol};
 use crate::config::Config;
-use crate::frame::{split_frame, write_frame, Frame, FrameType};
+use crate::frame::{Frame, FrameType};
+use crate::framed::{Answer, AnswerTable, Framed, FramedError};
 use crate::model::{
-    ErrorCode, ExtraInfoReq, ExtraInfoResp, HttpReqCallReq, HttpReqCallResp, HttpRespCallReq,
-    HttpRespCallResp, Pair, PrepareConfReq,
+    ErrorCode, ExtraInfoReq, HttpReqCallReq, HttpReqCallResp, HttpRespCallReq, HttpRespCallResp,
+    Pair, PrepareConfReq,
 };
 use crate::server::{serve, Listener, Runner};
 use ext_plugin_sdk::Registry;
@@ -162,11 +165,21 @@ pub enum GatewayError {
     Decode(#[from] DecodeError),
 }
 
+impl From<FramedError> for GatewayError {
+    fn from(e: FramedError) -> GatewayError {
+        match e {
+            FramedError::Io(e) => GatewayError::Io(e),
+            FramedError::Closed => GatewayError::Closed,
+            FramedError::Truncated => GatewayError::Protocol("runner closed inside a frame".into()),
+            other => GatewayError::Protocol(other.to_string()),
+        }
+    }
+}
+
 /// A gateway connection.
 pub struct FakeGateway {
-    stream: UnixStream,
+    framed: Framed<UnixStream>,
     codec: Box<dyn GatewayCodec>,
-    rbuf: BytesMut,
     next_id: u32,
     /// Variables the gateway answers `extra_info` Var requests from; a missing name or a `None`
     /// value answers nil.
@@ -175,6 +188,8 @@ pub struct FakeGateway {
     pub req_body: Option<Bytes>,
     /// The answer to RespBody requests (`None` = no body).
     pub resp_body: Option<Bytes>,
+    /// Requests whose answers the gateway holds back for a while, as a slow gateway would.
+    pub delays: Vec<(ExtraInfoReq, Duration)>,
     /// Every `extra_info` request the runner made, in order.
     pub asked: Vec<ExtraInfoReq>,
 }
@@ -182,13 +197,13 @@ pub struct FakeGateway {
 impl FakeGateway {
     pub async fn connect(path: &Path, protocol: Protocol) -> io::Result<FakeGateway> {
         Ok(FakeGateway {
-            stream: UnixStream::connect(path).await?,
+            framed: Framed::new(UnixStream::connect(path).await?),
             codec: protocol.gateway_codec(),
-            rbuf: BytesMut::new(),
             next_id: 1,
             vars: HashMap::new(),
             req_body: None,
             resp_body: None,
+            delays: Vec::new(),
             asked: Vec::new(),
         })
     }
@@ -205,6 +220,11 @@ impl FakeGateway {
         );
     }
 
+    /// Holds the answer to `req` back for `delay` each time the runner asks.
+    pub fn delay_answer(&mut self, req: ExtraInfoReq, delay: Duration) {
+        self.delays.push((req, delay));
+    }
+
     /// Prepares a chain of `(plugin name, JSON conf)` entries under `key`.
     pub async fn prepare(
         &mut self,
@@ -215,11 +235,10 @@ impl FakeGateway {
     }
 
     pub async fn prepare_req(&mut self, req: &PrepareConfReq) -> Result<u32, GatewayError> {
-        let mut out = Vec::new();
-        frame(&mut out, FrameType::PrepareConf, |o| {
-            self.codec.encode_prepare_conf_req(req, o)
-        });
-        self.send_raw(&out).await?;
+        self.send(FrameType::PrepareConf, |c, o| {
+            c.encode_prepare_conf_req(req, o)
+        })
+        .await?;
         let f = self.reply(FrameType::PrepareConf).await?;
         Ok(self.codec.decode_prepare_conf_resp(&f.payload)?.conf_token)
     }
@@ -233,11 +252,10 @@ impl FakeGateway {
         let mut req = req.clone();
         req.id = self.take_id();
         req.conf_token = token;
-        let mut out = Vec::new();
-        frame(&mut out, FrameType::HttpReqCall, |o| {
-            self.codec.encode_http_req_call_req(&req, o)
-        });
-        self.send_raw(&out).await?;
+        self.send(FrameType::HttpReqCall, |c, o| {
+            c.encode_http_req_call_req(&req, o)
+        })
+        .await?;
         let f = self.reply(FrameType::HttpReqCall).await?;
         let resp = self.codec.decode_http_req_call_resp(&f.payload)?;
         if resp.id != req.id {
@@ -265,11 +283,10 @@ impl FakeGateway {
                 .collect(),
             conf_token: token,
         };
-        let mut out = Vec::new();
-        frame(&mut out, FrameType::HttpRespCall, |o| {
-            self.codec.encode_http_resp_call_req(&req, o)
-        });
-        self.send_raw(&out).await?;
+        self.send(FrameType::HttpRespCall, |c, o| {
+            c.encode_http_resp_call_req(&req, o)
+        })
+        .await?;
         let f = self.reply(FrameType::HttpRespCall).await?;
         let resp = self.codec.decode_http_resp_call_resp(&f.payload)?;
         if resp.id != req.id {
@@ -287,73 +304,63 @@ impl FakeGateway {
         id
     }
 
+    /// Sends a frame whose payload the codec encodes.
+    async fn send(
+        &mut self,
+        ty: FrameType,
+        encode: impl FnOnce(&mut dyn GatewayCodec, &mut Vec<u8>),
+    ) -> Result<(), GatewayError> {
+        let FakeGateway { framed, codec, .. } = self;
+        framed
+            .queue()
+            .push_with(ty as u8, |o| encode(codec.as_mut(), o))
+            .map_err(FramedError::from)?;
+        Ok(framed.flush().await?)
+    }
+
     /// Reads frames until the call's reply, answering `extra_info` requests on the way. An error
     /// frame becomes [`GatewayError::Runner`].
     async fn reply(&mut self, expected: FrameType) -> Result<Frame, GatewayError> {
-        let mut resp_body_asked = false;
-        loop {
-            let f = self.read_frame().await?.ok_or(GatewayError::Closed)?;
-            match FrameType::from_u8(f.ty) {
-                Some(t) if t == expected => return Ok(f),
-                Some(FrameType::Error) => {
-                    return Err(GatewayError::Runner(
-                        self.codec.decode_error_resp(&f.payload)?,
-                    ))
-                }
-                Some(FrameType::ExtraInfo) => {
-                    let req = self.codec.decode_extra_info_req(&f.payload)?;
-                    let result = match &req {
-                        ExtraInfoReq::Var(name) => self.vars.get(name.as_str()).cloned().flatten(),
-                        ExtraInfoReq::ReqBody => self.req_body.clone(),
-                        ExtraInfoReq::RespBody => {
-                            if expected != FrameType::HttpRespCall || resp_body_asked {
-                                return Err(GatewayError::Protocol(
-                                    "RespBody asked outside a response call or twice".into(),
-                                ));
-                            }
-                            resp_body_asked = true;
-                            self.resp_body.clone()
-                        }
-                    };
-                    self.asked.push(req);
-                    let mut out = Vec::new();
-                    frame(&mut out, FrameType::ExtraInfo, |o| {
-                        self.codec
-                            .encode_extra_info_resp(&ExtraInfoResp { result }, o)
-                    });
-                    self.send_raw(&out).await?;
-                }
-                _ => {
-                    return Err(GatewayError::Protocol(format!(
-                        "frame of type {} while waiting for {expected:?}",
-                        f.ty
-                    )))
-                }
-            }
+        let FakeGateway {
+            framed,
+            codec,
+            vars,
+            req_body,
+            resp_body,
+            delays,
+            asked,
+            ..
+        } = self;
+        let mut tables = Tables {
+            vars,
+            req_body,
+            resp_body,
+            delays,
+            asked,
+            phase: expected,
+            resp_body_asked: false,
+        };
+        let f = framed.await_reply(codec.as_mut(), &mut tables).await?;
+        match FrameType::from_u8(f.ty) {
+            Some(t) if t == expected => Ok(f),
+            Some(FrameType::Error) => Err(GatewayError::Runner(
+                self.codec.decode_error_resp(&f.payload)?,
+            )),
+            _ => Err(GatewayError::Protocol(format!(
+                "frame of type {} while waiting for {expected:?}",
+                f.ty
+            ))),
         }
     }
 
     /// Sends bytes as they are.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await
+        Ok(self.framed.send_raw(bytes).await?)
     }
 
     /// Reads the next whole frame; `None` when the runner closed the connection between frames.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, GatewayError> {
-        loop {
-            if let Some(f) = split_frame(&mut self.rbuf) {
-                return Ok(Some(f));
-            }
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
-                return if self.rbuf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(GatewayError::Protocol(
-                        "runner closed inside a frame".into(),
-                    ))
-                };
-            }
-        }
+        Ok(self.framed.read_frame().await?)
     }
 
     /// Reads an error frame's code.
@@ -368,6 +375,44 @@ impl FakeGateway {
     }
 }
 
-fn frame(out: &mut Vec<u8>, ty: FrameType, encode: impl FnOnce(&mut Vec<u8>)) {
-    write_frame(out, ty as u8, encode).expect("test messages fit in a frame");
+/// The gateway's tables, answering one call's `extra_info` requests.
+struct Tables<'g> {
+    vars: &'g HashMap<String, Option<Bytes>>,
+    req_body: &'g Option<Bytes>,
+    resp_body: &'g Option<Bytes>,
+    delays: &'g [(ExtraInfoReq, Duration)],
+    asked: &'g mut Vec<ExtraInfoReq>,
+    /// The call's frame type: RespBody may only be asked in a response call, once.
+    phase: FrameType,
+    resp_body_asked: bool,
+}
+
+impl AnswerTable for Tables<'_> {
+    type Error = GatewayError;
+
+    fn answer(
+        &mut self,
+        asked: Result<ExtraInfoReq, DecodeError>,
+    ) -> Result<Answer<'_>, GatewayError> {
+        let req = asked?;
+        let result = match &req {
+            ExtraInfoReq::Var(name) => self.vars.get(name.as_str()).cloned().flatten(),
+            ExtraInfoReq::ReqBody => self.req_body.clone(),
+            ExtraInfoReq::RespBody => {
+                if self.phase != FrameType::HttpRespCall || self.resp_body_asked {
+                    return Err(GatewayError::Protocol(
+                        "RespBody asked outside a response call or twice".into(),
+                    ));
+                }
+                self.resp_body_asked = true;
+                self.resp_body.clone()
+            }
+        };
+        let delay = self.delays.iter().find(|(r, _)| *r == req).map(|(_, d)| *d);
+        self.asked.push(req);
+        Ok(match delay {
+            Some(delay) => Answer::Late(delay, result),
+            None => Answer::Value(result),
+        })
+    }
 }

@@ -1,0 +1,276 @@
+//! The tokio adapter: a [`FrameBuffer`] and a [`FrameQueue`] over an async stream.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+
+use super::gateway::{step, AnswerTable, Step};
+use super::{FrameBuffer, FrameQueue, FramedError};
+use crate::codec::GatewayCodec;
+use crate::frame::{Frame, MAX_PAYLOAD};
+
+/// A stream read and written in whole frames.
+///
+/// With a stall timeout, a frame that has started arriving must keep arriving, and queued bytes
+/// must keep leaving, each step within it (slowloris; a peer that stops reading). Waiting for the
+/// first byte of a frame has no timeout: the caller bounds that wait (an idle timeout, a call
+/// deadline), with [`Framed::fill`] when it must tell that wait apart.
+#[derive(Debug)]
+pub struct Framed<S> {
+    stream: S,
+    read: FrameBuffer,
+    write: FrameQueue,
+    stall_timeout: Option<Duration>,
+}
+
+impl<S> Framed<S> {
+    /// No frame-size limit but the protocol's, no stall timeout.
+    pub fn new(stream: S) -> Framed<S> {
+        Framed::with_limits(stream, MAX_PAYLOAD, None)
+    }
+
+    pub fn with_limits(stream: S, max_frame: usize, stall_timeout: Option<Duration>) -> Framed<S> {
+        Framed {
+            stream,
+            read: FrameBuffer::new(max_frame),
+            write: FrameQueue::new(),
+            stall_timeout,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.read.max_frame()
+    }
+
+    pub fn stall_timeout(&self) -> Option<Duration> {
+        self.stall_timeout
+    }
+
+    /// What has been read and not yet taken as frames.
+    pub fn read_buffer(&self) -> &FrameBuffer {
+        &self.read
+    }
+
+    /// Frames to send; [`Framed::flush`] sends them.
+    pub fn queue(&mut self) -> &mut FrameQueue {
+        &mut self.write
+    }
+
+    /// Gives back buffer storage past `retain` bytes (bytes of a next frame already read stay).
+    pub fn trim(&mut self, retain: usize) {
+        self.read.trim(retain);
+        self.write.trim(retain);
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
+    /// Reads once into the buffer, as much as has arrived, without a timeout; `Ok(0)` at the end
+    /// of the stream. Cancel safe.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        self.read.read_from(&mut self.stream).await
+    }
+
+    /// The next whole frame; `None` when the peer closed the connection between frames. Cancel
+    /// safe: bytes read stay buffered for the next call.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, FramedError> {
+        loop {
+            if let Some(frame) = self.read.next_frame()? {
+                return Ok(Some(frame));
+            }
+            let n = match self.stall_timeout {
+                Some(limit) if !self.read.is_empty() => {
+                    match timeout(limit, self.read.read_from(&mut self.stream)).await {
+                        Ok(n) => n?,
+                        Err(_) => {
+                            let (have, want) = self.read.progress();
+                            return Err(FramedError::Stalled { have, want });
+                        }
+                    }
+                }
+                _ => self.fill().await?,
+            };
+            if n == 0 {
+                return if self.read.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FramedError::Truncated)
+                };
+            }
+        }
+    }
+
+    /// The next whole frame; the peer closing the connection is [`FramedError::Closed`].
+    pub async fn expect_frame(&mut self) -> Result<Frame, FramedError> {
+        self.read_frame().await?.ok_or(FramedError::Closed)
+    }
+
+    /// Sends everything queued. Cancel safe: what went out is remembered, and the next flush
+    /// sends the rest.
+    pub async fn flush(&mut self) -> Result<(), FramedError> {
+        while !self.write.is_empty() {
+            let write = self.stream.write(self.write.unsent());
+            let n = match self.stall_timeout {
+                Some(limit) => match timeout(limit, write).await {
+                    Ok(n) => n?,
+                    Err(_) => return Err(FramedError::WriteStalled(self.write.unsent().len())),
+                },
+                None => write.await?,
+            };
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+            }
+            self.write.advance(n);
+        }
+        Ok(self.stream.flush().await?)
+    }
+
+    /// Sends a frame as it was read (a proxy forwarding it).
+    pub async fn send_frame(&mut self, frame: &Frame) -> Result<(), FramedError> {
+        self.write.push_frame(frame);
+        self.flush().await
+    }
+
+    /// Sends bytes as they are.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), FramedError> {
+        self.write.push_raw(bytes);
+        self.flush().await
+    }
+
+    /// A gateway awaiting a call's reply: reads frames, answering each `extra_info` request from
+    /// `table`, and returns the first frame that is not one (the reply, or an error frame).
+    pub async fn await_reply<T>(
+        &mut self,
+        codec: &mut dyn GatewayCodec,
+        table: &mut T,
+    ) -> Result<Frame, T::Error>
+    where
+        T: AnswerTable + ?Sized,
+        T::Error: From<FramedError>,
+    {
+        loop {
+            let frame = self.expect_frame().await?;
+            match step(frame, codec, table, &mut self.write)? {
+                Step::Reply(frame) => return Ok(frame),
+                Step::Answered { delay } => {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    self.flush().await?;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{FrameHeader, HEADER_LEN};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::UnixStream;
+
+    const RETAINED: usize = 256 * 1024;
+
+    fn pair(stall: Option<Duration>) -> (Framed<UnixStream>, UnixStream) {
+        let (a, b) = UnixStream::pair().expect("a socket pair");
+        (Framed::with_limits(a, MAX_PAYLOAD, stall), b)
+    }
+
+    #[tokio::test]
+    async fn a_promised_length_is_not_reserved_up_front_and_a_stall_closes() {
+        let (mut framed, mut peer) = pair(Some(Duration::from_millis(50)));
+        peer.write_all(&[2, 0xFF, 0xFF, 0xFF, 1, 2, 3])
+            .await
+            .unwrap();
+        match framed.read_frame().await {
+            Err(FramedError::Stalled { want, .. }) => assert_eq!(want, MAX_PAYLOAD),
+            other => panic!("expected a stall, got {other:?}"),
+        }
+        assert!(
+            framed.read_buffer().capacity() <= 2 * super::super::READ_MIN,
+            "{} bytes reserved for a 16 MiB promise",
+            framed.read_buffer().capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_does_not_pin_its_buffer() {
+        let (mut framed, mut peer) = pair(None);
+        let len = 4 * RETAINED;
+        let mut frame = FrameHeader::encode(1, len).to_vec();
+        frame.resize(HEADER_LEN + len, 7);
+        let writer = tokio::spawn(async move {
+            peer.write_all(&frame).await.unwrap();
+            peer
+        });
+        let got = framed.read_frame().await.unwrap().expect("a frame");
+        assert_eq!(got.payload.len(), len);
+        drop(got);
+        framed.queue().push_raw(&vec![0; 2 * RETAINED]);
+        let mut peer = writer.await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut sink = vec![0; 2 * RETAINED];
+            tokio::io::AsyncReadExt::read_exact(&mut peer, &mut sink)
+                .await
+                .unwrap();
+        });
+        framed.flush().await.unwrap();
+        reader.await.unwrap();
+        framed.trim(RETAINED);
+        assert!(framed.read_buffer().capacity() <= RETAINED);
+        assert!(framed.queue().capacity() <= RETAINED);
+    }
+
+    #[tokio::test]
+    async fn a_flush_dropped_half_way_resumes_where_it_stopped() {
+        let (mut framed, mut peer) = pair(None);
+        // More than the socket buffers hold, so the first flush cannot finish.
+        let frame = Frame {
+            ty: 3,
+            payload: vec![5u8; 4 << 20].into(),
+        };
+        framed.queue().push_frame(&frame);
+        let first = tokio::time::timeout(Duration::from_millis(10), framed.flush()).await;
+        assert!(first.is_err(), "the flush finished with nobody reading");
+        assert!(!framed.queue().is_empty());
+        let reader = tokio::spawn(async move {
+            let mut other = Framed::new(&mut peer);
+            other.expect_frame().await.unwrap()
+        });
+        framed.flush().await.unwrap();
+        assert_eq!(
+            reader.await.unwrap(),
+            frame,
+            "the frame arrives whole, once"
+        );
+    }
+
+    #[tokio::test]
+    async fn end_of_stream_between_frames_is_none_and_inside_one_is_truncated() {
+        let (mut framed, mut peer) = pair(None);
+        peer.write_all(&[1, 0, 0, 1, 9, 1, 0]).await.unwrap();
+        drop(peer);
+        assert_eq!(framed.read_frame().await.unwrap().unwrap().payload[..], [9]);
+        assert!(matches!(
+            framed.read_frame().await,
+            Err(FramedError::Truncated)
+        ));
+        let (mut framed, peer) = pair(None);
+        drop(peer);
+        assert!(framed.read_frame().await.unwrap().is_none());
+        assert!(matches!(
+            framed.expect_frame().await,
+            Err(FramedError::Closed)
+        ));
+    }
+}
