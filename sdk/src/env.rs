@@ -4,6 +4,7 @@ use std::any::Any;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use crate::metrics::Metrics;
 use crate::services::Services;
 use crate::state::{ScopeKey, StateRegistry};
 use crate::Clock;
@@ -88,6 +89,12 @@ impl PrepareEnv<'_> {
     /// can derive names from it.
     pub fn conf(&self) -> &str {
         self.conf
+    }
+
+    /// The registry to export metrics through (see [`crate::metrics`]): register at prepare
+    /// time, keep the handles, and label by [`PrepareEnv::route`] and the plugin name only.
+    pub fn metrics(&self) -> &Metrics {
+        self.state.metrics()
     }
 
     /// The names of every plugin in this chain, in order (this one included).

@@ -100,6 +100,7 @@ mod error;
 mod extensions;
 pub mod harness;
 pub mod host;
+pub mod metrics;
 pub mod model;
 mod registry;
 mod request;

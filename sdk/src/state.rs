@@ -9,6 +9,8 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::metrics::Metrics;
+
 /// What a state value is scoped to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum ScopeKey {
@@ -25,9 +27,12 @@ pub(crate) enum ScopeKey {
 
 type Entry = Weak<dyn Any + Send + Sync>;
 
+/// Plugin state shared across chains, and the metrics registry plugins register in: what a
+/// runner hands every chain it prepares.
 #[derive(Default)]
 pub struct StateRegistry {
     inner: Mutex<Inner>,
+    metrics: Metrics,
 }
 
 #[derive(Default)]
@@ -38,6 +43,20 @@ struct Inner {
 }
 
 impl StateRegistry {
+    /// A registry whose plugins register their metrics in `metrics` (the default registry's
+    /// metrics are disabled: they count, and nothing exports them).
+    pub fn with_metrics(metrics: Metrics) -> StateRegistry {
+        StateRegistry {
+            inner: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// The metrics registry plugins see through [`crate::PrepareEnv::metrics`].
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The live state for `key`, or a new one from `init`.
     pub(crate) fn get_or_init<T: Any + Send + Sync>(
         &self,

@@ -32,10 +32,14 @@ use bytes::Bytes;
 
 use crate::chain::Chain;
 use crate::host::{CallState, GatewayVars, RespState};
+use crate::metrics::Metrics;
 use crate::model::{ExtraInfoReq, HttpReqCallReq, HttpRespCallReq, HttpRespCallResp, ReqAction};
 use crate::registry::{ChainError, Registry};
 use crate::state::StateRegistry;
 use crate::{Clock, PluginError};
+
+/// The route bound of the harness's metrics registry.
+pub(crate) const TEST_MAX_ROUTES: usize = 1000;
 
 /// Prepares chains as `prepare_conf` does, with state shared between the chains it prepares,
 /// but no conf cache and no tokens. Its plugins read the system clock unless
@@ -47,11 +51,21 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// A harness whose metrics are off, as a runner's are by default.
     pub fn new(registry: Registry) -> Harness {
         Harness {
             registry,
             state: StateRegistry::default(),
             clock: Clock::system(),
+        }
+    }
+
+    /// A harness whose plugins register their metrics in an exporting registry, as a runner's
+    /// with `--metrics-listen`; read them with [`Harness::metrics`].
+    pub fn with_metrics(registry: Registry) -> Harness {
+        Harness {
+            state: StateRegistry::with_metrics(Metrics::new(TEST_MAX_ROUTES)),
+            ..Harness::new(registry)
         }
     }
 
@@ -65,6 +79,11 @@ impl Harness {
     /// The clock plugins read time from.
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// The metrics the prepared plugins registered: take a [`Metrics::snapshot`].
+    pub fn metrics(&self) -> &Metrics {
+        self.state.metrics()
     }
 
     /// Parses and validates a chain of `(plugin name, JSON conf)` under `key`.

@@ -189,6 +189,17 @@ impl TestEnv {
         self
     }
 
+    /// An env whose plugins register their metrics in an exporting registry (the default env's
+    /// metrics are off, as a runner's are by default).
+    pub fn with_metrics() -> TestEnv {
+        TestEnv {
+            state: StateRegistry::with_metrics(crate::metrics::Metrics::new(
+                super::chain::TEST_MAX_ROUTES,
+            )),
+            ..TestEnv::default()
+        }
+    }
+
     /// Plugins built from now on read time from `clock` (usually [`Clock::manual`], which the
     /// test advances through [`TestEnv::clock`] or a clone).
     pub fn with_clock(mut self, clock: Clock) -> TestEnv {
@@ -199,6 +210,11 @@ impl TestEnv {
     /// The clock plugins read time from.
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// The metrics plugins prepared with this env registered.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        self.state.metrics()
     }
 
     /// Runs `f` with a [`PrepareEnv`] for `plugin` with `conf` under `key`, in `chain`.
