@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::env::Held;
 use crate::model::{HttpReqCallReq, HttpRespCallReq, ReqAction};
@@ -58,6 +59,62 @@ pub struct Chain {
     /// so this is what keeps a route's state alive while the chain lives, whether or not the
     /// plugins hold on to it themselves.
     pub(crate) _state: Box<[Held]>,
+    /// Told what each plugin decided, when the host watches this chain.
+    pub(crate) observer: Option<Arc<dyn ChainObserver>>,
+}
+
+/// Which phase a plugin ran in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Request,
+    Response,
+}
+
+/// What one plugin of a chain decided in one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// It let the call go on (a response filter that returned `Ok`).
+    Pass,
+    /// It let the request go on after holding it back ([`RequestCall::mark_delayed`]).
+    Delay,
+    /// It answered the client itself ([`Flow::Stop`]).
+    Reject,
+    /// It returned an error, which fails the call.
+    Error,
+    /// The call was dropped while it ran: it panicked, the call's deadline passed, or the
+    /// connection went away.
+    Abandoned,
+}
+
+/// Watches a chain's plugins decide: a host's hook for per-plugin metrics, set with
+/// [`Chain::set_observer`]. Called once per plugin that ran, in order, on the call's own task:
+/// keep it to an atomic increment or two, and never block.
+pub trait ChainObserver: Send + Sync {
+    /// Plugin number `plugin` (its index in the chain) decided `decision` in `phase`.
+    fn decided(&self, phase: Phase, plugin: usize, decision: Decision);
+}
+
+/// Reports [`Decision::Abandoned`] for a plugin whose call is dropped before it returns.
+struct Watch<'a> {
+    observer: Option<&'a dyn ChainObserver>,
+    phase: Phase,
+    plugin: usize,
+}
+
+impl Watch<'_> {
+    fn decided(mut self, decision: Decision) {
+        if let Some(o) = self.observer.take() {
+            o.decided(self.phase, self.plugin, decision);
+        }
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        if let Some(o) = self.observer {
+            o.decided(self.phase, self.plugin, Decision::Abandoned);
+        }
+    }
 }
 
 /// A plugin's failure, with the plugin's name for the log.
@@ -72,9 +129,28 @@ impl Chain {
         &self.key
     }
 
+    /// The route part of the key (`route#1` of `route#1#ext-plugin-pre-req#12`), as
+    /// [`PrepareEnv::route`](crate::PrepareEnv::route) gives it.
+    pub fn route(&self) -> &str {
+        crate::env::route_scope(&self.key)
+    }
+
+    /// Has `observer` told what every plugin decides, from the next call on.
+    pub fn set_observer(&mut self, observer: Arc<dyn ChainObserver>) {
+        self.observer = Some(observer);
+    }
+
     /// The plugin names in order.
     pub fn plugin_names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.links.iter().map(|l| l.name)
+    }
+
+    fn watch(&self, phase: Phase, plugin: usize) -> Watch<'_> {
+        Watch {
+            observer: self.observer.as_deref(),
+            phase,
+            plugin,
+        }
     }
 
     /// Runs the request phase. `state` must be reset; on return it holds the recorded rewrite
@@ -86,8 +162,17 @@ impl Chain {
         gateway: &mut dyn GatewayVars,
     ) -> Result<ReqAction, ChainFailure> {
         let mut call = RequestCall::new(req, state, gateway, self.attachment);
-        for link in &self.links {
-            match link.plugin.request_filter(&mut call).await {
+        for (index, link) in self.links.iter().enumerate() {
+            let watch = self.watch(Phase::Request, index);
+            let result = link.plugin.request_filter(&mut call).await;
+            let delayed = call.take_delayed();
+            watch.decided(match &result {
+                Ok(Flow::Continue) if delayed => Decision::Delay,
+                Ok(Flow::Continue) => Decision::Pass,
+                Ok(Flow::Stop(_)) => Decision::Reject,
+                Err(_) => Decision::Error,
+            });
+            match result {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stop(mut stop)) => {
                     // Response headers earlier plugins set stay on the response, as nginx keeps
@@ -125,8 +210,14 @@ impl Chain {
         gateway: &mut dyn GatewayVars,
     ) -> Result<(), ChainFailure> {
         let mut call = ResponseCall::new(req, state, gateway);
-        for link in &self.links {
-            if let Err(error) = link.plugin.response_filter(&mut call).await {
+        for (index, link) in self.links.iter().enumerate() {
+            let watch = self.watch(Phase::Response, index);
+            let result = link.plugin.response_filter(&mut call).await;
+            watch.decided(match result {
+                Ok(()) => Decision::Pass,
+                Err(_) => Decision::Error,
+            });
+            if let Err(error) = result {
                 return Err(ChainFailure {
                     plugin: link.name,
                     error,
@@ -134,5 +225,103 @@ impl Chain {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::harness::{block_on, prepare_request, request, LocalGateway, Scripted};
+    use crate::host::StateRegistry;
+    use crate::{Method, Registry};
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(Phase, usize, Decision)>>);
+
+    impl ChainObserver for Recorder {
+        fn decided(&self, phase: Phase, plugin: usize, decision: Decision) {
+            self.0.lock().unwrap().push((phase, plugin, decision));
+        }
+    }
+
+    fn observed(confs: &[&str]) -> (Chain, Arc<Recorder>) {
+        let entries: Vec<(&str, String)> = confs
+            .iter()
+            .map(|c| ("scripted", format!("\"{c}\"")))
+            .collect();
+        let entries: Vec<(&str, &str)> = entries.iter().map(|(n, c)| (*n, c.as_str())).collect();
+        let mut chain = Registry::new()
+            .with::<Scripted>()
+            .build_chain(
+                &prepare_request("route#7#ext-plugin-pre-req#1", &entries),
+                &StateRegistry::default(),
+                &crate::Clock::system(),
+            )
+            .unwrap();
+        let recorder = Arc::new(Recorder::default());
+        chain.set_observer(recorder.clone());
+        (chain, recorder)
+    }
+
+    fn take(r: &Recorder) -> Vec<(Phase, usize, Decision)> {
+        std::mem::take(&mut *r.0.lock().unwrap())
+    }
+
+    #[test]
+    fn every_plugin_that_ran_is_reported_once_in_order() {
+        use Decision::*;
+        use Phase::*;
+        let mut gw = LocalGateway::new();
+        let req = request(Method::Get, "/");
+        let (chain, rec) = observed(&["pass", "delay", "reject", "pass"]);
+        assert_eq!(chain.route(), "route#7");
+        block_on(gw.call(&chain, &req)).unwrap();
+        assert_eq!(
+            take(&rec),
+            [
+                (Request, 0, Pass),
+                (Request, 1, Delay),
+                (Request, 2, Reject)
+            ],
+            "the plugin after the stop never ran"
+        );
+        block_on(gw.call(&chain, &req)).unwrap();
+        assert_eq!(take(&rec)[1], (Request, 1, Delay), "the mark is per call");
+
+        let (chain, rec) = observed(&["pass", "error", "pass"]);
+        assert!(block_on(gw.call(&chain, &req)).is_err());
+        assert_eq!(take(&rec), [(Request, 0, Pass), (Request, 1, Error)]);
+        let resp = crate::model::HttpRespCallReq::default();
+        assert!(block_on(gw.resp_call(&chain, &resp)).is_err());
+        assert_eq!(take(&rec), [(Response, 0, Pass), (Response, 1, Error)]);
+    }
+
+    #[test]
+    fn a_plugin_whose_call_is_dropped_or_panics_is_reported_abandoned() {
+        let req = request(Method::Get, "/");
+        let (chain, rec) = observed(&["pass", "panic"]);
+        let mut gw = LocalGateway::new();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            block_on(gw.call(&chain, &req))
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(
+            take(&rec),
+            [
+                (Phase::Request, 0, Decision::Pass),
+                (Phase::Request, 1, Decision::Abandoned)
+            ]
+        );
+        // Dropped mid-plugin (a deadline): the running plugin is abandoned.
+        let (chain, rec) = observed(&["pending"]);
+        {
+            let mut fut = std::pin::pin!(gw.call(&chain, &req));
+            let waker = std::task::Waker::noop();
+            let mut cx = std::task::Context::from_waker(waker);
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(take(&rec), [(Phase::Request, 0, Decision::Abandoned)]);
     }
 }

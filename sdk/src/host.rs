@@ -6,8 +6,12 @@
 //! the plugins' `extra_info` requests through its [`GatewayVars`], and builds chains with
 //! [`crate::Registry::build_chain`] against one [`StateRegistry`] shared by every chain it serves
 //! and the [`crate::Clock`] its plugins read time from.
+//!
+//! To watch what each plugin decides (for metrics), a runner gives a chain a [`ChainObserver`]
+//! with [`crate::Chain::set_observer`] once it is built; plugins' own metrics go to the
+//! [`crate::metrics::Metrics`] it creates the [`StateRegistry`] with.
 
-pub use crate::chain::ChainFailure;
+pub use crate::chain::{ChainFailure, ChainObserver, Decision, Phase};
 pub use crate::request::CallState;
 pub use crate::response::{is_hop_by_hop, RespState};
 pub use crate::state::StateRegistry;

@@ -136,6 +136,7 @@ impl Registry {
             key: Text::from(req.key.as_str().to_owned()),
             links,
             _state: held.into_boxed_slice(),
+            observer: None,
         })
     }
 }

@@ -25,6 +25,8 @@ pub struct CallState {
     body: Option<Option<Bytes>>,
     consumer: Option<Text>,
     extensions: Extensions,
+    /// The running plugin called [`RequestCall::mark_delayed`].
+    delayed: bool,
 }
 
 impl CallState {
@@ -35,6 +37,7 @@ impl CallState {
         self.body = None;
         self.consumer = None;
         self.extensions.clear();
+        self.delayed = false;
     }
 
     /// Takes back a rewrite the chain returned once its reply is encoded, so that its vectors
@@ -90,6 +93,18 @@ impl<'c> RequestCall<'c> {
     /// Where the chain is attached at the gateway.
     pub fn attachment(&self) -> Attachment {
         self.attachment
+    }
+
+    /// Tells the runner this plugin held the request back (a pacing delay) before letting it
+    /// go on: its decision is counted as `delay` rather than `pass` in the runner's metrics.
+    /// Nothing else changes.
+    pub fn mark_delayed(&mut self) {
+        self.state.delayed = true;
+    }
+
+    /// Whether the plugin that just ran marked the request delayed; clears the mark.
+    pub(crate) fn take_delayed(&mut self) -> bool {
+        std::mem::take(&mut self.state.delayed)
     }
 
     /// The upstream path (percent-decoded, no query), as rewritten so far.

@@ -6,6 +6,8 @@
 //! * [`TestCall`], [`TestResp`] and [`TestEnv`] drive one plugin value directly: build it with a
 //!   [`crate::PrepareEnv`] from [`TestEnv`], then call its filters on a [`TestCall`] or
 //!   [`TestResp`] and look at what it recorded.
+//! * [`Scripted`] passes, delays, rejects, fails or panics as its conf says, for tests of what a
+//!   host does with each outcome.
 //! * [`request`] and the `with_*` builders on [`HttpReqCallReq`] make requests as a gateway
 //!   sends them.
 //! * Time: plugins read the system clock, unless [`Harness::with_clock`] or
@@ -19,11 +21,13 @@ mod block_on;
 mod chain;
 mod plugin;
 mod request;
+mod scripted;
 
 pub use block_on::block_on;
 pub use chain::{Harness, LocalGateway};
 pub use plugin::{TestCall, TestEnv, TestResp};
 pub use request::{prepare_request, request};
+pub use scripted::Scripted;
 
 #[doc(no_inline)]
 pub use crate::model::HttpReqCallReq;
