@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::chain::{Chain, DynPlugin, Link};
+use crate::env::Held;
 use crate::model::PrepareConfReq;
 use crate::services::Services;
 use crate::state::StateRegistry;
@@ -91,6 +92,21 @@ impl Registry {
             .map(drop)
     }
 
+    /// Prepares every entry of `req`'s chain on its own, as `prepare_conf` would prepare it in
+    /// the chain, and drops them: a verdict per entry, where [`Registry::check`] stops at the
+    /// first refusal. For offline tools that report every bad entry at once.
+    pub fn check_entries(&self, req: &PrepareConfReq) -> Vec<Result<(), ChainError>> {
+        let (state, clock) = (StateRegistry::default(), Clock::system());
+        let names = chain_names(req);
+        (0..req.conf.len())
+            .map(|index| {
+                let mut held = Vec::new();
+                self.prepare_entry(req, index, &names, &state, &clock, &mut held)
+                    .map(drop)
+            })
+            .collect()
+    }
+
     /// Parses and validates every entry of a chain. Fails closed: one unknown plugin or bad conf
     /// fails the whole chain. Plugins share state through `state` and read time from `clock`
     /// (both one per runner).
@@ -100,35 +116,11 @@ impl Registry {
         state: &StateRegistry,
         clock: &Clock,
     ) -> Result<Chain, ChainError> {
-        let names: Vec<&str> = req.conf.iter().map(|p| p.name.as_str()).collect();
+        let names = chain_names(req);
         let mut links = Vec::with_capacity(req.conf.len());
         let mut held = Vec::new();
-        for (index, entry) in req.conf.iter().enumerate() {
-            let fail = |reason: String| ChainError {
-                index,
-                plugin: entry.name.to_string(),
-                reason,
-            };
-            let Some((&name, factory)) = self.factories.get_key_value(entry.name.as_str()) else {
-                return Err(fail(format!(
-                    "unknown plugin; this runner has: {}",
-                    self.names().join(", ")
-                )));
-            };
-            let conf = entry.value.as_deref().unwrap_or("");
-            let mut env = PrepareEnv {
-                key: &req.key,
-                plugin: name,
-                conf,
-                chain: &names,
-                state,
-                services: &self.services,
-                clock,
-                held: Vec::new(),
-            };
-            let plugin = factory(conf, &mut env).map_err(|e| fail(e.to_string()))?;
-            links.push(Link { name, plugin });
-            held.append(&mut env.held);
+        for index in 0..req.conf.len() {
+            links.push(self.prepare_entry(req, index, &names, state, clock, &mut held)?);
         }
         Ok(Chain {
             attachment: Attachment::from_key(&req.key),
@@ -139,6 +131,49 @@ impl Registry {
             observer: None,
         })
     }
+
+    /// Prepares entry `index` of `req`'s chain (whose plugin names are `names`); the state it
+    /// asked for is added to `held`.
+    fn prepare_entry(
+        &self,
+        req: &PrepareConfReq,
+        index: usize,
+        names: &[&str],
+        state: &StateRegistry,
+        clock: &Clock,
+        held: &mut Vec<Held>,
+    ) -> Result<Link, ChainError> {
+        let entry = &req.conf[index];
+        let fail = |reason: String| ChainError {
+            index,
+            plugin: entry.name.to_string(),
+            reason,
+        };
+        let Some((&name, factory)) = self.factories.get_key_value(entry.name.as_str()) else {
+            return Err(fail(format!(
+                "unknown plugin; this runner has: {}",
+                self.names().join(", ")
+            )));
+        };
+        let conf = entry.value.as_deref().unwrap_or("");
+        let mut env = PrepareEnv {
+            key: &req.key,
+            plugin: name,
+            conf,
+            chain: names,
+            state,
+            services: &self.services,
+            clock,
+            held: Vec::new(),
+        };
+        let plugin = factory(conf, &mut env).map_err(|e| fail(e.to_string()))?;
+        held.append(&mut env.held);
+        Ok(Link { name, plugin })
+    }
+}
+
+fn chain_names(req: &PrepareConfReq) -> Vec<&str> {
+    req.conf.iter().map(|p| p.name.as_str()).collect()
 }
 
 impl fmt::Debug for Registry {
