@@ -38,7 +38,7 @@ use crate::support::lease::{Correlation, Leases};
 use crate::support::reject;
 use crate::support::template::{self, Template};
 
-use breaker::{Admit, Breaker, Outcome, Policy, Settings, Ticket};
+use breaker::{Admit, Breaker, BreakerMetrics, Outcome, Policy, Settings, Ticket};
 pub use conf::ApiBreakerConf;
 use conf::{Prepared, Scope};
 
@@ -94,7 +94,10 @@ impl Plugin for ApiBreaker {
         let idle = p.idle;
         let max_keys = p.max_keys;
         let lease_timeout = p.lease_timeout;
-        let settings = p.settings;
+        let settings = Settings {
+            metrics: BreakerMetrics::new(env.metrics(), env.route()),
+            ..p.settings
+        };
         let route_name = env.route().into();
         let state = env.state(|| BreakerState {
             route: Arc::new(Breaker::new(&settings)),

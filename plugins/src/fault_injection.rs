@@ -189,6 +189,7 @@ impl Plugin for FaultInjection {
         if let Some((trigger, duration)) = &self.delay {
             if trigger.fires(call).await? && !duration.is_zero() {
                 tokio::time::sleep(*duration).await;
+                call.mark_delayed();
             }
         }
         if let Some((trigger, abort)) = &self.abort {

@@ -34,7 +34,7 @@ use crate::support::amount::{Amount, AmountConf};
 use crate::support::clock::{secs_to_nanos, Nanos, NANOS_PER_MS};
 use crate::support::few::Few;
 use crate::support::key::{KeySource, KeyType};
-use crate::support::keyed::KeyedStore;
+use crate::support::keyed::{export_key_count, KeyedStore};
 use crate::support::lease::{Correlation, Leases};
 use crate::support::reject::{self, HeaderConf};
 
@@ -256,6 +256,9 @@ impl Plugin for LimitConn {
             default_delay,
             seen_post_resp: AtomicBool::new(false),
         });
+        export_key_count(env, Self::NAME, None, &state, |s| {
+            s.pools.iter().map(|p| p.len() as i64).sum()
+        });
         if env.attachment() == Attachment::PostResp {
             state.seen_post_resp.store(true, Ordering::Relaxed);
         } else if !state.seen_post_resp.load(Ordering::Relaxed) {
@@ -316,6 +319,7 @@ impl Plugin for LimitConn {
         if delay >= NANOS_PER_MS {
             let capped = delay.min(secs_to_nanos(MAX_DELAY_SECS));
             tokio::time::sleep(Duration::from_nanos(capped)).await;
+            call.mark_delayed();
         }
         Ok(Flow::Continue)
     }

@@ -33,7 +33,7 @@ use crate::support::amount::{Amount, AmountConf};
 use crate::support::clock::{secs_until, Nanos, NANOS_PER_SEC};
 use crate::support::few::Few;
 use crate::support::key::{KeySource, KeyType};
-use crate::support::keyed::{lock, KeyedStore};
+use crate::support::keyed::{export_key_count, lock, KeyedStore};
 use crate::support::reject::{self, HeaderConf};
 use crate::support::specific_items::{MatchStrategy, PerKey, Selected, Unmatched};
 use crate::support::warm_up::WarmUp;
@@ -448,6 +448,9 @@ impl Plugin for LimitCount {
                 quotas.signature
             )));
         }
+        export_key_count(env, Self::NAME, conf.group.as_deref(), &quotas, |q| {
+            q.counters.iter().map(|c| c.keys.len() as i64).sum()
+        });
         let limits = specs
             .into_iter()
             .zip(quotas.counters.iter())

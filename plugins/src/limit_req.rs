@@ -27,7 +27,7 @@ use ext_plugin_sdk::*;
 use crate::redis::{self, conf::Storage, req::RedisReq};
 use crate::support::clock::{secs_until, Nanos, NANOS_PER_MS, NANOS_PER_SEC};
 use crate::support::key::{KeySource, KeyType};
-use crate::support::keyed::KeyedStore;
+use crate::support::keyed::{export_key_count, KeyedStore};
 use crate::support::reject::{self, HeaderConf};
 use crate::support::specific_items::{MatchStrategy, PerKey, Selected, Unmatched};
 use crate::support::warm_up::WarmUp;
@@ -191,9 +191,11 @@ impl Plugin for LimitReq {
             Storage::Redis(policy) => Some(RedisReq::new(policy, rate, burst, max_keys)),
         };
         redis::check_extras(redis.is_some(), per_key.is_some(), warm_up.is_some())?;
+        let buckets = env.state(|| Buckets::new(rate, burst, max_keys));
+        export_key_count(env, Self::NAME, None, &buckets, |b| b.keys.len() as i64);
         Ok(LimitReq {
             key: KeySource::parse(conf.key_type, &conf.key)?,
-            buckets: env.state(|| Buckets::new(rate, burst, max_keys)),
+            buckets,
             nodelay: conf.nodelay,
             reject: reject::rejection(
                 "rejected_code",
@@ -253,6 +255,7 @@ impl Plugin for LimitReq {
             Ok(delay) => {
                 if !self.nodelay && delay >= NANOS_PER_MS {
                     tokio::time::sleep(Duration::from_nanos(delay)).await;
+                    call.mark_delayed();
                 }
                 Ok(Flow::Continue)
             }

@@ -19,6 +19,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use ext_plugin_sdk::metrics::{Counter, Gauge, Metrics};
+
 use crate::support::clock::NANOS_PER_SEC;
 use crate::support::keyed::lock;
 use crate::support::window::LeapArray;
@@ -48,6 +50,46 @@ pub struct Settings {
     pub buckets: usize,
     pub recovery: u64,
     pub probe_num: u32,
+    /// Where state changes are counted.
+    pub metrics: BreakerMetrics,
+}
+
+/// A route's breaker metrics: `breakers_open{route}` and `breaker_transitions_total{route, to}`.
+/// The default is detached (counts, exports nothing), for tests and until the plugin resolves
+/// its route's.
+#[derive(Clone, Debug, Default)]
+pub struct BreakerMetrics {
+    /// Breakers of the route that are not closed.
+    open: Gauge,
+    /// Transitions to open, half-open and closed.
+    to: [Counter; 3],
+}
+
+const TO_OPEN: usize = 0;
+const TO_HALF_OPEN: usize = 1;
+const TO_CLOSED: usize = 2;
+
+impl BreakerMetrics {
+    pub fn new(metrics: &Metrics, route: &str) -> BreakerMetrics {
+        BreakerMetrics {
+            open: metrics.gauge(
+                "breakers_open",
+                "api-breaker breakers of the route that are not closed (open, or letting probes through).",
+                &[("route", route)],
+            ),
+            to: ["open", "half_open", "closed"].map(|to| {
+                metrics.counter(
+                    "breaker_transitions_total",
+                    "api-breaker state changes: to open (tripped, or a probe failed), half_open (the open time is over), closed (recovered).",
+                    &[("route", route), ("to", to)],
+                )
+            }),
+        }
+    }
+
+    fn transition(&self, to: usize) {
+        self.to[to].inc();
+    }
 }
 
 /// What one answer (or a missing one) says about the upstream, as the policy judges it.
@@ -78,6 +120,16 @@ pub struct Breaker {
     /// Mirrors "the machine is closed" so that admitting in the common case takes no lock.
     closed: AtomicBool,
     machine: Mutex<Machine>,
+    /// The route's count of breakers not closed, which this one leaves when dropped.
+    open: Gauge,
+}
+
+impl Drop for Breaker {
+    fn drop(&mut self) {
+        if !self.closed.load(Ordering::Acquire) {
+            self.open.dec();
+        }
+    }
 }
 
 enum Machine {
@@ -98,6 +150,7 @@ impl Breaker {
         Breaker {
             closed: AtomicBool::new(true),
             machine: Mutex::new(machine),
+            open: s.metrics.open.clone(),
         }
     }
 
@@ -127,7 +180,11 @@ impl Breaker {
             }
         };
         // Written under the lock, so the mirror follows the machine's order of changes.
-        self.closed.store(closed, Ordering::Release);
+        match (self.closed.swap(closed, Ordering::AcqRel), closed) {
+            (true, false) => self.open.inc(),
+            (false, true) => self.open.dec(),
+            _ => {}
+        }
     }
 }
 
@@ -151,6 +208,9 @@ struct Consecutive {
     unhealthy: u64,
     healthy: u64,
     tripped_at: Option<u64>,
+    /// Admitting probes since the open time ended, as last seen by `admit` (for the metrics
+    /// only: the machine itself decides from the counts and the clock).
+    probing: bool,
 }
 
 impl Consecutive {
@@ -167,6 +227,10 @@ impl Consecutive {
         if now < until {
             Admit::Reject { until }
         } else {
+            if !self.probing {
+                self.probing = true;
+                s.metrics.transition(TO_HALF_OPEN);
+            }
             Admit::Probe(Ticket(0))
         }
     }
@@ -177,13 +241,21 @@ impl Consecutive {
                 self.unhealthy += 1;
                 self.healthy = 0;
                 if self.unhealthy.is_multiple_of(s.failures) {
+                    // Tripping again while open only lengthens the open time.
+                    if self.tripped_at.is_none() || self.probing {
+                        s.metrics.transition(TO_OPEN);
+                    }
                     self.tripped_at = Some(now);
+                    self.probing = false;
                 }
             }
             // Healthy answers only matter once something failed.
             Outcome::Success if self.unhealthy > 0 => {
                 self.healthy += 1;
                 if self.healthy >= s.successes {
+                    if self.tripped_at.is_some() {
+                        s.metrics.transition(TO_CLOSED);
+                    }
                     *self = Consecutive::default();
                 }
             }
@@ -215,6 +287,7 @@ impl Sentinel {
             Phase::Closed => Admit::Pass,
             Phase::Open { until } if now < *until => Admit::Reject { until: *until },
             Phase::Open { .. } => {
+                s.metrics.transition(TO_HALF_OPEN);
                 self.period += 1;
                 self.phase = Phase::HalfOpen {
                     admitted: 1,
@@ -244,6 +317,7 @@ impl Sentinel {
                 } else {
                     *succeeded += 1;
                     if *succeeded >= s.probe_num {
+                        s.metrics.transition(TO_CLOSED);
                         self.phase = Phase::Closed;
                         self.window.clear();
                     }
@@ -260,6 +334,7 @@ impl Sentinel {
     }
 
     fn open(&mut self, s: &Settings, now: u64) {
+        s.metrics.transition(TO_OPEN);
         self.phase = Phase::Open {
             until: now.saturating_add(s.recovery),
         };
@@ -296,6 +371,7 @@ mod tests {
             buckets: 10,
             recovery: 5 * SEC,
             probe_num: 2,
+            metrics: BreakerMetrics::default(),
         }
     }
 
@@ -328,6 +404,73 @@ mod tests {
         assert_eq!(b.admit(&s, t + 4 * SEC), Admit::Pass, "closed and forgotten");
         fail_n(&b, &s, t + 5 * SEC, 2);
         assert_eq!(b.admit(&s, t + 5 * SEC), Admit::Pass, "the count restarted");
+    }
+
+    /// `(breakers_open, [to open, to half_open, to closed])` of route `r`.
+    fn exported(m: &Metrics) -> (i64, [u64; 3]) {
+        let snap = m.snapshot();
+        let to = |to| snap.counter("breaker_transitions_total", &[("route", "r"), ("to", to)]);
+        (
+            snap.gauge("breakers_open", &[("route", "r")]).unwrap(),
+            ["open", "half_open", "closed"].map(|t| to(t).unwrap()),
+        )
+    }
+
+    fn watched(policy: Policy) -> (Settings, Metrics) {
+        let m = Metrics::new(10);
+        let s = Settings {
+            metrics: BreakerMetrics::new(&m, "r"),
+            ..settings(policy)
+        };
+        (s, m)
+    }
+
+    #[test]
+    fn consecutive_state_changes_are_counted_once_each() {
+        let (s, m) = watched(Policy::Consecutive);
+        let b = Breaker::new(&s);
+        fail_n(&b, &s, T0, 3);
+        assert_eq!(exported(&m), (1, [1, 0, 0]), "tripped");
+        fail_n(&b, &s, T0, 3);
+        assert_eq!(exported(&m), (1, [1, 0, 0]), "tripping again while open only lengthens it");
+        let over = T0 + 4 * SEC;
+        assert!(matches!(b.admit(&s, over), Admit::Probe(_)));
+        assert!(matches!(b.admit(&s, over), Admit::Probe(_)));
+        assert_eq!(exported(&m), (1, [1, 1, 0]), "half-open once per open period");
+        fail_n(&b, &s, over, 3);
+        assert_eq!(exported(&m), (1, [2, 1, 0]), "a failing probe period re-opens");
+        let over = over + 16 * SEC;
+        assert!(matches!(b.admit(&s, over), Admit::Probe(_)));
+        b.record(&s, over, Success, None);
+        b.record(&s, over, Success, None);
+        assert_eq!(exported(&m), (0, [2, 2, 1]), "recovered");
+        b.record(&s, over, Failure, None);
+        b.record(&s, over, Success, None);
+        b.record(&s, over, Success, None);
+        assert_eq!(exported(&m), (0, [2, 2, 1]), "a failure that never tripped is no change");
+    }
+
+    #[test]
+    fn sentinel_state_changes_are_counted_and_a_dropped_open_breaker_leaves_the_gauge() {
+        let (s, m) = watched(Policy::ErrorRatio);
+        let b = Breaker::new(&s);
+        let at = trip(&b, &s);
+        assert_eq!(exported(&m), (1, [1, 0, 0]));
+        let after = at + s.recovery;
+        let first = probe(&b, &s, after);
+        assert_eq!(exported(&m), (1, [1, 1, 0]));
+        b.record(&s, after, Failure, Some(first));
+        assert_eq!(exported(&m), (1, [2, 1, 0]), "a bad probe re-opens");
+        let after = after + s.recovery;
+        let (p1, p2) = (probe(&b, &s, after), probe(&b, &s, after));
+        b.record(&s, after, Success, Some(p1));
+        b.record(&s, after, Success, Some(p2));
+        assert_eq!(exported(&m), (0, [2, 2, 1]), "closed");
+        let other = Breaker::new(&s);
+        trip(&other, &s);
+        assert_eq!(exported(&m).0, 1);
+        drop(other);
+        assert_eq!(exported(&m).0, 0, "a dropped breaker is no longer open");
     }
 
     #[test]

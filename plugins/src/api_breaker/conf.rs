@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use super::breaker::{Policy, Settings};
+use super::breaker::{BreakerMetrics, Policy, Settings};
 use crate::support::template::Template;
 use ext_plugin_sdk::{ConfError, Stop, Text};
 use crate::support::clock::{secs_to_nanos, NANOS_PER_MS, NANOS_PER_SEC};
@@ -285,6 +285,7 @@ impl ApiBreakerConf {
             buckets: buckets as usize,
             recovery: recovery * NANOS_PER_MS,
             probe_num,
+            metrics: BreakerMetrics::default(),
         };
         let lease_timeout = secs_to_nanos(self.lease_timeout);
         // Long enough that no breaker state a client could still observe is dropped.

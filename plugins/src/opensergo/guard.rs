@@ -20,7 +20,9 @@ use std::sync::Arc;
 use ext_plugin_sdk::Stop;
 
 use super::model::{Strategy, StrategyKind};
-use crate::api_breaker::breaker::{Admit, Breaker, Outcome, Policy, Settings, Ticket};
+use crate::api_breaker::breaker::{
+    Admit, Breaker, BreakerMetrics, Outcome, Policy, Settings, Ticket,
+};
 use crate::limit_conn::{ConnState, Slot};
 use crate::limit_count::{Counters, Quota, WindowType};
 use crate::limit_req::Buckets;
@@ -87,6 +89,8 @@ impl Engine {
                     buckets: BUCKETS,
                     recovery: ms(recovery_ms),
                     probe_num: 1,
+                    // Exported by the OpenSergo side when it registers its families.
+                    metrics: BreakerMetrics::default(),
                 };
                 Engine::Breaker {
                     breaker: Breaker::new(&settings),

@@ -11,6 +11,7 @@
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use ext_plugin_sdk::PrepareEnv;
 use lru::LruCache;
 
 const SHARDS: usize = 16;
@@ -112,6 +113,29 @@ impl<V> KeyedStore<V> {
     }
 }
 
+/// Exports how many keys `owner`'s stores hold, as `limit_keys{route, plugin}`: read when the
+/// metrics are scraped (nothing on the hot path), and gone with `owner`. State shared by a
+/// `group` of routes is exported under `route="group:<name>"`, once.
+pub fn export_key_count<T: Send + Sync + 'static>(
+    env: &PrepareEnv<'_>,
+    plugin: &'static str,
+    group: Option<&str>,
+    owner: &Arc<T>,
+    count: fn(&T) -> i64,
+) {
+    let scope = match group {
+        Some(g) => format!("group:{g}"),
+        None => env.route().to_owned(),
+    };
+    env.metrics().sampled_gauge(
+        "limit_keys",
+        "Keys (clients, consumers, ...) a limiter tracks now; bounded by its conf's `max_keys`.",
+        &[("route", &scope), ("plugin", plugin)],
+        owner,
+        count,
+    );
+}
+
 /// Locks a mutex, ignoring poisoning: the data under these locks is plain counters that a
 /// panicking holder cannot leave half-updated in a way worse than a lost update.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,6 +155,84 @@ mod tests {
             store.get_or_insert(&format!("k{i}"), 3, || 0);
         }
         assert!(store.len() <= 32 + SHARDS, "bounded: {}", store.len());
+    }
+
+    #[tokio::test]
+    async fn limiters_export_how_many_keys_they_track() {
+        use ext_plugin_sdk::harness::{request, Harness, LocalGateway};
+        use ext_plugin_sdk::Method;
+
+        let harness = Harness::with_metrics(crate::builtin());
+        let mut chains = Vec::new();
+        for (route, plugin, conf) in [
+            (
+                "route#c",
+                "limit-count",
+                r#"{"count": 10, "time_window": 60}"#,
+            ),
+            (
+                "route#r",
+                "limit-req",
+                r#"{"rate": 10, "burst": 0, "nodelay": true}"#,
+            ),
+            (
+                "route#n",
+                "limit-conn",
+                r#"{"conn": 10, "burst": 0, "default_conn_delay": 0.1}"#,
+            ),
+        ] {
+            let key = format!("{route}#ext-plugin-pre-req#1");
+            chains.push(harness.prepare(&key, &[(plugin, conf)]).unwrap());
+            // A second chain of the same route and conf shares the state: counted once.
+            chains.push(harness.prepare(&key, &[(plugin, conf)]).unwrap());
+        }
+        let mut gw = LocalGateway::new();
+        for chain in &chains {
+            for ip in ["192.0.2.1", "192.0.2.2"] {
+                gw.call(chain, &request(Method::Get, "/").with_src_ip(ip))
+                    .await
+                    .unwrap();
+            }
+        }
+        let snapshot = harness.metrics().snapshot();
+        for (route, plugin) in [
+            ("route#c", "limit-count"),
+            ("route#r", "limit-req"),
+            ("route#n", "limit-conn"),
+        ] {
+            let keys = snapshot.gauge("limit_keys", &[("route", route), ("plugin", plugin)]);
+            assert_eq!(keys, Some(2), "{plugin}");
+        }
+        // A group shared by two routes is one store, counted once under the group.
+        let group = r#"{"count": 10, "time_window": 60, "group": "g"}"#;
+        for route in ["route#g1", "route#g2"] {
+            let key = format!("{route}#ext-plugin-pre-req#1");
+            let chain = harness.prepare(&key, &[("limit-count", group)]).unwrap();
+            let ip = if route == "route#g1" {
+                "192.0.2.1"
+            } else {
+                "192.0.2.2"
+            };
+            gw.call(&chain, &request(Method::Get, "/").with_src_ip(ip))
+                .await
+                .unwrap();
+            chains.push(chain);
+        }
+        let snapshot = harness.metrics().snapshot();
+        let keys =
+            |route| snapshot.gauge("limit_keys", &[("route", route), ("plugin", "limit-count")]);
+        assert_eq!(keys("group:g"), Some(2));
+        assert_eq!(keys("route#g1"), None);
+        drop(chains);
+        let snapshot = harness.metrics().snapshot();
+        assert_eq!(
+            snapshot.gauge(
+                "limit_keys",
+                &[("route", "route#c"), ("plugin", "limit-count")]
+            ),
+            None,
+            "gone with the state"
+        );
     }
 
     #[test]
