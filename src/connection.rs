@@ -197,7 +197,7 @@ impl Connection<'_> {
                 });
             }
             Err(e) => {
-                if let Some(hits) = shared.limits.refused_prepares.hit() {
+                if let Some(hits) = shared.limits.refused_prepares.hit(&req.key) {
                     warn!(key = %req.key, hits, "prepare_conf refused: {e}");
                 }
                 io.queue_error(ErrorCode::BadRequest);

@@ -6,7 +6,9 @@
 //! once, later hits within [`INTERVAL`] are only counted, and the next line reports how many
 //! there were.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// At most one line per limit per this long.
@@ -55,6 +57,78 @@ impl LimitLog {
     }
 }
 
+/// Keys a [`KeyedLimitLog`] remembers at most.
+pub(crate) const KEYED_CAPACITY: usize = 4096;
+
+/// A [`LimitLog`] per key: every key's first hit logs, then at most one line per key per
+/// [`INTERVAL`]. For events that name something the operator must fix one by one (a bad route):
+/// one key's flood must not hide another key's first line.
+///
+/// Bounded: at most [`KEYED_CAPACITY`] keys are remembered; when full, keys quiet for an
+/// interval are forgotten, then the longest-quiet one. A forgotten key that hits again logs
+/// again: the bound can only add lines, never lose a key's first one.
+pub(crate) struct KeyedLimitLog {
+    epoch: Instant,
+    keys: Mutex<HashMap<Box<str>, Slot>>,
+}
+
+struct Slot {
+    /// Milliseconds after `epoch` of the key's last line.
+    last: u64,
+    /// Hits since the key's last line.
+    hits: u64,
+}
+
+impl Default for KeyedLimitLog {
+    fn default() -> KeyedLimitLog {
+        KeyedLimitLog {
+            epoch: Instant::now(),
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl KeyedLimitLog {
+    /// Counts a hit of `key`; `Some(hits since its last line, this one included)` when a line
+    /// is due.
+    pub(crate) fn hit(&self, key: &str) -> Option<u64> {
+        let now = Instant::now().saturating_duration_since(self.epoch);
+        self.hit_at(key, now.as_millis() as u64)
+    }
+
+    fn hit_at(&self, key: &str, now: u64) -> Option<u64> {
+        let interval = INTERVAL.as_millis() as u64;
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = keys.get_mut(key) {
+            slot.hits += 1;
+            if now.saturating_sub(slot.last) < interval {
+                return None;
+            }
+            slot.last = now;
+            return Some(std::mem::take(&mut slot.hits));
+        }
+        if keys.len() >= KEYED_CAPACITY {
+            keys.retain(|_, s| now.saturating_sub(s.last) < interval);
+        }
+        if keys.len() >= KEYED_CAPACITY {
+            let quietest = keys
+                .iter()
+                .min_by_key(|(_, s)| s.last)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = quietest {
+                keys.remove(&k);
+            }
+        }
+        keys.insert(key.into(), Slot { last: now, hits: 0 });
+        Some(1)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.keys.lock().unwrap().len()
+    }
+}
+
 /// The limits whose hits are logged, shared by every connection.
 #[derive(Default)]
 pub(crate) struct Limits {
@@ -65,8 +139,9 @@ pub(crate) struct Limits {
     pub(crate) call_deadline: LimitLog,
     /// Calls a plugin failed (an error or a panic): a broken plugin fails every request.
     pub(crate) plugin_failures: LimitLog,
-    /// Chains refused at prepare_conf: the gateway re-prepares a bad route on every request.
-    pub(crate) refused_prepares: LimitLog,
+    /// Chains refused at prepare_conf, per conf key: the gateway re-prepares a bad route on
+    /// every request, and every bad route must be named.
+    pub(crate) refused_prepares: KeyedLimitLog,
 }
 
 #[cfg(test)]
@@ -84,5 +159,41 @@ mod tests {
         assert_eq!(log.hit_at(1 + step), Some(99), "98 quiet hits and this one");
         assert_eq!(log.hit_at(2 + step), None);
         assert_eq!(log.hit_at(1 + 3 * step), Some(2));
+    }
+
+    #[test]
+    fn every_key_logs_its_first_hit_and_then_once_per_interval() {
+        let log = KeyedLimitLog::default();
+        let step = INTERVAL.as_millis() as u64;
+        assert_eq!(log.hit_at("route#1", 0), Some(1));
+        assert_eq!(log.hit_at("route#1", 1), None);
+        assert_eq!(
+            log.hit_at("route#2", 2),
+            Some(1),
+            "another key is not hidden"
+        );
+        assert_eq!(log.hit_at("route#1", 3), None);
+        assert_eq!(
+            log.hit_at("route#1", step),
+            Some(3),
+            "two quiet hits and this one"
+        );
+        assert_eq!(
+            log.hit_at("route#2", step + 1),
+            None,
+            "within route#2's interval"
+        );
+    }
+
+    #[test]
+    fn keys_stay_bounded_and_a_forgotten_key_logs_again() {
+        let log = KeyedLimitLog::default();
+        for i in 0..KEYED_CAPACITY + 100 {
+            assert_eq!(log.hit_at(&format!("k{i}"), i as u64), Some(1), "k{i}");
+        }
+        assert_eq!(log.len(), KEYED_CAPACITY);
+        // k0 was the quietest, so it went first: it logs again rather than being lost.
+        assert_eq!(log.hit_at("k0", 5000), Some(1));
+        assert_eq!(log.hit_at(&format!("k{}", KEYED_CAPACITY + 99), 5001), None);
     }
 }
