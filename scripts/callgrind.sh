@@ -11,6 +11,8 @@
 #
 # Usage: scripts/callgrind.sh [scenario.json] [N] [capnp|flatbuffers]
 #   e.g. scripts/callgrind.sh benches/scenarios/trivial.json 2000 capnp
+# RUNNER_ARGS adds runner flags, e.g. with metrics on (`@DIR@` is the script's scratch directory):
+#   RUNNER_ARGS='--metrics-listen unix:@DIR@/metrics.sock' scripts/callgrind.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +27,8 @@ replay=target/release/ext-plugin-replay
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+extra=${RUNNER_ARGS:-}
+extra=${extra//@DIR@/$work}
 "$replay" generate --scenario "$scenario" --protocol "$protocol" --out "$work/corpus" 2>/dev/null
 
 # Prints the instruction total of the runner serving $1 calls.
@@ -32,7 +36,7 @@ measure() {
     local calls=$1 sock="$work/runner-$1.sock" out="$work/callgrind-$1.out"
     # One worker thread: the same instructions either way, fewer scheduling differences.
     valgrind --tool=callgrind --callgrind-out-file="$out" \
-        "$runner" --listen "unix:$sock" --log warn --workers 1 2>"$work/valgrind-$calls.log" &
+        "$runner" --listen "unix:$sock" --log warn --workers 1 $extra 2>"$work/valgrind-$calls.log" &
     local pid=$!
     for _ in $(seq 600); do [ -S "$sock" ] && break; sleep 0.1; done
     [ -S "$sock" ] || { echo "callgrind.sh: the runner did not listen" >&2; kill "$pid"; exit 1; }
@@ -46,5 +50,5 @@ measure() {
 ir1=$(measure "$n")
 ir2=$(measure $((2 * n)))
 per_call=$(( (ir2 - ir1) / n ))
-echo "scenario $scenario, $protocol: Ir($n) = $ir1, Ir($((2 * n))) = $ir2"
+echo "scenario $scenario, $protocol${extra:+, runner flags: $extra}: Ir($n) = $ir1, Ir($((2 * n))) = $ir2"
 echo "instructions per call: $per_call"

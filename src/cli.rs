@@ -15,6 +15,7 @@ use crate::config::{
     parse_listen_address, Config, DEFAULT_CONF_EXPIRE_SECS, DEFAULT_LISTEN_ADDRESS,
 };
 use crate::frame::MAX_PAYLOAD;
+use crate::metrics::{parse_metrics_address, DEFAULT_MAX_ROUTES};
 use crate::server::{serve, Listener, Runner};
 use ext_plugin_catalogue::opensergo;
 use ext_plugin_sdk::{Plugin, Registry};
@@ -123,6 +124,17 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stall_timeout_ms: u64,
 
+    /// Serve Prometheus metrics at `GET /metrics` (and `GET /healthz`) on `IP:PORT` (e.g.
+    /// `127.0.0.1:9092`) or `unix:/abs/path.sock`. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
+    /// Routes that get their own series in the metrics' `route` label; later ones are counted
+    /// as `route="_other"`.
+    #[arg(long, default_value_t = DEFAULT_MAX_ROUTES as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub metrics_max_routes: u64,
+
     /// Print the built-in plugins and exit.
     #[arg(long)]
     pub list_plugins: bool,
@@ -204,6 +216,12 @@ impl Cli {
         if self.call_timeout_ms == 0 {
             return Err("--call-timeout-ms must be at least 1".into());
         }
+        let metrics_listen = match &self.metrics_listen {
+            Some(a) => {
+                Some(parse_metrics_address(a).map_err(|e| format!("--metrics-listen: {e}"))?)
+            }
+            None => None,
+        };
         Ok(Config {
             listen,
             conf_expire: Duration::from_secs(self.conf_expire),
@@ -215,6 +233,8 @@ impl Cli {
             max_frame: self.max_frame as usize,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             stall_timeout: Duration::from_millis(self.stall_timeout_ms),
+            metrics_listen,
+            metrics_max_routes: usize::try_from(self.metrics_max_routes).unwrap_or(usize::MAX),
             ..Config::default()
         })
     }
@@ -341,6 +361,7 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
         info!(
             path = %config.listen.display(),
             protocol = %config.protocol,
+            metrics = %config.metrics_listen.as_ref().map_or("off".to_owned(), |a| a.to_string()),
             plugins = ?registry.names(),
             "listening"
         );
@@ -477,5 +498,31 @@ mod tests {
                 default.stall_timeout
             )
         );
+    }
+
+    #[test]
+    fn metrics_flags_reach_the_config() {
+        let cli = Cli::try_parse_from([
+            "ext-plugin-runner",
+            "--metrics-listen",
+            "127.0.0.1:9092",
+            "--metrics-max-routes",
+            "5",
+        ])
+        .unwrap();
+        let c = cli.config().unwrap();
+        assert_eq!(
+            c.metrics_listen,
+            Some(crate::metrics::MetricsAddress::Tcp(
+                "127.0.0.1:9092".parse().unwrap()
+            ))
+        );
+        assert_eq!(c.metrics_max_routes, 5);
+        let off = Cli::try_parse_from(["ext-plugin-runner"]).unwrap();
+        assert_eq!(off.config().unwrap().metrics_listen, None);
+        let bad = Cli::try_parse_from(["ext-plugin-runner", "--metrics-listen", "localhost:1"]);
+        let err = bad.unwrap().config().unwrap_err();
+        assert!(err.contains("--metrics-listen"), "{err}");
+        assert!(Cli::try_parse_from(["ext-plugin-runner", "--metrics-max-routes", "0"]).is_err());
     }
 }

@@ -72,6 +72,8 @@ pub(crate) struct ConfCache {
     keys: Mutex<HashMap<Text, Slot>>,
     next_token: AtomicU32,
     ttl: Duration,
+    /// Chains dropped, for the metrics.
+    pub(crate) evictions: crate::metrics::Evictions,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -107,6 +109,7 @@ impl ConfCache {
             keys: Mutex::new(HashMap::new()),
             next_token: AtomicU32::new(u32::from_le_bytes(seed)),
             ttl,
+            evictions: Default::default(),
         }
     }
 
@@ -217,6 +220,9 @@ impl ConfCache {
         };
         let evicted = lock(self.shard(token)).push(token, entry);
         if let Some((old_token, old)) = evicted {
+            if old_token != token {
+                self.evictions.capacity.fetch_add(1, Ordering::Relaxed);
+            }
             if old_token != token && is_ready(keys, &old.key, old_token) {
                 keys.remove(&old.key);
             }
@@ -237,6 +243,7 @@ impl ConfCache {
                     keys.remove(&entry.key);
                 }
                 shard.pop_lru();
+                self.evictions.expired.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -412,6 +419,7 @@ mod tests {
         let t2 = prepare_at(&cache, &k, late, || chain("k")).unwrap();
         assert_ne!(t2, t);
         assert_eq!(cache.len(), 1, "the expired chain was swept");
+        assert_eq!(cache.evictions.expired.load(Ordering::Relaxed), 1);
     }
 
     #[test]

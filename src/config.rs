@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::codec::ProtocolSetting;
 use crate::frame::MAX_PAYLOAD;
+use crate::metrics::{MetricsAddress, DEFAULT_MAX_ROUTES};
 use ext_plugin_sdk::Clock;
 
 /// Where the runner listens when neither `APISIX_LISTEN_ADDRESS` nor `--listen` says.
@@ -46,6 +47,11 @@ pub struct Config {
     /// monotonic clock. Tests of time-dependent plugins set [`Clock::manual`] and advance it
     /// (see [`crate::testing`]).
     pub clock: Clock,
+    /// Where to serve Prometheus metrics (`GET /metrics`, `GET /healthz`); `None`: metrics are
+    /// off and cost nothing.
+    pub metrics_listen: Option<MetricsAddress>,
+    /// Routes that get their own series in `route` labels; later ones count as `_other`.
+    pub metrics_max_routes: usize,
 }
 
 impl Default for Config {
@@ -62,6 +68,8 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(600),
             stall_timeout: Duration::from_secs(10),
             clock: Clock::system(),
+            metrics_listen: None,
+            metrics_max_routes: DEFAULT_MAX_ROUTES,
         }
     }
 }

@@ -27,6 +27,7 @@ use tracing::{debug, warn};
 use crate::codec::{detect, Protocol, ProtocolSetting};
 use crate::frame::{Frame, FrameType};
 use crate::framed::FramedError;
+use crate::metrics::{CallOutcome, CloseReason, Meter};
 use crate::model::{
     ErrorCode, HttpReqCallReq, HttpReqCallResp, HttpRespCallReq, PrepareConfReq, PrepareConfResp,
     ReqAction,
@@ -45,6 +46,8 @@ struct Scratch {
     resp_req: HttpRespCallReq,
     call: CallState,
     resp: RespState,
+    /// The call being measured (metrics).
+    meter: Meter,
 }
 
 impl Scratch {
@@ -80,7 +83,11 @@ pub(crate) async fn serve(
         shared: &shared,
     };
     let limits = &shared.limits;
-    match conn.run(&mut shutdown).await {
+    let result = conn.run(&mut shutdown).await;
+    shared
+        .metrics
+        .connection_closed(close_reason(&result, *shutdown.borrow()));
+    match result {
         Ok(()) => debug!("connection closed"),
         Err(Close::Framed(FramedError::TooLarge(len))) => {
             if let Some(hits) = limits.frame_size.hit() {
@@ -135,7 +142,9 @@ impl Connection<'_> {
                     }
                 }
             }
+            self.scratch.meter = self.shared.metrics.start(frame.ty);
             let result = self.serve_frame(frame).await;
+            self.shared.metrics.finish(&self.scratch.meter);
             self.scratch.release();
             self.io.flush().await?;
             self.io.trim_buffers();
@@ -176,6 +185,7 @@ impl Connection<'_> {
             .decode_prepare_conf_req(payload, &mut scratch.prepare)
         {
             debug!(error = %e, "BAD_REQUEST");
+            scratch.meter.outcome = CallOutcome::BadRequest;
             return io.queue_error(ErrorCode::BadRequest);
         }
         let req = &scratch.prepare;
@@ -185,7 +195,8 @@ impl Connection<'_> {
             let (req, shared) = (req.clone(), Arc::clone(shared));
             move || {
                 let clock = &shared.config.clock;
-                shared.registry.build_chain(&req, &shared.state, clock)
+                let built = shared.registry.build_chain(&req, &shared.state, clock);
+                shared.metrics.prepared(built)
             }
         };
         let result = shared.cache.prepare(&req.key, build).await;
@@ -197,6 +208,8 @@ impl Connection<'_> {
                 });
             }
             Err(e) => {
+                scratch.meter.outcome = CallOutcome::Refused;
+                shared.metrics.refused(&shared.registry, &e);
                 if let Some(hits) = shared.limits.refused_prepares.hit(&req.key) {
                     warn!(key = %req.key, hits, "prepare_conf refused: {e}");
                 }
@@ -213,19 +226,23 @@ impl Connection<'_> {
         } = self;
         if let Err(e) = io.codec.decode_http_req_call_req(payload, &mut scratch.req) {
             debug!(error = %e, "BAD_REQUEST");
+            scratch.meter.outcome = CallOutcome::BadRequest;
             io.queue_error(ErrorCode::BadRequest);
             return Ok(());
         }
         let Some(chain) = shared.cache.get(scratch.req.conf_token) else {
+            scratch.meter.outcome = CallOutcome::TokenNotFound;
             io.queue_error(ErrorCode::ConfTokenNotFound);
             return Ok(());
         };
         let deadline = Instant::now() + shared.config.call_timeout;
-        let run = chain.run_request(&scratch.req, &mut scratch.call, io);
+        let mut gateway = shared.metrics.gateway(io);
+        let run = chain.run_request(&scratch.req, &mut scratch.call, &mut gateway);
         let mut outcome = guard(deadline, run).await;
         if io.owes_answers() {
             read_owed_answers(io, deadline, &mut outcome).await;
         }
+        scratch.meter.outcome = outcome.metric(io);
         let Some(action) = settle(io, shared, chain.key(), outcome)? else {
             return Ok(());
         };
@@ -254,19 +271,23 @@ impl Connection<'_> {
             .decode_http_resp_call_req(payload, &mut scratch.resp_req)
         {
             debug!(error = %e, "BAD_REQUEST");
+            scratch.meter.outcome = CallOutcome::BadRequest;
             io.queue_error(ErrorCode::BadRequest);
             return Ok(());
         }
         let Some(chain) = shared.cache.get(scratch.resp_req.conf_token) else {
+            scratch.meter.outcome = CallOutcome::TokenNotFound;
             io.queue_error(ErrorCode::ConfTokenNotFound);
             return Ok(());
         };
         let deadline = Instant::now() + shared.config.call_timeout;
-        let run = chain.run_response(&scratch.resp_req, &mut scratch.resp, io);
+        let mut gateway = shared.metrics.gateway(io);
+        let run = chain.run_response(&scratch.resp_req, &mut scratch.resp, &mut gateway);
         let mut outcome = guard(deadline, run).await;
         if io.owes_answers() {
             read_owed_answers(io, deadline, &mut outcome).await;
         }
+        scratch.meter.outcome = outcome.metric(io);
         if settle(io, shared, chain.key(), outcome)?.is_none() {
             return Ok(());
         }
@@ -282,6 +303,37 @@ enum Outcome<T> {
     Done(T),
     Panicked,
     TimedOut,
+}
+
+impl<T> Outcome<Result<T, ChainFailure>> {
+    /// How the call ended, for the metrics ([`settle`] decides the same way).
+    fn metric(&self, io: &Io) -> CallOutcome {
+        match self {
+            _ if io.broken().is_some() => CallOutcome::GatewayError,
+            Outcome::Done(Ok(_)) => CallOutcome::Ok,
+            Outcome::Done(Err(f)) if f.error.is_gateway_failure() => CallOutcome::GatewayError,
+            Outcome::Done(Err(_)) => CallOutcome::Error,
+            Outcome::Panicked => CallOutcome::Panic,
+            Outcome::TimedOut => CallOutcome::Timeout,
+        }
+    }
+}
+
+/// Why a connection ended, for the metrics.
+fn close_reason(result: &Result<(), Close>, shutting_down: bool) -> CloseReason {
+    match result {
+        Ok(()) if shutting_down => CloseReason::Shutdown,
+        Ok(()) => CloseReason::Eof,
+        Err(Close::Idle) => CloseReason::Idle,
+        Err(Close::Framed(e)) => match e {
+            FramedError::Stalled { .. } => CloseReason::Stall,
+            FramedError::WriteStalled(_) => CloseReason::WriteStall,
+            FramedError::TooLarge(_) => CloseReason::FrameTooLarge,
+            FramedError::Closed | FramedError::Truncated => CloseReason::Protocol,
+            FramedError::Io(_) | FramedError::Unframeable(_) => CloseReason::Io,
+        },
+        Err(Close::Gateway(_)) => CloseReason::Protocol,
+    }
 }
 
 /// Runs a chain with the call deadline, turning a plugin panic into an outcome.

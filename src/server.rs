@@ -23,7 +23,9 @@ use crate::conf_cache::ConfCache;
 use crate::config::Config;
 use crate::connection;
 use crate::limits::Limits;
+use crate::metrics::{self, RunnerMetrics};
 use ext_plugin_sdk::host::StateRegistry;
+use ext_plugin_sdk::metrics::Metrics;
 use ext_plugin_sdk::Registry;
 
 /// What every connection shares.
@@ -33,6 +35,7 @@ pub(crate) struct Shared {
     pub(crate) cache: Arc<ConfCache>,
     pub(crate) state: StateRegistry,
     pub(crate) limits: Limits,
+    pub(crate) metrics: RunnerMetrics,
 }
 
 /// A configured runner: settings, plugins, and the conf cache they fill.
@@ -47,15 +50,35 @@ impl Runner {
             config.conf_cache_capacity,
             config.conf_ttl(),
         ));
-        Runner {
-            shared: Arc::new(Shared {
-                config,
-                registry,
-                cache,
-                state: StateRegistry::default(),
-                limits: Limits::default(),
-            }),
-        }
+        let metrics = match config.metrics_listen {
+            Some(_) => RunnerMetrics::new(config.metrics_max_routes),
+            None => RunnerMetrics::default(),
+        };
+        let shared = Arc::new(Shared {
+            config,
+            registry,
+            cache,
+            state: StateRegistry::with_metrics(metrics.registry().clone()),
+            limits: Limits::default(),
+            metrics,
+        });
+        metrics::watch_conf_cache(&shared);
+        Runner { shared }
+    }
+
+    /// The metrics registry: the runner's own metrics and every plugin's. A custom runner may
+    /// register its own here (see [`ext_plugin_sdk::metrics`]). Disabled (counting, exporting
+    /// nothing) unless `metrics_listen` is set.
+    pub fn metrics(&self) -> &Metrics {
+        self.shared.metrics.registry()
+    }
+
+    /// What `GET /metrics` answers now; `None` when metrics are off.
+    pub fn render_metrics(&self) -> Option<String> {
+        self.shared
+            .metrics
+            .is_on()
+            .then(|| self.shared.metrics.render())
     }
 
     pub fn config(&self) -> &Config {
@@ -97,6 +120,10 @@ impl Drop for SocketFile {
 }
 
 impl Listener {
+    pub(crate) async fn accept(&self) -> io::Result<tokio::net::UnixStream> {
+        self.inner.accept().await.map(|(s, _)| s)
+    }
+
     /// Binds `path`, replacing a stale socket file. Must run inside a tokio runtime.
     pub fn bind(path: &Path) -> io::Result<Listener> {
         match fs::symlink_metadata(path) {
@@ -152,6 +179,8 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     let mut backoff = Duration::from_millis(1);
     tokio::pin!(shutdown);
+    let _metrics = (shared.config.metrics_listen.clone())
+        .map(|address| metrics::endpoint::spawn(address, shared.clone(), stop_rx.clone()));
 
     loop {
         while connections.try_join_next().is_some() {}
@@ -181,6 +210,7 @@ pub async fn serve(
         match accepted {
             Ok((stream, _)) => {
                 backoff = Duration::from_millis(1);
+                shared.metrics.connection_opened();
                 let shared = shared.clone();
                 let stop = stop_rx.clone();
                 connections.spawn(async move {

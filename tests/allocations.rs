@@ -13,8 +13,11 @@ use bytes::Bytes;
 use common::fixtures::{realistic, replies};
 use ext_plugin_runner::codec::Protocol;
 use ext_plugin_runner::frame::{write_frame, FrameType};
+use std::sync::Arc;
+
 use ext_plugin_runner::model::{HttpReqCallReq, ReqAction};
-use ext_plugin_sdk::harness::{Harness, LocalGateway};
+use ext_plugin_sdk::harness::{prepare_request, Harness, LocalGateway};
+use ext_plugin_sdk::host::{ChainObserver, Decision, Phase, StateRegistry};
 use futures_util::FutureExt;
 
 /// Counts allocations made by the current thread.
@@ -130,4 +133,58 @@ fn dispatching_a_chain_allocates_one_future_per_plugin_at_most() {
             "a chain of {chain_len} plugins allocates {per_run} times per call"
         );
     }
+}
+
+/// Counts decisions as the runner's metrics do: relaxed atomic increments.
+struct Tally([std::sync::atomic::AtomicU64; 5]);
+
+impl ChainObserver for Tally {
+    fn decided(&self, _: Phase, _: usize, decision: Decision) {
+        self.0[decision as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_watched_chain_allocates_no_more_than_an_unwatched_one() {
+    let registry = ext_plugin_catalogue::builtin();
+    let req = realistic();
+    let mut gw = LocalGateway::new();
+    let conf = prepare_request(
+        "route#alloc#ext-plugin-pre-req#1",
+        &[
+            ("ip-restriction", r#"{"whitelist": ["10.0.0.0/8"]}"#),
+            ("ip-restriction", r#"{"blacklist": ["192.0.2.0/24"]}"#),
+        ],
+    );
+    let unwatched = registry
+        .build_chain(
+            &conf,
+            &StateRegistry::default(),
+            &ext_plugin_sdk::Clock::system(),
+        )
+        .unwrap();
+    let mut chain = registry
+        .build_chain(
+            &conf,
+            &StateRegistry::default(),
+            &ext_plugin_sdk::Clock::system(),
+        )
+        .unwrap();
+    let counting = Arc::new(Tally(Default::default()));
+    chain.set_observer(counting.clone());
+    let mut run = |chain: &ext_plugin_sdk::Chain| {
+        allocations_per_run(|| {
+            let action = gw.call(chain, &req).now_or_never().unwrap().unwrap();
+            assert_eq!(action, ReqAction::Continue);
+        })
+    };
+    let baseline = run(&unwatched);
+    let watched = run(&chain);
+    assert!(
+        baseline <= 2.0,
+        "a chain of 2 plugins allocates {baseline} times per call"
+    );
+    assert_eq!(watched, baseline, "watching a chain allocates");
+    let passes = counting.0[Decision::Pass as usize].load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(passes, 2 * 110, "every plugin of every run was seen");
 }

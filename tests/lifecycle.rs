@@ -41,17 +41,9 @@ fn spawn(path: &Path) -> Spawned {
 }
 
 async fn connect(path: &Path) -> FakeGateway {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match FakeGateway::connect(path, Protocol::Capnp).await {
-            Ok(gw) => return gw,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("runner never listened on {}: {e}", path.display()),
-        }
-    }
+    FakeGateway::connect_when_listening(path, Protocol::Capnp, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("runner never listened on {}: {e}", path.display()))
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {

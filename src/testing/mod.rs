@@ -208,6 +208,24 @@ impl FakeGateway {
         })
     }
 
+    /// Connects once `path` accepts connections (a runner just spawned may not listen yet),
+    /// trying every 20 ms for at most `within`.
+    pub async fn connect_when_listening(
+        path: &Path,
+        protocol: Protocol,
+        within: std::time::Duration,
+    ) -> io::Result<FakeGateway> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            match FakeGateway::connect(path, protocol).await {
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                connected => return connected,
+            }
+        }
+    }
+
     pub fn protocol(&self) -> Protocol {
         self.codec.protocol()
     }
