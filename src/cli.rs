@@ -15,6 +15,7 @@ use crate::config::{
     parse_listen_address, Config, DEFAULT_CONF_EXPIRE_SECS, DEFAULT_LISTEN_ADDRESS,
 };
 use crate::frame::MAX_PAYLOAD;
+use crate::log_format::{JsonLines, LogFormat};
 use crate::metrics::{parse_metrics_address, DEFAULT_MAX_ROUTES};
 use crate::server::{serve, Listener, Runner};
 use ext_plugin_catalogue::opensergo;
@@ -134,6 +135,11 @@ pub struct Cli {
     #[arg(long, default_value_t = DEFAULT_MAX_ROUTES as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub metrics_max_routes: u64,
+
+    /// Log line format: `text` (human, the default) or `json` (one object per line with
+    /// timestamp, level, target, message and fields).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Print the built-in plugins and exit.
     #[arg(long)]
@@ -307,12 +313,16 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
         // The gateway copies stderr into its error log: colour only on a terminal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.event_format(JsonLines).init(),
+    }
 
     install_panic_hook();
 
@@ -524,5 +534,14 @@ mod tests {
         let err = bad.unwrap().config().unwrap_err();
         assert!(err.contains("--metrics-listen"), "{err}");
         assert!(Cli::try_parse_from(["ext-plugin-runner", "--metrics-max-routes", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_log_format_is_text_unless_json_is_asked() {
+        let json = Cli::try_parse_from(["ext-plugin-runner", "--log-format", "json"]).unwrap();
+        assert_eq!(json.log_format, LogFormat::Json);
+        let default = Cli::try_parse_from(["ext-plugin-runner"]).unwrap();
+        assert_eq!(default.log_format, LogFormat::Text);
+        assert!(Cli::try_parse_from(["ext-plugin-runner", "--log-format", "xml"]).is_err());
     }
 }

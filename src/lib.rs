@@ -28,7 +28,8 @@
 //! * Serving: [`server`] (socket file, accept loop, drain), `connection` (one connection's
 //!   read → serve → write loop and its `extra_info` exchanges), `conf_cache` (tokens → chains),
 //!   [`config`] and [`cli`] (settings), `limits` (one log line per limit hit, not one per event).
-//! * Operating: [`metrics`] (the Prometheus endpoint and what it counts).
+//! * Operating: [`metrics`] (the Prometheus endpoint and what it counts), [`log_format`] (JSON
+//!   log lines).
 //! * [`testing`]: a fake gateway that drives a runner over a real socket, for integration tests
 //!   of a whole runner and its plugins.
 
@@ -43,6 +44,7 @@ mod connection;
 pub mod frame;
 pub mod framed;
 mod limits;
+pub mod log_format;
 pub mod metrics;
 mod proto;
 pub mod server;
