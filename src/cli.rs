@@ -147,6 +147,23 @@ pub struct Cli {
 
     #[command(flatten)]
     pub opensergo: OpenSergoFlags,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the binary does instead of serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Validate chains offline, exactly as prepare_conf would, and exit: 0 when every chain
+    /// prepares, 1 when any is refused, 2 when the input is unusable. Reads a JSON ext-plugin
+    /// `conf` list, or an APISIX route or plugins object (every `ext-plugin-*` conf in it is
+    /// checked; other plugins and fields are ignored). Listens on nothing.
+    Check {
+        /// The JSON file; `-` or nothing reads stdin.
+        #[arg(value_name = "FILE|-")]
+        file: Option<String>,
+    },
 }
 
 /// Where the `opensergo` plugin's rules come from (docs/opensergo.md). With none of these set
@@ -302,6 +319,9 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Some(Command::Check { file }) = &cli.command {
+        return crate::check::run(&registry, file.as_deref(), name);
     }
 
     // Everything on stderr lands in the gateway's error log.
@@ -543,5 +563,25 @@ mod tests {
         let default = Cli::try_parse_from(["ext-plugin-runner"]).unwrap();
         assert_eq!(default.log_format, LogFormat::Text);
         assert!(Cli::try_parse_from(["ext-plugin-runner", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn check_is_a_subcommand_with_an_optional_file() {
+        for (args, file) in [
+            (&["check", "-"][..], Some("-")),
+            (&["check", "route.json"][..], Some("route.json")),
+            (&["check"][..], None),
+        ] {
+            let cli = Cli::try_parse_from(
+                std::iter::once("ext-plugin-runner").chain(args.iter().copied()),
+            )
+            .unwrap();
+            match cli.command {
+                Some(Command::Check { file: f }) => assert_eq!(f.as_deref(), file),
+                None => panic!("{args:?}: no subcommand"),
+            }
+        }
+        let serve = Cli::try_parse_from(["ext-plugin-runner"]).unwrap();
+        assert!(serve.command.is_none());
     }
 }

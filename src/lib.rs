@@ -28,14 +28,15 @@
 //! * Serving: [`server`] (socket file, accept loop, drain), `connection` (one connection's
 //!   read → serve → write loop and its `extra_info` exchanges), `conf_cache` (tokens → chains),
 //!   [`config`] and [`cli`] (settings), `limits` (one log line per limit hit, not one per event).
-//! * Operating: [`metrics`] (the Prometheus endpoint and what it counts), [`log_format`] (JSON
-//!   log lines).
+//! * Operating: [`metrics`] (the Prometheus endpoint and what it counts), [`check`] (the
+//!   offline conf checker), [`log_format`] (JSON log lines).
 //! * [`testing`]: a fake gateway that drives a runner over a real socket, for integration tests
 //!   of a whole runner and its plugins.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod check;
 pub mod cli;
 pub mod codec;
 mod conf_cache;
