@@ -694,22 +694,55 @@ async fn a_busy_tcp_address_is_retried_and_healthz_answers() {
     assert_eq!(post.status, 405);
 }
 
-/// `promtool check metrics` (Debian package `prometheus`) accepts the exposition. Runs when
-/// promtool is installed; CI installs it and sets `PROMTOOL_TESTS=require`, which makes a missing
-/// promtool a failure.
+/// Whether promtool (Debian package `prometheus`) can run here. Without it the calling test is
+/// skipped, loudly, unless `PROMTOOL_TESTS=require` (CI installs it and sets that).
+fn have_promtool(test: &str) -> bool {
+    if Command::new("promtool").arg("--version").output().is_ok() {
+        return true;
+    }
+    let required = std::env::var("PROMTOOL_TESTS").as_deref() == Ok("require");
+    assert!(
+        !required,
+        "PROMTOOL_TESTS=require but promtool is not installed"
+    );
+    // Past the test harness's capture, so that a skip is seen even when the test passes.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED {test}: promtool is not installed (apt-get install prometheus; CI \
+         requires it) ***\n"
+    );
+    false
+}
+
+/// Runs `promtool args...` with `input` on stdin (or as the file `-` names) and expects it to
+/// pass without a remark.
+fn promtool(args: &[&str], input: &str) {
+    let mut run = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    run.stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = run.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "promtool {args:?} failed:\n{said}");
+    let remarks = said
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains("SUCCESS") && !l.starts_with("Checking"))
+        .count();
+    assert_eq!(remarks, 0, "promtool {args:?} has remarks:\n{said}");
+}
+
+/// `promtool check metrics` accepts the exposition.
 #[tokio::test]
 async fn promtool_accepts_the_exposition() {
-    let promtool = Command::new("promtool").arg("--version").output();
-    if promtool.is_err() {
-        let required = std::env::var("PROMTOOL_TESTS").as_deref() == Ok("require");
-        assert!(
-            !required,
-            "PROMTOOL_TESTS=require but promtool is not installed"
-        );
-        eprintln!(
-            "\n*** SKIPPED promtool_accepts_the_exposition: promtool is not installed \
-             (apt-get install prometheus; CI requires it) ***\n"
-        );
+    if !have_promtool("promtool_accepts_the_exposition") {
         return;
     }
     let socket = temp_socket_path();
@@ -734,30 +767,27 @@ async fn promtool_accepts_the_exposition() {
         exposition.value("breakers_open", &[("route", "route#\"q\\uote\"")]),
         0.0
     );
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.text.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool found problems:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool(&["check", "metrics"], &exposition.text);
+}
+
+/// The scrape config and alerts docs/operations.md shows are valid Prometheus config and rules.
+#[test]
+fn the_documented_scrape_config_and_alerts_pass_promtool() {
+    if !have_promtool("the_documented_scrape_config_and_alerts_pass_promtool") {
+        return;
+    }
+    let doc = include_str!("../docs/operations.md");
+    let yaml = |first: &str| {
+        doc.split("```yaml\n")
+            .filter_map(|b| b.split("```").next())
+            .find(|b| b.starts_with(first))
+            .unwrap_or_else(|| panic!("no yaml block starting with {first}"))
+            .to_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (first, check) in [("scrape_configs:", "config"), ("groups:", "rules")] {
+        let file = dir.path().join(format!("{check}.yml"));
+        std::fs::write(&file, yaml(first)).unwrap();
+        promtool(&["check", check, file.to_str().unwrap()], "");
+    }
 }

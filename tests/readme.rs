@@ -46,6 +46,32 @@ fn every_flag_in_the_readme_exists() {
     for flag in flags {
         assert!(help.contains(flag), "README lists {flag}, --help does not");
     }
+    // Subcommands sit in the same table, as `name [ARGS]`.
+    let commands = help
+        .split("Commands:")
+        .nth(1)
+        .expect("--help lists subcommands");
+    let table = README
+        .split("## Running it")
+        .nth(1)
+        .and_then(|s| s.split("\n#").next())
+        .expect("a Running it section");
+    let mut listed = 0;
+    for row in table
+        .lines()
+        .filter(|l| l.starts_with("| `") && !l.starts_with("| `--"))
+    {
+        let name = row[3..].split([' ', '`']).next().unwrap();
+        assert!(
+            commands.lines().any(|l| l.trim_start().starts_with(name)),
+            "README lists the subcommand {name}, --help does not"
+        );
+        listed += 1;
+    }
+    assert!(
+        listed >= 1,
+        "the check subcommand is missing from the flag table"
+    );
 }
 
 #[test]
