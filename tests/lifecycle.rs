@@ -5,10 +5,10 @@ mod common;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{call_frame, frame};
+use common::{call_frame, connect_spawned, frame, runner_command, Spawned};
 use ext_plugin_runner::codec::Protocol;
 use ext_plugin_runner::frame::FrameType;
 use ext_plugin_runner::model::{ExtraInfoResp, Method};
@@ -18,32 +18,12 @@ use nix::unistd::Pid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ext-plugin-runner");
 
-/// The runner, killed if a test fails before it exits.
-struct Spawned(Child);
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn(path: &Path) -> Spawned {
-    let child = Command::new(BIN)
-        .env("APISIX_LISTEN_ADDRESS", format!("unix:{}", path.display()))
-        .env("APISIX_CONF_EXPIRE_TIME", "3600")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawning the runner");
-    Spawned(child)
+    Spawned(runner_command(path).spawn().expect("spawning the runner"))
 }
 
 async fn connect(path: &Path) -> FakeGateway {
-    FakeGateway::connect_when_listening(path, Protocol::Capnp, Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|e| panic!("runner never listened on {}: {e}", path.display()))
+    connect_spawned(path).await
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {

@@ -2,34 +2,27 @@
 //! line, and every route whose chain is refused is named, however many other routes are refused
 //! in the same interval.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
-use ext_plugin_runner::codec::Protocol;
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use common::{connect_spawned, runner_command};
 use ext_plugin_runner::testing::{temp_socket_path, FakeGateway};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ext-plugin-runner");
-
 fn spawn(socket: &Path, extra: &[&str]) -> Child {
-    Command::new(BIN)
-        .arg("--listen")
-        .arg(format!("unix:{}", socket.display()))
+    runner_command(socket)
         .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning the runner")
 }
 
 async fn connect(path: &Path) -> FakeGateway {
-    FakeGateway::connect_when_listening(path, Protocol::Capnp, Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|e| panic!("runner never listened on {}: {e}", path.display()))
+    connect_spawned(path).await
 }
 
 /// Stops the runner with SIGTERM and returns what it wrote to stderr.

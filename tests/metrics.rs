@@ -2,13 +2,15 @@
 //! counts exactly what the calls did, its exposition parses as the Prometheus text format (with
 //! the strict parser below) and `promtool check metrics` accepts it; the bind is retried.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ext_plugin_runner::codec::Protocol;
+use common::{connect_spawned, runner_command, Spawned};
 use ext_plugin_runner::config::Config;
 use ext_plugin_runner::metrics::MetricsAddress;
 use ext_plugin_runner::model::{ErrorCode, Method, ReqAction};
@@ -17,36 +19,18 @@ use ext_plugin_runner::testing::{
 };
 use ext_plugin_sdk::harness::Scripted;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ext-plugin-runner");
-
-/// The runner binary, killed when dropped.
-struct Spawned(Child);
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn(socket: &Path, extra: &[&str]) -> Spawned {
-    let child = Command::new(BIN)
-        .arg("--listen")
-        .arg(format!("unix:{}", socket.display()))
-        .args(["--log", "error"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawning the runner");
-    Spawned(child)
+    Spawned(
+        runner_command(socket)
+            .args(["--log", "error"])
+            .args(extra)
+            .spawn()
+            .expect("spawning the runner"),
+    )
 }
 
 async fn connect(path: &Path) -> FakeGateway {
-    FakeGateway::connect_when_listening(path, Protocol::Capnp, Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|e| panic!("runner never listened on {}: {e}", path.display()))
+    connect_spawned(path).await
 }
 
 /// Where a test scrapes.

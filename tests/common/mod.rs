@@ -9,6 +9,8 @@ pub mod plugins;
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ext_plugin_runner::codec::{GatewayCodec, Protocol};
@@ -47,6 +49,39 @@ macro_rules! for_each_protocol {
             }
         }
     };
+}
+
+/// The runner binary, killed (and reaped) when dropped: a failing test leaves no runner behind.
+pub struct Spawned(pub Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The runner binary as a gateway spawns it, listening on `socket` (APISIX's environment), its
+/// stdio discarded: add flags or redirect stderr, then spawn.
+pub fn runner_command(socket: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ext-plugin-runner"));
+    command
+        .env(
+            "APISIX_LISTEN_ADDRESS",
+            format!("unix:{}", socket.display()),
+        )
+        .env("APISIX_CONF_EXPIRE_TIME", "3600")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+/// A gateway connection to a runner just spawned, once it listens (within [`GUARD`]).
+pub async fn connect_spawned(socket: &Path) -> FakeGateway {
+    FakeGateway::connect_when_listening(socket, Protocol::Capnp, GUARD)
+        .await
+        .unwrap_or_else(|e| panic!("runner never listened on {}: {e}", socket.display()))
 }
 
 /// A runner with default settings serving the built-in and the test plugins.
