@@ -99,6 +99,30 @@ pub struct Cli {
     #[arg(long, default_value_t = Config::default().conf_cache_capacity)]
     pub conf_cache_capacity: usize,
 
+    /// Bytes the cached chains may account for (key, confs and ~1 KiB each); past it the least
+    /// recently used are dropped.
+    #[arg(long, default_value_t = Config::default().conf_cache_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub conf_cache_bytes: u64,
+
+    /// The largest conf one prepare_conf may carry (plugin names and JSON confs, in bytes); a
+    /// larger one is refused.
+    #[arg(long, default_value_t = Config::default().max_conf_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_conf_bytes: u64,
+
+    /// Milliseconds within which every prepare_conf is answered; a chain not built by then is
+    /// refused (its build goes on, and is cached if it finishes).
+    #[arg(long, default_value_t = Config::default().prepare_timeout.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub prepare_timeout_ms: u64,
+
+    /// Chains built at once, overdue builds included; further prepares wait for a slot until
+    /// their deadline.
+    #[arg(long, default_value_t = Config::default().max_prepares_in_flight as u64,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_prepares_in_flight: u64,
+
     /// Connections served at once.
     #[arg(long, default_value_t = Config::default().max_connections)]
     pub max_connections: usize,
@@ -113,6 +137,18 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..=MAX_PAYLOAD as u64))]
     pub max_frame: u64,
 
+    /// Bytes of extra_info answers one call may read; past it the call is answered
+    /// SERVICE_UNAVAILABLE.
+    #[arg(long, default_value_t = Config::default().extra_info_budget as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub extra_info_budget: u64,
+
+    /// Bytes buffered for incoming frames, over all connections; a connection whose frame
+    /// needs more than is left is answered SERVICE_UNAVAILABLE and closed.
+    #[arg(long, default_value_t = Config::default().max_buffered_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_buffered_bytes: u64,
+
     /// Seconds a connection may sit with no call in flight before the runner closes it. Keep it
     /// above the gateway's keepalive timeout (APISIX: 180 s).
     #[arg(long, default_value_t = Config::default().idle_timeout.as_secs(),
@@ -124,6 +160,12 @@ pub struct Cli {
     #[arg(long, default_value_t = Config::default().stall_timeout.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stall_timeout_ms: u64,
+
+    /// Milliseconds within which a frame that has started arriving must be whole, however
+    /// steadily it trickles; past it the connection is closed.
+    #[arg(long, default_value_t = Config::default().frame_timeout.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub frame_timeout_ms: u64,
 
     /// Serve Prometheus metrics at `GET /metrics` (and `GET /healthz`) on `IP:PORT` (e.g.
     /// `127.0.0.1:9092`) or `unix:/abs/path.sock`. Off by default.
@@ -256,6 +298,13 @@ impl Cli {
             max_frame: self.max_frame as usize,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             stall_timeout: Duration::from_millis(self.stall_timeout_ms),
+            frame_timeout: Duration::from_millis(self.frame_timeout_ms),
+            conf_cache_bytes: to_usize(self.conf_cache_bytes),
+            max_conf_bytes: to_usize(self.max_conf_bytes),
+            prepare_timeout: Duration::from_millis(self.prepare_timeout_ms),
+            max_prepares_in_flight: to_usize(self.max_prepares_in_flight),
+            extra_info_budget: to_usize(self.extra_info_budget),
+            max_buffered_bytes: to_usize(self.max_buffered_bytes),
             metrics_listen,
             metrics_max_routes: usize::try_from(self.metrics_max_routes).unwrap_or(usize::MAX),
             ..Config::default()
@@ -276,6 +325,11 @@ impl Cli {
         let matches = command.get_matches();
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
+}
+
+/// A count from the command line; past what memory can address it is as good as unbounded.
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// The log filter: `--log`, else `RUST_LOG`, else `info`. A filter that does not parse is an

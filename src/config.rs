@@ -24,6 +24,24 @@ pub struct Config {
     pub protocol: ProtocolSetting,
     /// Prepared chains kept at most; the least recently used go first.
     pub conf_cache_capacity: usize,
+    /// Bytes the cached chains may account for at most (each: its key, its confs' JSON and a
+    /// fixed overhead); past it the least recently used go first, whatever their count.
+    pub conf_cache_bytes: usize,
+    /// The largest conf a `prepare_conf` may carry (plugin names and JSON confs, summed); a
+    /// larger one is refused before any plugin sees it.
+    pub max_conf_bytes: usize,
+    /// A `prepare_conf` not prepared within this long is refused; its build, which cannot be
+    /// stopped, may finish later and is cached then.
+    pub prepare_timeout: Duration,
+    /// Chains built at once, counting builds past their deadline that have not finished: the
+    /// bound on threads a hung prepare can hold.
+    pub max_prepares_in_flight: usize,
+    /// Bytes of `extra_info` answers one call may read; past it the call is answered
+    /// SERVICE_UNAVAILABLE.
+    pub extra_info_budget: usize,
+    /// Bytes buffered for incoming frames, summed over every connection; a connection whose
+    /// frame needs more than is left is answered SERVICE_UNAVAILABLE and closed.
+    pub max_buffered_bytes: usize,
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
     /// A call (plugins and extra_info round trips) that takes longer is answered with
@@ -43,6 +61,9 @@ pub struct Config {
     /// this long closes the connection: a gateway writes a frame in one go, so a stall is a
     /// dead or hostile peer (slowloris), not a slow one.
     pub stall_timeout: Duration,
+    /// A frame that has started arriving must be whole within this long, however steadily its
+    /// bytes trickle in (a stall timeout alone lets a byte per interval hold a buffer forever).
+    pub frame_timeout: Duration,
     /// The clock plugins read time from ([`ext_plugin_sdk::PrepareEnv::clock`]): the system's
     /// monotonic clock. Tests of time-dependent plugins set [`Clock::manual`] and advance it
     /// (see [`crate::testing`]).
@@ -61,12 +82,19 @@ impl Default for Config {
             conf_expire: Duration::from_secs(DEFAULT_CONF_EXPIRE_SECS),
             protocol: ProtocolSetting::Auto,
             conf_cache_capacity: 65_536,
+            conf_cache_bytes: 256 << 20,
+            max_conf_bytes: 1 << 20,
+            prepare_timeout: Duration::from_secs(2),
+            max_prepares_in_flight: 32,
+            extra_info_budget: 64 << 20,
+            max_buffered_bytes: 256 << 20,
             max_connections: 4096,
             call_timeout: Duration::from_secs(55),
             drain_timeout: Duration::from_millis(800),
             max_frame: MAX_PAYLOAD,
             idle_timeout: Duration::from_secs(600),
             stall_timeout: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(20),
             clock: Clock::system(),
             metrics_listen: None,
             metrics_max_routes: DEFAULT_MAX_ROUTES,

@@ -199,7 +199,12 @@ impl Connection<'_> {
                 shared.metrics.prepared(built)
             }
         };
-        let result = shared.cache.prepare(&req.key, build).await;
+        let conf_bytes = req
+            .conf
+            .iter()
+            .map(|p| p.name.len() + p.value.as_ref().map_or(0, |v| v.len()))
+            .sum();
+        let result = shared.cache.prepare(&req.key, conf_bytes, build).await;
         match result {
             Ok(conf_token) => {
                 debug!(key = %req.key, conf_token, "prepared");

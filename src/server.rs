@@ -19,7 +19,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::conf_cache::ConfCache;
+use crate::conf_cache::{CacheLimits, ConfCache};
 use crate::config::Config;
 use crate::connection;
 use crate::limits::Limits;
@@ -46,10 +46,7 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(config: Config, registry: Registry) -> Runner {
-        let cache = Arc::new(ConfCache::new(
-            config.conf_cache_capacity,
-            config.conf_ttl(),
-        ));
+        let cache = Arc::new(ConfCache::new(CacheLimits::from(&config)));
         let metrics = match config.metrics_listen {
             Some(_) => RunnerMetrics::new(config.metrics_max_routes),
             None => RunnerMetrics::default(),
@@ -88,6 +85,18 @@ impl Runner {
     /// Prepared chains currently cached.
     pub fn cached_confs(&self) -> usize {
         self.shared.cache.len()
+    }
+
+    /// The cached chains' accounted size, in bytes (bounded by `conf_cache_bytes`).
+    pub fn cached_conf_bytes(&self) -> usize {
+        self.shared.cache.bytes()
+    }
+
+    /// Hands out conf tokens from `next` on. Tokens wrap after 2^32 prepares; tests of the wrap
+    /// start the count next to a live token instead.
+    #[doc(hidden)]
+    pub fn set_next_conf_token(&self, next: u32) {
+        self.shared.cache.set_next_token(next);
     }
 }
 

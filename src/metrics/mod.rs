@@ -381,6 +381,9 @@ impl RunnerMetrics {
                 .find(|n| *n == e.plugin)
                 .unwrap_or("_unknown"),
             PrepareError::Panicked => "_panicked",
+            PrepareError::TooLarge { .. } => "_too_large",
+            PrepareError::TimedOut(_) => "_timeout",
+            PrepareError::Busy(_) => "_busy",
         };
         self.registry
             .counter(
