@@ -29,8 +29,8 @@ use crate::frame::{Frame, FrameType};
 use crate::framed::FramedError;
 use crate::metrics::{CallOutcome, CloseReason, Meter};
 use crate::model::{
-    ErrorCode, HttpReqCallReq, HttpReqCallResp, HttpRespCallReq, PrepareConfReq, PrepareConfResp,
-    ReqAction,
+    ErrorCode, HttpReqCallReq, HttpReqCallResp, HttpRespCallReq, Pair, PrepareConfReq,
+    PrepareConfResp, ReqAction,
 };
 use crate::server::Shared;
 use ext_plugin_sdk::host::ChainFailure;
@@ -199,16 +199,12 @@ impl Connection<'_> {
                 shared.metrics.prepared(built)
             }
         };
-        let conf_bytes = req
-            .conf
-            .iter()
-            .map(|p| p.name.len() + p.value.as_ref().map_or(0, |v| v.len()))
-            .sum();
+        let conf_bytes = pairs_len(&req.conf);
         let result = shared.cache.prepare(&req.key, conf_bytes, build).await;
         match result {
             Ok(conf_token) => {
                 debug!(key = %req.key, conf_token, "prepared");
-                io.queue(FrameType::PrepareConf, |c, out| {
+                io.queue(FrameType::PrepareConf, 0, |c, out| {
                     c.encode_prepare_conf_resp(&PrepareConfResp { conf_token }, out)
                 });
             }
@@ -241,6 +237,7 @@ impl Connection<'_> {
             return Ok(());
         };
         let deadline = Instant::now() + shared.config.call_timeout;
+        io.begin_call();
         let mut gateway = shared.metrics.gateway(io);
         let run = chain.run_request(&scratch.req, &mut scratch.call, &mut gateway);
         let mut outcome = guard(deadline, run).await;
@@ -255,9 +252,11 @@ impl Connection<'_> {
             id: scratch.req.id,
             action,
         };
-        io.queue(FrameType::HttpReqCall, |c, out| {
-            c.encode_http_req_call_resp(&reply, out)
-        });
+        io.queue(
+            FrameType::HttpReqCall,
+            action_len(&reply.action),
+            |c, out| c.encode_http_req_call_resp(&reply, out),
+        );
         if let ReqAction::Rewrite(rewrite) = reply.action {
             // Hand the rewrite's vectors back for the next call.
             scratch.call.recycle(rewrite);
@@ -286,6 +285,7 @@ impl Connection<'_> {
             return Ok(());
         };
         let deadline = Instant::now() + shared.config.call_timeout;
+        io.begin_call();
         let mut gateway = shared.metrics.gateway(io);
         let run = chain.run_response(&scratch.resp_req, &mut scratch.resp, &mut gateway);
         let mut outcome = guard(deadline, run).await;
@@ -297,11 +297,34 @@ impl Connection<'_> {
             return Ok(());
         }
         let reply = scratch.resp.take_reply(scratch.resp_req.id);
-        io.queue(FrameType::HttpRespCall, |c, out| {
+        let floor = pairs_len(&reply.headers) + reply.body.as_ref().map_or(0, |b| b.len());
+        io.queue(FrameType::HttpRespCall, floor, |c, out| {
             c.encode_http_resp_call_resp(&reply, out)
         });
         Ok(())
     }
+}
+
+/// The bytes a request call's reply carries (strings, body): a floor of its encoded size.
+fn action_len(action: &ReqAction) -> usize {
+    match action {
+        ReqAction::Continue => 0,
+        ReqAction::Stop(s) => pairs_len(&s.headers) + s.body.len(),
+        ReqAction::Rewrite(r) => {
+            r.path.as_ref().map_or(0, |p| p.len())
+                + pairs_len(&r.headers)
+                + pairs_len(&r.args)
+                + pairs_len(&r.resp_headers)
+                + r.body.as_ref().map_or(0, |b| b.len())
+        }
+    }
+}
+
+fn pairs_len(pairs: &[Pair]) -> usize {
+    pairs
+        .iter()
+        .map(|p| p.name.len() + p.value.as_ref().map_or(0, |v| v.len()))
+        .sum()
 }
 
 enum Outcome<T> {
@@ -315,6 +338,7 @@ impl<T> Outcome<Result<T, ChainFailure>> {
     fn metric(&self, io: &Io) -> CallOutcome {
         match self {
             _ if io.broken().is_some() => CallOutcome::GatewayError,
+            _ if io.over_budget() => CallOutcome::Error,
             Outcome::Done(Ok(_)) => CallOutcome::Ok,
             Outcome::Done(Err(f)) if f.error.is_gateway_failure() => CallOutcome::GatewayError,
             Outcome::Done(Err(_)) => CallOutcome::Error,
@@ -378,6 +402,17 @@ fn settle<T>(
         let close = Close::Gateway(why.to_owned());
         io.queue_error(ErrorCode::BadRequest);
         return Err(close);
+    }
+    if io.over_budget() {
+        if let Some(hits) = shared.limits.extra_info_budget.hit() {
+            warn!(
+                key,
+                budget = shared.config.extra_info_budget,
+                hits,
+                "call read extra_info answers past --extra-info-budget; answered SERVICE_UNAVAILABLE"
+            );
+        }
+        return answer_unavailable(io).map(|()| None);
     }
     let answered = match outcome {
         Outcome::Done(Ok(value)) => return Ok(Some(value)),

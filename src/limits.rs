@@ -137,6 +137,12 @@ pub(crate) struct Limits {
     pub(crate) stalled_read: LimitLog,
     pub(crate) stalled_write: LimitLog,
     pub(crate) call_deadline: LimitLog,
+    /// Calls that read extra_info answers past their budget.
+    pub(crate) extra_info_budget: LimitLog,
+    /// Connections closed because frames in flight had spent the process's buffer budget.
+    pub(crate) buffered_bytes: LimitLog,
+    /// Connections closed because a frame was not whole within the frame deadline.
+    pub(crate) frame_deadline: LimitLog,
     /// Calls a plugin failed (an error or a panic): a broken plugin fails every request.
     pub(crate) plugin_failures: LimitLog,
     /// Chains refused at prepare_conf, per conf key: the gateway re-prepares a bad route on
