@@ -87,7 +87,7 @@ impl Default for Config {
             prepare_timeout: Duration::from_secs(2),
             max_prepares_in_flight: 32,
             extra_info_budget: 64 << 20,
-            max_buffered_bytes: 256 << 20,
+            max_buffered_bytes: 192 << 20,
             max_connections: 4096,
             call_timeout: Duration::from_secs(55),
             drain_timeout: Duration::from_millis(800),

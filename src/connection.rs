@@ -78,7 +78,12 @@ pub(crate) async fn serve(
         ProtocolSetting::Auto => Protocol::Capnp,
     };
     let mut conn = Connection {
-        io: Io::new(stream, protocol.runner_codec(), &shared.config),
+        io: Io::new(
+            stream,
+            protocol.runner_codec(),
+            &shared.config,
+            &shared.buffers,
+        ),
         scratch: Scratch::default(),
         shared: &shared,
     };
@@ -109,6 +114,20 @@ pub(crate) async fn serve(
             if let Some(hits) = limits.stalled_read.hit() {
                 warn!(error = %e, timeout = ?conn.io.stall_timeout(), hits,
                     "frame made no progress for --stall-timeout-ms; closed the connection");
+            }
+        }
+        Err(Close::Framed(e @ FramedError::OverBudget { .. })) => {
+            if let Some(hits) = limits.buffered_bytes.hit() {
+                warn!(error = %e, hits,
+                    "frame needs more than --max-buffered-bytes leaves; answered SERVICE_UNAVAILABLE and closed the connection");
+            }
+            conn.io.queue_error(ErrorCode::ServiceUnavailable);
+            let _ = conn.io.flush().await;
+        }
+        Err(Close::Framed(e @ FramedError::Overdue { .. })) => {
+            if let Some(hits) = limits.frame_deadline.hit() {
+                warn!(error = %e, timeout = ?shared.config.frame_timeout, hits,
+                    "frame not whole within --frame-timeout-ms; closed the connection");
             }
         }
         Err(Close::Framed(e @ FramedError::WriteStalled(_))) => {
@@ -355,7 +374,10 @@ fn close_reason(result: &Result<(), Close>, shutting_down: bool) -> CloseReason 
         Ok(()) => CloseReason::Eof,
         Err(Close::Idle) => CloseReason::Idle,
         Err(Close::Framed(e)) => match e {
-            FramedError::Stalled { .. } => CloseReason::Stall,
+            // Both are a peer holding a frame's storage too long or too much: reported with the
+            // reasons whose limits they extend.
+            FramedError::Stalled { .. } | FramedError::Overdue { .. } => CloseReason::Stall,
+            FramedError::OverBudget { .. } => CloseReason::FrameTooLarge,
             FramedError::WriteStalled(_) => CloseReason::WriteStall,
             FramedError::TooLarge(_) => CloseReason::FrameTooLarge,
             FramedError::Closed | FramedError::Truncated => CloseReason::Protocol,

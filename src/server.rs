@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::conf_cache::{CacheLimits, ConfCache};
 use crate::config::Config;
 use crate::connection;
+use crate::framed::ByteBudget;
 use crate::limits::Limits;
 use crate::metrics::{self, RunnerMetrics};
 use ext_plugin_sdk::host::StateRegistry;
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     pub(crate) state: StateRegistry,
     pub(crate) limits: Limits,
     pub(crate) metrics: RunnerMetrics,
+    /// What every connection's frames still arriving may hold together.
+    pub(crate) buffers: ByteBudget,
 }
 
 /// A configured runner: settings, plugins, and the conf cache they fill.
@@ -52,6 +55,7 @@ impl Runner {
             None => RunnerMetrics::default(),
         };
         let shared = Arc::new(Shared {
+            buffers: ByteBudget::new(config.max_buffered_bytes),
             config,
             registry,
             cache,
@@ -90,6 +94,11 @@ impl Runner {
     /// The cached chains' accounted size, in bytes (bounded by `conf_cache_bytes`).
     pub fn cached_conf_bytes(&self) -> usize {
         self.shared.cache.bytes()
+    }
+
+    /// Bytes that connections' frame buffers hold of the `max_buffered_bytes` budget now.
+    pub fn buffered_bytes(&self) -> usize {
+        self.shared.buffers.used()
     }
 
     /// Hands out conf tokens from `next` on. Tokens wrap after 2^32 prepares; tests of the wrap

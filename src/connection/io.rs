@@ -15,7 +15,7 @@ use tracing::warn;
 use crate::codec::RunnerCodec;
 use crate::config::Config;
 use crate::frame::{Frame, FrameType, FrameWriteError, MAX_PAYLOAD};
-use crate::framed::{Framed, FramedError};
+use crate::framed::{ByteBudget, Framed, FramedError};
 use crate::model::{ErrorCode, ExtraInfoReq};
 use ext_plugin_sdk::host::GatewayVars;
 use ext_plugin_sdk::PluginError;
@@ -64,9 +64,17 @@ pub(super) struct Io {
 }
 
 impl Io {
-    pub(super) fn new(stream: UnixStream, codec: Box<dyn RunnerCodec>, config: &Config) -> Io {
+    pub(super) fn new(
+        stream: UnixStream,
+        codec: Box<dyn RunnerCodec>,
+        config: &Config,
+        buffers: &ByteBudget,
+    ) -> Io {
+        let framed = Framed::with_limits(stream, config.max_frame, Some(config.stall_timeout))
+            .with_frame_timeout(config.frame_timeout)
+            .with_budget(buffers.clone());
         Io {
-            framed: Framed::with_limits(stream, config.max_frame, Some(config.stall_timeout)),
+            framed,
             codec,
             idle_timeout: config.idle_timeout,
             owed: 0,
@@ -286,7 +294,12 @@ mod tests {
     fn pair(config: &Config) -> (Io, UnixStream) {
         let (runner, gateway) = UnixStream::pair().expect("a socket pair");
         (
-            Io::new(runner, Protocol::Capnp.runner_codec(), config),
+            Io::new(
+                runner,
+                Protocol::Capnp.runner_codec(),
+                config,
+                &ByteBudget::new(config.max_buffered_bytes),
+            ),
             gateway,
         )
     }

@@ -4,25 +4,29 @@ use std::io;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
 use super::gateway::{step, AnswerTable, Step};
-use super::{FrameBuffer, FrameQueue, FramedError};
+use super::{ByteBudget, FrameBuffer, FrameQueue, FramedError};
 use crate::codec::GatewayCodec;
 use crate::frame::{Frame, MAX_PAYLOAD};
 
 /// A stream read and written in whole frames.
 ///
 /// With a stall timeout, a frame that has started arriving must keep arriving, and queued bytes
-/// must keep leaving, each step within it (slowloris; a peer that stops reading). Waiting for the
-/// first byte of a frame has no timeout: the caller bounds that wait (an idle timeout, a call
-/// deadline), with [`Framed::fill`] when it must tell that wait apart.
+/// must keep leaving, each step within it (slowloris; a peer that stops reading). With a frame
+/// timeout, a frame must also be whole within it from its first byte, however steadily it
+/// trickles. Waiting for the first byte of a frame has no timeout: the caller bounds that wait
+/// (an idle timeout, a call deadline), with [`Framed::fill`] when it must tell that wait apart.
 #[derive(Debug)]
 pub struct Framed<S> {
     stream: S,
     read: FrameBuffer,
     write: FrameQueue,
     stall_timeout: Option<Duration>,
+    frame_timeout: Option<Duration>,
+    /// When the frame under way began to arrive (or was found buffered behind another).
+    frame_started: Option<Instant>,
 }
 
 impl<S> Framed<S> {
@@ -37,7 +41,22 @@ impl<S> Framed<S> {
             read: FrameBuffer::new(max_frame),
             write: FrameQueue::new(),
             stall_timeout,
+            frame_timeout: None,
+            frame_started: None,
         }
+    }
+
+    /// Every frame must be whole within `limit` of its first byte ([`FramedError::Overdue`]).
+    pub fn with_frame_timeout(mut self, limit: Duration) -> Framed<S> {
+        self.frame_timeout = Some(limit);
+        self
+    }
+
+    /// The read buffer's storage past its free allowance is taken from `budget`
+    /// ([`FrameBuffer::with_budget`]).
+    pub fn with_budget(mut self, budget: ByteBudget) -> Framed<S> {
+        self.read = FrameBuffer::with_budget(self.read.max_frame(), budget);
+        self
     }
 
     pub fn get_ref(&self) -> &S {
@@ -76,7 +95,7 @@ impl<S> Framed<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// Reads once into the buffer, as much as has arrived, without a timeout; `Ok(0)` at the end
     /// of the stream. Cancel safe.
-    pub async fn fill(&mut self) -> io::Result<usize> {
+    pub async fn fill(&mut self) -> Result<usize, FramedError> {
         self.read.read_from(&mut self.stream).await
     }
 
@@ -85,19 +104,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, FramedError> {
         loop {
             if let Some(frame) = self.read.next_frame()? {
+                self.frame_started = (!self.read.is_empty()).then(Instant::now);
                 return Ok(Some(frame));
             }
-            let n = match self.stall_timeout {
-                Some(limit) if !self.read.is_empty() => {
+            let n = match self.frame_wait() {
+                Some((limit, overdue)) => {
                     match timeout(limit, self.read.read_from(&mut self.stream)).await {
                         Ok(n) => n?,
                         Err(_) => {
                             let (have, want) = self.read.progress();
-                            return Err(FramedError::Stalled { have, want });
+                            return Err(match overdue {
+                                true => FramedError::Overdue { have, want },
+                                false => FramedError::Stalled { have, want },
+                            });
                         }
                     }
                 }
-                _ => self.fill().await?,
+                None => self.fill().await?,
             };
             if n == 0 {
                 return if self.read.is_empty() {
@@ -106,6 +129,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                     Err(FramedError::Truncated)
                 };
             }
+        }
+    }
+
+    /// How long the next read of a frame under way may wait, and whether running out of that
+    /// is the frame deadline (rather than a stall); `None` between frames (no limit here).
+    fn frame_wait(&mut self) -> Option<(Duration, bool)> {
+        if self.read.is_empty() {
+            self.frame_started = None;
+            return None;
+        }
+        let started = *self.frame_started.get_or_insert_with(Instant::now);
+        let left = self
+            .frame_timeout
+            .map(|limit| (started + limit).saturating_duration_since(Instant::now()));
+        match (self.stall_timeout, left) {
+            (Some(stall), Some(left)) if left < stall => Some((left, true)),
+            (Some(stall), _) => Some((stall, false)),
+            (None, Some(left)) => Some((left, true)),
+            (None, None) => None,
         }
     }
 
