@@ -405,8 +405,12 @@ async fn frames_in_flight_share_one_budget_across_connections() {
     const BUDGET: usize = 4 << 20;
     const CONNECTIONS: usize = 16;
     const FRAME: usize = 1 << 20;
+    // Stall and frame deadlines past the hang guard: only the budget can close a connection
+    // within it.
     let runner = start_with(Config {
         max_buffered_bytes: BUDGET,
+        stall_timeout: Duration::from_secs(60),
+        frame_timeout: Duration::from_secs(60),
         ..Config::default()
     })
     .await;
@@ -417,7 +421,7 @@ async fn frames_in_flight_share_one_budget_across_connections() {
         senders.push(tokio::spawn(held_or_closed(gw, FRAME, closed.clone())));
     }
     // 16 MiB offered against 4 MiB: connections past the budget are refused, and the rest hold
-    // their frames (the stall timeout is the default 10 s, the hang guard twice that).
+    // their frames.
     let mut peak = 0;
     wait_for("connections past the budget to be closed", || {
         peak = peak.max(runner.runner().buffered_bytes());
