@@ -321,7 +321,7 @@ mod tests {
         let mut src = io.framed.queue().unsent();
         let mut chunk = vec![0; 4096];
         while frames.read_blocking(&mut src, &mut chunk).unwrap() > 0 {}
-        let mut codec = Protocol::Capnp.gateway_codec();
+        let codec = Protocol::Capnp.gateway_codec();
         std::iter::from_fn(|| frames.next_frame().unwrap())
             .map(|f| (f.ty, codec.decode_error_resp(&f.payload).ok()))
             .collect()
