@@ -7,9 +7,12 @@
 //! fetch) is read and dropped before the reply is written, so the stream stays in step.
 //!
 //! Limits (docs/HARDENING.md): a frame over `max_frame` closes the connection; a frame (or a
-//! reply) that stops making progress for `stall_timeout` closes it; so does `idle_timeout`
-//! with no call in flight; a call over `call_timeout` is answered SERVICE_UNAVAILABLE. Hits are
-//! logged through [`crate::limits`], one line per limit per interval.
+//! reply) that stops making progress for `stall_timeout`, or is not whole within
+//! `frame_timeout`, closes it; so does a frame the process-wide `max_buffered_bytes` has no room
+//! for (answered SERVICE_UNAVAILABLE first), and `idle_timeout` with no call in flight. A call
+//! over `call_timeout`, or reading more `extra_info` answers than `extra_info_budget`, is
+//! answered SERVICE_UNAVAILABLE, as is a reply too large to frame. Hits are logged through
+//! [`crate::limits`], one line per limit per interval.
 
 mod io;
 

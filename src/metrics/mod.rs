@@ -369,7 +369,8 @@ impl RunnerMetrics {
 
     /// Counts a refused prepare_conf by the plugin whose entry was refused: `_unknown` for a
     /// name the registry does not have (names the gateway sends are not a bounded label),
-    /// `_panicked` when a plugin panicked while preparing.
+    /// `_panicked` when a plugin panicked while preparing; `_too_large`, `_timeout`, `_busy`
+    /// for prepares refused by the cache's own bounds, whatever the plugins.
     pub(crate) fn refused(&self, registry: &Registry, error: &PrepareError) {
         if self.on.is_none() {
             return;
