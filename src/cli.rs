@@ -569,6 +569,39 @@ mod tests {
         assert_eq!(c.max_frame, 4096);
         assert_eq!(c.idle_timeout, Duration::from_secs(30));
         assert_eq!(c.stall_timeout, Duration::from_millis(250));
+        let budgets = Cli::try_parse_from([
+            "ext-plugin-runner",
+            "--conf-cache-bytes=1000",
+            "--max-conf-bytes=2000",
+            "--prepare-timeout-ms=3000",
+            "--max-prepares-in-flight=4",
+            "--extra-info-budget=5000",
+            "--max-buffered-bytes=6000",
+            "--frame-timeout-ms=7000",
+        ])
+        .unwrap()
+        .config()
+        .unwrap();
+        assert_eq!(
+            (
+                budgets.conf_cache_bytes,
+                budgets.max_conf_bytes,
+                budgets.prepare_timeout,
+                budgets.max_prepares_in_flight,
+                budgets.extra_info_budget,
+                budgets.max_buffered_bytes,
+                budgets.frame_timeout
+            ),
+            (
+                1000,
+                2000,
+                Duration::from_secs(3),
+                4,
+                5000,
+                6000,
+                Duration::from_secs(7)
+            )
+        );
         let d = Cli::try_parse_from(["ext-plugin-runner"])
             .unwrap()
             .config()
@@ -580,6 +613,14 @@ mod tests {
                 default.max_frame,
                 default.idle_timeout,
                 default.stall_timeout
+            )
+        );
+        assert_eq!(
+            (d.prepare_timeout, d.extra_info_budget, d.max_buffered_bytes),
+            (
+                default.prepare_timeout,
+                default.extra_info_budget,
+                default.max_buffered_bytes
             )
         );
     }

@@ -28,6 +28,7 @@ use tokio::time::{timeout_at, Instant};
 use tracing::{debug, warn};
 
 use crate::codec::{detect, Protocol, ProtocolSetting};
+use crate::conf_cache::MAX_KEY_LEN;
 use crate::frame::{Frame, FrameType};
 use crate::framed::FramedError;
 use crate::metrics::{CallOutcome, CloseReason, Meter};
@@ -233,8 +234,11 @@ impl Connection<'_> {
             Err(e) => {
                 scratch.meter.outcome = CallOutcome::Refused;
                 shared.metrics.refused(&shared.registry, &e);
-                if let Some(hits) = shared.limits.refused_prepares.hit(&req.key) {
-                    warn!(key = %req.key, hits, "prepare_conf refused: {e}");
+                // A key refused for its length is logged, and remembered by the log's throttle,
+                // only up to the length a key may have.
+                let key = truncated(&req.key, MAX_KEY_LEN);
+                if let Some(hits) = shared.limits.refused_prepares.hit(key) {
+                    warn!(key, hits, "prepare_conf refused: {e}");
                 }
                 io.queue_error(ErrorCode::BadRequest);
             }
@@ -325,6 +329,15 @@ impl Connection<'_> {
         });
         Ok(())
     }
+}
+
+/// The first `max` bytes of `s` at most, cut at a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// The bytes a request call's reply carries (strings, body): a floor of its encoded size.
