@@ -533,6 +533,8 @@ mod tests {
         CacheLimits {
             capacity,
             ttl: Duration::from_secs(60),
+            // Past the tests' hang guard: builds held at a gate are not refused under load.
+            prepare_timeout: Duration::from_secs(120),
             ..CacheLimits::from(&Config::default())
         }
     }
