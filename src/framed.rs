@@ -143,7 +143,8 @@ impl FrameBuffer {
 
     /// Gives back everything taken (the storage it covered is gone).
     fn uncover(&mut self) {
-        if let Some(budget) = &self.budget {
+        // Most calls fit the free allowance and took nothing: the shared counter is left alone.
+        if let (Some(budget), 1..) = (&self.budget, self.charged) {
             budget.give_back(std::mem::take(&mut self.charged));
         }
     }
