@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -542,4 +543,116 @@ fn the_defaults_hold_the_issues_bounds() {
         c.frame_timeout < Duration::from_secs(60),
         "below the gateway's read timeout"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The runner binary: its own memory, and what it logs of a refusal.
+
+/// The runner binary (built-in plugins only) on a fresh socket with `flags`, stderr kept; its
+/// socket and a connection to it.
+async fn spawn_binary(flags: &[&str]) -> (common::Spawned, PathBuf, FakeGateway) {
+    let socket = ext_plugin_runner::testing::temp_socket_path();
+    let child = common::runner_command(&socket)
+        .args(flags)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning the runner");
+    let spawned = common::Spawned(child);
+    let gw = common::connect_spawned(&socket).await;
+    (spawned, socket, gw)
+}
+
+/// The process's resident memory, from its own /proc/<pid>/status.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("the runner's /proc status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test]
+async fn the_runner_process_holds_no_more_than_its_frame_budget() {
+    const BUDGET: usize = 8 << 20;
+    const CONNECTIONS: usize = 16;
+    const FRAME: usize = 4 << 20;
+    let budget = BUDGET.to_string();
+    let (runner, socket, gw) = spawn_binary(&[
+        "--max-buffered-bytes",
+        &budget,
+        "--stall-timeout-ms",
+        "60000",
+        "--frame-timeout-ms",
+        "60000",
+    ])
+    .await;
+    drop(gw);
+    let pid = runner.0.id();
+    let before = rss_kib(pid);
+    let mut held = Vec::new();
+    let mut senders = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut gw = FakeGateway::connect(&socket, Protocol::Capnp)
+            .await
+            .unwrap();
+        senders.push(tokio::spawn(async move {
+            let mut bytes = FrameHeader::encode(FrameType::PrepareConf as u8, FRAME).to_vec();
+            bytes.resize(HEADER_LEN + FRAME - 1, b'x');
+            // Refused connections fail part way; the others are read whole but for one byte.
+            let _ = gw.send_raw(&bytes).await;
+            gw
+        }));
+    }
+    for s in senders {
+        held.push(
+            guarded("a frame's bytes to be read or refused", s)
+                .await
+                .unwrap(),
+        );
+    }
+    let during = rss_kib(pid);
+    println!(
+        "figures: runner binary, {CONNECTIONS} frames of {FRAME} bytes short of one, budget {BUDGET}: \
+         RSS {before} -> {during} KiB"
+    );
+    // 64 MiB offered; the budget, the connections' allowances and allocator slack stay far below.
+    assert!(
+        during.saturating_sub(before) < 3 * (BUDGET as u64 >> 10),
+        "RSS grew from {before} to {during} KiB against a budget of {BUDGET} bytes"
+    );
+    drop(held);
+}
+
+#[tokio::test]
+async fn refusals_by_size_name_the_limit_and_log_no_more_than_a_key() {
+    let (runner, _, mut gw) = spawn_binary(&["--max-conf-bytes", "1000"]).await;
+    let long_key = format!("route#{}#ext-plugin-pre-req#1", "k".repeat(64 * 1024));
+    assert!(refused(
+        &gw.prepare(&long_key, &[("debug-echo", "{}")]).await
+    ));
+    // Refused for its size before the plugin reads it.
+    let conf = format!(r#"{{"padding": "{}"}}"#, "b".repeat(2000));
+    let key = "route#big#ext-plugin-pre-req#1";
+    assert!(refused(&gw.prepare(key, &[("debug-echo", &conf)]).await));
+    drop(gw);
+    let mut child = runner;
+    let _ = child.0.kill();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    let key_line = stderr
+        .lines()
+        .find(|l| l.contains("conf key is"))
+        .unwrap_or_else(|| panic!("no line for the long key in: {stderr}"));
+    assert!(key_line.contains("over the limit of 4096"), "{key_line}");
+    assert!(
+        key_line.len() < 4096 + 512,
+        "a {} byte log line",
+        key_line.len()
+    );
+    let conf_line = stderr
+        .lines()
+        .find(|l| l.contains(key))
+        .unwrap_or_else(|| panic!("no line for {key} in: {stderr}"));
+    assert!(conf_line.contains("--max-conf-bytes"), "{conf_line}");
 }
