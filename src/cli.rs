@@ -118,9 +118,10 @@ pub struct Cli {
     pub prepare_timeout_ms: u64,
 
     /// Chains built at once, overdue builds included; further prepares wait for a slot until
-    /// their deadline.
+    /// their deadline. At most 256, half the blocking threads the runtime has, so hung builds
+    /// always leave some.
     #[arg(long, default_value_t = Config::default().max_prepares_in_flight as u64,
-          value_parser = clap::value_parser!(u64).range(1..=4096))]
+          value_parser = clap::value_parser!(u64).range(1..=256))]
     pub max_prepares_in_flight: u64,
 
     /// Connections served at once.
