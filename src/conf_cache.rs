@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -108,6 +108,8 @@ enum Slot {
     Building {
         waiters: watch::Sender<Option<Outcome>>,
         overdue: bool,
+        /// Which build: its ticket's number.
+        build: u64,
     },
 }
 
@@ -153,6 +155,8 @@ pub(crate) struct ConfCache {
     shard_bytes: usize,
     keys: Mutex<HashMap<Text, Slot>>,
     next_token: AtomicU32,
+    /// Numbers builds, so a late deadline cannot mark a later build of the same key overdue.
+    next_build: AtomicU64,
     limits: CacheLimits,
     /// Build slots ([`CacheLimits::builds`]); a build holds one until it returns.
     builds: Arc<Semaphore>,
@@ -198,6 +202,7 @@ impl ConfCache {
             shard_bytes: (limits.bytes / shards).max(1),
             keys: Mutex::new(HashMap::new()),
             next_token: AtomicU32::new(u32::from_le_bytes(seed)),
+            next_build: AtomicU64::new(0),
             builds: Arc::new(Semaphore::new(limits.builds.max(1))),
             limits,
             evictions: Default::default(),
@@ -312,7 +317,7 @@ impl ConfCache {
             let busy = PrepareError::Busy(self.limits.builds);
             return ticket.finish_at(Err(busy), Instant::now());
         };
-        let key = ticket.key.clone();
+        let (key, number) = (ticket.key.clone(), ticket.build);
         let mut built = tokio::task::spawn_blocking(move || {
             let chain = catch_unwind(AssertUnwindSafe(build))
                 .map_err(|_panic| PrepareError::Panicked)
@@ -325,7 +330,7 @@ impl ConfCache {
         // nothing waits on a build that will not finish.
         let joined = match tokio::time::timeout_at(deadline, &mut built).await {
             Ok(joined) => joined,
-            Err(_elapsed) if self.overdue(&key) => return Err(self.timed_out()),
+            Err(_elapsed) if self.overdue(&key, number) => return Err(self.timed_out()),
             // It finished just as the deadline passed: its outcome is the answer.
             Err(_elapsed) => built.await,
         };
@@ -334,14 +339,23 @@ impl ConfCache {
 
     /// Marks `key`'s build overdue and refuses its waiters; false when the build has finished
     /// meanwhile (its outcome is there to take).
-    fn overdue(&self, key: &Text) -> bool {
+    fn overdue(&self, key: &Text, build: u64) -> bool {
         if key.is_empty() {
             return true;
         }
         let mut keys = lock(&self.keys);
-        let Some(Slot::Building { waiters, overdue }) = keys.get_mut(key) else {
+        let Some(Slot::Building {
+            waiters,
+            overdue,
+            build: b,
+        }) = keys.get_mut(key)
+        else {
             return false;
         };
+        if *b != build {
+            // This build finished; the slot is a later prepare's.
+            return false;
+        }
         *overdue = true;
         waiters.send_replace(Some(Err(self.timed_out())));
         true
@@ -365,17 +379,20 @@ impl ConfCache {
         // the connection's whole read buffer while the chain builds. Once built, the index keys
         // by the chain's own copy instead.
         let key = Text::from(key.as_str().to_owned());
+        let build = self.next_build.fetch_add(1, Ordering::Relaxed);
         // An empty key cannot be deduplicated: every prepare gets its own build and token.
         if !key.is_empty() {
             let building = Slot::Building {
                 waiters: watch::channel(None).0,
                 overdue: false,
+                build,
             };
             keys.insert(key.clone(), building);
         }
         Begin::Build(Ticket {
             cache: self.clone(),
             key,
+            build,
             charge,
             finished: false,
         })
@@ -464,6 +481,8 @@ fn is_ready(keys: &HashMap<Text, Slot>, key: &Text, token: u32) -> bool {
 struct Ticket {
     cache: Arc<ConfCache>,
     key: Text,
+    /// Its build's number (the key's Building slot carries it too).
+    build: u64,
     /// The chain's accounted size.
     charge: usize,
     finished: bool,
@@ -574,6 +593,15 @@ mod tests {
             chain(key)
         })
         .unwrap()
+    }
+
+    /// A plugin's refusal.
+    fn refusal() -> ChainError {
+        ChainError {
+            index: 0,
+            plugin: "p".into(),
+            reason: "bad".into(),
+        }
     }
 
     /// Prepares of `key` waiting for its build.
@@ -709,11 +737,7 @@ mod tests {
         let Begin::Wait(waiter) = cache.begin_at(&k, ENTRY_OVERHEAD, Instant::now()) else {
             panic!("a key being built is waited for")
         };
-        let bad = ChainError {
-            index: 0,
-            plugin: "p".into(),
-            reason: "bad".into(),
-        };
+        let bad = refusal();
         let refused = ticket.finish_at(Err(bad.clone().into()), Instant::now());
         assert!(matches!(&refused, Err(PrepareError::Refused(e)) if *e == bad));
         assert!(matches!(&*waiter.borrow(), Some(Err(PrepareError::Refused(e))) if *e == bad));
@@ -840,6 +864,29 @@ mod tests {
             .prepare(&Text::from("other"), 0, || chain("other"))
             .await
             .is_ok());
+    }
+
+    #[test]
+    fn a_deadline_that_comes_late_leaves_the_next_build_of_the_key_alone() {
+        let cache = cache(10);
+        let k = Text::from("k");
+        let Begin::Build(first) = cache.begin_at(&k, ENTRY_OVERHEAD, Instant::now()) else {
+            panic!("a new key is built")
+        };
+        let first_build = first.build;
+        // The first build finishes just as its deadline passes; a new prepare builds again.
+        let _ = first.finish_at(Err(refusal().into()), Instant::now());
+        let Begin::Build(_second) = cache.begin_at(&k, ENTRY_OVERHEAD, Instant::now()) else {
+            panic!("a refused key is built again")
+        };
+        assert!(
+            !cache.overdue(&k, first_build),
+            "not the first build's slot"
+        );
+        assert!(matches!(
+            cache.begin_at(&k, ENTRY_OVERHEAD, Instant::now()),
+            Begin::Wait(_)
+        ));
     }
 
     #[test]
