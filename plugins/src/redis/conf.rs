@@ -440,18 +440,18 @@ mod tests {
                 "`redis_username` does not apply",
             ),
             (
-                r#""policy": "redis", "redis_host": "rh", "sync_interval": 0.5"#,
-                "sync_interval",
+                r#""policy": "redis", "redis_host": "rh", "sync_interval": 10"#,
+                "smaller than `time_window`",
+            ),
+            (
+                r#""policy": "redis", "redis_host": "rh", "sync_interval": 1, "window_type": "sliding""#,
+                "fixed window only",
             ),
             (
                 r#""policy": "redis", "redis_host": "rh", "sync_interval": 0.01"#,
                 "0.1",
             ),
             (r#""sync_interval": 1"#, "Redis policies only"),
-            (
-                r#""policy": "redis", "redis_host": "rh", "window_type": "sliding""#,
-                "sliding",
-            ),
             (
                 r#""policy": "redis", "redis_host": "rh", "redis_key_prefix": "{x}""#,
                 "redis_key_prefix",
@@ -472,6 +472,9 @@ mod tests {
             r#""policy": "redis", "redis_host": "unix:/nonexistent/r.sock", "fallback": "local", "redis_password": """#,
             r#""policy": "redis-cluster", "redis_cluster_name": "c", "redis_cluster_nodes": ["127.0.0.1:1", "[::1]:2"]"#,
             r#""policy": "redis", "redis_host": "rh", "sync_interval": -1, "redis_keepalive_pool": 5"#,
+            r#""policy": "redis", "redis_host": "rh", "sync_interval": 0.5, "window_type": "fixed""#,
+            r#""policy": "redis", "redis_host": "rh", "window_type": "sliding""#,
+            r#""policy": "redis", "redis_host": "rh", "specific_items": {"vip": 5}"#,
         ] {
             let conf = format!("{{{COUNT}, {ok}}}");
             prepare::<LimitCount>(&conf).unwrap_or_else(|e| panic!("{conf}: {e}"));
