@@ -484,10 +484,11 @@ mod tests {
         prepare::<LimitReq>(req).unwrap();
         let e = prepare::<LimitReq>(r#"{"rate": 1, "burst": 1, "redis_timeout": 5}"#).unwrap_err();
         assert!(e.contains("`redis_timeout` does not apply"), "{e}");
-        let conn = r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "policy": "redis", "redis_host": "rh"}"#;
-        assert!(prepare::<LimitConn>(conn)
-            .unwrap_err()
-            .contains("not supported"));
+        let conn = r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "policy": "redis", "redis_host": "rh""#;
+        prepare::<LimitConn>(&format!("{conn}}}")).unwrap();
+        prepare::<LimitConn>(&format!(r#"{conn}, "key_ttl": 5}}"#)).unwrap();
+        let e = prepare::<LimitConn>(&format!(r#"{conn}, "key_ttl": 0}}"#)).unwrap_err();
+        assert!(e.contains("`key_ttl` must be 1 to 86400"), "{e}");
         let e = prepare::<LimitConn>(
             r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "key_ttl": 60}"#,
         )

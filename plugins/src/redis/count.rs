@@ -53,10 +53,9 @@ return {1, redis.call('INCR', KEYS[1]), ttl}
 /// `KEYS[1]` a hash of bucket start (ms, Redis clock) → count; `ARGV` count, bucket length
 /// (ms), buckets. Returns `{admitted, used, ms until the oldest counted bucket leaves}`.
 static SLIDING: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        lua_now_ms!(),
         r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = tonumber(ARGV[1])
 local bucket = tonumber(ARGV[2])
 local span = bucket * tonumber(ARGV[3])
@@ -80,7 +79,7 @@ redis.call('PEXPIRE', KEYS[1], span)
 if oldest == nil then oldest = cur end
 return {1, used + 1, oldest + span - now}
 ",
-    )
+    ))
 });
 
 /// How a conf counts on Redis.

@@ -31,7 +31,8 @@ use crate::support::keyed::{lock, KeyedStore};
 /// `KEYS[1]` the counter; `ARGV` count, window (ms), want. Returns `{granted, used, pttl, end}`,
 /// `end` the window's end in ms on Redis's clock.
 static GRANT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        lua_now_ms!(),
         r"
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
@@ -55,11 +56,9 @@ if grant > 0 then
     redis.call('INCRBY', KEYS[1], grant)
   end
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return {grant, used + grant, ttl, now + ttl}
 ",
-    )
+    ))
 });
 
 /// The leased quota of one quota of a conf, per limit key.

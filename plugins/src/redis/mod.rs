@@ -6,6 +6,15 @@
 //! back, in this order: *(ext)* `fallback: "local"` decides with the in-process limiter;
 //! else `allow_degradation` lets the request pass; else 500, as APISIX answers.
 
+/// Lua that sets `now` to Redis's clock in milliseconds, for scripts to start with
+/// (`concat!(lua_now_ms!(), r"...")`): the gateways' clocks never enter a shared limit.
+macro_rules! lua_now_ms {
+    () => {
+        "local t = redis.call('TIME')\n\
+         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    };
+}
+
 pub mod backend;
 pub mod conf;
 pub mod conn;
