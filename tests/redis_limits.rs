@@ -636,3 +636,44 @@ async fn limit_conn_with_redis_paused_or_stopped_answers_by_the_failure_order() 
     }
     runner.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leasing_spends_its_grant_through_an_outage_and_then_fails_by_the_order() {
+    if !redis_available() {
+        return;
+    }
+    let (mut redis, runner, timeout, bound) = outage_setup().await;
+    let conf = format!(
+        r#"{{"count": 100, "time_window": 60, "sync_interval": 0.5, "policy": "redis",
+            "redis_host": "{}", "redis_timeout": {}}}"#,
+        redis.host(),
+        timeout.as_millis()
+    );
+    let mut gw = runner.connect().await;
+    let token = gw.prepare(PRE, &[("limit-count", &conf)]).await.unwrap();
+    let req = request(Method::Get, "/").with_src_ip("10.0.0.9");
+    // Enough requests for the grants to follow the rate, then time for the last refill to land.
+    for _ in 0..20 {
+        assert_eq!(status(&timed(&mut gw, token, &req).await.0), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.outage("stopped");
+    // Whatever was granted is spent without Redis; once the pool is empty each call fails as
+    // the conf says (500, no fallback), never waiting past the timeout.
+    let mut codes = Vec::new();
+    for _ in 0..30 {
+        let (a, took) = timed(&mut gw, token, &req).await;
+        assert!(took < bound, "waited {took:?}");
+        codes.push(status(&a));
+    }
+    assert_eq!(codes[0], 200, "the pool held tokens: {codes:?}");
+    let first_500 = codes
+        .iter()
+        .position(|&c| c == 500)
+        .expect("the pool empties");
+    assert!(
+        codes[first_500..].iter().all(|&c| c == 500),
+        "after the pool emptied: {codes:?}"
+    );
+    runner.stop().await;
+}

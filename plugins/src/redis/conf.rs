@@ -456,6 +456,10 @@ mod tests {
                 r#""policy": "redis", "redis_host": "rh", "redis_key_prefix": "{x}""#,
                 "redis_key_prefix",
             ),
+            (
+                r#""policy": "redis", "redis_host": "rh", "warm_up_period_sec": 10"#,
+                "`warm_up_period_sec` keeps per-runner state",
+            ),
             (r#""policy": "etcd""#, "`policy` must be"),
             (
                 r#""policy": "redis", "redis_host": "rh", "redis_bogus": 1"#,
@@ -482,6 +486,11 @@ mod tests {
         let req = r#"{"rate": 1, "burst": 1, "policy": "redis-cluster", "redis_cluster_name": "c",
                       "redis_cluster_nodes": ["127.0.0.1:1"]}"#;
         prepare::<LimitReq>(req).unwrap();
+        let e = prepare::<LimitReq>(
+            r#"{"rate": 1, "burst": 1, "policy": "redis", "redis_host": "rh", "specific_items": {"a": 2}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("`specific_items` / `pattern` keeps"), "{e}");
         let e = prepare::<LimitReq>(r#"{"rate": 1, "burst": 1, "redis_timeout": 5}"#).unwrap_err();
         assert!(e.contains("`redis_timeout` does not apply"), "{e}");
         let conn = r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "policy": "redis", "redis_host": "rh""#;
