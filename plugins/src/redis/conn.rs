@@ -4,7 +4,7 @@
 //!   `conn + burst` add this request with the score `now + lease` (Redis `TIME`, so the
 //!   gateways' clocks do not matter) and keep the key alive one lease. The answer is the
 //!   request's place `n`, from which the delay is computed as the local limiter does.
-//! * The member is `<runner instance>:<n>`, unique across runners (a random instance id per
+//! * The member is `<runner instance>:<pid>:<n>`, unique across runners (a random id per
 //!   process) and requests (a counter), never the client's request id, which may repeat.
 //! * The lease is `key_ttl` when set, else `lease_timeout` (30 s by default): a runner that dies
 //!   holding slots frees them within one lease (APISIX's default `key_ttl` is an hour).
