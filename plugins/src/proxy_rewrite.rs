@@ -31,7 +31,7 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::restriction;
+use crate::support::patterns::Budget;
 use crate::support::few::Few;
 use crate::support::template::{self, Template};
 use ext_plugin_sdk::*;
@@ -357,17 +357,20 @@ impl Plugin for ProxyRewrite {
                     "`regex_uri` must be pairs: [regex, replacement, regex, replacement, ...]",
                 ))
             }
-            Some(list) => list
+            Some(list) => {
+                let mut budget = Budget::default();
+                list
                 .chunks(2)
                 .enumerate()
                 .map(|(i, pair)| {
-                    let re = restriction::regex(&format!("regex_uri[{}]", 2 * i), &pair[0])?;
+                    let re = budget.regex(&format!("regex_uri[{}]", 2 * i), &pair[0], false)?;
                     let sub = SubTemplate::parse(&pair[1]).map_err(|why| {
                         ConfError::new(format!("`regex_uri[{}]` {:?}: {why}", 2 * i + 1, pair[1]))
                     })?;
                     Ok((re, sub))
                 })
-                .collect::<Result<_, ConfError>>()?,
+                .collect::<Result<_, ConfError>>()?
+            }
         };
         let host = match conf.host {
             Some(h) if !valid_host(&h) => {
