@@ -266,8 +266,12 @@ fn stable_hash(s: &str) -> u64 {
 /// One rule; its regexes count against `budget`, the conf's.
 pub(crate) fn rule(i: usize, c: RuleConf, budget: &mut Budget) -> Result<Rule, ConfError> {
     let field = format!("rules[{i}]");
-    let matches = c.match_.as_ref().map(Vec::len).or(c.http_match.as_ref().map(Vec::len));
-    check_len(&format!("{field}.match"), matches.unwrap_or(0), MAX_MATCHES)?;
+    if let Some(m) = &c.match_ {
+        check_len(&format!("{field}.match"), m.len(), MAX_MATCHES)?;
+    }
+    if let Some(m) = &c.http_match {
+        check_len(&format!("{field}.http_match"), m.len(), MAX_MATCHES)?;
+    }
     check_len(&format!("{field}.weighted_tags"), c.weighted_tags.len(), MAX_TAGS)?;
     let matcher = match (c.match_, c.http_match) {
         (Some(_), Some(_)) => {

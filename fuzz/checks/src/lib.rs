@@ -17,6 +17,9 @@ use ext_plugin_runner::model::{
 };
 use ext_plugin_runner::Registry;
 
+mod conf_calls;
+pub use conf_calls::{conf_call_seeds, conf_calls};
+
 /// Frame target: splits arbitrary bytes into frames as a connection's read buffer would, and
 /// checks that every byte is accounted for and that a re-framed payload splits back the same.
 pub fn frames(data: &[u8]) {
