@@ -16,7 +16,7 @@ use ext_plugin_runner::Registry;
 use ext_plugin_sdk::harness::{Harness, LocalGateway};
 use ext_plugin_sdk::Clock;
 
-use crate::{registry, ENTRY_SEP, NAME_SEP};
+use crate::{parse_chain, registry};
 
 /// Numbers at the edges: past u64, negative, fractional, not numbers at all.
 const EXTREMES: &[&str] = &[
@@ -34,17 +34,9 @@ const EXTREMES: &[&str] = &[
 pub fn conf_calls(data: &[u8]) {
     static BUILTIN: OnceLock<Registry> = OnceLock::new();
     let registry = BUILTIN.get_or_init(registry);
-    let mut chain: Vec<(&str, &str)> = Vec::new();
-    for entry in data.split(|&b| b == ENTRY_SEP) {
-        let (name, conf) = match entry.iter().position(|&b| b == NAME_SEP) {
-            Some(i) => (&entry[..i], &entry[i + 1..]),
-            None => (entry, &[][..]),
-        };
-        let (Ok(name), Ok(conf)) = (std::str::from_utf8(name), std::str::from_utf8(conf)) else {
-            return;
-        };
-        chain.push((name, conf));
-    }
+    let Some(chain) = parse_chain(data) else {
+        return;
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
