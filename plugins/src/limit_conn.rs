@@ -164,8 +164,12 @@ impl Slot {
     /// The unit delay learns from a request's latency: `unit = (latency + unit)/2`.
     fn learn(&self, latency: Option<u64>) {
         if let Some(latency) = latency {
+            // The gateway's `request_time` is not trusted to be small: a latency past the
+            // longest delay the plugin would ever add teaches it nothing more, and the mean is
+            // taken without an overflowing sum.
+            let latency = latency.min(secs_to_nanos(MAX_DELAY_SECS));
             let unit = self.unit_delay.load(Ordering::Relaxed);
-            self.unit_delay.store((latency + unit) / 2, Ordering::Relaxed);
+            self.unit_delay.store(latency / 2 + unit / 2 + (latency & unit & 1), Ordering::Relaxed);
         }
     }
 }
@@ -509,6 +513,21 @@ mod tests {
         // The same response again holds nothing any more.
         post.response_filter(&mut resp.call()).await.unwrap();
         assert_eq!(acquire(&pre).await, None);
+    }
+
+    /// Issue 11 #5: the gateway's `request_time` may be anything; learning from it must not
+    /// overflow (a panic in debug builds, a wrapped unit delay in release).
+    #[test]
+    fn extreme_latencies_are_capped_not_wrapped() {
+        let slot = Slot {
+            in_flight: AtomicU64::new(1),
+            unit_delay: AtomicU64::new(u64::MAX),
+        };
+        slot.release(Some(u64::MAX));
+        let cap = secs_to_nanos(MAX_DELAY_SECS);
+        assert_eq!(slot.unit_delay.load(Ordering::Relaxed), u64::MAX / 2 + cap / 2);
+        slot.release(Some(u64::MAX));
+        assert!(slot.unit_delay.load(Ordering::Relaxed) <= u64::MAX / 4 + cap);
     }
 
     #[tokio::test(start_paused = true)]

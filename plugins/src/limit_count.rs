@@ -654,6 +654,23 @@ mod tests {
         assert_eq!((v.admitted, v.remaining, v.reset_in), (true, 2, 10 * S));
     }
 
+    /// Issue 11 #5: the longest windows (and a window past them, refused) never admit a second
+    /// request of a `count` of 1, fixed or sliding.
+    #[tokio::test]
+    async fn huge_windows_never_admit_past_the_count() {
+        for window in ["18446744073", "9007199254740991", "\"18446744073\""] {
+            for kind in ["fixed", "sliding"] {
+                let conf = format!(r#"{{"count": 1, "time_window": {window}, "window_type": "{kind}"}}"#);
+                let p = plugin(&conf, &TestEnv::default().with_clock(Clock::manual())).await.unwrap();
+                let flows = [run(&p, request(Method::Get, "/")).await.0, run(&p, request(Method::Get, "/")).await.0];
+                assert_eq!(flows[0], Flow::Continue, "{conf}");
+                assert!(matches!(&flows[1], Flow::Stop(s) if s.status == 503), "{conf}");
+            }
+        }
+        let e = plugin(r#"{"count": 1, "time_window": 36028797018963968}"#, &TestEnv::default()).await.err().unwrap();
+        assert!(e.message().contains("time_window"), "{e}");
+    }
+
     #[test]
     fn sliding_window_smooths_a_boundary_burst() {
         let fixed = counters(WindowType::Fixed);
@@ -861,3 +878,4 @@ mod tests {
         assert!(e.message().contains("group"), "{e}");
     }
 }
+

@@ -17,6 +17,9 @@ use ext_plugin_runner::model::{
 };
 use ext_plugin_runner::Registry;
 
+mod conf_calls;
+pub use conf_calls::{conf_call_seeds, conf_calls};
+
 /// Frame target: splits arbitrary bytes into frames as a connection's read buffer would, and
 /// checks that every byte is accounted for and that a re-framed payload splits back the same.
 pub fn frames(data: &[u8]) {
@@ -116,21 +119,33 @@ pub const NAME_SEP: u8 = 0x00;
 pub fn confs(data: &[u8]) {
     static BUILTIN: OnceLock<Registry> = OnceLock::new();
     let registry = BUILTIN.get_or_init(registry);
-    let mut req = PrepareConfReq {
-        key: "route#fuzz#ext-plugin-pre-req#1".into(),
-        conf: Vec::new(),
+    let Some(chain) = parse_chain(data) else {
+        return;
     };
-    for entry in data.split(|&b| b == ENTRY_SEP) {
-        let (name, conf) = match entry.iter().position(|&b| b == NAME_SEP) {
-            Some(i) => (&entry[..i], &entry[i + 1..]),
-            None => (entry, &[][..]),
-        };
-        let (Ok(name), Ok(conf)) = (std::str::from_utf8(name), std::str::from_utf8(conf)) else {
-            return;
-        };
-        req.conf.push(Pair::new(name.to_owned(), conf.to_owned()));
-    }
+    let req = PrepareConfReq {
+        key: "route#fuzz#ext-plugin-pre-req#1".into(),
+        conf: chain
+            .into_iter()
+            .map(|(name, conf)| Pair::new(name.to_owned(), conf.to_owned()))
+            .collect(),
+    };
     let _ = registry.check(&req);
+}
+
+/// A conf-target input as `(plugin, conf)` pairs; `None` when a part is not UTF-8.
+pub fn parse_chain(data: &[u8]) -> Option<Vec<(&str, &str)>> {
+    data.split(|&b| b == ENTRY_SEP)
+        .map(|entry| {
+            let (name, conf) = match entry.iter().position(|&b| b == NAME_SEP) {
+                Some(i) => (&entry[..i], &entry[i + 1..]),
+                None => (entry, &[][..]),
+            };
+            Some((
+                std::str::from_utf8(name).ok()?,
+                std::str::from_utf8(conf).ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// Every built-in plugin, with an (empty) OpenSergo rule store so that `opensergo` confs are

@@ -13,6 +13,7 @@
 //! * [`lease`]: request ↔ response correlation with expiring leases.
 //! * [`vars`]: variables in either phase, for the engines above.
 //! * [`specific_items`]: per-key thresholds and key patterns for the limiters.
+//! * [`patterns`]: every regex a conf brings, compiled once under size and count bounds.
 //! * [`warm_up`]: Sentinel's warm-up curve for the limiters.
 
 pub mod amount;
@@ -22,6 +23,7 @@ pub mod few;
 pub mod key;
 pub mod keyed;
 pub mod lease;
+pub mod patterns;
 pub mod reject;
 pub mod specific_items;
 pub mod template;
