@@ -268,15 +268,17 @@ const REALISTIC: [(&str, &str); 3] = [
     ("request-id", "{}"),
 ];
 
-/// TODO(issue 15): the realistic chain still allocates. What is left, per call: one boxed
-/// future per plugin (chain dispatch, 3), the plugins' own values (limit-count's key and
-/// header values, request-id's id) and, for Cap'n Proto, the message builder's segment table of
-/// the rewrite reply (capnp-rust allocates it per message; only a continue reply is copied
-/// from a template). Pinned at today's figures so that any growth fails.
+/// TODO(issue 15): the realistic chain still allocates, 10 times per call (11 in Cap'n Proto):
+/// one boxed future per plugin (chain dispatch, 3), the plugins' own values (the rest: limit-count's
+/// key and rate-limit header values, request-id's id) and, for Cap'n Proto, the message
+/// builder's segment table of the rewrite reply (capnp-rust allocates it per message built;
+/// only a continue reply is copied from a template). Decoding and the empty chain allocate
+/// nothing. Pinned at today's figures so that any growth fails.
 #[test]
 fn a_call_through_the_realistic_chain_allocates_no_more_than_today() {
-    for (p, today) in [(Protocol::Capnp, 99.0), (Protocol::FlatBuffers, 99.0)] {
+    for (p, today) in [(Protocol::Capnp, 11.0), (Protocol::FlatBuffers, 10.0)] {
         let per_call = allocations_per_call(p, &REALISTIC);
+        eprintln!("{p}: {per_call} allocations per call through the realistic chain");
         assert!(
             per_call <= today,
             "{p}: {per_call} allocations per call, more than {today}"
