@@ -269,11 +269,11 @@ const REALISTIC: [(&str, &str); 3] = [
 ];
 
 /// TODO(issue 15): the realistic chain still allocates, 10 times per call (11 in Cap'n Proto):
-/// one boxed future per plugin (chain dispatch, 3), the plugins' own values (the rest: limit-count's
-/// key and rate-limit header values, request-id's id) and, for Cap'n Proto, the message
-/// builder's segment table of the rewrite reply (capnp-rust allocates it per message built;
-/// only a continue reply is copied from a template). Decoding and the empty chain allocate
-/// nothing. Pinned at today's figures so that any growth fails.
+/// one boxed future per plugin (chain dispatch, 3), the plugins' own values (the rest:
+/// limit-count's key and rate-limit header values, request-id's id) and, for Cap'n Proto, the
+/// message builder's segment table of the rewrite reply (capnp-rust allocates it per message
+/// built; only a continue reply is copied from a template). Decoding and the empty chain
+/// allocate nothing. Pinned at today's figures so that any growth fails.
 #[test]
 fn a_call_through_the_realistic_chain_allocates_no_more_than_today() {
     for (p, today) in [(Protocol::Capnp, 11.0), (Protocol::FlatBuffers, 10.0)] {

@@ -5,8 +5,9 @@
 //! The runner reads incoming buffers with its own bounds-checked reader (`table`), field by
 //! field as it needs them, without an upfront verification of the whole buffer; a call's
 //! headers and arguments are only located ([`Entries`]), their text read when a plugin asks.
-//! Strings come out as [`Text`] slices of the payload, so decoding copies nothing. Replies are built with the crate's `FlatBufferBuilder`, kept per connection so its
-//! buffer is reused from reply to reply.
+//! Strings come out as [`Text`] slices of the payload, so decoding copies nothing. Replies are
+//! built with the crate's `FlatBufferBuilder`, kept per connection so its buffer is reused from
+//! reply to reply.
 //!
 //! Wire quirks kept here: an absent `TextEntry.value` is `None` (a bare flag / a deletion); an
 //! absent `ExtraInfo.Resp.result` is `None`, an empty one `Some("")`; `Rewrite.body` and
