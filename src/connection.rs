@@ -54,9 +54,14 @@ struct Scratch {
     meter: Meter,
 }
 
+/// Entries a decoded list keeps room for between calls. Calls rarely carry more than a few
+/// dozen headers; a larger one (up to [`crate::codec::MAX_ENTRIES`]) gives its room back after
+/// the call, so an idle connection never pins what one oversized frame needed.
+const KEEP_ENTRIES: usize = 128;
+
 impl Scratch {
     /// Drops what the last call decoded, so the read buffer's storage is no longer shared and
-    /// can be reused for the next frame.
+    /// can be reused for the next frame, and gives back room an oversized call grew.
     fn release(&mut self) {
         self.prepare.conf.clear();
         self.prepare.key = Default::default();
@@ -67,6 +72,22 @@ impl Scratch {
         self.resp_req.headers.clear();
         self.call.reset();
         self.resp.reset();
+        self.req.args.shrink_to(KEEP_ENTRIES);
+        self.req.headers.shrink_to(KEEP_ENTRIES);
+        self.prepare.conf.shrink_to(KEEP_ENTRIES);
+        self.req.extra_info.shrink_to(KEEP_ENTRIES);
+        self.resp_req.headers.shrink_to(KEEP_ENTRIES);
+    }
+
+    /// Bytes of decode storage kept between calls.
+    #[cfg(test)]
+    fn retained_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.req.args.capacity_bytes()
+            + self.req.headers.capacity_bytes()
+            + self.prepare.conf.capacity() * size_of::<crate::model::Pair>()
+            + self.req.extra_info.capacity() * size_of::<crate::model::DataPair>()
+            + self.resp_req.headers.capacity() * size_of::<crate::model::Pair>()
     }
 }
 
@@ -510,4 +531,38 @@ fn answer_unavailable(io: &mut Io) -> Result<(), Close> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::codec::MAX_ENTRIES;
+    use crate::model::Pair;
+
+    /// Issue 11 #3: after a call of the most entries a frame may carry, the connection keeps a
+    /// small, fixed amount of decode storage, whatever the frame held.
+    #[test]
+    fn an_oversized_call_leaves_little_storage_behind() {
+        let mut scratch = Scratch::default();
+        let frame = Bytes::from(vec![b'x'; 16]);
+        for entries in [&mut scratch.req.headers, &mut scratch.req.args] {
+            entries.start(&frame, MAX_ENTRIES);
+            for _ in 0..MAX_ENTRIES {
+                entries
+                    .push_located(&frame[..1], Some(&frame[1..]))
+                    .unwrap();
+            }
+            assert!(!entries.as_pairs().is_empty());
+        }
+        for list in [&mut scratch.prepare.conf, &mut scratch.resp_req.headers] {
+            list.extend((0..MAX_ENTRIES).map(|_| Pair::new("x", "y")));
+        }
+        let full = scratch.retained_bytes();
+        scratch.release();
+        let kept = scratch.retained_bytes();
+        assert!(kept < 32 * 1024, "{kept} bytes kept (from {full})");
+        assert!(full > 4 * kept, "the test filled the vectors");
+    }
 }

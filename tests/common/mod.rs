@@ -267,3 +267,13 @@ pub async fn fresh_call_works(runner: &TestRunner, p: Protocol) {
     })
     .await
 }
+
+/// The test process's resident set (both ends of in-process runners), in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
