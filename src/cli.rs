@@ -13,8 +13,10 @@ use tracing_subscriber::EnvFilter;
 use crate::codec::ProtocolSetting;
 use crate::config::{
     parse_listen_address, Config, DEFAULT_CONF_EXPIRE_SECS, DEFAULT_LISTEN_ADDRESS,
+    MAX_CONF_EXPIRE_SECS,
 };
 use crate::frame::MAX_PAYLOAD;
+use crate::log_fields::SafeFields;
 use crate::log_format::{JsonLines, LogFormat};
 use crate::metrics::{parse_metrics_address, DEFAULT_MAX_ROUTES};
 use crate::server::{serve, Listener, Runner};
@@ -78,7 +80,7 @@ pub struct Cli {
     /// The gateway's conf cache expiry in seconds; prepared chains are kept 1.2 x this long
     /// after their last use.
     #[arg(long, env = "APISIX_CONF_EXPIRE_TIME", default_value_t = DEFAULT_CONF_EXPIRE_SECS,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = parse_conf_expire)]
     pub conf_expire: u64,
 
     /// Payload protocol: `auto` (decided per connection from its first frame), `flatbuffers`
@@ -268,13 +270,32 @@ impl Cli {
     /// with clap's message and status 2 on a usage error, and after printing `--help` or
     /// `--version`.
     pub fn parse_for(about: About) -> Cli {
+        Cli::parse_args_for(about, std::env::args_os())
+    }
+
+    /// [`Cli::parse_for`] with the arguments given (the first is the program's name).
+    pub fn parse_args_for<I, T>(about: About, args: I) -> Cli
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
         let command = <Cli as clap::CommandFactory>::command()
             .name(about.name)
             .bin_name(about.name)
             .version(about.version)
             .about(about.description);
-        let matches = command.get_matches();
+        let matches = command.get_matches_from(args);
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// `APISIX_CONF_EXPIRE_TIME` / `--conf-expire`: whole seconds, 1 to [`MAX_CONF_EXPIRE_SECS`],
+/// checked before anything listens (a value past the range once panicked after "listening").
+fn parse_conf_expire(value: &str) -> Result<u64, String> {
+    let range = format!("APISIX_CONF_EXPIRE_TIME (--conf-expire) must be whole seconds from 1 to {MAX_CONF_EXPIRE_SECS} (ten years)");
+    match value.trim().parse::<u64>() {
+        Ok(secs) if (1..=MAX_CONF_EXPIRE_SECS).contains(&secs) => Ok(secs),
+        _ => Err(range),
     }
 }
 
@@ -296,7 +317,17 @@ fn log_filter(flag: Option<&str>, env: Option<&str>) -> Result<EnvFilter, String
 /// A runner with plugins of your own is one line: `fn main() -> ExitCode {
 /// cli::run(ext_plugin_catalogue::builtin().with::<MyPlugin>(), ext_plugin_runner::about!()) }`.
 pub fn run(registry: Registry, about: About) -> ExitCode {
-    let cli = Cli::parse_for(about);
+    run_with_args(registry, about, std::env::args_os())
+}
+
+/// [`run`] with the arguments given instead of the process's (the first is the program's name):
+/// for a runner embedded in another program, and for tests that spawn one.
+pub fn run_with_args<I, T>(registry: Registry, about: About, args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_args_for(about, args);
     let name = about.name;
     if cli.list_plugins {
         for name in registry.names() {
@@ -335,6 +366,7 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
     };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(SafeFields)
         .with_writer(std::io::stderr);
     match cli.log_format {
         // The gateway copies stderr into its error log: colour only on a terminal.
@@ -370,7 +402,7 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
         }
     };
 
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let listener = match Listener::bind(&config.listen) {
             Ok(l) => l,
             Err(e) => {
@@ -405,8 +437,18 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
         })
         .await;
         ExitCode::SUCCESS
-    })
+    });
+    // A prepare blocked in a plugin (a FIFO, a pathological conf) holds a blocking-pool thread
+    // that no timeout can stop; dropping the runtime would wait for it. Its connection was
+    // answered by now, so leave it behind: returning from main ends the process.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    code
 }
+
+/// At exit, how long the runtime may take to drop what is left (tasks already cancelled).
+/// With the drain timeout (800 ms) and the abandon grace (50 ms) this keeps a SIGTERM under the
+/// gateway's 1 s.
+const RUNTIME_GRACE: Duration = Duration::from_millis(50);
 
 /// Prints panics (a plugin's are answered SERVICE_UNAVAILABLE and the runner lives on) through
 /// the log, at most one line per interval with a count: a plugin that panics on every request

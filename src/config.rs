@@ -14,6 +14,10 @@ pub const DEFAULT_LISTEN_ADDRESS: &str = "unix:/tmp/ext-plugin-runner.sock";
 /// APISIX's default `APISIX_CONF_EXPIRE_TIME`, in seconds.
 pub const DEFAULT_CONF_EXPIRE_SECS: u64 = 3600;
 
+/// The largest `APISIX_CONF_EXPIRE_TIME` accepted: ten years. Anything longer means "never" to an
+/// operator, and the chain's keep time (1.2 x this) must stay a representable duration.
+pub const MAX_CONF_EXPIRE_SECS: u64 = 10 * 365 * 24 * 3600;
+
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The Unix socket path.
@@ -75,9 +79,12 @@ impl Default for Config {
 }
 
 impl Config {
-    /// How long a chain is kept after its last use.
+    /// How long a chain is kept after its last use: 1.2 x `conf_expire`, saturating (a
+    /// `Config` built in code is not range-checked like the command line is).
     pub fn conf_ttl(&self) -> Duration {
-        self.conf_expire.mul_f64(1.2)
+        self.conf_expire
+            .checked_mul(6)
+            .map_or(Duration::MAX, |d| d / 5)
     }
 }
 
@@ -132,5 +139,14 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.conf_ttl(), Duration::from_secs(4320));
+    }
+
+    #[test]
+    fn a_huge_expiry_saturates_instead_of_panicking() {
+        let c = Config {
+            conf_expire: Duration::from_secs(u64::MAX),
+            ..Config::default()
+        };
+        assert_eq!(c.conf_ttl(), Duration::MAX);
     }
 }

@@ -29,7 +29,8 @@
 //!   read → serve → write loop and its `extra_info` exchanges), `conf_cache` (tokens → chains),
 //!   [`config`] and [`cli`] (settings), `limits` (one log line per limit hit, not one per event).
 //! * Operating: [`metrics`] (the Prometheus endpoint and what it counts), [`check`] (the
-//!   offline conf checker), [`log_format`] (JSON log lines).
+//!   offline conf checker), [`log_format`] (JSON log lines), `log_fields` (peer strings in log
+//!   lines escaped and cut).
 //! * [`testing`]: a fake gateway that drives a runner over a real socket, for integration tests
 //!   of a whole runner and its plugins.
 
@@ -45,6 +46,7 @@ mod connection;
 pub mod frame;
 pub mod framed;
 mod limits;
+mod log_fields;
 pub mod log_format;
 pub mod metrics;
 mod proto;

@@ -5,7 +5,8 @@
 //! do) and, when dropped, removes the file only if it is still the one it created (on a gateway
 //! reload a new runner may already listen on the same path). [`serve`] accepts until its
 //! shutdown future resolves, then stops accepting, lets calls in flight finish for the drain
-//! timeout, and returns.
+//! timeout, answers the calls still running with an error frame (not a bare end of stream), and
+//! returns: the whole stop fits in the gateway's 1 s (docs/HARDENING.md).
 
 use std::fs;
 use std::io;
@@ -36,6 +37,9 @@ pub(crate) struct Shared {
     pub(crate) state: StateRegistry,
     pub(crate) limits: Limits,
     pub(crate) metrics: RunnerMetrics,
+    /// Set when the drain timeout has passed: connections answer the call they are serving with
+    /// SERVICE_UNAVAILABLE and close.
+    pub(crate) abandon: watch::Sender<bool>,
 }
 
 /// A configured runner: settings, plugins, and the conf cache they fill.
@@ -61,6 +65,7 @@ impl Runner {
             state: StateRegistry::with_metrics(metrics.registry().clone()),
             limits: Limits::default(),
             metrics,
+            abandon: watch::Sender::new(false),
         });
         metrics::watch_conf_cache(&shared);
         Runner { shared }
@@ -220,7 +225,9 @@ pub async fn serve(
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                warn!(error = %e, "accept failed; retrying in {backoff:?}");
+                if let Some(hits) = shared.limits.accept_failures.hit() {
+                    warn!(error = %e, hits, "accept failed; retrying in {backoff:?}");
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
@@ -231,6 +238,8 @@ pub async fn serve(
     // fast instead of waiting on a runner that is leaving.
     drop(listener);
     let _ = stop_tx.send(true);
+    // Connections that ended since the last accept are still in the set: they are not in flight.
+    while connections.try_join_next().is_some() {}
     let in_flight = connections.len();
     let drained = tokio::time::timeout(shared.config.drain_timeout, async {
         while connections.join_next().await.is_some() {}
@@ -240,10 +249,22 @@ pub async fn serve(
         Ok(()) => info!(connections = in_flight, "drained; exiting"),
         Err(_) => {
             warn!(
+                connections = in_flight,
                 left = connections.len(),
-                "calls still running after {:?}; abandoning them", shared.config.drain_timeout
+                "calls still running after {:?}; answering them SERVICE_UNAVAILABLE",
+                shared.config.drain_timeout
             );
+            // Each connection answers its call and closes; one whose gateway does not read the
+            // answer within the grace is cut off.
+            shared.abandon.send_replace(true);
+            let _ = tokio::time::timeout(ABANDON_GRACE, async {
+                while connections.join_next().await.is_some() {}
+            })
+            .await;
             connections.shutdown().await;
         }
     }
 }
+
+/// After the drain timeout, how long connections get to send their calls' error frames.
+pub(crate) const ABANDON_GRACE: Duration = Duration::from_millis(50);

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use crate::codec::RunnerCodec;
 use crate::config::Config;
 use crate::frame::{Frame, FrameType};
 use crate::framed::{Framed, FramedError};
+use crate::limits::LimitLog;
 use crate::model::{ErrorCode, ExtraInfoReq};
 use ext_plugin_sdk::host::GatewayVars;
 use ext_plugin_sdk::PluginError;
@@ -35,6 +37,9 @@ pub(super) enum Close {
     Idle,
     #[error("{0}")]
     Gateway(String),
+    /// Shutting down past the drain timeout: the call in flight was answered with an error.
+    #[error("call abandoned at shutdown")]
+    Abandoned,
 }
 
 impl From<std::io::Error> for Close {
@@ -112,7 +117,11 @@ impl Io {
             .queue()
             .push_with(ty as u8, |out| encode(codec.as_mut(), out))
         {
-            warn!(error = %e, frame = ?ty, "reply cannot be framed; answering SERVICE_UNAVAILABLE");
+            // A chain that answers too much does so on every request: one line per interval.
+            static OVERSIZED_REPLIES: LazyLock<LimitLog> = LazyLock::new(LimitLog::default);
+            if let Some(hits) = OVERSIZED_REPLIES.hit() {
+                warn!(error = %e, frame = ?ty, hits, "reply cannot be framed; answering SERVICE_UNAVAILABLE");
+            }
             self.queue_error(ErrorCode::ServiceUnavailable);
         }
     }
