@@ -19,6 +19,7 @@ use crate::frame::MAX_PAYLOAD;
 use crate::log_fields::SafeFields;
 use crate::log_format::{JsonLines, LogFormat};
 use crate::metrics::{parse_metrics_address, DEFAULT_MAX_ROUTES};
+use crate::peers::AllowPeers;
 use crate::server::{serve, Listener, Runner};
 use ext_plugin_catalogue::opensergo;
 use ext_plugin_sdk::{Plugin, Registry};
@@ -104,6 +105,16 @@ pub struct Cli {
     /// Connections served at once.
     #[arg(long, default_value_t = Config::default().max_connections)]
     pub max_connections: usize,
+
+    /// Who may connect, by the peer's credentials: `gateway` (the runner's own user, root, and
+    /// the processes of the gateway that spawned it), `any`, or `uid:N` / `gid:N`; a
+    /// comma-separated list admits the union (docs/operations.md).
+    #[arg(long, value_name = "RULES", default_value_t = AllowPeers::default())]
+    pub allow_peers: AllowPeers,
+
+    /// Connections one peer uid may hold at once; the default is half of --max-connections.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_uid: Option<u64>,
 
     /// Deadline of one call in milliseconds (plugins plus extra_info round trips).
     #[arg(long, default_value_t = Config::default().call_timeout.as_millis() as u64)]
@@ -253,6 +264,12 @@ impl Cli {
             protocol: self.protocol,
             conf_cache_capacity: self.conf_cache_capacity,
             max_connections: self.max_connections,
+            allow_peers: self.allow_peers.clone(),
+            max_connections_per_uid: self
+                .max_connections_per_uid
+                .map_or((self.max_connections / 2).max(1), |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             // The parser capped it at MAX_PAYLOAD, which fits any usize.
             max_frame: self.max_frame as usize,
@@ -423,6 +440,7 @@ where
         info!(
             path = %config.listen.display(),
             protocol = %config.protocol,
+            allow_peers = %config.allow_peers,
             metrics = %config.metrics_listen.as_ref().map_or("off".to_owned(), |a| a.to_string()),
             plugins = ?registry.names(),
             "listening"
@@ -596,6 +614,39 @@ mod tests {
         let err = bad.unwrap().config().unwrap_err();
         assert!(err.contains("--metrics-listen"), "{err}");
         assert!(Cli::try_parse_from(["ext-plugin-runner", "--metrics-max-routes", "0"]).is_err());
+    }
+
+    #[test]
+    fn peer_flags_reach_the_config() {
+        let d = Cli::try_parse_from(["ext-plugin-runner"]).unwrap();
+        let c = d.config().unwrap();
+        assert_eq!(c.allow_peers, crate::peers::AllowPeers::default());
+        assert_eq!(c.max_connections_per_uid, c.max_connections / 2);
+        let cli = Cli::try_parse_from([
+            "ext-plugin-runner",
+            "--allow-peers",
+            "uid:1001,gid:7",
+            "--max-connections-per-uid",
+            "3",
+        ])
+        .unwrap();
+        let c = cli.config().unwrap();
+        assert_eq!(c.allow_peers.to_string(), "uid:1001,gid:7");
+        assert_eq!(c.max_connections_per_uid, 3);
+        assert!(Cli::try_parse_from(["ext-plugin-runner", "--allow-peers", "nobody"]).is_err());
+    }
+
+    #[test]
+    fn the_conf_expiry_is_range_checked_before_anything_listens() {
+        for bad in ["0", "18446744073709551615", "1e9", "ten"] {
+            let err = Cli::try_parse_from(["ext-plugin-runner", "--conf-expire", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("APISIX_CONF_EXPIRE_TIME"), "{bad}: {err}");
+        }
+        let max = MAX_CONF_EXPIRE_SECS.to_string();
+        let c = Cli::try_parse_from(["ext-plugin-runner", "--conf-expire", &max]).unwrap();
+        assert!(c.config().unwrap().conf_ttl() > Duration::from_secs(MAX_CONF_EXPIRE_SECS));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::codec::ProtocolSetting;
 use crate::frame::MAX_PAYLOAD;
 use crate::metrics::{MetricsAddress, DEFAULT_MAX_ROUTES};
+use crate::peers::AllowPeers;
 use ext_plugin_sdk::Clock;
 
 /// Where the runner listens when neither `APISIX_LISTEN_ADDRESS` nor `--listen` says.
@@ -30,6 +31,10 @@ pub struct Config {
     pub conf_cache_capacity: usize,
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Who may connect, by the peer's credentials ([`crate::peers`]).
+    pub allow_peers: AllowPeers,
+    /// Connections one peer uid may hold at once; a further one is closed unanswered.
+    pub max_connections_per_uid: usize,
     /// A call (plugins and extra_info round trips) that takes longer is answered with
     /// SERVICE_UNAVAILABLE. Below the gateway's 60 s read timeout.
     pub call_timeout: Duration,
@@ -66,6 +71,8 @@ impl Default for Config {
             protocol: ProtocolSetting::Auto,
             conf_cache_capacity: 65_536,
             max_connections: 4096,
+            allow_peers: AllowPeers::default(),
+            max_connections_per_uid: 2048,
             call_timeout: Duration::from_secs(55),
             drain_timeout: Duration::from_millis(800),
             max_frame: MAX_PAYLOAD,

@@ -25,7 +25,8 @@
 //!   whole frames, async or blocking, and a gateway's `extra_info` answer loop, shared by the
 //!   server, the fake gateway and the replayer), [`codec`] (payload ⇄ [`model`], one codec per
 //!   protocol; `proto` holds the code generated from `schema/`).
-//! * Serving: [`server`] (socket file, accept loop, drain), `connection` (one connection's
+//! * Serving: [`server`] (socket file, accept loop, drain), [`peers`] (who may connect),
+//!   `connection` (one connection's
 //!   read → serve → write loop and its `extra_info` exchanges), `conf_cache` (tokens → chains),
 //!   [`config`] and [`cli`] (settings), `limits` (one log line per limit hit, not one per event).
 //! * Operating: [`metrics`] (the Prometheus endpoint and what it counts), [`check`] (the
@@ -49,6 +50,7 @@ mod limits;
 mod log_fields;
 pub mod log_format;
 pub mod metrics;
+pub mod peers;
 mod proto;
 pub mod server;
 pub mod testing;

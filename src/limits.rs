@@ -162,6 +162,10 @@ pub(crate) struct Limits {
     pub(crate) refused_prepares: KeyedLimitLog,
     /// accept(2) failures (out of file descriptors): retried with a backoff, logged per interval.
     pub(crate) accept_failures: LimitLog,
+    /// Connections refused by `--allow-peers`, per peer uid.
+    pub(crate) refused_peers: KeyedLimitLog,
+    /// Connections closed by `--max-connections-per-uid`, per peer uid.
+    pub(crate) peer_connections: KeyedLimitLog,
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! [`Listener::bind`] owns the socket file's life cycle: it replaces a stale socket, refuses to
 //! replace anything else, opens the file to the gateway's workers (mode 0766, as stock runners
-//! do) and, when dropped, removes the file only if it is still the one it created (on a gateway
+//! do; [`crate::peers`] then checks who connected) and, when dropped, removes the file only if it is still the one it created (on a gateway
 //! reload a new runner may already listen on the same path). [`serve`] accepts until its
 //! shutdown future resolves, then stops accepting, lets calls in flight finish for the drain
 //! timeout, answers the calls still running with an error frame (not a bare end of stream), and
@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::connection;
 use crate::limits::Limits;
 use crate::metrics::{self, RunnerMetrics};
+use crate::peers::PeerPolicy;
 use ext_plugin_sdk::host::StateRegistry;
 use ext_plugin_sdk::metrics::Metrics;
 use ext_plugin_sdk::Registry;
@@ -40,6 +41,7 @@ pub(crate) struct Shared {
     /// Set when the drain timeout has passed: connections answer the call they are serving with
     /// SERVICE_UNAVAILABLE and close.
     pub(crate) abandon: watch::Sender<bool>,
+    pub(crate) peers: PeerPolicy,
 }
 
 /// A configured runner: settings, plugins, and the conf cache they fill.
@@ -59,6 +61,7 @@ impl Runner {
             None => RunnerMetrics::default(),
         };
         let shared = Arc::new(Shared {
+            peers: PeerPolicy::new(config.allow_peers.clone(), config.max_connections_per_uid),
             config,
             registry,
             cache,
@@ -215,12 +218,16 @@ pub async fn serve(
         match accepted {
             Ok((stream, _)) => {
                 backoff = Duration::from_millis(1);
+                // A peer `--allow-peers` refuses, or over its uid's share, is dropped unanswered.
+                let Some(peer) = shared.peers.admit(&stream, &shared.limits) else {
+                    continue;
+                };
                 shared.metrics.connection_opened();
                 let shared = shared.clone();
                 let stop = stop_rx.clone();
                 connections.spawn(async move {
                     connection::serve(stream, shared, stop).await;
-                    drop(permit);
+                    drop((permit, peer));
                 });
             }
             Err(e) => {
