@@ -10,8 +10,10 @@
 //!   were when the runner started, and their direct children. Under APISIX the parent is the
 //!   privileged agent and the grandparent the nginx master, whose children are the workers.
 //!   An ancestor counts only while it is the same process (its start time, from
-//!   `/proc/<pid>/stat`, unchanged: a dead gateway's reused pid admits nobody), and never when
-//!   it is pid 1 (init adopts every orphan, so "a child of init" means nothing).
+//!   `/proc/<pid>/stat`, unchanged: a dead gateway's reused pid admits nobody), and not when it
+//!   is pid 1 (init adopts every orphan, so "a child of init" means nothing) unless it is the
+//!   grandparent and runs the parent's executable: a gateway's master as a container's init
+//!   (APISIX's Docker image), the parent being its privileged agent.
 //!
 //! `any` admits everyone; `uid:N` and `gid:N` (the peer's effective primary gid) admit exactly
 //! those; a comma-separated list admits the union (`gateway,uid:1001`). A list without
@@ -136,7 +138,7 @@ pub(crate) struct PeerPolicy {
 impl PeerPolicy {
     pub(crate) fn new(allow: AllowPeers, max_per_uid: usize) -> PeerPolicy {
         let ancestors = if allow.0.contains(&Allow::Gateway) {
-            ancestors(std::process::id(), read_proc)
+            ancestors(std::process::id(), read_proc, same_exe)
         } else {
             Vec::new()
         };
@@ -210,16 +212,34 @@ impl PeerPolicy {
     }
 }
 
-/// The runner's parent and grandparent (`pid`'s), stopping at init.
-fn ancestors(pid: u32, proc: impl Fn(u32) -> Option<Proc>) -> Vec<Proc> {
-    let mut found = Vec::new();
+/// The runner's parent and grandparent (`pid`'s). Pid 1 adopts every orphan, so it is not
+/// taken for the gateway, with one exception: a grandparent at pid 1 running the same
+/// executable as the parent is a gateway's master as a container's init (APISIX's image
+/// `exec`s openresty; the privileged agent that spawns the runner is its fork). `same_exe`
+/// compares two processes' executables (false when they cannot be read).
+fn ancestors(
+    pid: u32,
+    proc: impl Fn(u32) -> Option<Proc>,
+    same_exe: impl Fn(u32, u32) -> bool,
+) -> Vec<Proc> {
+    let mut found: Vec<Proc> = Vec::new();
     let mut next = proc(pid).map(|p| p.ppid);
-    while let Some(ppid) = next.filter(|&p| p > 1 && found.len() < 2) {
+    while let Some(ppid) = next.filter(|_| found.len() < 2) {
+        let master_as_init = |parent: &Proc| ppid == 1 && same_exe(parent.pid, 1);
+        if ppid == 0 || (ppid == 1 && !found.first().is_some_and(master_as_init)) {
+            break;
+        }
         let Some(p) = proc(ppid) else { break };
         found.push(p);
         next = Some(p.ppid);
     }
     found
+}
+
+/// Whether two processes run the same executable (`/proc/<pid>/exe`).
+fn same_exe(a: u32, b: u32) -> bool {
+    let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    matches!((exe(a), exe(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// Connections per peer uid. Bounded: a uid with no connection has no entry.
@@ -305,18 +325,44 @@ mod tests {
 
     #[test]
     fn the_ancestors_are_the_parent_and_grandparent_never_init() {
-        let found = ancestors(120, table(PROCS));
-        assert_eq!(found.iter().map(|p| p.pid).collect::<Vec<_>>(), [110, 100]);
-        assert!(
-            ancestors(110, table(PROCS)).iter().all(|p| p.pid != 1),
+        assert_eq!(pids(&ancestors(120, table(PROCS), never_same)), [110, 100]);
+        assert_eq!(
+            pids(&ancestors(110, table(PROCS), never_same)),
+            [100],
             "stops at init"
         );
-        assert!(ancestors(201, table(PROCS)).iter().all(|p| p.pid != 1));
+        assert_eq!(pids(&ancestors(201, table(PROCS), never_same)), [200]);
+        let always_same = |_, _| true;
+        assert!(
+            ancestors(200, table(PROCS), always_same).is_empty(),
+            "init as the parent never counts"
+        );
+    }
+
+    fn never_same(_: u32, _: u32) -> bool {
+        false
+    }
+
+    fn pids(found: &[Proc]) -> Vec<u32> {
+        found.iter().map(|p| p.pid).collect()
+    }
+
+    #[test]
+    fn a_master_running_as_a_containers_init_counts() {
+        // The container: master 1 → privileged agent 7 → runner 9; a worker 8.
+        let procs = [(1, 0, 1), (7, 1, 5), (9, 7, 6), (8, 1, 5)];
+        let forks_of_init = |a: u32, b: u32| [a, b].iter().all(|p| [1, 7].contains(p));
+        let found = ancestors(9, table(&procs), forks_of_init);
+        assert_eq!(pids(&found), [7, 1]);
+        let p = policy("gateway", found);
+        assert!(p.admits(65534, 65534, Some(8), table(&procs)), "the worker");
+        // A host whose init is something else: the agent's parent at pid 1 is not the gateway.
+        assert_eq!(pids(&ancestors(9, table(&procs), never_same)), [7]);
     }
 
     #[test]
     fn the_gateway_rule_admits_the_workers_own_uid_and_root_only() {
-        let p = policy("gateway", ancestors(120, table(PROCS)));
+        let p = policy("gateway", ancestors(120, table(PROCS), never_same));
         let admits = |uid, pid| p.admits(uid, 65534, Some(pid), table(PROCS));
         assert!(admits(65534, 101), "a worker of the master");
         assert!(admits(65534, 110), "the agent itself");
@@ -329,7 +375,7 @@ mod tests {
 
     #[test]
     fn a_dead_gateways_reused_pid_admits_nobody() {
-        let p = policy("gateway", ancestors(120, table(PROCS)));
+        let p = policy("gateway", ancestors(120, table(PROCS), never_same));
         // The master died; pid 100 now belongs to a later process, parent of 300.
         let reused = [(100, 1, 999), (300, 100, 1000)];
         assert!(!p.admits(65534, 65534, Some(300), table(&reused)));
