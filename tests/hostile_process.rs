@@ -131,6 +131,8 @@ async fn the_drain_log_counts_only_the_connections_still_open() {
         assert!(Instant::now() < deadline, "the runner never saw the closes");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The gauge moves in the closing task's last step; leave it time to end.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     runner.sigterm();
     assert!(runner.exited("a drain of idle connections").success());
     let log = runner.log();
