@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -21,6 +20,7 @@ use crate::log_format::{JsonLines, LogFormat};
 use crate::metrics::{parse_metrics_address, DEFAULT_MAX_ROUTES};
 use crate::peers::AllowPeers;
 use crate::server::{serve, Listener, Runner};
+use crate::signals;
 use ext_plugin_catalogue::opensergo;
 use ext_plugin_sdk::{Plugin, Registry};
 
@@ -427,13 +427,10 @@ where
                 return ExitCode::FAILURE;
             }
         };
-        let (mut term, mut int) = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(t), Ok(i)) => (t, i),
-            (Err(e), _) | (_, Err(e)) => {
-                error!("cannot install signal handlers: {e}");
+        let stop = match signals::watch(config.drain_timeout + signals::HARD_EXIT_MARGIN) {
+            Ok(stop) => stop,
+            Err(e) => {
+                error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
@@ -448,9 +445,10 @@ where
         let registry = cli.opensergo.provide(registry);
         let runner = Runner::new(config, registry);
         serve(listener, runner, async move {
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM: draining"),
-                _ = int.recv() => info!("SIGINT: draining"),
+            match stop.await {
+                Ok(name) => info!("{name}: draining"),
+                // The watcher never ends without a signal; should it, keep serving.
+                Err(_) => std::future::pending().await,
             }
         })
         .await;

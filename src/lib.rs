@@ -26,6 +26,7 @@
 //!   server, the fake gateway and the replayer), [`codec`] (payload ⇄ [`model`], one codec per
 //!   protocol; `proto` holds the code generated from `schema/`).
 //! * Serving: [`server`] (socket file, accept loop, drain), [`peers`] (who may connect),
+//!   `signals` (SIGTERM watched off the serving runtime, and the exit deadline),
 //!   `connection` (one connection's
 //!   read → serve → write loop and its `extra_info` exchanges), `conf_cache` (tokens → chains),
 //!   [`config`] and [`cli`] (settings), `limits` (one log line per limit hit, not one per event).
@@ -53,6 +54,7 @@ pub mod metrics;
 pub mod peers;
 mod proto;
 pub mod server;
+mod signals;
 pub mod testing;
 
 pub use config::Config;

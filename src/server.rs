@@ -268,7 +268,9 @@ pub async fn serve(
                 while connections.join_next().await.is_some() {}
             })
             .await;
-            connections.shutdown().await;
+            // Not `shutdown().await`: a task whose plugin blocks its worker thread never ends,
+            // and waiting for it would keep the process alive. Dropping the set aborts the rest.
+            connections.abort_all();
         }
     }
 }

@@ -192,15 +192,7 @@ async fn sigterm_answers_a_call_still_running_at_the_drain_deadline() {
 async fn sigterm_exits_while_a_prepare_is_stuck_in_a_plugin() {
     let socket = temp_socket_path();
     let entered = socket.with_extension("entered");
-    let mut command = child(Role::Runner);
-    command
-        .env(
-            "APISIX_LISTEN_ADDRESS",
-            format!("unix:{}", socket.display()),
-        )
-        .env("APISIX_CONF_EXPIRE_TIME", "3600")
-        .stdout(Stdio::null());
-    let mut runner = Logged::spawn_command(command, &socket, &[]);
+    let mut runner = Logged::spawn_command(child_runner(&socket), &socket, &[]);
     let mut gw = connect_spawned(&socket).await;
     let conf = serde_json::json!({ "entered": entered }).to_string();
     let prepare = tokio::spawn(async move {
@@ -209,14 +201,7 @@ async fn sigterm_exits_while_a_prepare_is_stuck_in_a_plugin() {
             .await;
         (gw, answer)
     });
-    let deadline = Instant::now() + GUARD;
-    while !entered.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the prepare never reached the plugin"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    reached(&entered, "the prepare").await;
 
     let signalled = runner.sigterm();
     let status = runner.exited("a runner with a prepare stuck in a plugin");
@@ -232,6 +217,40 @@ async fn sigterm_exits_while_a_prepare_is_stuck_in_a_plugin() {
     assert!(status.success(), "{status:?}: {}", runner.log());
     eprintln!("exit {took:?} after SIGTERM");
     let _ = std::fs::remove_file(&entered);
+}
+
+#[tokio::test]
+async fn sigterm_exits_while_a_plugin_blocks_its_worker_thread() {
+    let socket = temp_socket_path();
+    let entered = socket.with_extension("entered");
+    let mut runner = Logged::spawn_command(child_runner(&socket), &socket, &[]);
+    let mut gw = connect_spawned(&socket).await;
+    let conf = serde_json::json!({ "entered": entered }).to_string();
+    let token = gw
+        .prepare("route#1#ext-plugin-pre-req#1", &[("blocking", &conf)])
+        .await
+        .unwrap();
+    let call = tokio::spawn(async move { gw.call(token, &request(Method::Get, "/")).await });
+    reached(&entered, "the call").await;
+
+    let signalled = runner.sigterm();
+    let status = wait_exit(&mut runner.child.0, EXIT_BOUND)
+        .unwrap_or_else(|| panic!("still running after SIGTERM: {}", runner.log()));
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status:?}: {}", runner.log());
+    // The blocked call cannot be answered (its task never runs again); the socket closes.
+    assert!(guarded("the blocked call", call).await.unwrap().is_err());
+    eprintln!("exit {took:?} after SIGTERM");
+    let _ = std::fs::remove_file(&entered);
+}
+
+/// Waits until a test plugin has written `entered`: `what` reached the plugin.
+async fn reached(entered: &Path, what: &str) {
+    let deadline = Instant::now() + GUARD;
+    while !entered.exists() {
+        assert!(Instant::now() < deadline, "{what} never reached the plugin");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 // --- #13: log lines ------------------------------------------------------------------------
@@ -457,6 +476,19 @@ fn child(role: Role) -> Command {
     command
 }
 
+/// This test binary as a runner listening on `socket`.
+fn child_runner(socket: &Path) -> Command {
+    let mut command = child(Role::Runner);
+    command
+        .env(
+            "APISIX_LISTEN_ADDRESS",
+            format!("unix:{}", socket.display()),
+        )
+        .env("APISIX_CONF_EXPIRE_TIME", "3600")
+        .stdout(Stdio::null());
+    command
+}
+
 fn playing(role: &str) -> bool {
     std::env::var(ROLE).is_ok_and(|r| r == role)
 }
@@ -477,10 +509,38 @@ impl ext_plugin_sdk::Plugin for Stuck {
         conf: StuckConf,
         _: &mut ext_plugin_sdk::PrepareEnv<'_>,
     ) -> Result<Self, ext_plugin_sdk::ConfError> {
-        std::fs::write(&conf.entered, b"").unwrap();
-        loop {
-            std::thread::park();
-        }
+        enter_and_hang(&conf.entered)
+    }
+}
+
+/// Tells the test the plugin was reached, then blocks this thread for good.
+fn enter_and_hang(entered: &Path) -> ! {
+    std::fs::write(entered, b"").unwrap();
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Whose request filter writes the file `entered` names, then blocks its thread for good (a
+/// synchronous loop in async code: the bug no timeout can interrupt).
+struct Blocking(PathBuf);
+
+impl ext_plugin_sdk::Plugin for Blocking {
+    const NAME: &'static str = "blocking";
+    type Conf = StuckConf;
+
+    fn prepare(
+        conf: StuckConf,
+        _: &mut ext_plugin_sdk::PrepareEnv<'_>,
+    ) -> Result<Self, ext_plugin_sdk::ConfError> {
+        Ok(Blocking(conf.entered))
+    }
+
+    async fn request_filter(
+        &self,
+        _: &mut ext_plugin_sdk::RequestCall<'_>,
+    ) -> Result<ext_plugin_sdk::Flow, ext_plugin_sdk::PluginError> {
+        enter_and_hang(&self.0)
     }
 }
 
@@ -489,9 +549,13 @@ fn role_runner() {
     if !playing("runner") {
         return;
     }
-    let registry = ext_plugin_catalogue::builtin().with::<Stuck>();
+    let registry = ext_plugin_catalogue::builtin()
+        .with::<Stuck>()
+        .with::<Blocking>();
     let about = ext_plugin_runner::cli::About::runner();
-    let code = ext_plugin_runner::cli::run_with_args(registry, about, ["ext-plugin-runner"]);
+    // Two workers whatever the machine: one may be blocked by `blocking`, the other stops.
+    let args = ["ext-plugin-runner", "--workers", "2"];
+    let code = ext_plugin_runner::cli::run_with_args(registry, about, args);
     std::process::exit(if code == std::process::ExitCode::SUCCESS {
         0
     } else {
