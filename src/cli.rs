@@ -419,18 +419,20 @@ where
         }
     };
 
+    // Before the socket exists: a gateway that connects and at once stops the runner must find
+    // the signals handled.
+    let stop = match signals::watch(config.drain_timeout + signals::HARD_EXIT_MARGIN) {
+        Ok(stop) => stop,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let code = runtime.block_on(async move {
         let listener = match Listener::bind(&config.listen) {
             Ok(l) => l,
             Err(e) => {
                 error!("cannot listen on {}: {e}", config.listen.display());
-                return ExitCode::FAILURE;
-            }
-        };
-        let stop = match signals::watch(config.drain_timeout + signals::HARD_EXIT_MARGIN) {
-            Ok(stop) => stop,
-            Err(e) => {
-                error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
