@@ -6,18 +6,21 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 use crate::codec::ProtocolSetting;
 use crate::config::{
     parse_listen_address, Config, DEFAULT_CONF_EXPIRE_SECS, DEFAULT_LISTEN_ADDRESS,
+    MAX_CONF_EXPIRE_SECS,
 };
 use crate::frame::MAX_PAYLOAD;
+use crate::log_fields::SafeFields;
 use crate::log_format::{JsonLines, LogFormat};
 use crate::metrics::{parse_metrics_address, DEFAULT_MAX_ROUTES};
+use crate::peers::AllowPeers;
 use crate::server::{serve, Listener, Runner};
+use crate::signals;
 use ext_plugin_catalogue::opensergo;
 use ext_plugin_sdk::{Plugin, Registry};
 
@@ -78,7 +81,7 @@ pub struct Cli {
     /// The gateway's conf cache expiry in seconds; prepared chains are kept 1.2 x this long
     /// after their last use.
     #[arg(long, env = "APISIX_CONF_EXPIRE_TIME", default_value_t = DEFAULT_CONF_EXPIRE_SECS,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = parse_conf_expire)]
     pub conf_expire: u64,
 
     /// Payload protocol: `auto` (decided per connection from its first frame), `flatbuffers`
@@ -127,6 +130,16 @@ pub struct Cli {
     /// Connections served at once.
     #[arg(long, default_value_t = Config::default().max_connections)]
     pub max_connections: usize,
+
+    /// Who may connect, by the peer's credentials: `gateway` (the runner's own user, root, and
+    /// the processes of the gateway that spawned it), `any`, or `uid:N` / `gid:N`; a
+    /// comma-separated list admits the union (docs/operations.md).
+    #[arg(long, value_name = "RULES", default_value_t = AllowPeers::default())]
+    pub allow_peers: AllowPeers,
+
+    /// Connections one peer uid may hold at once; the default is half of --max-connections.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_uid: Option<u64>,
 
     /// Deadline of one call in milliseconds (plugins plus extra_info round trips).
     #[arg(long, default_value_t = Config::default().call_timeout.as_millis() as u64)]
@@ -294,6 +307,12 @@ impl Cli {
             protocol: self.protocol,
             conf_cache_capacity: self.conf_cache_capacity,
             max_connections: self.max_connections,
+            allow_peers: self.allow_peers.clone(),
+            max_connections_per_uid: self
+                .max_connections_per_uid
+                .map_or((self.max_connections / 2).max(1), |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             // The parser capped it at MAX_PAYLOAD, which fits any usize.
             max_frame: self.max_frame as usize,
@@ -318,12 +337,21 @@ impl Cli {
     /// with clap's message and status 2 on a usage error, and after printing `--help` or
     /// `--version`.
     pub fn parse_for(about: About) -> Cli {
+        Cli::parse_args_for(about, std::env::args_os())
+    }
+
+    /// [`Cli::parse_for`] with the arguments given (the first is the program's name).
+    pub fn parse_args_for<I, T>(about: About, args: I) -> Cli
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
         let command = <Cli as clap::CommandFactory>::command()
             .name(about.name)
             .bin_name(about.name)
             .version(about.version)
             .about(about.description);
-        let matches = command.get_matches();
+        let matches = command.get_matches_from(args);
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     }
 }
@@ -331,6 +359,16 @@ impl Cli {
 /// A count from the command line; past what memory can address it is as good as unbounded.
 fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// `APISIX_CONF_EXPIRE_TIME` / `--conf-expire`: whole seconds, 1 to [`MAX_CONF_EXPIRE_SECS`],
+/// checked before anything listens (a value past the range once panicked after "listening").
+fn parse_conf_expire(value: &str) -> Result<u64, String> {
+    let range = format!("APISIX_CONF_EXPIRE_TIME (--conf-expire) must be whole seconds from 1 to {MAX_CONF_EXPIRE_SECS} (ten years)");
+    match value.trim().parse::<u64>() {
+        Ok(secs) if (1..=MAX_CONF_EXPIRE_SECS).contains(&secs) => Ok(secs),
+        _ => Err(range),
+    }
 }
 
 /// The log filter: `--log`, else `RUST_LOG`, else `info`. A filter that does not parse is an
@@ -351,7 +389,17 @@ fn log_filter(flag: Option<&str>, env: Option<&str>) -> Result<EnvFilter, String
 /// A runner with plugins of your own is one line: `fn main() -> ExitCode {
 /// cli::run(ext_plugin_catalogue::builtin().with::<MyPlugin>(), ext_plugin_runner::about!()) }`.
 pub fn run(registry: Registry, about: About) -> ExitCode {
-    let cli = Cli::parse_for(about);
+    run_with_args(registry, about, std::env::args_os())
+}
+
+/// [`run`] with the arguments given instead of the process's (the first is the program's name):
+/// for a runner embedded in another program, and for tests that spawn one.
+pub fn run_with_args<I, T>(registry: Registry, about: About, args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_args_for(about, args);
     let name = about.name;
     if cli.list_plugins {
         for name in registry.names() {
@@ -390,6 +438,7 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
     };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(SafeFields)
         .with_writer(std::io::stderr);
     match cli.log_format {
         // The gateway copies stderr into its error log: colour only on a terminal.
@@ -425,7 +474,16 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
         }
     };
 
-    runtime.block_on(async move {
+    // Before the socket exists: a gateway that connects and at once stops the runner must find
+    // the signals handled.
+    let stop = match signals::watch(config.drain_timeout + signals::HARD_EXIT_MARGIN) {
+        Ok(stop) => stop,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async move {
         let listener = match Listener::bind(&config.listen) {
             Ok(l) => l,
             Err(e) => {
@@ -433,19 +491,10 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let (mut term, mut int) = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(t), Ok(i)) => (t, i),
-            (Err(e), _) | (_, Err(e)) => {
-                error!("cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
         info!(
             path = %config.listen.display(),
             protocol = %config.protocol,
+            allow_peers = %config.allow_peers,
             metrics = %config.metrics_listen.as_ref().map_or("off".to_owned(), |a| a.to_string()),
             plugins = ?registry.names(),
             "listening"
@@ -453,15 +502,26 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
         let registry = cli.opensergo.provide(registry);
         let runner = Runner::new(config, registry);
         serve(listener, runner, async move {
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM: draining"),
-                _ = int.recv() => info!("SIGINT: draining"),
+            match stop.await {
+                Ok(name) => info!("{name}: draining"),
+                // The watcher never ends without a signal; should it, keep serving.
+                Err(_) => std::future::pending().await,
             }
         })
         .await;
         ExitCode::SUCCESS
-    })
+    });
+    // A prepare blocked in a plugin (a FIFO, a pathological conf) holds a blocking-pool thread
+    // that no timeout can stop; dropping the runtime would wait for it. Its connection was
+    // answered by now, so leave it behind: returning from main ends the process.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    code
 }
+
+/// At exit, how long the runtime may take to drop what is left (tasks already cancelled).
+/// With the drain timeout (800 ms) and the abandon grace (50 ms) this keeps a SIGTERM under the
+/// gateway's 1 s.
+const RUNTIME_GRACE: Duration = Duration::from_millis(50);
 
 /// Prints panics (a plugin's are answered SERVICE_UNAVAILABLE and the runner lives on) through
 /// the log, at most one line per interval with a count: a plugin that panics on every request
@@ -650,6 +710,39 @@ mod tests {
         let err = bad.unwrap().config().unwrap_err();
         assert!(err.contains("--metrics-listen"), "{err}");
         assert!(Cli::try_parse_from(["ext-plugin-runner", "--metrics-max-routes", "0"]).is_err());
+    }
+
+    #[test]
+    fn peer_flags_reach_the_config() {
+        let d = Cli::try_parse_from(["ext-plugin-runner"]).unwrap();
+        let c = d.config().unwrap();
+        assert_eq!(c.allow_peers, crate::peers::AllowPeers::default());
+        assert_eq!(c.max_connections_per_uid, c.max_connections / 2);
+        let cli = Cli::try_parse_from([
+            "ext-plugin-runner",
+            "--allow-peers",
+            "uid:1001,gid:7",
+            "--max-connections-per-uid",
+            "3",
+        ])
+        .unwrap();
+        let c = cli.config().unwrap();
+        assert_eq!(c.allow_peers.to_string(), "uid:1001,gid:7");
+        assert_eq!(c.max_connections_per_uid, 3);
+        assert!(Cli::try_parse_from(["ext-plugin-runner", "--allow-peers", "nobody"]).is_err());
+    }
+
+    #[test]
+    fn the_conf_expiry_is_range_checked_before_anything_listens() {
+        for bad in ["0", "18446744073709551615", "1e9", "ten"] {
+            let err = Cli::try_parse_from(["ext-plugin-runner", "--conf-expire", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("APISIX_CONF_EXPIRE_TIME"), "{bad}: {err}");
+        }
+        let max = MAX_CONF_EXPIRE_SECS.to_string();
+        let c = Cli::try_parse_from(["ext-plugin-runner", "--conf-expire", &max]).unwrap();
+        assert!(c.config().unwrap().conf_ttl() > Duration::from_secs(MAX_CONF_EXPIRE_SECS));
     }
 
     #[test]

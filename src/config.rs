@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::codec::ProtocolSetting;
 use crate::frame::MAX_PAYLOAD;
 use crate::metrics::{MetricsAddress, DEFAULT_MAX_ROUTES};
+use crate::peers::AllowPeers;
 use ext_plugin_sdk::Clock;
 
 /// Where the runner listens when neither `APISIX_LISTEN_ADDRESS` nor `--listen` says.
@@ -13,6 +14,10 @@ pub const DEFAULT_LISTEN_ADDRESS: &str = "unix:/tmp/ext-plugin-runner.sock";
 
 /// APISIX's default `APISIX_CONF_EXPIRE_TIME`, in seconds.
 pub const DEFAULT_CONF_EXPIRE_SECS: u64 = 3600;
+
+/// The largest `APISIX_CONF_EXPIRE_TIME` accepted: ten years. Anything longer means "never" to an
+/// operator, and the chain's keep time (1.2 x this) must stay a representable duration.
+pub const MAX_CONF_EXPIRE_SECS: u64 = 10 * 365 * 24 * 3600;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -44,6 +49,10 @@ pub struct Config {
     pub max_buffered_bytes: usize,
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Who may connect, by the peer's credentials ([`crate::peers`]).
+    pub allow_peers: AllowPeers,
+    /// Connections one peer uid may hold at once; a further one is closed unanswered.
+    pub max_connections_per_uid: usize,
     /// A call (plugins and extra_info round trips) that takes longer is answered with
     /// SERVICE_UNAVAILABLE. Below the gateway's 60 s read timeout.
     pub call_timeout: Duration,
@@ -89,6 +98,8 @@ impl Default for Config {
             extra_info_budget: 64 << 20,
             max_buffered_bytes: 192 << 20,
             max_connections: 4096,
+            allow_peers: AllowPeers::default(),
+            max_connections_per_uid: 2048,
             call_timeout: Duration::from_secs(55),
             drain_timeout: Duration::from_millis(800),
             max_frame: MAX_PAYLOAD,
@@ -103,9 +114,12 @@ impl Default for Config {
 }
 
 impl Config {
-    /// How long a chain is kept after its last use.
+    /// How long a chain is kept after its last use: 1.2 x `conf_expire`, saturating (a
+    /// `Config` built in code is not range-checked like the command line is).
     pub fn conf_ttl(&self) -> Duration {
-        self.conf_expire.mul_f64(1.2)
+        self.conf_expire
+            .checked_mul(6)
+            .map_or(Duration::MAX, |d| d / 5)
     }
 }
 
@@ -160,5 +174,14 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.conf_ttl(), Duration::from_secs(4320));
+    }
+
+    #[test]
+    fn a_huge_expiry_saturates_instead_of_panicking() {
+        let c = Config {
+            conf_expire: Duration::from_secs(u64::MAX),
+            ..Config::default()
+        };
+        assert_eq!(c.conf_ttl(), Duration::MAX);
     }
 }

@@ -177,6 +177,7 @@ impl Connection<'_> {
         // frame that fits none gets BAD_REQUEST (in the default codec) and decides nothing, so
         // one bad frame cannot pin the connection to a protocol its gateway does not speak.
         let mut undecided = self.shared.config.protocol == ProtocolSetting::Auto;
+        let mut abandon = self.shared.abandon.subscribe();
         while let Some(frame) = self.io.next_frame(shutdown).await? {
             if undecided {
                 if let Some(p) = detect(&frame.payload) {
@@ -187,7 +188,15 @@ impl Connection<'_> {
                 }
             }
             self.scratch.meter = self.shared.metrics.start(frame.ty);
-            let result = self.serve_frame(frame).await;
+            let result = tokio::select! {
+                biased;
+                r = self.serve_frame(frame) => r,
+                // Past the drain timeout the call is answered here, not left to a bare EOF.
+                _ = abandon.wait_for(|a| *a) => {
+                    self.io.queue_error(ErrorCode::ServiceUnavailable);
+                    Err(Close::Abandoned)
+                }
+            };
             self.shared.metrics.finish(&self.scratch.meter);
             self.scratch.release();
             self.io.flush().await?;
@@ -421,6 +430,7 @@ fn close_reason(result: &Result<(), Close>, shutting_down: bool) -> CloseReason 
             FramedError::Io(_) | FramedError::Unframeable(_) => CloseReason::Io,
         },
         Err(Close::Gateway(_)) => CloseReason::Protocol,
+        Err(Close::Abandoned) => CloseReason::Shutdown,
     }
 }
 

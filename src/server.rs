@@ -2,10 +2,11 @@
 //!
 //! [`Listener::bind`] owns the socket file's life cycle: it replaces a stale socket, refuses to
 //! replace anything else, opens the file to the gateway's workers (mode 0766, as stock runners
-//! do) and, when dropped, removes the file only if it is still the one it created (on a gateway
+//! do; [`crate::peers`] then checks who connected) and, when dropped, removes the file only if it is still the one it created (on a gateway
 //! reload a new runner may already listen on the same path). [`serve`] accepts until its
 //! shutdown future resolves, then stops accepting, lets calls in flight finish for the drain
-//! timeout, and returns.
+//! timeout, answers the calls still running with an error frame (not a bare end of stream), and
+//! returns: the whole stop fits in the gateway's 1 s (docs/HARDENING.md).
 
 use std::fs;
 use std::io;
@@ -25,6 +26,7 @@ use crate::connection;
 use crate::framed::ByteBudget;
 use crate::limits::Limits;
 use crate::metrics::{self, RunnerMetrics};
+use crate::peers::PeerPolicy;
 use ext_plugin_sdk::host::StateRegistry;
 use ext_plugin_sdk::metrics::Metrics;
 use ext_plugin_sdk::Registry;
@@ -39,6 +41,10 @@ pub(crate) struct Shared {
     pub(crate) metrics: RunnerMetrics,
     /// What every connection's frames still arriving may hold together.
     pub(crate) buffers: ByteBudget,
+    /// Set when the drain timeout has passed: connections answer the call they are serving with
+    /// SERVICE_UNAVAILABLE and close.
+    pub(crate) abandon: watch::Sender<bool>,
+    pub(crate) peers: PeerPolicy,
 }
 
 /// A configured runner: settings, plugins, and the conf cache they fill.
@@ -56,12 +62,14 @@ impl Runner {
         };
         let shared = Arc::new(Shared {
             buffers: ByteBudget::new(config.max_buffered_bytes),
+            peers: PeerPolicy::new(config.allow_peers.clone(), config.max_connections_per_uid),
             config,
             registry,
             cache,
             state: StateRegistry::with_metrics(metrics.registry().clone()),
             limits: Limits::default(),
             metrics,
+            abandon: watch::Sender::new(false),
         });
         metrics::watch_conf_cache(&shared);
         Runner { shared }
@@ -228,17 +236,23 @@ pub async fn serve(
         match accepted {
             Ok((stream, _)) => {
                 backoff = Duration::from_millis(1);
+                // A peer `--allow-peers` refuses, or over its uid's share, is dropped unanswered.
+                let Some(peer) = shared.peers.admit(&stream, &shared.limits) else {
+                    continue;
+                };
                 shared.metrics.connection_opened();
                 let shared = shared.clone();
                 let stop = stop_rx.clone();
                 connections.spawn(async move {
                     connection::serve(stream, shared, stop).await;
-                    drop(permit);
+                    drop((permit, peer));
                 });
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                warn!(error = %e, "accept failed; retrying in {backoff:?}");
+                if let Some(hits) = shared.limits.accept_failures.hit() {
+                    warn!(error = %e, hits, "accept failed; retrying in {backoff:?}");
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
@@ -249,6 +263,8 @@ pub async fn serve(
     // fast instead of waiting on a runner that is leaving.
     drop(listener);
     let _ = stop_tx.send(true);
+    // Connections that ended since the last accept are still in the set: they are not in flight.
+    while connections.try_join_next().is_some() {}
     let in_flight = connections.len();
     let drained = tokio::time::timeout(shared.config.drain_timeout, async {
         while connections.join_next().await.is_some() {}
@@ -258,10 +274,24 @@ pub async fn serve(
         Ok(()) => info!(connections = in_flight, "drained; exiting"),
         Err(_) => {
             warn!(
+                connections = in_flight,
                 left = connections.len(),
-                "calls still running after {:?}; abandoning them", shared.config.drain_timeout
+                "calls still running after {:?}; answering them SERVICE_UNAVAILABLE",
+                shared.config.drain_timeout
             );
-            connections.shutdown().await;
+            // Each connection answers its call and closes; one whose gateway does not read the
+            // answer within the grace is cut off.
+            shared.abandon.send_replace(true);
+            let _ = tokio::time::timeout(ABANDON_GRACE, async {
+                while connections.join_next().await.is_some() {}
+            })
+            .await;
+            // Not `shutdown().await`: a task whose plugin blocks its worker thread never ends,
+            // and waiting for it would keep the process alive. Dropping the set aborts the rest.
+            connections.abort_all();
         }
     }
 }
+
+/// After the drain timeout, how long connections get to send their calls' error frames.
+pub(crate) const ABANDON_GRACE: Duration = Duration::from_millis(50);

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use crate::codec::RunnerCodec;
 use crate::config::Config;
 use crate::frame::{Frame, FrameType, FrameWriteError, MAX_PAYLOAD};
 use crate::framed::{ByteBudget, Framed, FramedError};
+use crate::limits::LimitLog;
 use crate::model::{ErrorCode, ExtraInfoReq};
 use ext_plugin_sdk::host::GatewayVars;
 use ext_plugin_sdk::PluginError;
@@ -36,6 +38,9 @@ pub(super) enum Close {
     Idle,
     #[error("{0}")]
     Gateway(String),
+    /// Shutting down past the drain timeout: the call in flight was answered with an error.
+    #[error("call abandoned at shutdown")]
+    Abandoned,
 }
 
 impl From<std::io::Error> for Close {
@@ -152,7 +157,11 @@ impl Io {
             })
         };
         if let Err(e) = refused {
-            warn!(error = %e, frame = ?ty, "reply cannot be framed; answering SERVICE_UNAVAILABLE");
+            // A chain that answers too much does so on every request: one line per interval.
+            static OVERSIZED_REPLIES: LazyLock<LimitLog> = LazyLock::new(LimitLog::default);
+            if let Some(hits) = OVERSIZED_REPLIES.hit() {
+                warn!(error = %e, frame = ?ty, hits, "reply cannot be framed; answering SERVICE_UNAVAILABLE");
+            }
             self.queue_error(ErrorCode::ServiceUnavailable);
         }
     }

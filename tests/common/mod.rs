@@ -77,6 +77,20 @@ pub fn runner_command(socket: &Path) -> Command {
     command
 }
 
+/// `child`'s exit status once it exits, or `None` if it still runs after `within`.
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A gateway connection to a runner just spawned, once it listens (within [`GUARD`]).
 pub async fn connect_spawned(socket: &Path) -> FakeGateway {
     FakeGateway::connect_when_listening(socket, Protocol::Capnp, GUARD)
