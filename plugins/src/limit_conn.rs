@@ -35,7 +35,7 @@ use crate::support::clock::{secs_to_nanos, Nanos, NANOS_PER_MS};
 use crate::support::few::Few;
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::{export_key_count, KeyedStore};
-use crate::support::lease::{Correlation, Leases};
+use crate::support::lease::{Correlation, Full, Leases, MAX_LEASES};
 use crate::support::reject::{self, HeaderConf};
 
 crate::with_redis_fields! {
@@ -149,7 +149,7 @@ impl ConnState {
     pub(crate) fn single(max_keys: usize, idle: u64) -> ConnState {
         ConnState {
             pools: vec![KeyedStore::new(max_keys, idle)],
-            leases: Leases::new(idle),
+            leases: Leases::new(idle, MAX_LEASES),
             default_delay: 0,
             seen_post_resp: AtomicBool::new(true),
         }
@@ -252,7 +252,7 @@ impl Plugin for LimitConn {
                 .iter()
                 .map(|_| KeyedStore::new(conf.max_keys, 2 * lease))
                 .collect(),
-            leases: Leases::new(lease),
+            leases: Leases::new(lease, MAX_LEASES),
             default_delay,
             seen_post_resp: AtomicBool::new(false),
         });
@@ -272,7 +272,7 @@ impl Plugin for LimitConn {
             limits,
             rules,
             state,
-            corr: Correlation::new(conf.correlation_header.as_deref(), env.chain()),
+            corr: Correlation::new(conf.correlation_header.as_deref()),
             only_default_delay: conf.only_use_default_delay,
             allow_degradation: conf.allow_degradation,
             dry_run: conf.dry_run,
@@ -304,18 +304,18 @@ impl Plugin for LimitConn {
                 Err(()) => {
                     // The limits already passed give their slots back.
                     release(&held, None);
-                    if self.dry_run {
-                        // Not counted in flight: enforced, it would not be.
-                        reject::dry_run_reject(call, Self::NAME);
-                        return Ok(Flow::Continue);
-                    }
-                    return Ok(Flow::Stop(self.reject.clone()));
+                    return Ok(self.over_limit(call));
                 }
             }
         }
         // Leased before the delay: a call cancelled while it sleeps still frees its slots.
         let id = self.corr.id_for_call(call);
-        self.state.leases.insert(&id, now, held);
+        if let Err(Full(held)) = self.state.leases.insert(&id, now, held) {
+            // A slot whose lease is not recorded could never be freed: refuse instead.
+            release(&held, None);
+            tracing::debug!("limit-conn: lease table full");
+            return Ok(self.over_limit(call));
+        }
         if delay >= NANOS_PER_MS {
             let capped = delay.min(secs_to_nanos(MAX_DELAY_SECS));
             tokio::time::sleep(Duration::from_nanos(capped)).await;
@@ -347,6 +347,16 @@ impl Plugin for LimitConn {
 }
 
 impl LimitConn {
+    /// The answer to a request over a limit (its slots already given back).
+    fn over_limit(&self, call: &mut RequestCall<'_>) -> Flow {
+        if self.dry_run {
+            // Not counted in flight: enforced, it would not be.
+            reject::dry_run_reject(call, Self::NAME);
+            return Flow::Continue;
+        }
+        Flow::Stop(self.reject.clone())
+    }
+
     /// The limits that apply to this request, with their keys and numbers resolved.
     async fn plan(&self, call: &mut RequestCall<'_>) -> Result<Plan<'_>, PluginError> {
         let mut plan = Few::None;

