@@ -19,6 +19,7 @@ use crate::log_format::{JsonLines, LogFormat};
 use crate::metrics::{parse_metrics_address, DEFAULT_MAX_ROUTES};
 use crate::server::{serve, Listener, Runner};
 use ext_plugin_catalogue::opensergo;
+use ext_plugin_sdk::host::Retention;
 use ext_plugin_sdk::{Plugin, Registry};
 
 /// What `--help` and `--version` say about a runner binary: its name, version and one-line
@@ -98,6 +99,15 @@ pub struct Cli {
     /// Prepared chains kept at most.
     #[arg(long, default_value_t = Config::default().conf_cache_capacity)]
     pub conf_cache_capacity: usize,
+
+    /// Plugin state values (a route's limiter counts) kept after their chains left the conf
+    /// cache, so a route prepared again finds them; 0 keeps none.
+    #[arg(long, default_value_t = Config::default().state_retention.capacity)]
+    pub state_capacity: usize,
+
+    /// How long such state is kept after its last chain went, in seconds.
+    #[arg(long, default_value_t = Config::default().state_retention.idle.as_secs())]
+    pub state_idle_secs: u64,
 
     /// Connections served at once.
     #[arg(long, default_value_t = Config::default().max_connections)]
@@ -250,6 +260,10 @@ impl Cli {
             conf_expire: Duration::from_secs(self.conf_expire),
             protocol: self.protocol,
             conf_cache_capacity: self.conf_cache_capacity,
+            state_retention: Retention {
+                capacity: self.state_capacity,
+                idle: Duration::from_secs(self.state_idle_secs),
+            },
             max_connections: self.max_connections,
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             // The parser capped it at MAX_PAYLOAD, which fits any usize.
@@ -527,6 +541,31 @@ mod tests {
                 default.idle_timeout,
                 default.stall_timeout
             )
+        );
+    }
+
+    #[test]
+    fn state_retention_flags_reach_the_config_and_default_to_it() {
+        let cli = Cli::try_parse_from([
+            "ext-plugin-runner",
+            "--state-capacity",
+            "10",
+            "--state-idle-secs",
+            "5",
+        ])
+        .unwrap();
+        let c = cli.config().unwrap();
+        assert_eq!(
+            c.state_retention,
+            Retention {
+                capacity: 10,
+                idle: Duration::from_secs(5)
+            }
+        );
+        let d = Cli::try_parse_from(["ext-plugin-runner"]).unwrap();
+        assert_eq!(
+            d.config().unwrap().state_retention,
+            Config::default().state_retention
         );
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::codec::ProtocolSetting;
 use crate::frame::MAX_PAYLOAD;
 use crate::metrics::{MetricsAddress, DEFAULT_MAX_ROUTES};
+use ext_plugin_sdk::host::Retention;
 use ext_plugin_sdk::Clock;
 
 /// Where the runner listens when neither `APISIX_LISTEN_ADDRESS` nor `--listen` says.
@@ -24,6 +25,10 @@ pub struct Config {
     pub protocol: ProtocolSetting,
     /// Prepared chains kept at most; the least recently used go first.
     pub conf_cache_capacity: usize,
+    /// Plugin state (a route's limiter counts, say) kept after the chains that held it left
+    /// the conf cache, so the route prepared again carries on where it was: how many such
+    /// values, and for how long after their last chain went.
+    pub state_retention: Retention,
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
     /// A call (plugins and extra_info round trips) that takes longer is answered with
@@ -61,6 +66,10 @@ impl Default for Config {
             conf_expire: Duration::from_secs(DEFAULT_CONF_EXPIRE_SECS),
             protocol: ProtocolSetting::Auto,
             conf_cache_capacity: 65_536,
+            state_retention: Retention {
+                capacity: 65_536,
+                idle: Duration::from_secs(DEFAULT_CONF_EXPIRE_SECS),
+            },
             max_connections: 4096,
             call_timeout: Duration::from_secs(55),
             drain_timeout: Duration::from_millis(800),

@@ -54,11 +54,13 @@ impl Runner {
             Some(_) => RunnerMetrics::new(config.metrics_max_routes),
             None => RunnerMetrics::default(),
         };
+        let state = StateRegistry::with_metrics(metrics.registry().clone())
+            .retaining(config.state_retention, config.clock.clone());
         let shared = Arc::new(Shared {
             config,
             registry,
             cache,
-            state: StateRegistry::with_metrics(metrics.registry().clone()),
+            state,
             limits: Limits::default(),
             metrics,
         });

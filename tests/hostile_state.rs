@@ -5,10 +5,11 @@
 
 mod common;
 
-use common::{guarded, rewrite, stop, POST, PRE};
+use common::{guarded, rewrite, runner_error, stop, POST, PRE};
 use ext_plugin_runner::codec::Protocol;
-use ext_plugin_runner::model::{HttpReqCallReq, Method, ReqAction};
+use ext_plugin_runner::model::{ErrorCode, HttpReqCallReq, Method, ReqAction};
 use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
+use ext_plugin_runner::Config;
 
 /// What nginx's `$http_<name>` holds in the response phase for a request the runner answered
 /// with `action`: the header as the runner rewrote it, else as the client sent it.
@@ -122,3 +123,46 @@ for_each_protocol!(
     response_replies_carry_no_hop_by_hop_headers_over_each_codec,
     response_replies_carry_no_hop_by_hop_headers
 );
+
+/// Finding 7: a route's limiter state survives its chain's eviction from the conf cache. A
+/// used-up limit-count quota, a conf cache churned past its capacity by unrelated routes (a
+/// small cache keeps the test fast), the route prepared again: the quota is still used up.
+#[tokio::test]
+async fn limiter_state_survives_conf_cache_churn() {
+    let config = Config {
+        conf_cache_capacity: 16,
+        ..Config::default()
+    };
+    let runner = TestRunner::start_with(config, ext_plugin_catalogue::builtin()).await;
+    let mut gw = runner.connect().await;
+    let quota = [("limit-count", r#"{"count": 2, "time_window": 600}"#)];
+    let key = "route#victim#ext-plugin-pre-req#1";
+    let token = gw.prepare(key, &quota).await.unwrap();
+    let req = request(Method::Get, "/");
+    for _ in 0..2 {
+        rewrite(gw.call(token, &req).await.unwrap());
+    }
+    assert_eq!(stop(gw.call(token, &req).await.unwrap()).status, 503);
+    // Unrelated routes, half of them limiters with state of their own, churn the cache.
+    for i in 0..64 {
+        let chain: &[(&str, &str)] = if i % 2 == 0 {
+            &[("limit-count", r#"{"count": 9, "time_window": 60}"#)]
+        } else {
+            &[("request-id", "{}")]
+        };
+        gw.prepare(&format!("route#churn{i}#ext-plugin-pre-req#1"), chain)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        runner_error(gw.call(token, &req).await),
+        ErrorCode::ConfTokenNotFound,
+        "the route's chain was evicted"
+    );
+    let token = gw.prepare(key, &quota).await.unwrap();
+    assert_eq!(
+        stop(gw.call(token, &req).await.unwrap()).status,
+        503,
+        "the quota is still used up"
+    );
+}
