@@ -5,10 +5,14 @@
 
 mod common;
 
-use common::{guarded, rewrite, runner_error, stop, POST, PRE};
+use std::process::Stdio;
+
+use common::{
+    connect_spawned, guarded, rewrite, runner_command, runner_error, stop, Spawned, POST, PRE,
+};
 use ext_plugin_runner::codec::Protocol;
 use ext_plugin_runner::model::{ErrorCode, HttpReqCallReq, Method, ReqAction};
-use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
+use ext_plugin_runner::testing::{request, temp_socket_path, FakeGateway, TestRunner};
 use ext_plugin_runner::Config;
 
 /// What nginx's `$http_<name>` holds in the response phase for a request the runner answered
@@ -165,4 +169,49 @@ async fn limiter_state_survives_conf_cache_churn() {
         503,
         "the quota is still used up"
     );
+}
+
+/// Finding 13: limit-conn without its post-resp half warns once per route, not on every
+/// prepare (5 000 prepares once wrote 329 MB of log).
+#[tokio::test]
+async fn a_missing_post_resp_half_is_logged_once_per_route() {
+    let socket = temp_socket_path();
+    let child = Spawned(
+        runner_command(&socket)
+            .args(["--log", "info"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning the runner"),
+    );
+    let mut gw = connect_spawned(&socket).await;
+    let conf = r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1}"#;
+    for version in 0..200 {
+        for route in ["a", "b"] {
+            let key = format!("route#{route}#ext-plugin-pre-req#{version}");
+            gw.prepare(&key, &[("limit-conn", conf)]).await.unwrap();
+        }
+    }
+    drop(gw);
+    let stderr = stop_spawned(child);
+    let warned: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("ext-plugin-post-resp") && l.contains("WARN"))
+        .collect();
+    assert_eq!(warned.len(), 2, "one line per route: {warned:#?}");
+}
+
+/// SIGTERM, then what the runner wrote to stderr.
+fn stop_spawned(mut child: Spawned) -> String {
+    use std::io::Read;
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut stderr = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .expect("stderr piped")
+        .read_to_string(&mut stderr)
+        .unwrap();
+    stderr
 }

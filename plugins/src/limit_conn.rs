@@ -14,7 +14,7 @@
 //! * *(ext)* `lease_timeout` (default 30 s) frees slots whose release never comes: the upstream
 //!   failed (the gateway answers 502 itself), a later gateway plugin rejected, or post-resp is
 //!   not configured. **Without post-resp the plugin only limits how many requests start per
-//!   lease period**; prepare logs a warning until it has seen the post-resp half.
+//!   lease period**; prepare logs a warning (once per route) until it has seen the post-resp half.
 //! * `rules`: every rule whose `key` template resolves and whose `conn`/`burst` are usable
 //!   applies, each with its own counts; when none applies the answer is 500.
 //! * Reject: `rejected_code` (default 503), `rejected_headers`, `{"error_msg": rejected_msg}\n`.
@@ -37,6 +37,7 @@ use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::{export_key_count, KeyedStore};
 use crate::support::lease::{Correlation, Full, Leases, MAX_LEASES};
 use crate::support::reject::{self, HeaderConf};
+use crate::support::warn_once::{shown, Report, WarnOnce};
 
 crate::with_redis_fields! {
 #[derive(Deserialize)]
@@ -189,6 +190,24 @@ impl ConnState {
     }
 }
 
+/// Routes warned about for a missing post-resp half: each once, however often it is prepared.
+static MISSING_POST_RESP: WarnOnce = WarnOnce::new();
+
+fn warn_missing_post_resp(route: &str) {
+    match MISSING_POST_RESP.report(route) {
+        Report::First => tracing::warn!(
+            route = ?shown(route),
+            "limit-conn: slots are released only by an `ext-plugin-post-resp` entry with the \
+             same conf; without it they are freed after `lease_timeout` (logged once per route)"
+        ),
+        Report::Overflow => tracing::warn!(
+            "limit-conn: more routes lack their `ext-plugin-post-resp` half; they are not \
+             reported one by one"
+        ),
+        Report::Again => tracing::debug!(route = ?shown(route), "limit-conn: no post-resp half yet"),
+    }
+}
+
 /// How one request is limited: `Ok(limits that apply)`, or why it cannot be decided.
 type Plan<'a> = Result<Few<(&'a Limit, Text, u64, u64)>, String>;
 
@@ -262,11 +281,7 @@ impl Plugin for LimitConn {
         if env.attachment() == Attachment::PostResp {
             state.seen_post_resp.store(true, Ordering::Relaxed);
         } else if !state.seen_post_resp.load(Ordering::Relaxed) {
-            tracing::warn!(
-                route = env.route(),
-                "limit-conn: slots are released only by an `ext-plugin-post-resp` entry with the \
-                 same conf; without it they are freed after `lease_timeout`"
-            );
+            warn_missing_post_resp(env.route());
         }
         Ok(LimitConn {
             limits,

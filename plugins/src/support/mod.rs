@@ -14,6 +14,7 @@
 //! * [`vars`]: variables in either phase, for the engines above.
 //! * [`specific_items`]: per-key thresholds and key patterns for the limiters.
 //! * [`warm_up`]: Sentinel's warm-up curve for the limiters.
+//! * [`warn_once`]: prepare-time warnings logged once per cause, not per prepare.
 
 pub mod amount;
 pub mod clock;
@@ -27,4 +28,5 @@ pub mod specific_items;
 pub mod template;
 pub mod vars;
 pub mod warm_up;
+pub mod warn_once;
 pub mod window;
