@@ -215,3 +215,47 @@ fn stop_spawned(mut child: Spawned) -> String {
         .unwrap();
     stderr
 }
+
+/// The runner's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kb * 1024
+}
+
+/// Finding 12: a limiter's memory grows with the number of keys, not their length. 8 000
+/// clients with 4 KiB keys would pin 32 MiB of key bytes alone; stored as hashes they take a
+/// few hundred KiB. Measured as the runner process's own RSS growth.
+#[tokio::test]
+async fn limiter_memory_grows_with_key_count_not_key_length() {
+    const KEYS: usize = 8_000;
+    const KEY_LEN: usize = 4096;
+    let socket = temp_socket_path();
+    let child = Spawned(runner_command(&socket).spawn().expect("spawning the runner"));
+    let mut gw = connect_spawned(&socket).await;
+    let conf = r#"{"count": 1000, "time_window": 600, "key_type": "var", "key": "http_x_user"}"#;
+    let token = gw.prepare(PRE, &[("limit-count", conf)]).await.unwrap();
+    let user = |i: usize| format!("{i:0KEY_LEN$}");
+    // Warm up: the connection's buffers and the store's first allocations.
+    for i in 0..200 {
+        let req = request(Method::Get, "/").with_header("x-user", &user(KEYS + i));
+        rewrite(gw.call(token, &req).await.unwrap());
+    }
+    let before = rss_bytes(child.0.id());
+    for i in 0..KEYS {
+        let req = request(Method::Get, "/").with_header("x-user", &user(i));
+        rewrite(gw.call(token, &req).await.unwrap());
+    }
+    let grown = rss_bytes(child.0.id()).saturating_sub(before);
+    let key_bytes = (KEYS * KEY_LEN) as u64;
+    eprintln!("{KEYS} keys of {KEY_LEN} bytes: RSS +{} KiB", grown / 1024);
+    assert!(
+        grown < key_bytes / 3,
+        "{KEYS} keys of {KEY_LEN} bytes grew the runner by {} KiB",
+        grown / 1024
+    );
+}
