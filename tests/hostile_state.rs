@@ -176,13 +176,14 @@ async fn limiter_state_survives_conf_cache_churn() {
 #[tokio::test]
 async fn a_missing_post_resp_half_is_logged_once_per_route() {
     let socket = temp_socket_path();
-    let child = Spawned(
+    let mut child = Spawned(
         runner_command(&socket)
             .args(["--log", "info"])
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning the runner"),
     );
+    let stderr = drain_stderr(&mut child);
     let mut gw = connect_spawned(&socket).await;
     let conf = r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1}"#;
     for version in 0..200 {
@@ -192,7 +193,7 @@ async fn a_missing_post_resp_half_is_logged_once_per_route() {
         }
     }
     drop(gw);
-    let stderr = stop_spawned(child);
+    let stderr = stop_spawned(child, stderr);
     let warned: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("ext-plugin-post-resp") && l.contains("WARN"))
@@ -201,19 +202,22 @@ async fn a_missing_post_resp_half_is_logged_once_per_route() {
 }
 
 /// SIGTERM, then what the runner wrote to stderr.
-fn stop_spawned(mut child: Spawned) -> String {
-    use std::io::Read;
+fn stop_spawned(child: Spawned, stderr: std::thread::JoinHandle<String>) -> String {
     let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let mut stderr = String::new();
-    child
-        .0
-        .stderr
-        .take()
-        .expect("stderr piped")
-        .read_to_string(&mut stderr)
-        .unwrap();
-    stderr
+    drop(child);
+    stderr.join().expect("the stderr reader")
+}
+
+/// Reads the child's stderr as it comes (a full pipe would block the runner's logging).
+fn drain_stderr(child: &mut Spawned) -> std::thread::JoinHandle<String> {
+    use std::io::Read;
+    let mut pipe = child.0.stderr.take().expect("stderr piped");
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        pipe.read_to_string(&mut out).unwrap();
+        out
+    })
 }
 
 /// The runner's resident memory, from /proc.
@@ -235,7 +239,11 @@ async fn limiter_memory_grows_with_key_count_not_key_length() {
     const KEYS: usize = 8_000;
     const KEY_LEN: usize = 4096;
     let socket = temp_socket_path();
-    let child = Spawned(runner_command(&socket).spawn().expect("spawning the runner"));
+    let child = Spawned(
+        runner_command(&socket)
+            .spawn()
+            .expect("spawning the runner"),
+    );
     let mut gw = connect_spawned(&socket).await;
     let conf = r#"{"count": 1000, "time_window": 600, "key_type": "var", "key": "http_x_user"}"#;
     let token = gw.prepare(PRE, &[("limit-count", conf)]).await.unwrap();
