@@ -76,7 +76,7 @@ impl Default for WarnOnce {
     }
 }
 
-/// `s` cut to at most [`MAX_SHOWN`] bytes (at a character boundary), for a log line.
+/// `s` cut to at most 128 bytes (at a character boundary), for a log line.
 pub fn shown(s: &str) -> &str {
     if s.len() <= MAX_SHOWN {
         return s;
