@@ -22,6 +22,7 @@ use crate::peers::AllowPeers;
 use crate::server::{serve, Listener, Runner};
 use crate::signals;
 use ext_plugin_catalogue::opensergo;
+use ext_plugin_sdk::host::Retention;
 use ext_plugin_sdk::{Plugin, Registry};
 
 /// What `--help` and `--version` say about a runner binary: its name, version and one-line
@@ -126,6 +127,14 @@ pub struct Cli {
     #[arg(long, default_value_t = Config::default().max_prepares_in_flight as u64,
           value_parser = clap::value_parser!(u64).range(1..=256))]
     pub max_prepares_in_flight: u64,
+    /// Plugin state values (a route's limiter counts) kept after their chains left the conf
+    /// cache, so a route prepared again finds them; 0 keeps none.
+    #[arg(long, default_value_t = Config::default().state_retention.capacity)]
+    pub state_capacity: usize,
+
+    /// How long such state is kept after its last chain went, in seconds.
+    #[arg(long, default_value_t = Config::default().state_retention.idle.as_secs())]
+    pub state_idle_secs: u64,
 
     /// Connections served at once.
     #[arg(long, default_value_t = Config::default().max_connections)]
@@ -306,6 +315,10 @@ impl Cli {
             conf_expire: Duration::from_secs(self.conf_expire),
             protocol: self.protocol,
             conf_cache_capacity: self.conf_cache_capacity,
+            state_retention: Retention {
+                capacity: self.state_capacity,
+                idle: Duration::from_secs(self.state_idle_secs),
+            },
             max_connections: self.max_connections,
             allow_peers: self.allow_peers.clone(),
             max_connections_per_uid: self
@@ -683,6 +696,31 @@ mod tests {
                 default.extra_info_budget,
                 default.max_buffered_bytes
             )
+        );
+    }
+
+    #[test]
+    fn state_retention_flags_reach_the_config_and_default_to_it() {
+        let cli = Cli::try_parse_from([
+            "ext-plugin-runner",
+            "--state-capacity",
+            "10",
+            "--state-idle-secs",
+            "5",
+        ])
+        .unwrap();
+        let c = cli.config().unwrap();
+        assert_eq!(
+            c.state_retention,
+            Retention {
+                capacity: 10,
+                idle: Duration::from_secs(5)
+            }
+        );
+        let d = Cli::try_parse_from(["ext-plugin-runner"]).unwrap();
+        assert_eq!(
+            d.config().unwrap().state_retention,
+            Config::default().state_retention
         );
     }
 

@@ -7,6 +7,7 @@ use crate::codec::ProtocolSetting;
 use crate::frame::MAX_PAYLOAD;
 use crate::metrics::{MetricsAddress, DEFAULT_MAX_ROUTES};
 use crate::peers::AllowPeers;
+use ext_plugin_sdk::host::Retention;
 use ext_plugin_sdk::Clock;
 
 /// Where the runner listens when neither `APISIX_LISTEN_ADDRESS` nor `--listen` says.
@@ -47,6 +48,10 @@ pub struct Config {
     /// Bytes buffered for incoming frames, summed over every connection; a connection whose
     /// frame needs more than is left is answered SERVICE_UNAVAILABLE and closed.
     pub max_buffered_bytes: usize,
+    /// Plugin state (a route's limiter counts, say) kept after the chains that held it left
+    /// the conf cache, so the route prepared again carries on where it was: how many such
+    /// values, and for how long after their last chain went.
+    pub state_retention: Retention,
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
     /// Who may connect, by the peer's credentials ([`crate::peers`]).
@@ -97,6 +102,10 @@ impl Default for Config {
             max_prepares_in_flight: 32,
             extra_info_budget: 64 << 20,
             max_buffered_bytes: 192 << 20,
+            state_retention: Retention {
+                capacity: 65_536,
+                idle: Duration::from_secs(DEFAULT_CONF_EXPIRE_SECS),
+            },
             max_connections: 4096,
             allow_peers: AllowPeers::default(),
             max_connections_per_uid: 2048,

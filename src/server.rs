@@ -60,13 +60,15 @@ impl Runner {
             Some(_) => RunnerMetrics::new(config.metrics_max_routes),
             None => RunnerMetrics::default(),
         };
+        let state = StateRegistry::with_metrics(metrics.registry().clone())
+            .retaining(config.state_retention, config.clock.clone());
         let shared = Arc::new(Shared {
             buffers: ByteBudget::new(config.max_buffered_bytes),
             peers: PeerPolicy::new(config.allow_peers.clone(), config.max_connections_per_uid),
             config,
             registry,
             cache,
-            state: StateRegistry::with_metrics(metrics.registry().clone()),
+            state,
             limits: Limits::default(),
             metrics,
             abandon: watch::Sender::new(false),

@@ -14,7 +14,7 @@
 //! * *(ext)* `lease_timeout` (default 30 s) frees slots whose release never comes: the upstream
 //!   failed (the gateway answers 502 itself), a later gateway plugin rejected, or post-resp is
 //!   not configured. **Without post-resp the plugin only limits how many requests start per
-//!   lease period**; prepare logs a warning until it has seen the post-resp half.
+//!   lease period**; prepare logs a warning (once per route) until it has seen the post-resp half.
 //! * `rules`: every rule whose `key` template resolves and whose `conn`/`burst` are usable
 //!   applies, each with its own counts; when none applies the answer is 500.
 //! * Reject: `rejected_code` (default 503), `rejected_headers`, `{"error_msg": rejected_msg}\n`.
@@ -40,8 +40,9 @@ use crate::support::clock::{secs_to_nanos, Nanos, NANOS_PER_MS};
 use crate::support::few::Few;
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::{export_key_count, KeyedStore};
-use crate::support::lease::{Correlation, Leases};
+use crate::support::lease::{Correlation, Full, Leases, MAX_LEASES};
 use crate::support::reject::{self, HeaderConf};
+use crate::support::warn_once::{shown, Report, WarnOnce};
 
 crate::with_redis_fields! {
 #[derive(Deserialize)]
@@ -193,7 +194,7 @@ impl ConnState {
     pub(crate) fn single(max_keys: usize, idle: u64) -> ConnState {
         ConnState {
             pools: vec![KeyedStore::new(max_keys, idle)],
-            leases: Leases::new(idle),
+            leases: Leases::new(idle, MAX_LEASES),
             default_delay: 0,
             seen_post_resp: AtomicBool::new(true),
         }
@@ -229,6 +230,24 @@ impl ConnState {
     /// Frees the slots whose response never came.
     fn expire(&self, now: u64) {
         self.leases.sweep(now, |held| release(&held, None));
+    }
+}
+
+/// Routes warned about for a missing post-resp half: each once, however often it is prepared.
+static MISSING_POST_RESP: WarnOnce = WarnOnce::new();
+
+fn warn_missing_post_resp(route: &str) {
+    match MISSING_POST_RESP.report(route) {
+        Report::First => tracing::warn!(
+            route = ?shown(route),
+            "limit-conn: slots are released only by an `ext-plugin-post-resp` entry with the \
+             same conf; without it they are freed after `lease_timeout` (logged once per route)"
+        ),
+        Report::Overflow => tracing::warn!(
+            "limit-conn: more routes lack their `ext-plugin-post-resp` half; they are not \
+             reported one by one"
+        ),
+        Report::Again => tracing::debug!(route = ?shown(route), "limit-conn: no post-resp half yet"),
     }
 }
 
@@ -295,7 +314,7 @@ impl Plugin for LimitConn {
                 .iter()
                 .map(|_| KeyedStore::new(conf.max_keys, 2 * lease))
                 .collect(),
-            leases: Leases::new(lease),
+            leases: Leases::new(lease, MAX_LEASES),
             default_delay,
             seen_post_resp: AtomicBool::new(false),
         });
@@ -305,17 +324,13 @@ impl Plugin for LimitConn {
         if env.attachment() == Attachment::PostResp {
             state.seen_post_resp.store(true, Ordering::Relaxed);
         } else if !state.seen_post_resp.load(Ordering::Relaxed) {
-            tracing::warn!(
-                route = env.route(),
-                "limit-conn: slots are released only by an `ext-plugin-post-resp` entry with the \
-                 same conf; without it they are freed after `lease_timeout`"
-            );
+            warn_missing_post_resp(env.route());
         }
         Ok(LimitConn {
             limits,
             rules,
             state,
-            corr: Correlation::new(conf.correlation_header.as_deref(), env.chain()),
+            corr: Correlation::new(conf.correlation_header.as_deref()),
             only_default_delay: conf.only_use_default_delay,
             allow_degradation: conf.allow_degradation,
             dry_run: conf.dry_run,
@@ -360,18 +375,18 @@ impl Plugin for LimitConn {
                 Err(()) => {
                     // The limits already passed give their slots back.
                     release(&held, None);
-                    if self.dry_run {
-                        // Not counted in flight: enforced, it would not be.
-                        reject::dry_run_reject(call, Self::NAME);
-                        return Ok(Flow::Continue);
-                    }
-                    return Ok(Flow::Stop(self.reject.clone()));
+                    return Ok(self.over_limit(call));
                 }
             }
         }
         // Leased before the delay: a call cancelled while it sleeps still frees its slots.
         let id = self.corr.id_for_call(call);
-        self.state.leases.insert(&id, now, held);
+        if let Err(Full(held)) = self.state.leases.insert(&id, now, held) {
+            // A slot whose lease is not recorded could never be freed: refuse instead.
+            release(&held, None);
+            tracing::debug!("limit-conn: lease table full");
+            return Ok(self.over_limit(call));
+        }
         if delay >= NANOS_PER_MS {
             let capped = delay.min(secs_to_nanos(MAX_DELAY_SECS));
             tokio::time::sleep(Duration::from_nanos(capped)).await;
@@ -434,6 +449,16 @@ impl LimitConn {
             }
             Err(why) => Err(crate::redis::unavailable(Self::NAME, self.allow_degradation, &why)),
         }
+    }
+
+    /// The answer to a request over a limit (its slots already given back).
+    fn over_limit(&self, call: &mut RequestCall<'_>) -> Flow {
+        if self.dry_run {
+            // Not counted in flight: enforced, it would not be.
+            reject::dry_run_reject(call, Self::NAME);
+            return Flow::Continue;
+        }
+        Flow::Stop(self.reject.clone())
     }
 
     /// The limits that apply to this request, with their keys and numbers resolved.

@@ -15,6 +15,7 @@
 //! * [`specific_items`]: per-key thresholds and key patterns for the limiters.
 //! * [`patterns`]: every regex a conf brings, compiled once under size and count bounds.
 //! * [`warm_up`]: Sentinel's warm-up curve for the limiters.
+//! * [`warn_once`]: prepare-time warnings logged once per cause, not per prepare.
 
 pub mod amount;
 pub mod clock;
@@ -29,4 +30,5 @@ pub mod specific_items;
 pub mod template;
 pub mod vars;
 pub mod warm_up;
+pub mod warn_once;
 pub mod window;
