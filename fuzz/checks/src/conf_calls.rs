@@ -83,7 +83,7 @@ fn extreme_request(id: usize, value: &str) -> HttpReqCallReq {
         src_ip: Some([10, 0, 0, 1].into()),
         method: Method::Post,
         path: format!("/api/{value}/../x").into(),
-        args: pairs(&["count", "time_window", "conn", "burst", "x", "jwt"]),
+        args: pairs(&["count", "time_window", "conn", "burst", "x", "jwt"]).into(),
         headers: pairs(&[
             "count",
             "time_window",
@@ -93,7 +93,8 @@ fn extreme_request(id: usize, value: &str) -> HttpReqCallReq {
             "content-length",
             "user-agent",
             "authorization",
-        ]),
+        ])
+        .into(),
         conf_token: 1,
         extra_info: Vec::new(),
     }
