@@ -25,14 +25,15 @@ fn forwarded(req: &HttpReqCallReq, action: &ReqAction, header: &str) -> Option<S
             .find(|h| h.name.eq_ignore_ascii_case(header)),
         _ => None,
     };
-    rewritten
-        .or_else(|| {
-            req.headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(header))
-        })
-        .and_then(|h| h.value.as_deref())
-        .map(str::to_owned)
+    match rewritten {
+        Some(h) => h.value.as_deref().map(str::to_owned),
+        None => req
+            .headers
+            .iter()
+            .find(|h| h.name_eq_ignore_case(header))
+            .and_then(|h| h.value())
+            .map(str::to_owned),
+    }
 }
 
 /// Answers the response phase of a request as the gateway would: every correlation variable
