@@ -2,13 +2,15 @@
 //! unix socket (no port races, never 6379).
 //!
 //! Without `redis-server` on the PATH these tests print that they were skipped and pass, unless
-//! `REDIS_TESTS=require` (CI) makes that a failure. Install it with
-//! `apt-get install -y redis-server`.
+//! `REDIS_TESTS=require` (CI) makes that a failure (tests/common/redis_server.rs).
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::redis_server::Server as Redis;
 use ext_plugin_catalogue as plugins;
 use ext_plugin_runner::codec::Protocol;
 use ext_plugin_runner::model::{HttpReqCallReq, ReqAction};
@@ -20,88 +22,7 @@ const PRE: &str = "route#1#ext-plugin-pre-req#1";
 
 /// Whether the tests can run; loud when they cannot.
 fn redis_available() -> bool {
-    let found = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("REDIS_TESTS").as_deref() == Ok("require") {
-            panic!("REDIS_TESTS=require but redis-server is not installed");
-        }
-        eprintln!(
-            "\n*** SKIPPED: redis-server is not installed; the Redis limiter tests did not run. \
-             Install it (apt-get install -y redis-server) or set REDIS_TESTS=require to fail. ***\n"
-        );
-    }
-    found
-}
-
-/// A `redis-server` on a unix socket in its own directory, killed on drop.
-struct Redis {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let mut r = Redis {
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        r.restart();
-        r
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("r.sock")
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(self.socket())
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cmd(&["PING"]).is_err() {
-            assert!(Instant::now() < deadline, "redis-server never answered");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_file(self.socket());
-    }
-
-    fn cmd(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        let client = redis::Client::open(format!("redis+unix://{}", self.socket().display()))?;
-        let mut con = client.get_connection()?;
-        let mut c = redis::cmd(args[0]);
-        for a in &args[1..] {
-            c.arg(*a);
-        }
-        c.query(&mut con)
-    }
-
-    fn host(&self) -> String {
-        format!("unix:{}", self.socket().display())
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    common::redis_server::available("redis_limits")
 }
 
 /// A runner process, killed on drop.
@@ -176,7 +97,7 @@ async fn three_runner_processes_share_one_count_and_one_rate() {
     if !redis_available() {
         return;
     }
-    let redis = Redis::start();
+    let redis = Redis::unix();
     let runners: Vec<Spawned> = (0..3).map(|_| spawn_runner()).collect();
     let count = format!(
         r#"{{"count": 10, "time_window": 60, "rejected_code": 429, "policy": "redis",
@@ -249,7 +170,7 @@ async fn redis_paused_stopped_and_restarted_answers_by_the_failure_order() {
     if !redis_available() {
         return;
     }
-    let mut redis = Redis::start();
+    let mut redis = Redis::unix();
     let runner = TestRunner::start(plugins::builtin()).await;
     let timeout = Duration::from_millis(300);
     // A margin for a loaded machine: the point is "not seconds of reconnect back-off".

@@ -1,11 +1,13 @@
 //! What the integration tests share: test plugins ([`plugins`]), request and reply fixtures
-//! ([`fixtures`], also used by the benches), connect-and-prepare set-ups, and helpers that take
-//! replies apart. Each test crate includes it with `mod common;` and uses a part.
+//! ([`fixtures`], also used by the benches), real Redis servers ([`redis_server`]),
+//! connect-and-prepare set-ups, and helpers that take replies apart. Each test crate includes it
+//! with `mod common;` and uses a part.
 
 #![allow(dead_code)] // each test crate uses a part
 
 pub mod fixtures;
 pub mod plugins;
+pub mod redis_server;
 
 use std::fmt::Debug;
 use std::future::Future;

@@ -23,7 +23,10 @@ use redis::{
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
+use ext_plugin_sdk::metrics::Metrics;
 use ext_plugin_sdk::ConfError;
+
+use super::metrics::{Instruments, Outcome};
 
 /// Where a backend is.
 #[derive(Clone, Debug)]
@@ -82,7 +85,8 @@ enum Conn {
 
 /// One backend, shared by every limiter conf that names it.
 pub struct Backend {
-    /// For logs: `host:port/db`, the socket path, or the cluster name; never a credential.
+    /// For logs and the `backend` label: `host:port/db`, `unix:/path/db`, `cluster:<name>`;
+    /// never a credential.
     name: String,
     target: Target,
     timeout: Duration,
@@ -93,6 +97,7 @@ pub struct Backend {
     retry_at: AtomicU64,
     backoff_ms: AtomicU64,
     epoch: Instant,
+    instruments: Instruments,
 }
 
 fn registry() -> &'static Mutex<HashMap<String, Weak<Backend>>> {
@@ -168,9 +173,10 @@ pub fn backend(target: Target, timeout: Duration) -> Result<Arc<Backend>, ConfEr
     let name = match &target {
         Target::Tcp { host, port, db, .. } => format!("{host}:{port}/{db}"),
         Target::Unix { path, db, .. } => format!("unix:{path}/{db}"),
-        Target::Cluster { name, .. } => format!("cluster {name}"),
+        Target::Cluster { name, .. } => format!("cluster:{name}"),
     };
     let b = Arc::new(Backend {
+        instruments: Instruments::new(&name),
         name,
         target,
         timeout,
@@ -218,6 +224,12 @@ impl Backend {
         self.timeout
     }
 
+    /// Exports this backend's commands and state in `metrics` (every prepare naming it calls
+    /// this; see [`super::metrics`]).
+    pub fn attach(&self, metrics: &Metrics) {
+        self.instruments.attach(metrics, &self.name);
+    }
+
     /// Runs `script` with `keys` and `args`, bounded by the timeout and behind the breaker.
     pub async fn eval<T: FromRedisValue>(
         &self,
@@ -227,8 +239,10 @@ impl Backend {
         member: Option<&str>,
     ) -> Result<T, Unavailable> {
         if !self.admit() {
+            self.instruments.record(Outcome::BreakerOpen, None);
             return Err(Unavailable::Open);
         }
+        let started = Instant::now();
         let cell = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let run = async {
             let conn = cell.get_or_try_init(|| self.connect()).await?;
@@ -249,6 +263,8 @@ impl Backend {
             Ok(Err(e)) => Err(Unavailable::Error(e)),
             Err(_) => Err(Unavailable::Timeout),
         };
+        self.instruments
+            .record(Outcome::of(&outcome), Some(started.elapsed()));
         match &outcome {
             Ok(_) => self.succeeded(),
             Err(why) => self.failed(&cell, why),
@@ -325,6 +341,7 @@ impl Backend {
 
     fn succeeded(&self) {
         if self.down.swap(false, Ordering::AcqRel) {
+            self.instruments.set_down(false);
             self.backoff_ms
                 .store(MIN_BACKOFF.as_millis() as u64, Ordering::Relaxed);
             tracing::info!(backend = %self.name, "redis backend is back");
@@ -346,6 +363,7 @@ impl Backend {
             let next = (backoff * 2).min(MAX_BACKOFF.as_millis() as u64);
             self.backoff_ms.store(next, Ordering::Relaxed);
         } else {
+            self.instruments.set_down(true);
             tracing::warn!(
                 backend = %self.name,
                 error = %why,

@@ -340,6 +340,7 @@ pub fn storage(
         ));
     }
     let backend = super::backend::backend(target, Duration::from_millis(timeout as u64))?;
+    backend.attach(env.metrics());
     let keys = KeyBase::new(&prefix, plugin, env, group);
     Ok(Storage::Redis(RedisPolicy {
         backend,

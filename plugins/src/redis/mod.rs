@@ -11,6 +11,7 @@ pub mod conf;
 pub mod conn;
 pub mod count;
 pub mod keys;
+pub mod metrics;
 pub mod req;
 
 use std::sync::atomic::{AtomicU64, Ordering};
