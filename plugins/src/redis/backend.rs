@@ -1,8 +1,9 @@
 //! Redis backends: one lazily connected, multiplexed client per distinct backend (address,
-//! database, credentials / cluster nodes), shared by every route through a bounded
-//! process-wide registry, with a deadline on every command and a breaker.
+//! database, credentials / cluster nodes / sentinel set and master name), shared by every route
+//! through a bounded process-wide registry, with a deadline on every command and a breaker.
 //!
-//! * Every command is bounded by `redis_timeout`, connecting included.
+//! * Every command is bounded by `redis_timeout`, connecting included (with sentinels: by
+//!   `redis_read_timeout`, plus `redis_connect_timeout` when it has to connect).
 //! * A failure (timeout, I/O, any error from Redis) opens the backend's breaker and drops the
 //!   connection: while open, calls fail at once without touching the network; after 1 s (then
 //!   up to 5 s) one call probes with a fresh connection, and its success closes the breaker.
@@ -27,6 +28,7 @@ use ext_plugin_sdk::metrics::Metrics;
 use ext_plugin_sdk::ConfError;
 
 use super::metrics::{Instruments, Outcome};
+use super::sentinel::Sentinels;
 
 /// Where a backend is.
 #[derive(Clone, Debug)]
@@ -47,6 +49,13 @@ pub enum Target {
     Cluster {
         name: String,
         nodes: Vec<(String, u16)>,
+        password: Option<String>,
+    },
+    /// The master the sentinels name (`policy: "redis-sentinel"`).
+    Sentinel {
+        sentinels: Sentinels,
+        db: i64,
+        username: Option<String>,
         password: Option<String>,
     },
 }
@@ -90,6 +99,8 @@ pub struct Backend {
     name: String,
     target: Target,
     timeout: Duration,
+    /// Added to `timeout` for a call that has to connect first.
+    connect_timeout: Duration,
     /// The current connection attempt; replaced after a failure so the next probe reconnects.
     conn: Mutex<Arc<OnceCell<Conn>>>,
     /// Breaker: `down` while open; calls before `retry_at` (ms since `epoch`) do not go out.
@@ -114,9 +125,15 @@ fn secret(password: &Option<String>) -> String {
     })
 }
 
+/// `host:port,host:port…`.
+fn joined(nodes: &[(String, u16)]) -> String {
+    let nodes: Vec<String> = nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+    nodes.join(",")
+}
+
 /// The registry key: everything that makes two backends different (APISIX's pool key).
-fn identity(t: &Target, timeout: Duration) -> String {
-    let ms = timeout.as_millis();
+fn identity(t: &Target, timeout: Duration, connect_timeout: Duration) -> String {
+    let ms = format!("{}+{}", timeout.as_millis(), connect_timeout.as_millis());
     match t {
         Target::Tcp {
             host,
@@ -144,20 +161,36 @@ fn identity(t: &Target, timeout: Duration) -> String {
             nodes,
             password,
         } => {
-            let nodes: Vec<String> = nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+            format!("cluster#{name}#{}#{}#{ms}", joined(nodes), secret(password))
+        }
+        Target::Sentinel {
+            sentinels,
+            db,
+            username,
+            password,
+        } => {
             format!(
-                "cluster#{name}#{}#{}#{ms}",
-                nodes.join(","),
+                "sentinel#{}#{}#{}#{}#{db}#{}#{}#{ms}",
+                sentinels.master,
+                joined(&sentinels.nodes),
+                sentinels.username.as_deref().unwrap_or(""),
+                secret(&sentinels.password),
+                username.as_deref().unwrap_or(""),
                 secret(password)
             )
         }
     }
 }
 
-/// The shared backend for `target` with `timeout`: the live one if any conf holds it, else a
-/// new one (not connected until its first command).
-pub fn backend(target: Target, timeout: Duration) -> Result<Arc<Backend>, ConfError> {
-    let id = identity(&target, timeout);
+/// The shared backend for `target` with `timeout` per command (plus `connect_timeout` for one
+/// that connects): the live one if any conf holds it, else a new one (not connected until its
+/// first command).
+pub fn backend(
+    target: Target,
+    timeout: Duration,
+    connect_timeout: Duration,
+) -> Result<Arc<Backend>, ConfError> {
+    let id = identity(&target, timeout, connect_timeout);
     let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(b) = map.get(&id).and_then(Weak::upgrade) {
         return Ok(b);
@@ -174,12 +207,14 @@ pub fn backend(target: Target, timeout: Duration) -> Result<Arc<Backend>, ConfEr
         Target::Tcp { host, port, db, .. } => format!("{host}:{port}/{db}"),
         Target::Unix { path, db, .. } => format!("unix:{path}/{db}"),
         Target::Cluster { name, .. } => format!("cluster:{name}"),
+        Target::Sentinel { sentinels, .. } => format!("sentinel:{}", sentinels.master),
     };
     let b = Arc::new(Backend {
         instruments: Instruments::new(&name),
         name,
         target,
         timeout,
+        connect_timeout,
         conn: Mutex::new(Arc::new(OnceCell::new())),
         down: AtomicBool::new(false),
         retry_at: AtomicU64::new(0),
@@ -244,6 +279,11 @@ impl Backend {
         }
         let started = Instant::now();
         let cell = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let deadline = if cell.initialized() {
+            self.timeout
+        } else {
+            self.timeout + self.connect_timeout
+        };
         let run = async {
             let conn = cell.get_or_try_init(|| self.connect()).await?;
             let mut inv = script.key(key);
@@ -258,7 +298,7 @@ impl Backend {
                 Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
             }
         };
-        let outcome = match tokio::time::timeout(self.timeout, run).await {
+        let outcome = match tokio::time::timeout(deadline, run).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Unavailable::Error(e)),
             Err(_) => Err(Unavailable::Timeout),
@@ -274,7 +314,7 @@ impl Backend {
 
     async fn connect(&self) -> redis::RedisResult<Conn> {
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
+            .set_connection_timeout(Some(self.timeout.max(self.connect_timeout)))
             .set_response_timeout(Some(self.timeout));
         match &self.target {
             Target::Tcp {
@@ -311,6 +351,17 @@ impl Backend {
                     b = b.password(p);
                 }
                 Ok(Conn::Cluster(b.build()?.get_async_connection().await?))
+            }
+            Target::Sentinel {
+                sentinels,
+                db,
+                username,
+                password,
+            } => {
+                let redis = settings(*db, username, password);
+                Ok(Conn::Single(
+                    sentinels.connect_master(redis, &config).await?,
+                ))
             }
         }
     }

@@ -13,6 +13,7 @@ pub mod count;
 pub mod keys;
 pub mod metrics;
 pub mod req;
+pub mod sentinel;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,0 +1,166 @@
+//! The Redis backends beyond one plain server (docs/scale-out.md): a master found through
+//! sentinels and followed across a failover, against real `redis-server` processes on loopback
+//! ports (tests/common/redis_server.rs; skipped loudly without `redis-server`).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::redis_server::{available, free_port, Server};
+use ext_plugin_runner::model::{HttpReqCallReq, ReqAction};
+use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
+use ext_plugin_sdk::Method;
+
+/// A `redis-server --sentinel` watching one master as `mymaster`, with a quorum of 1 and a
+/// master declared down after 1 s; killed on drop.
+struct Sentinel {
+    _dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+impl Sentinel {
+    fn start(master_port: u16) -> Sentinel {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 5000\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting redis-server --sentinel");
+        let s = Sentinel {
+            _dir: dir,
+            port,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.master_port() != Some(master_port) {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel never knew the master"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    /// The port of the master the sentinel names now.
+    fn master_port(&self) -> Option<u16> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).ok()?;
+        let mut con = client.get_connection().ok()?;
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("mymaster")
+            .query(&mut con)
+            .ok()?;
+        addr.map(|a| a.1)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status(action: &ReqAction) -> u16 {
+    match action {
+        ReqAction::Stop(s) => s.status,
+        _ => 200,
+    }
+}
+
+/// Calls until the answer is not a 500 (Redis unavailable), each within `bound`; that status.
+async fn until_answered(
+    gw: &mut FakeGateway,
+    token: u32,
+    req: &HttpReqCallReq,
+    bound: Duration,
+) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let started = Instant::now();
+        let code = status(&gw.call(token, req).await.unwrap().action);
+        let took = started.elapsed();
+        assert!(took < bound, "a call waited {took:?}");
+        if code != 500 {
+            return code;
+        }
+        assert!(Instant::now() < deadline, "Redis never answered again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_keeps_the_count() {
+    if !available("a_sentinel_failover_keeps_the_count") {
+        return;
+    }
+    let master_port = free_port();
+    let mut master = Server::start(Some(master_port), &[]);
+    let replica_port = free_port();
+    let replica = Server::start(
+        Some(replica_port),
+        &["--replicaof", "127.0.0.1", &master_port.to_string()],
+    );
+    let sentinel = Sentinel::start(master_port);
+
+    let runner = TestRunner::start(ext_plugin_catalogue::builtin()).await;
+    let mut gw = runner.connect().await;
+    let conf = format!(
+        r#"{{"count": 5, "time_window": 600, "rejected_code": 429,
+            "policy": "redis-sentinel", "redis_master_name": "mymaster",
+            "redis_sentinels": [{{"host": "127.0.0.1", "port": {}}},
+                                {{"host": "127.0.0.1", "port": {}}}],
+            "redis_connect_timeout": 500, "redis_read_timeout": 500}}"#,
+        free_port(), // a sentinel that is down: skipped
+        sentinel.port
+    );
+    let token = gw
+        .prepare("route#1#ext-plugin-pre-req#1", &[("limit-count", &conf)])
+        .await
+        .expect("the conf prepares");
+    let req = request(Method::Get, "/").with_src_ip("10.0.0.1");
+    for _ in 0..3 {
+        assert_eq!(status(&gw.call(token, &req).await.unwrap().action), 200);
+    }
+    // The count reached the replica before the master goes.
+    let synced: i64 = match master.cmd(&["WAIT", "1", "5000"]).unwrap() {
+        redis::Value::Int(n) => n,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(synced, 1, "the replica acknowledged the writes");
+
+    master.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sentinel.master_port() != Some(replica_port) {
+        assert!(Instant::now() < deadline, "the sentinel never failed over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The runner finds the promoted replica; the count goes on from 3: two more, then 429.
+    // A bound for a loaded machine: the point is "not a hang".
+    let bound = Duration::from_secs(3);
+    let mut codes = vec![until_answered(&mut gw, token, &req, bound).await];
+    for _ in 0..2 {
+        codes.push(until_answered(&mut gw, token, &req, bound).await);
+    }
+    assert_eq!(codes, [200, 200, 429], "the count survived the failover");
+    drop(replica);
+    runner.stop().await;
+}
