@@ -1,6 +1,7 @@
 //! The Redis backends beyond one plain server (docs/scale-out.md): a master found through
-//! sentinels and followed across a failover, against real `redis-server` processes on loopback
-//! ports (tests/common/redis_server.rs; skipped loudly without `redis-server`).
+//! sentinels and followed across a failover, and a 3-master Redis Cluster shared by three runner
+//! processes, against real `redis-server` processes on loopback ports
+//! (tests/common/redis_server.rs; skipped loudly without `redis-server`).
 
 mod common;
 
@@ -8,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::redis_server::{available, free_port, Server};
-use ext_plugin_runner::model::{HttpReqCallReq, ReqAction};
+use common::{connect_spawned, runner_command, status, storm, Spawned};
+use ext_plugin_runner::model::HttpReqCallReq;
+use ext_plugin_runner::testing::temp_socket_path;
 use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
 use ext_plugin_sdk::Method;
 
@@ -76,13 +79,6 @@ impl Drop for Sentinel {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn status(action: &ReqAction) -> u16 {
-    match action {
-        ReqAction::Stop(s) => s.status,
-        _ => 200,
     }
 }
 
@@ -163,4 +159,123 @@ async fn a_sentinel_failover_keeps_the_count() {
     assert_eq!(codes, [200, 200, 429], "the count survived the failover");
     drop(replica);
     runner.stop().await;
+}
+
+/// A loopback port for a cluster node: its bus port (+10000) must be a port too, and free.
+fn cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Three masters on loopback joined with `redis-cli --cluster create`, once every node says the
+/// cluster is ok.
+fn cluster() -> Vec<Server> {
+    let nodes: Vec<Server> = (0..3)
+        .map(|_| {
+            Server::start(
+                Some(cluster_port()),
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ],
+            )
+        })
+        .collect();
+    let out = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(
+            nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port.unwrap())),
+        )
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("running redis-cli --cluster create");
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in &nodes {
+        loop {
+            let info = match n.cmd(&["CLUSTER", "INFO"]) {
+                Ok(redis::Value::BulkString(b)) => String::from_utf8(b).unwrap(),
+                Ok(redis::Value::VerbatimString { text, .. }) => text,
+                other => format!("{other:?}"),
+            };
+            if info.contains("cluster_state:ok") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never formed: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_runner_processes_share_one_count_on_a_three_master_cluster() {
+    if !available("three_runner_processes_share_one_count_on_a_three_master_cluster") {
+        return;
+    }
+    let nodes = cluster();
+    let sockets: Vec<_> = (0..3).map(|_| temp_socket_path()).collect();
+    let _runners: Vec<Spawned> = sockets
+        .iter()
+        .map(|s| Spawned(runner_command(s).spawn().expect("spawning the runner")))
+        .collect();
+    // One node named: the client discovers the others.
+    let conf = format!(
+        r#"{{"count": 10, "time_window": 600, "rejected_code": 429,
+            "policy": "redis-cluster", "redis_cluster_name": "test",
+            "redis_cluster_nodes": ["127.0.0.1:{}"], "redis_timeout": 2000}}"#,
+        nodes[0].port.unwrap()
+    );
+    // Two connections per runner, as two gateway workers; keys spread over the slots.
+    let mut admitted_per_key = Vec::new();
+    for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"] {
+        let mut gws = Vec::new();
+        for s in &sockets {
+            for _ in 0..2 {
+                let mut gw = connect_spawned(s).await;
+                let token = gw
+                    .prepare("route#1#ext-plugin-pre-req#1", &[("limit-count", &conf)])
+                    .await
+                    .expect("the conf prepares");
+                gws.push((gw, token));
+            }
+        }
+        let codes = storm(gws, &request(Method::Get, "/").with_src_ip(ip), 4).await;
+        assert!(
+            codes.iter().all(|&c| c == 200 || c == 429),
+            "{ip}: {codes:?}"
+        );
+        admitted_per_key.push(codes.iter().filter(|&&c| c == 200).count());
+    }
+    assert_eq!(
+        admitted_per_key, [10; 4],
+        "exactly `count` per key across three runners"
+    );
+    // Each key lives on exactly one master, the one its slot (its hash tag) belongs to.
+    let keys: i64 = nodes
+        .iter()
+        .map(|n| match n.cmd(&["DBSIZE"]).unwrap() {
+            redis::Value::Int(k) => k,
+            other => panic!("{other:?}"),
+        })
+        .sum();
+    assert_eq!(keys, 4);
 }

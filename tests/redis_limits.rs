@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::redis_server::Server as Redis;
+use common::{status, storm};
 use ext_plugin_catalogue as plugins;
 use ext_plugin_runner::codec::Protocol;
 use ext_plugin_runner::model::{HttpReqCallReq, ReqAction};
@@ -60,36 +61,6 @@ async fn connect(path: &Path) -> FakeGateway {
             Err(e) => panic!("runner never listened on {}: {e}", path.display()),
         }
     }
-}
-
-/// The status of an answer: 200 for continue / rewrite.
-fn status(action: &ReqAction) -> u16 {
-    match action {
-        ReqAction::Stop(s) => s.status,
-        _ => 200,
-    }
-}
-
-/// Runs `per_gateway` calls on each of `gws` at once; returns every status.
-async fn storm(gws: Vec<(FakeGateway, u32)>, req: &HttpReqCallReq, per_gateway: usize) -> Vec<u16> {
-    let tasks: Vec<_> = gws
-        .into_iter()
-        .map(|(mut gw, token)| {
-            let req = req.clone();
-            tokio::spawn(async move {
-                let mut out = Vec::new();
-                for _ in 0..per_gateway {
-                    out.push(status(&gw.call(token, &req).await.unwrap().action));
-                }
-                out
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -269,3 +269,38 @@ pub async fn fresh_call_works(runner: &TestRunner, p: Protocol) {
     })
     .await
 }
+
+/// The status of an answer: 200 for continue / rewrite.
+pub fn status(action: &ReqAction) -> u16 {
+    match action {
+        ReqAction::Stop(s) => s.status,
+        _ => 200,
+    }
+}
+
+/// Runs `per_gateway` calls on each of `gws` at once (a task per connection); returns every
+/// status.
+pub async fn storm(
+    gws: Vec<(FakeGateway, u32)>,
+    req: &HttpReqCallReq,
+    per_gateway: usize,
+) -> Vec<u16> {
+    let tasks: Vec<_> = gws
+        .into_iter()
+        .map(|(mut gw, token)| {
+            let req = req.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for _ in 0..per_gateway {
+                    out.push(status(&gw.call(token, &req).await.unwrap().action));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
