@@ -1,6 +1,6 @@
 //! The Redis backends beyond one plain server (docs/scale-out.md): a master found through
-//! sentinels and followed across a failover, and a 3-master Redis Cluster shared by three runner
-//! processes, against real `redis-server` processes on loopback ports
+//! sentinels and followed across a failover, a 3-master Redis Cluster shared by three runner
+//! processes, and TLS with a certificate the test makes, against real `redis-server` processes on loopback ports
 //! (tests/common/redis_server.rs; skipped loudly without `redis-server`).
 
 mod common;
@@ -278,4 +278,94 @@ async fn three_runner_processes_share_one_count_on_a_three_master_cluster() {
         })
         .sum();
     assert_eq!(keys, 4);
+}
+
+/// A runner process trusting the roots in `ca` (`SSL_CERT_FILE`), or only the system's.
+fn tls_runner(socket: &std::path::Path, ca: Option<&std::path::Path>) -> Spawned {
+    let mut cmd = runner_command(socket);
+    cmd.env_remove("SSL_CERT_FILE").env_remove("SSL_CERT_DIR");
+    if let Some(ca) = ca {
+        cmd.env("SSL_CERT_FILE", ca);
+    }
+    Spawned(cmd.spawn().expect("spawning the runner"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_redis_checks_the_certificate_unless_told_not_to() {
+    let test = "tls_to_redis_checks_the_certificate_unless_told_not_to";
+    if !available(test) || !common::redis_server::openssl_available(test) {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, crt, key) = common::redis_server::tls_certs(certs.path());
+    let tls_port = free_port().to_string();
+    let _redis = Server::start(
+        None,
+        &[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            crt.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+            "--tls-ca-cert-file",
+            ca.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let conf = |tls: &str| {
+        format!(
+            r#"{{"count": 2, "time_window": 600, "rejected_code": 429, "policy": "redis",
+                "redis_host": "127.0.0.1", "redis_port": {tls_port}, "redis_timeout": 2000
+                {tls}}}"#
+        )
+    };
+    let verified = conf(r#", "redis_ssl": true, "redis_ssl_verify": true"#);
+    let unverified = conf(r#", "redis_ssl": true"#);
+    let plain = conf("");
+    let (trusting, untrusting) = (temp_socket_path(), temp_socket_path());
+    let _runners = [
+        tls_runner(&trusting, Some(&ca)),
+        tls_runner(&untrusting, None),
+    ];
+    // What three calls of one client answer, on `socket` with `conf` (route `route`).
+    let three = |socket, route: &'static str, conf: String, ip: &'static str| async move {
+        let mut gw = connect_spawned(socket).await;
+        let token = gw
+            .prepare(route, &[("limit-count", &conf)])
+            .await
+            .expect("the conf prepares");
+        let req = request(Method::Get, "/").with_src_ip(ip);
+        let mut codes = Vec::new();
+        for _ in 0..3 {
+            codes.push(status(&gw.call(token, &req).await.unwrap().action));
+        }
+        codes
+    };
+    let pre = |n| match n {
+        1 => "route#1#ext-plugin-pre-req#1",
+        2 => "route#2#ext-plugin-pre-req#1",
+        _ => "route#3#ext-plugin-pre-req#1",
+    };
+    // Trusting the test CA: a verified and an unverified connection count; plain text to the TLS
+    // port is no Redis at all (500, no fallback configured).
+    assert_eq!(
+        three(&trusting, pre(1), verified.clone(), "10.0.0.1").await,
+        [200, 200, 429]
+    );
+    assert_eq!(
+        three(&trusting, pre(2), unverified.clone(), "10.0.0.1").await,
+        [200, 200, 429]
+    );
+    assert_eq!(three(&trusting, pre(3), plain, "10.0.0.1").await, [500; 3]);
+    // Not trusting it: verification fails, so nothing is counted; unverified TLS still works.
+    assert_eq!(
+        three(&untrusting, pre(1), verified, "10.0.0.2").await,
+        [500; 3]
+    );
+    assert_eq!(
+        three(&untrusting, pre(2), unverified, "10.0.0.2").await,
+        [200, 200, 429]
+    );
 }

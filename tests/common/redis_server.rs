@@ -2,9 +2,9 @@
 //! with a unix socket the test controls it through, optionally listening on a loopback port
 //! too (replication, sentinels and clusters need TCP), killed on drop.
 //!
-//! Without `redis-server` on the PATH, [`available`] says loudly that the calling test was
-//! skipped, unless `REDIS_TESTS=require` (CI) makes that a failure. Install it with
-//! `apt-get install -y redis-server`.
+//! Without `redis-server` on the PATH (or `openssl`, for the TLS tests), [`available`] says
+//! loudly that the calling test was skipped, unless `REDIS_TESTS=require` (CI) makes that a
+//! failure. Install them with `apt-get install -y redis-server openssl`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -13,21 +13,32 @@ use std::time::{Duration, Instant};
 
 /// Whether `redis-server` can run here; loud when it cannot.
 pub fn available(test: &str) -> bool {
-    let found = Command::new("redis-server")
-        .arg("--version")
+    have("redis-server", "redis-server", test)
+}
+
+/// Whether the openssl CLI (for [`tls_certs`]) can run here; loud when it cannot.
+pub fn openssl_available(test: &str) -> bool {
+    have("openssl", "openssl", test)
+}
+
+/// Whether `program` runs; when it does not, the test is skipped, loudly, unless
+/// `REDIS_TESTS=require` (CI) makes that a failure.
+fn have(program: &str, package: &str, test: &str) -> bool {
+    let found = Command::new(program)
+        .arg(if program == "openssl" { "version" } else { "--version" })
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !found {
         assert!(
             std::env::var("REDIS_TESTS").as_deref() != Ok("require"),
-            "REDIS_TESTS=require but redis-server is not installed"
+            "REDIS_TESTS=require but {program} is not installed"
         );
         // Past the test harness's capture, so that a skip is seen even when the test passes.
         let _ = writeln!(
             std::io::stderr(),
-            "\n*** SKIPPED {test}: redis-server is not installed (apt-get install -y \
-             redis-server, or REDIS_TESTS=require to fail) ***\n"
+            "\n*** SKIPPED {test}: {program} is not installed (apt-get install -y {package}, \
+             or REDIS_TESTS=require to fail) ***\n"
         );
     }
     found
@@ -126,4 +137,40 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A test CA and a server certificate it signed for `127.0.0.1` and `localhost`, made with the
+/// openssl CLI (PEM files in `dir`): `(ca.crt, server.crt, server.key)`.
+pub fn tls_certs(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &str| {
+        let out = Command::new("openssl")
+            .args(args.split_whitespace())
+            .current_dir(dir)
+            .output()
+            .expect("running openssl (apt-get install -y openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    const EC: &str = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2";
+    run(&format!(
+        "req -x509 {EC} -keyout ca.key -out ca.crt -subj /CN=test-ca \
+         -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
+    ));
+    run(&format!(
+        "req {EC} -keyout server.key -out server.csr -subj /CN=localhost"
+    ));
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(
+        "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt \
+         -days 2 -extfile server.ext",
+    );
+    let file = |name| dir.join(name);
+    (file("ca.crt"), file("server.crt"), file("server.key"))
 }

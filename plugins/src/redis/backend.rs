@@ -30,6 +30,14 @@ use ext_plugin_sdk::ConfError;
 use super::metrics::{Instruments, Outcome};
 use super::sentinel::Sentinels;
 
+/// TLS to a backend (`redis_ssl` / `redis_cluster_ssl`): the server's certificate is checked
+/// against the system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` override them) unless `verify`
+/// is off (`redis_ssl_verify: false`, APISIX's default).
+#[derive(Clone, Copy, Debug)]
+pub struct Tls {
+    pub verify: bool,
+}
+
 /// Where a backend is.
 #[derive(Clone, Debug)]
 pub enum Target {
@@ -39,6 +47,7 @@ pub enum Target {
         db: i64,
         username: Option<String>,
         password: Option<String>,
+        tls: Option<Tls>,
     },
     Unix {
         path: String,
@@ -50,6 +59,7 @@ pub enum Target {
         name: String,
         nodes: Vec<(String, u16)>,
         password: Option<String>,
+        tls: Option<Tls>,
     },
     /// The master the sentinels name (`policy: "redis-sentinel"`).
     Sentinel {
@@ -125,6 +135,15 @@ fn secret(password: &Option<String>) -> String {
     })
 }
 
+/// `-`, `tls` or `tls-noverify`.
+fn tls_id(tls: Option<Tls>) -> &'static str {
+    match tls {
+        None => "-",
+        Some(Tls { verify: true }) => "tls",
+        Some(Tls { verify: false }) => "tls-noverify",
+    }
+}
+
 /// `host:port,host:port…`.
 fn joined(nodes: &[(String, u16)]) -> String {
     let nodes: Vec<String> = nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
@@ -141,10 +160,12 @@ fn identity(t: &Target, timeout: Duration, connect_timeout: Duration) -> String 
             db,
             username,
             password,
+            tls,
         } => format!(
-            "tcp#{host}#{port}#{db}#{}#{}#{ms}",
+            "tcp#{host}#{port}#{db}#{}#{}#{}#{ms}",
             username.as_deref().unwrap_or(""),
-            secret(password)
+            secret(password),
+            tls_id(*tls)
         ),
         Target::Unix {
             path,
@@ -160,9 +181,13 @@ fn identity(t: &Target, timeout: Duration, connect_timeout: Duration) -> String 
             name,
             nodes,
             password,
-        } => {
-            format!("cluster#{name}#{}#{}#{ms}", joined(nodes), secret(password))
-        }
+            tls,
+        } => format!(
+            "cluster#{name}#{}#{}#{}#{ms}",
+            joined(nodes),
+            secret(password),
+            tls_id(*tls)
+        ),
         Target::Sentinel {
             sentinels,
             db,
@@ -234,6 +259,14 @@ fn settings(db: i64, username: &Option<String>, password: &Option<String>) -> Re
         s = s.set_password(p);
     }
     s
+}
+
+/// Makes ring rustls's process-wide provider (once; a provider installed before stays).
+fn crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// A multiplexed connection to one server.
@@ -323,8 +356,20 @@ impl Backend {
                 db,
                 username,
                 password,
+                tls,
             } => {
-                let addr = ConnectionAddr::Tcp(host.clone(), *port);
+                let addr = match tls {
+                    None => ConnectionAddr::Tcp(host.clone(), *port),
+                    Some(tls) => {
+                        crypto_provider();
+                        ConnectionAddr::TcpTls {
+                            host: host.clone(),
+                            port: *port,
+                            insecure: !tls.verify,
+                            tls_params: None,
+                        }
+                    }
+                };
                 single(addr, settings(*db, username, password), &config).await
             }
             Target::Unix {
@@ -337,16 +382,28 @@ impl Backend {
                 single(addr, settings(*db, username, password), &config).await
             }
             Target::Cluster {
-                nodes, password, ..
+                nodes,
+                password,
+                tls,
+                ..
             } => {
+                let scheme = if tls.is_some() { "rediss" } else { "redis" };
                 let urls: Vec<String> = nodes
                     .iter()
-                    .map(|(h, p)| format!("redis://{h}:{p}"))
+                    .map(|(h, p)| format!("{scheme}://{h}:{p}"))
                     .collect();
                 let mut b = redis::cluster::ClusterClient::builder(urls)
                     .retries(1)
                     .connection_timeout(self.timeout)
                     .response_timeout(self.timeout);
+                if let Some(tls) = tls {
+                    crypto_provider();
+                    b = b.tls(if tls.verify {
+                        redis::TlsMode::Secure
+                    } else {
+                        redis::TlsMode::Insecure
+                    });
+                }
                 if let Some(p) = password {
                     b = b.password(p);
                 }

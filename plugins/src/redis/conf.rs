@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ext_plugin_sdk::{ConfError, PrepareEnv};
 
-use super::backend::{Backend, Target};
+use super::backend::{Backend, Target, Tls};
 use super::keys::KeyBase;
 use super::sentinel::Sentinels;
 
@@ -299,11 +299,12 @@ pub fn storage(
         timeout = read;
         target
     } else if policy == "redis" {
-        if f.redis_ssl == Some(true) {
-            return Err(ConfError::new(
-                "`redis_ssl`: TLS to Redis is not supported by this runner yet",
-            ));
-        }
+        let tls = tls(
+            "redis_ssl",
+            f.redis_ssl,
+            "redis_ssl_verify",
+            f.redis_ssl_verify,
+        )?;
         let host = f
             .redis_host
             .ok_or_else(|| ConfError::new("`redis_host` is required with `policy` \"redis\""))?;
@@ -312,10 +313,15 @@ pub fn storage(
         }
         let db = at_least("redis_database", f.redis_database, 0, 0)?;
         if let Some(path) = host.strip_prefix("unix:") {
-            if f.redis_port.is_some() {
-                return Err(ConfError::new(
-                    "`redis_port` does not apply to a `redis_host` \"unix:/path\"",
-                ));
+            let field = match (f.redis_port, tls) {
+                (Some(_), _) => Some("redis_port"),
+                (None, Some(_)) => Some("redis_ssl"),
+                (None, None) => None,
+            };
+            if let Some(field) = field {
+                return Err(ConfError::new(format!(
+                    "`{field}` does not apply to a `redis_host` \"unix:/path\""
+                )));
             }
             if !path.starts_with('/') {
                 return Err(ConfError::new(format!(
@@ -339,14 +345,16 @@ pub fn storage(
                 db,
                 username: f.redis_username,
                 password,
+                tls,
             }
         }
     } else {
-        if f.redis_cluster_ssl == Some(true) {
-            return Err(ConfError::new(
-                "`redis_cluster_ssl`: TLS to Redis is not supported by this runner yet",
-            ));
-        }
+        let tls = tls(
+            "redis_cluster_ssl",
+            f.redis_cluster_ssl,
+            "redis_cluster_ssl_verify",
+            f.redis_cluster_ssl_verify,
+        )?;
         let nodes = f.redis_cluster_nodes.ok_or_else(|| {
             ConfError::new("`redis_cluster_nodes` is required with `policy` \"redis-cluster\"")
         })?;
@@ -380,6 +388,7 @@ pub fn storage(
             name,
             nodes: addrs,
             password,
+            tls,
         }
     };
     let prefix = f.redis_key_prefix.unwrap_or_else(|| "a6r".to_owned());
@@ -400,6 +409,23 @@ pub fn storage(
         fallback_local,
         keys,
     }))
+}
+
+/// TLS as `ssl` and `verify` say (both default to false, as APISIX's). `verify` without `ssl`
+/// would be a setting that does nothing: refused.
+fn tls(
+    ssl_field: &str,
+    ssl: Option<bool>,
+    verify_field: &str,
+    verify: Option<bool>,
+) -> Result<Option<Tls>, ConfError> {
+    match (ssl.unwrap_or(false), verify.unwrap_or(false)) {
+        (true, verify) => Ok(Some(Tls { verify })),
+        (false, true) => Err(ConfError::new(format!(
+            "`{verify_field}` needs `{ssl_field}`: true"
+        ))),
+        (false, false) => Ok(None),
+    }
 }
 
 /// `redis-sentinel`'s target and its connect and read timeouts (ms), APISIX's fields.
@@ -522,8 +548,16 @@ mod tests {
                 "redis_keepalive_timeout",
             ),
             (
-                r#""policy": "redis", "redis_host": "rh", "redis_ssl": true"#,
-                "TLS",
+                r#""policy": "redis", "redis_host": "rh", "redis_ssl_verify": true"#,
+                "`redis_ssl_verify` needs `redis_ssl`: true",
+            ),
+            (
+                r#""policy": "redis", "redis_host": "unix:/r.sock", "redis_ssl": true"#,
+                "`redis_ssl` does not apply",
+            ),
+            (
+                r#""policy": "redis-cluster", "redis_cluster_name": "c", "redis_cluster_nodes": ["a:1"], "redis_cluster_ssl_verify": true"#,
+                "`redis_cluster_ssl_verify` needs `redis_cluster_ssl`: true",
             ),
             (
                 r#""policy": "redis", "redis_host": "unix:/r.sock", "redis_port": 1"#,
@@ -625,6 +659,9 @@ mod tests {
             r#""policy": "redis", "redis_host": "127.0.0.1", "redis_port": 1, "allow_degradation": true"#,
             r#""policy": "redis", "redis_host": "unix:/nonexistent/r.sock", "fallback": "local", "redis_password": """#,
             r#""policy": "redis-cluster", "redis_cluster_name": "c", "redis_cluster_nodes": ["127.0.0.1:1", "[::1]:2"]"#,
+            r#""policy": "redis", "redis_host": "rh", "redis_ssl": true, "redis_ssl_verify": true"#,
+            r#""policy": "redis-cluster", "redis_cluster_name": "c", "redis_cluster_nodes": ["a:1"],
+                "redis_cluster_ssl": true"#,
             r#""policy": "redis", "redis_host": "rh", "sync_interval": -1, "redis_keepalive_pool": 5"#,
             r#""policy": "redis-sentinel", "redis_sentinels": [{"host": "127.0.0.1", "port": 1}],
                 "redis_master_name": "m", "redis_role": "master", "redis_database": 1,
