@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,27 @@ impl Sentinel {
         s
     }
 
+    /// Whether the sentinel has found the replica and sees it healthy: it learns of replicas
+    /// from the master's INFO, polled every 10 s, and cannot fail over to one it does not know.
+    fn knows_a_replica(&self) -> bool {
+        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)) else {
+            return false;
+        };
+        let Ok(mut con) = client.get_connection() else {
+            return false;
+        };
+        let replicas: Vec<Vec<String>> = redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg("mymaster")
+            .query(&mut con)
+            .unwrap_or_default();
+        replicas.iter().any(|fields| {
+            fields
+                .chunks(2)
+                .any(|kv| kv[0] == "flags" && kv.get(1).is_some_and(|f| f == "slave"))
+        })
+    }
+
     /// The port of the master the sentinel names now.
     fn master_port(&self) -> Option<u16> {
         let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).ok()?;
@@ -115,6 +137,19 @@ async fn a_sentinel_failover_keeps_the_count() {
         Some(replica_port),
         &["--replicaof", "127.0.0.1", &master_port.to_string()],
     );
+    // A replica that has not finished its first sync cannot acknowledge writes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = replica.text(&["INFO", "replication"]);
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never synced: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let sentinel = Sentinel::start(master_port);
 
     let runner = TestRunner::start(ext_plugin_catalogue::builtin()).await;
@@ -137,11 +172,19 @@ async fn a_sentinel_failover_keeps_the_count() {
         assert_eq!(status(&gw.call(token, &req).await.unwrap().action), 200);
     }
     // The count reached the replica before the master goes.
-    let synced: i64 = match master.cmd(&["WAIT", "1", "5000"]).unwrap() {
+    let synced: i64 = match master.cmd(&["WAIT", "1", "10000"]).unwrap() {
         redis::Value::Int(n) => n,
         other => panic!("{other:?}"),
     };
     assert_eq!(synced, 1, "the replica acknowledged the writes");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sentinel.knows_a_replica() {
+        assert!(
+            Instant::now() < deadline,
+            "the sentinel never found the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     master.stop();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -172,47 +215,65 @@ fn cluster_port() -> u16 {
 }
 
 /// Three masters on loopback joined with `redis-cli --cluster create`, once every node says the
-/// cluster is ok.
-fn cluster() -> Vec<Server> {
-    let nodes: Vec<Server> = (0..3)
+/// cluster is ok; with `tls` (the CA, certificate and key of [`tls_certs`]) they listen (and
+/// talk to each other) over TLS only. Each node with its client port.
+fn cluster(tls: Option<&(PathBuf, PathBuf, PathBuf)>) -> Vec<(Server, u16)> {
+    let path = |p: &PathBuf| p.to_str().unwrap().to_owned();
+    let nodes: Vec<(Server, u16)> = (0..3)
         .map(|_| {
-            Server::start(
-                Some(cluster_port()),
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "5000",
-                ],
-            )
+            let port = cluster_port();
+            let mut args: Vec<String> = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ]
+            .map(String::from)
+            .to_vec();
+            if let Some((ca, crt, key)) = tls {
+                args.extend([
+                    "--tls-port".into(),
+                    port.to_string(),
+                    "--tls-cluster".into(),
+                    "yes".into(),
+                    "--tls-cert-file".into(),
+                    path(crt),
+                    "--tls-key-file".into(),
+                    path(key),
+                    "--tls-ca-cert-file".into(),
+                    path(ca),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let plain = tls.is_none().then_some(port);
+            (Server::start(plain, &args), port)
         })
         .collect();
-    let out = Command::new("redis-cli")
+    let mut cli = Command::new("redis-cli");
+    if let Some((ca, _, _)) = tls {
+        cli.arg("--tls").arg("--cacert").arg(ca);
+    }
+    let out = cli
         .arg("--cluster")
         .arg("create")
-        .args(
-            nodes
-                .iter()
-                .map(|n| format!("127.0.0.1:{}", n.port.unwrap())),
-        )
+        .args(nodes.iter().map(|(_, port)| format!("127.0.0.1:{port}")))
         .args(["--cluster-replicas", "0", "--cluster-yes"])
         .output()
         .expect("running redis-cli --cluster create");
     assert!(
         out.status.success(),
-        "redis-cli --cluster create: {}",
-        String::from_utf8_lossy(&out.stdout)
+        "redis-cli --cluster create: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    for n in &nodes {
+    for (n, _) in &nodes {
         loop {
-            let info = match n.cmd(&["CLUSTER", "INFO"]) {
-                Ok(redis::Value::BulkString(b)) => String::from_utf8(b).unwrap(),
-                Ok(redis::Value::VerbatimString { text, .. }) => text,
-                other => format!("{other:?}"),
-            };
+            let info = n.text(&["CLUSTER", "INFO"]);
             if info.contains("cluster_state:ok") {
                 break;
             }
@@ -226,12 +287,23 @@ fn cluster() -> Vec<Server> {
     nodes
 }
 
+/// Keys held by the nodes together.
+fn cluster_keys(nodes: &[(Server, u16)]) -> i64 {
+    nodes
+        .iter()
+        .map(|(n, _)| match n.cmd(&["DBSIZE"]).unwrap() {
+            redis::Value::Int(k) => k,
+            other => panic!("{other:?}"),
+        })
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_runner_processes_share_one_count_on_a_three_master_cluster() {
     if !available("three_runner_processes_share_one_count_on_a_three_master_cluster") {
         return;
     }
-    let nodes = cluster();
+    let nodes = cluster(None);
     let sockets: Vec<_> = (0..3).map(|_| temp_socket_path()).collect();
     let _runners: Vec<Spawned> = sockets
         .iter()
@@ -242,7 +314,7 @@ async fn three_runner_processes_share_one_count_on_a_three_master_cluster() {
         r#"{{"count": 10, "time_window": 600, "rejected_code": 429,
             "policy": "redis-cluster", "redis_cluster_name": "test",
             "redis_cluster_nodes": ["127.0.0.1:{}"], "redis_timeout": 2000}}"#,
-        nodes[0].port.unwrap()
+        nodes[0].1
     );
     // Two connections per runner, as two gateway workers; keys spread over the slots.
     let mut admitted_per_key = Vec::new();
@@ -270,14 +342,18 @@ async fn three_runner_processes_share_one_count_on_a_three_master_cluster() {
         "exactly `count` per key across three runners"
     );
     // Each key lives on exactly one master, the one its slot (its hash tag) belongs to.
-    let keys: i64 = nodes
-        .iter()
-        .map(|n| match n.cmd(&["DBSIZE"]).unwrap() {
-            redis::Value::Int(k) => k,
-            other => panic!("{other:?}"),
-        })
-        .sum();
-    assert_eq!(keys, 4);
+    assert_eq!(cluster_keys(&nodes), 4);
+}
+
+/// A test CA and server certificate in a directory of their own, when redis-server and openssl
+/// are both here (else the test is skipped, loudly).
+fn tls_setup(test: &str) -> Option<(tempfile::TempDir, (PathBuf, PathBuf, PathBuf))> {
+    if !available(test) || !common::redis_server::openssl_available(test) {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let files = common::redis_server::tls_certs(dir.path());
+    Some((dir, files))
 }
 
 /// A runner process trusting the roots in `ca` (`SSL_CERT_FILE`), or only the system's.
@@ -292,12 +368,11 @@ fn tls_runner(socket: &std::path::Path, ca: Option<&std::path::Path>) -> Spawned
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_redis_checks_the_certificate_unless_told_not_to() {
-    let test = "tls_to_redis_checks_the_certificate_unless_told_not_to";
-    if !available(test) || !common::redis_server::openssl_available(test) {
+    let Some((_certs, (ca, crt, key))) =
+        tls_setup("tls_to_redis_checks_the_certificate_unless_told_not_to")
+    else {
         return;
-    }
-    let certs = tempfile::tempdir().unwrap();
-    let (ca, crt, key) = common::redis_server::tls_certs(certs.path());
+    };
     let tls_port = free_port().to_string();
     let _redis = Server::start(
         None,
@@ -368,4 +443,34 @@ async fn tls_to_redis_checks_the_certificate_unless_told_not_to() {
         three(&untrusting, pre(2), unverified, "10.0.0.2").await,
         [200, 200, 429]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_is_reached_with_a_verified_certificate() {
+    let Some((_certs, files)) = tls_setup("a_tls_cluster_is_reached_with_a_verified_certificate")
+    else {
+        return;
+    };
+    let nodes = cluster(Some(&files));
+    let socket = temp_socket_path();
+    let _runner = tls_runner(&socket, Some(&files.0));
+    let conf = format!(
+        r#"{{"count": 3, "time_window": 600, "rejected_code": 429,
+            "policy": "redis-cluster", "redis_cluster_name": "tls",
+            "redis_cluster_nodes": ["127.0.0.1:{}"], "redis_timeout": 2000,
+            "redis_cluster_ssl": true, "redis_cluster_ssl_verify": true}}"#,
+        nodes[0].1
+    );
+    let mut gw = connect_spawned(&socket).await;
+    let token = gw
+        .prepare("route#1#ext-plugin-pre-req#1", &[("limit-count", &conf)])
+        .await
+        .expect("the conf prepares");
+    let req = request(Method::Get, "/").with_src_ip("10.0.0.9");
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(status(&gw.call(token, &req).await.unwrap().action));
+    }
+    assert_eq!(codes, [200, 200, 200, 429]);
+    assert_eq!(cluster_keys(&nodes), 1);
 }

@@ -25,7 +25,11 @@ pub fn openssl_available(test: &str) -> bool {
 /// `REDIS_TESTS=require` (CI) makes that a failure.
 fn have(program: &str, package: &str, test: &str) -> bool {
     let found = Command::new(program)
-        .arg(if program == "openssl" { "version" } else { "--version" })
+        .arg(if program == "openssl" {
+            "version"
+        } else {
+            "--version"
+        })
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
@@ -119,6 +123,15 @@ impl Server {
             let _ = c.wait();
         }
         let _ = std::fs::remove_file(self.socket());
+    }
+
+    /// A command's text answer (`INFO`, `CLUSTER INFO`), or what went wrong, as text.
+    pub fn text(&self, args: &[&str]) -> String {
+        match self.cmd(args) {
+            Ok(redis::Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+            Ok(redis::Value::VerbatimString { text, .. }) => text,
+            other => format!("{other:?}"),
+        }
     }
 
     /// One command over the unix socket.
