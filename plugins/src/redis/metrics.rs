@@ -3,7 +3,7 @@
 //!
 //! * `backend` is the backend's [name](super::backend::Backend::name): `host:port/db`,
 //!   `unix:/path/db`, `cluster:<redis_cluster_name>` or `sentinel:<redis_master_name>`, never a
-//!   credential. Confs make at most [`MAX_BACKENDS`](super::backend::MAX_BACKENDS) live
+//!   credential. Confs make at most [`MAX_BACKENDS`] live
 //!   backends, so the label is bounded.
 //! * Backends are process-wide while the registry comes with each prepare: a backend takes the
 //!   handles of the registry of the last conf that named it ([`Instruments::attach`]); the
