@@ -21,6 +21,10 @@
 //! * `allow_degradation`: a request the plugin cannot decide for passes instead of the 500.
 //! * *(ext)* `dry_run`: over a limit, the request goes on, uncounted (the slots of the rules it
 //!   passed are given back), with `x-dry-run-reject: limit-conn`.
+//! * `policy: "redis"` / `"redis-cluster"` / *(ext)* `"redis-sentinel"`: the count is kept in
+//!   Redis ([`crate::redis::conn`]), shared by every runner, each slot leased for `key_ttl` (else `lease_timeout`); the unit
+//!   delay stays per runner. When Redis cannot answer: *(ext)* `fallback: "local"` counts in
+//!   process, else `allow_degradation` passes, else 500 without a body, as APISIX.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +34,7 @@ use serde::Deserialize;
 
 use ext_plugin_sdk::*;
 use crate::limit_req::MAX_DELAY_SECS;
+use crate::redis::conn::RedisConn;
 use crate::support::amount::{Amount, AmountConf};
 use crate::support::clock::{secs_to_nanos, Nanos, NANOS_PER_MS};
 use crate::support::few::Few;
@@ -101,6 +106,8 @@ pub struct LimitConn {
     dry_run: bool,
     reject: Stop,
     clock: Clock,
+    /// `policy: "redis"` / `"redis-cluster"` / `"redis-sentinel"`.
+    redis: Option<RedisConn>,
 }
 
 struct Limit {
@@ -126,19 +133,52 @@ pub struct Slot {
     unit_delay: AtomicU64,
 }
 
+/// One slot a request holds until its answer.
+enum Hold {
+    Local(Arc<Slot>),
+    /// Counted in Redis; the local slot only learns the unit delay.
+    Redis(crate::redis::conn::Held, Arc<Slot>),
+}
+
 /// The slots one request holds until its answer: one per applicable limit.
-type Held = Few<Arc<Slot>>;
+type Held = Few<Hold>;
 
 fn release(held: &Held, latency: Option<u64>) {
-    held.as_slice().iter().for_each(|s| s.release(latency));
+    for hold in held.as_slice() {
+        match hold {
+            Hold::Local(slot) => slot.release(latency),
+            Hold::Redis(redis, slot) => {
+                redis.release();
+                slot.learn(latency);
+            }
+        }
+    }
 }
 
 impl Slot {
     pub(crate) fn release(&self, latency: Option<u64>) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.learn(latency);
+    }
+
+    /// The unit delay learns from a request's latency: `unit = (latency + unit)/2`.
+    fn learn(&self, latency: Option<u64>) {
         if let Some(latency) = latency {
             let unit = self.unit_delay.load(Ordering::Relaxed);
             self.unit_delay.store((latency + unit) / 2, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Slot {
+    /// The delay of the `n`th request in flight: `unit_delay·floor((n−1)/conn)` above `conn`.
+    fn delay(&self, n: u64, conn: u64) -> u64 {
+        if n > conn {
+            self.unit_delay
+                .load(Ordering::Relaxed)
+                .saturating_mul((n - 1) / conn)
+        } else {
+            0
         }
     }
 }
@@ -164,23 +204,22 @@ impl ConnState {
         burst: u64,
         now: u64,
     ) -> Result<(Arc<Slot>, u64), ()> {
-        let slot = self.pools[pool].get_or_insert(key, now, || Slot {
-            in_flight: AtomicU64::new(0),
-            unit_delay: AtomicU64::new(self.default_delay),
-        });
+        let slot = self.slot(pool, key, now);
         let n = slot.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         if n > conn.saturating_add(burst) {
             slot.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(());
         }
-        let delay = if n > conn {
-            slot.unit_delay
-                .load(Ordering::Relaxed)
-                .saturating_mul((n - 1) / conn)
-        } else {
-            0
-        };
+        let delay = slot.delay(n, conn);
         Ok((slot, delay))
+    }
+
+    /// `key`'s slot in `pool`.
+    fn slot(&self, pool: usize, key: &str, now: u64) -> Arc<Slot> {
+        self.pools[pool].get_or_insert(key, now, || Slot {
+            in_flight: AtomicU64::new(0),
+            unit_delay: AtomicU64::new(self.default_delay),
+        })
     }
 
     /// Frees the slots whose response never came.
@@ -200,7 +239,6 @@ impl Plugin for LimitConn {
         let clock = env.clock().clone();
         let fields = conf.take_redis_fields();
         let storage = crate::redis::conf::storage(Self::NAME, &conf.policy, fields, None, env)?;
-        crate::redis::conn::check_conf(storage, conf.key_ttl)?;
         reject::check_max_keys(conf.max_keys)?;
         if !(conf.default_conn_delay > 0.0 && conf.default_conn_delay < MAX_DELAY_SECS) {
             return Err(ConfError::new("`default_conn_delay` must be above 0 and below 55 s"));
@@ -208,6 +246,7 @@ impl Plugin for LimitConn {
         if !(conf.lease_timeout >= 1.0 && conf.lease_timeout <= 3600.0) {
             return Err(ConfError::new("`lease_timeout` must be 1 to 3600 seconds"));
         }
+        let redis = crate::redis::conn::check_conf(storage, conf.key_ttl, conf.lease_timeout)?;
         if let Some(h) = &conf.correlation_header {
             if !reject::is_token(h) {
                 return Err(ConfError::new(format!("`correlation_header` {h:?} is not a header name")));
@@ -283,6 +322,7 @@ impl Plugin for LimitConn {
                 &conf.rejected_headers,
             )?,
             clock,
+            redis,
         })
     }
 
@@ -296,9 +336,21 @@ impl Plugin for LimitConn {
         let mut held = Few::None;
         let mut delay = 0u64;
         for (limit, key, conn, burst) in plan {
-            match self.state.acquire(limit.index, &key, conn, burst, now) {
-                Ok((slot, d)) => {
-                    held.push(slot);
+            let got = match self.acquire(limit, &key, conn, burst, now).await {
+                Ok(got) => got,
+                Err(flow) => {
+                    // Redis cannot decide: pass holding what the limits before took (they are
+                    // released as usual), or give them back and answer 500.
+                    if flow != Flow::Continue {
+                        release(&held, None);
+                        return Ok(flow);
+                    }
+                    break;
+                }
+            };
+            match got {
+                Ok((hold, d)) => {
+                    held.push(hold);
                     delay = delay.saturating_add(d);
                 }
                 Err(()) => {
@@ -347,6 +399,39 @@ impl Plugin for LimitConn {
 }
 
 impl LimitConn {
+    /// Counts the request in for `limit`: in Redis when the policy says so, else (or as the
+    /// fallback) in process. `Err(flow)`: Redis could not decide and this is the answer.
+    async fn acquire(
+        &self,
+        limit: &Limit,
+        key: &str,
+        conn: u64,
+        burst: u64,
+        now: u64,
+    ) -> Result<Result<(Hold, u64), ()>, Flow> {
+        let local = || {
+            self.state
+                .acquire(limit.index, key, conn, burst, now)
+                .map(|(slot, d)| (Hold::Local(slot), d))
+        };
+        let Some(redis) = &self.redis else {
+            return Ok(local());
+        };
+        match redis.acquire(limit.index, key, conn.saturating_add(burst)).await {
+            Ok(Ok((held, n))) => {
+                let slot = self.state.slot(limit.index, key, now);
+                let delay = slot.delay(n, conn);
+                Ok(Ok((Hold::Redis(held, slot), delay)))
+            }
+            Ok(Err(())) => Ok(Err(())),
+            Err(why) if redis.policy.fallback_local => {
+                tracing::debug!(%why, "limit-conn: redis unavailable, counting locally");
+                Ok(local())
+            }
+            Err(why) => Err(crate::redis::unavailable(Self::NAME, self.allow_degradation, &why)),
+        }
+    }
+
     /// The limits that apply to this request, with their keys and numbers resolved.
     async fn plan(&self, call: &mut RequestCall<'_>) -> Result<Plan<'_>, PluginError> {
         let mut plan = Few::None;

@@ -125,6 +125,18 @@ impl Server {
         let _ = std::fs::remove_file(self.socket());
     }
 
+    /// An outage for the failure-path tests: `"paused"` pauses every client for 4 s (Redis
+    /// stalls, the connection stays), `"stopped"` kills the server (see [`Server::stop`]).
+    pub fn outage(&mut self, phase: &str) {
+        match phase {
+            "paused" => {
+                self.cmd(&["CLIENT", "PAUSE", "4000", "ALL"]).unwrap();
+            }
+            "stopped" => self.stop(),
+            other => panic!("no outage {other:?}"),
+        }
+    }
+
     /// A command's text answer (`INFO`, `CLUSTER INFO`), or what went wrong, as text.
     pub fn text(&self, args: &[&str]) -> String {
         match self.cmd(args) {
