@@ -877,6 +877,110 @@ async fn redis_backends_count_commands_by_outcome_and_export_their_state() {
     }
 }
 
+/// limit-count's leasing and limit-conn reach Redis through the same backends: their commands
+/// (a lease's refill, a slot's acquire and its background release) are counted and timed, and
+/// a failure takes the backend down, as for the other limiters. Each has a server of its own,
+/// so that a lease's background refill cannot move limit-conn's exact figures.
+#[tokio::test]
+async fn leasing_and_limit_conn_commands_are_counted_too() {
+    if !common::redis_server::available("leasing_and_limit_conn_commands_are_counted_too") {
+        return;
+    }
+    let leasing_redis = common::redis_server::Server::unix();
+    let mut conn_redis = common::redis_server::Server::unix();
+    let socket = temp_socket_path();
+    let metrics = Target::Unix(temp_socket_path());
+    let _runner = spawn(&socket, &["--metrics-listen", &metrics.flag()]);
+    let mut gw = connect(&socket).await;
+    let backend = |r: &common::redis_server::Server| format!("unix:{}/0", r.socket().display());
+    let (leasing, conn) = (backend(&leasing_redis), backend(&conn_redis));
+    let req = request(Method::Get, "/").with_src_ip("10.0.0.1");
+
+    // Leasing: the first request of a key waits for its grant, one command at least.
+    let lease = format!(
+        r#"{{"count": 100, "time_window": 60, "sync_interval": 0.5, "policy": "redis",
+            "redis_host": "{}"}}"#,
+        leasing_redis.host()
+    );
+    let token = gw
+        .prepare(&format!("route#l#{PRE}#1"), &[("limit-count", &lease)])
+        .await
+        .unwrap();
+    let action = gw.call(token, &req).await.unwrap().action;
+    assert!(!matches!(action, ReqAction::Stop(_)), "{action:?}");
+    let e = scrape(&metrics).await;
+    assert!(redis_commands(&e, &leasing, "ok") >= 1.0, "the grant");
+    let timed = e.value(
+        "redis_command_duration_seconds_count",
+        &[("backend", &leasing)],
+    );
+    assert!(timed >= 1.0, "the grant is timed");
+    assert_eq!(e.value("redis_up", &[("backend", &leasing)]), 1.0);
+
+    // limit-conn: one command per admitted request, one per release.
+    let conf = format!(
+        r#"{{"conn": 5, "burst": 0, "default_conn_delay": 0.1, "policy": "redis",
+            "redis_host": "{}", "redis_timeout": 1000}}"#,
+        conn_redis.host()
+    );
+    let token = gw
+        .prepare(&format!("route#c#{PRE}#1"), &[("limit-conn", &conf)])
+        .await
+        .unwrap();
+    let post = gw
+        .prepare("route#c#ext-plugin-post-resp#1", &[("limit-conn", &conf)])
+        .await
+        .unwrap();
+    let ReqAction::Rewrite(admitted) = gw.call(token, &req).await.unwrap().action else {
+        panic!("admitted with a correlation header")
+    };
+    let id = admitted
+        .headers
+        .iter()
+        .find(|h| h.name == "x-a6-runner-req")
+        .and_then(|h| h.value.clone())
+        .expect("the correlation header");
+    assert_eq!(redis_commands(&scrape(&metrics).await, &conn, "ok"), 1.0);
+    gw.set_var("http_x_a6_runner_req", &id);
+    gw.resp_call(post, 200, &[]).await.unwrap();
+    // The release runs in the background, after the answer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis_commands(&scrape(&metrics).await, &conn, "ok") < 2.0 {
+        assert!(Instant::now() < deadline, "the release was never counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // limit-conn's server dies: one failed command opens the breaker, the next is not sent.
+    conn_redis.stop();
+    for _ in 0..2 {
+        let ReqAction::Stop(s) = gw.call(token, &req).await.unwrap().action else {
+            panic!("no fallback: a 500")
+        };
+        assert_eq!(s.status, 500);
+    }
+    let e = scrape(&metrics).await;
+    assert_eq!(redis_commands(&e, &conn, "ok"), 2.0);
+    assert_eq!(
+        redis_commands(&e, &conn, "error") + redis_commands(&e, &conn, "timeout"),
+        1.0
+    );
+    assert_eq!(redis_commands(&e, &conn, "breaker_open"), 1.0);
+    assert_eq!(
+        e.value(
+            "redis_command_duration_seconds_count",
+            &[("backend", &conn)]
+        ),
+        3.0,
+        "commands not sent are not timed"
+    );
+    assert_eq!(e.value("redis_up", &[("backend", &conn)]), 0.0);
+    assert_eq!(
+        e.value("redis_up", &[("backend", &leasing)]),
+        1.0,
+        "each backend its own state"
+    );
+}
+
 /// The OpenSergo control-plane stream's state, its pushes by outcome and the rules loaded per
 /// app, against the fake control plane of the opensergo tests.
 #[tokio::test]
