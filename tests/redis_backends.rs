@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::redis_server::{available, free_port, Server};
-use common::{connect_spawned, runner_command, status, storm, Spawned};
+use common::{connect_spawned, runner_command, status, storm, Spawned, PRE};
 use ext_plugin_runner::model::HttpReqCallReq;
 use ext_plugin_runner::testing::temp_socket_path;
 use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
@@ -298,9 +298,36 @@ fn cluster_keys(nodes: &[(Server, u16)]) -> i64 {
         .sum()
 }
 
+/// `per_runner` connections to each runner on `sockets` (as gateway workers), each with `chain`
+/// prepared under `key`.
+async fn prepared(
+    sockets: &[PathBuf],
+    per_runner: usize,
+    key: &str,
+    chain: &[(&str, &str)],
+) -> Vec<(FakeGateway, u32)> {
+    let mut gws = Vec::new();
+    for s in sockets {
+        for _ in 0..per_runner {
+            let mut gw = connect_spawned(s).await;
+            let token = gw.prepare(key, chain).await.expect("the conf prepares");
+            gws.push((gw, token));
+        }
+    }
+    gws
+}
+
+/// How many of `codes` were admitted; every other one must be the conf's 429.
+fn admitted(codes: &[u16]) -> usize {
+    assert!(codes.iter().all(|&c| c == 200 || c == 429), "{codes:?}");
+    codes.iter().filter(|&&c| c == 200).count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_runner_processes_share_one_count_on_a_three_master_cluster() {
-    if !available("three_runner_processes_share_one_count_on_a_three_master_cluster") {
+async fn three_runner_processes_share_a_count_a_rate_and_a_concurrency_on_a_three_master_cluster() {
+    if !available(
+        "three_runner_processes_share_a_count_a_rate_and_a_concurrency_on_a_three_master_cluster",
+    ) {
         return;
     }
     let nodes = cluster(None);
@@ -309,33 +336,23 @@ async fn three_runner_processes_share_one_count_on_a_three_master_cluster() {
         .iter()
         .map(|s| Spawned(runner_command(s).spawn().expect("spawning the runner")))
         .collect();
-    // One node named: the client discovers the others.
-    let conf = format!(
-        r#"{{"count": 10, "time_window": 600, "rejected_code": 429,
-            "policy": "redis-cluster", "redis_cluster_name": "test",
-            "redis_cluster_nodes": ["127.0.0.1:{}"], "redis_timeout": 2000}}"#,
-        nodes[0].1
-    );
+    // A plugin's conf with `limits`, on the cluster through one node named (node `n`): the
+    // client discovers the others.
+    let on_cluster = |limits: &str, n: usize| {
+        format!(
+            r#"{{{limits}, "rejected_code": 429, "policy": "redis-cluster",
+                "redis_cluster_name": "test", "redis_cluster_nodes": ["127.0.0.1:{}"],
+                "redis_timeout": 2000}}"#,
+            nodes[n].1
+        )
+    };
+    let conf = on_cluster(r#""count": 10, "time_window": 600"#, 0);
     // Two connections per runner, as two gateway workers; keys spread over the slots.
     let mut admitted_per_key = Vec::new();
     for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"] {
-        let mut gws = Vec::new();
-        for s in &sockets {
-            for _ in 0..2 {
-                let mut gw = connect_spawned(s).await;
-                let token = gw
-                    .prepare("route#1#ext-plugin-pre-req#1", &[("limit-count", &conf)])
-                    .await
-                    .expect("the conf prepares");
-                gws.push((gw, token));
-            }
-        }
+        let gws = prepared(&sockets, 2, PRE, &[("limit-count", &conf)]).await;
         let codes = storm(gws, &request(Method::Get, "/").with_src_ip(ip), 4).await;
-        assert!(
-            codes.iter().all(|&c| c == 200 || c == 429),
-            "{ip}: {codes:?}"
-        );
-        admitted_per_key.push(codes.iter().filter(|&&c| c == 200).count());
+        admitted_per_key.push(admitted(&codes));
     }
     assert_eq!(
         admitted_per_key, [10; 4],
@@ -343,6 +360,43 @@ async fn three_runner_processes_share_one_count_on_a_three_master_cluster() {
     );
     // Each key lives on exactly one master, the one its slot (its hash tag) belongs to.
     assert_eq!(cluster_keys(&nodes), 4);
+
+    let req = request(Method::Get, "/").with_src_ip("10.0.0.5");
+    // limit-req: one request per 10 s with a burst of 2, across the three: 3 pass, and one more
+    // per 10 s the storm took (a machine slow enough for that is allowed for, never counted on).
+    // Three buckets of their own would pass 9.
+    let rate = on_cluster(r#""rate": 0.1, "burst": 2, "nodelay": true"#, 1);
+    let gws = prepared(
+        &sockets,
+        1,
+        "route#2#ext-plugin-pre-req#1",
+        &[("limit-req", &rate)],
+    )
+    .await;
+    let started = Instant::now();
+    let codes = storm(gws, &req, 6).await;
+    let drained = (started.elapsed().as_secs_f64() * 0.1).ceil() as usize;
+    assert!(
+        (3..=3 + drained).contains(&admitted(&codes)),
+        "`burst + 1` across three runners: {codes:?}"
+    );
+
+    // limit-conn: nothing is answered (no response phase), so every admitted request stays in
+    // flight: `conn + burst` in all, not per runner.
+    let conn = on_cluster(r#""conn": 2, "burst": 1, "default_conn_delay": 0.01"#, 2);
+    let gws = prepared(
+        &sockets,
+        2,
+        "route#3#ext-plugin-pre-req#1",
+        &[("limit-conn", &conn)],
+    )
+    .await;
+    let codes = storm(gws, &req, 3).await;
+    assert_eq!(
+        admitted(&codes),
+        3,
+        "`conn + burst` in flight across three runners: {codes:?}"
+    );
 }
 
 /// A test CA and server certificate in a directory of their own, when redis-server and openssl
