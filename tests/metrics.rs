@@ -3,6 +3,9 @@
 //! the strict parser below) and `promtool check metrics` accepts it; the bind is retried.
 
 mod common;
+#[path = "opensergo/fake.rs"]
+#[allow(dead_code)] // the opensergo tests use the rest
+mod opensergo_fake;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -773,5 +776,337 @@ fn the_documented_scrape_config_and_alerts_pass_promtool() {
         let file = dir.path().join(format!("{check}.yml"));
         std::fs::write(&file, yaml(first)).unwrap();
         promtool(&["check", check, file.to_str().unwrap()], "");
+    }
+}
+
+/// `redis_commands_total` of `backend` with `outcome`.
+fn redis_commands(e: &Exposition, backend: &str, outcome: &str) -> f64 {
+    e.value(
+        "redis_commands_total",
+        &[("backend", backend), ("outcome", outcome)],
+    )
+}
+
+/// A Redis backend's commands by outcome, their latency and its up/down state move exactly as
+/// the limiter's calls and the server's life say, on a real `redis-server`.
+#[tokio::test]
+async fn redis_backends_count_commands_by_outcome_and_export_their_state() {
+    if !common::redis_server::available(
+        "redis_backends_count_commands_by_outcome_and_export_their_state",
+    ) {
+        return;
+    }
+    let mut redis = common::redis_server::Server::unix();
+    let socket = temp_socket_path();
+    let metrics = Target::Unix(temp_socket_path());
+    let _runner = spawn(&socket, &["--metrics-listen", &metrics.flag()]);
+    let mut gw = connect(&socket).await;
+    let conf = format!(
+        r#"{{"count": 2, "time_window": 60, "policy": "redis", "redis_host": "{}",
+            "redis_timeout": 1000}}"#,
+        redis.host()
+    );
+    let token = gw
+        .prepare(&format!("route#r#{PRE}#1"), &[("limit-count", &conf)])
+        .await
+        .unwrap();
+    let backend = format!("unix:{}/0", redis.socket().display());
+    let e = scrape(&metrics).await;
+    assert_eq!(
+        e.value("redis_up", &[("backend", &backend)]),
+        1.0,
+        "up until it fails"
+    );
+    assert_eq!(redis_commands(&e, &backend, "ok"), 0.0, "connected lazily");
+
+    // Two admitted and one rejected go to Redis; the fourth is answered from the local
+    // "exhausted until" cache without a command.
+    let req = request(Method::Get, "/").with_src_ip("10.0.0.1");
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(match gw.call(token, &req).await.unwrap().action {
+            ReqAction::Stop(s) => s.status,
+            _ => 200,
+        });
+    }
+    assert_eq!(codes, [200, 200, 503, 503]);
+    let e = scrape(&metrics).await;
+    assert_eq!(redis_commands(&e, &backend, "ok"), 3.0);
+    let latency = |e: &Exposition| {
+        e.value(
+            "redis_command_duration_seconds_count",
+            &[("backend", &backend)],
+        )
+    };
+    assert_eq!(latency(&e), 3.0);
+
+    // Redis dies: the next command fails and opens the breaker; the one after is not sent.
+    redis.stop();
+    let other = request(Method::Get, "/").with_src_ip("10.0.0.2");
+    for _ in 0..2 {
+        let ReqAction::Stop(s) = gw.call(token, &other).await.unwrap().action else {
+            panic!("no fallback: a 500")
+        };
+        assert_eq!(s.status, 500);
+    }
+    let e = scrape(&metrics).await;
+    assert_eq!(
+        redis_commands(&e, &backend, "error") + redis_commands(&e, &backend, "timeout"),
+        1.0
+    );
+    assert_eq!(redis_commands(&e, &backend, "breaker_open"), 1.0);
+    assert_eq!(latency(&e), 4.0, "commands not sent are not timed");
+    assert_eq!(e.value("redis_up", &[("backend", &backend)]), 0.0);
+
+    // Back: a probe (after the breaker's 1 s back-off) succeeds and the gauge follows.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let action = gw.call(token, &other).await.unwrap().action;
+        if !matches!(&action, ReqAction::Stop(s) if s.status == 500) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the backend never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = scrape(&metrics).await;
+    assert_eq!(e.value("redis_up", &[("backend", &backend)]), 1.0);
+    assert_eq!(redis_commands(&e, &backend, "ok"), 4.0);
+    if have_promtool("redis_backends_count_commands_by_outcome_and_export_their_state") {
+        promtool(&["check", "metrics"], &e.text);
+    }
+}
+
+/// limit-count's leasing and limit-conn reach Redis through the same backends: their commands
+/// (a lease's refill, a slot's acquire and its background release) are counted and timed, and
+/// a failure takes the backend down, as for the other limiters. Each has a server of its own,
+/// so that a lease's background refill cannot move limit-conn's exact figures.
+#[tokio::test]
+async fn leasing_and_limit_conn_commands_are_counted_too() {
+    if !common::redis_server::available("leasing_and_limit_conn_commands_are_counted_too") {
+        return;
+    }
+    let leasing_redis = common::redis_server::Server::unix();
+    let mut conn_redis = common::redis_server::Server::unix();
+    let socket = temp_socket_path();
+    let metrics = Target::Unix(temp_socket_path());
+    let _runner = spawn(&socket, &["--metrics-listen", &metrics.flag()]);
+    let mut gw = connect(&socket).await;
+    let backend = |r: &common::redis_server::Server| format!("unix:{}/0", r.socket().display());
+    let (leasing, conn) = (backend(&leasing_redis), backend(&conn_redis));
+    let req = request(Method::Get, "/").with_src_ip("10.0.0.1");
+
+    // Leasing: the first request of a key waits for its grant, one command at least.
+    let lease = format!(
+        r#"{{"count": 100, "time_window": 60, "sync_interval": 0.5, "policy": "redis",
+            "redis_host": "{}"}}"#,
+        leasing_redis.host()
+    );
+    let token = gw
+        .prepare(&format!("route#l#{PRE}#1"), &[("limit-count", &lease)])
+        .await
+        .unwrap();
+    let action = gw.call(token, &req).await.unwrap().action;
+    assert!(!matches!(action, ReqAction::Stop(_)), "{action:?}");
+    let e = scrape(&metrics).await;
+    assert!(redis_commands(&e, &leasing, "ok") >= 1.0, "the grant");
+    let timed = e.value(
+        "redis_command_duration_seconds_count",
+        &[("backend", &leasing)],
+    );
+    assert!(timed >= 1.0, "the grant is timed");
+    assert_eq!(e.value("redis_up", &[("backend", &leasing)]), 1.0);
+
+    // limit-conn: one command per admitted request, one per release.
+    let conf = format!(
+        r#"{{"conn": 5, "burst": 0, "default_conn_delay": 0.1, "policy": "redis",
+            "redis_host": "{}", "redis_timeout": 1000}}"#,
+        conn_redis.host()
+    );
+    let token = gw
+        .prepare(&format!("route#c#{PRE}#1"), &[("limit-conn", &conf)])
+        .await
+        .unwrap();
+    let post = gw
+        .prepare("route#c#ext-plugin-post-resp#1", &[("limit-conn", &conf)])
+        .await
+        .unwrap();
+    let ReqAction::Rewrite(admitted) = gw.call(token, &req).await.unwrap().action else {
+        panic!("admitted with a correlation header")
+    };
+    let id = admitted
+        .headers
+        .iter()
+        .find(|h| h.name == "x-a6-runner-req")
+        .and_then(|h| h.value.clone())
+        .expect("the correlation header");
+    assert_eq!(redis_commands(&scrape(&metrics).await, &conn, "ok"), 1.0);
+    gw.set_var("http_x_a6_runner_req", &id);
+    gw.resp_call(post, 200, &[]).await.unwrap();
+    // The release runs in the background, after the answer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis_commands(&scrape(&metrics).await, &conn, "ok") < 2.0 {
+        assert!(Instant::now() < deadline, "the release was never counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // limit-conn's server dies: one failed command opens the breaker, the next is not sent.
+    conn_redis.stop();
+    for _ in 0..2 {
+        let ReqAction::Stop(s) = gw.call(token, &req).await.unwrap().action else {
+            panic!("no fallback: a 500")
+        };
+        assert_eq!(s.status, 500);
+    }
+    let e = scrape(&metrics).await;
+    assert_eq!(redis_commands(&e, &conn, "ok"), 2.0);
+    assert_eq!(
+        redis_commands(&e, &conn, "error") + redis_commands(&e, &conn, "timeout"),
+        1.0
+    );
+    assert_eq!(redis_commands(&e, &conn, "breaker_open"), 1.0);
+    assert_eq!(
+        e.value(
+            "redis_command_duration_seconds_count",
+            &[("backend", &conn)]
+        ),
+        3.0,
+        "commands not sent are not timed"
+    );
+    assert_eq!(e.value("redis_up", &[("backend", &conn)]), 0.0);
+    assert_eq!(
+        e.value("redis_up", &[("backend", &leasing)]),
+        1.0,
+        "each backend its own state"
+    );
+}
+
+/// The OpenSergo control-plane stream's state, its pushes by outcome and the rules loaded per
+/// app, against the fake control plane of the opensergo tests.
+#[tokio::test]
+async fn opensergo_stream_pushes_and_rules_are_exported() {
+    use ext_plugin_catalogue::opensergo::proto::transport::{
+        DataWithVersion, Status, SubscribeResponse,
+    };
+    use opensergo_fake::{rate, rule, Fake, RATE, RULE};
+
+    let fake = Fake::start().await;
+    fake.set("default", "foo-app", RATE, vec![rate(5)]);
+    fake.set(
+        "default",
+        "foo-app",
+        RULE,
+        vec![rule("GET:/rate", "rate", "RateLimitStrategy")],
+    );
+    let socket = temp_socket_path();
+    let metrics = Target::Unix(temp_socket_path());
+    let _runner = Spawned(
+        runner_command(&socket)
+            .args(["--log", "error", "--metrics-listen", &metrics.flag()])
+            .env("OPENSERGO_BOOTSTRAP_CONFIG", fake.bootstrap())
+            .spawn()
+            .expect("spawning the runner"),
+    );
+    let mut gw = connect(&socket).await;
+    gw.prepare(
+        &format!("route#os#{PRE}#1"),
+        &[("opensergo", r#"{"app": "foo-app"}"#)],
+    )
+    .await
+    .unwrap();
+    // The two kinds with rules are pushed on subscribe and ACKed.
+    fake.wait_acks(2).await;
+    let app = |source, kind| {
+        [
+            ("namespace", "default"),
+            ("app", "foo-app"),
+            ("source", source),
+            ("kind", kind),
+        ]
+    };
+    let e = scrape(&metrics).await;
+    assert_eq!(e.value("opensergo_stream_up", &[]), 1.0);
+    assert_eq!(e.value("opensergo_streams_opened_total", &[]), 1.0);
+    assert_eq!(
+        e.value("opensergo_pushes_total", &[("outcome", "applied")]),
+        2.0
+    );
+    assert_eq!(
+        e.value("opensergo_rules_loaded", &app("control_plane", "rules")),
+        1.0
+    );
+    assert_eq!(
+        e.value(
+            "opensergo_rules_loaded",
+            &app("control_plane", "strategies")
+        ),
+        1.0
+    );
+    assert_eq!(
+        e.value("opensergo_rules_loaded", &app("file", "rules")),
+        0.0
+    );
+
+    // An undecodable push is NACKed, an older version ignored; the rules stay.
+    let push = |version, value: Vec<u8>, id: &str| SubscribeResponse {
+        status: Some(Status {
+            code: 200,
+            message: String::new(),
+            details: vec![],
+        }),
+        namespace: "default".into(),
+        app: "foo-app".into(),
+        kind: RATE.into(),
+        data_with_version: Some(DataWithVersion {
+            data: vec![prost_types::Any {
+                type_url:
+                    "type.googleapis.com/io.opensergo.proto.fault_tolerance.v1.RateLimitStrategy"
+                        .into(),
+                value,
+            }],
+            version,
+        }),
+        response_id: id.into(),
+        ..Default::default()
+    };
+    fake.send(push(9, vec![0xff, 0xff], "bad"));
+    fake.send(push(0, Vec::new(), "old"));
+    fake.wait_for("a NACK and an outdated ACK", |r| {
+        r.iter().any(|m| m.request_id == "bad") && r.iter().any(|m| m.request_id == "old")
+    })
+    .await;
+    let e = scrape(&metrics).await;
+    assert_eq!(
+        e.value("opensergo_pushes_total", &[("outcome", "nacked")]),
+        1.0
+    );
+    assert_eq!(
+        e.value("opensergo_pushes_total", &[("outcome", "outdated")]),
+        1.0
+    );
+    assert_eq!(
+        e.value("opensergo_pushes_total", &[("outcome", "applied")]),
+        2.0
+    );
+    assert_eq!(
+        e.value(
+            "opensergo_rules_loaded",
+            &app("control_plane", "strategies")
+        ),
+        1.0
+    );
+
+    // A restarted control plane: the runner opens a second stream and takes its pushes again.
+    let fake = fake.restart().await;
+    fake.wait_acks(2).await;
+    let e = scrape(&metrics).await;
+    assert_eq!(e.value("opensergo_streams_opened_total", &[]), 2.0);
+    assert_eq!(e.value("opensergo_stream_up", &[]), 1.0);
+    assert_eq!(
+        e.value("opensergo_pushes_total", &[("outcome", "applied")]),
+        4.0
+    );
+    if have_promtool("opensergo_stream_pushes_and_rules_are_exported") {
+        promtool(&["check", "metrics"], &e.text);
     }
 }

@@ -13,50 +13,18 @@ use ext_plugin_catalogue::opensergo::proto::transport::{
 };
 use ext_plugin_runner::model::Method;
 use ext_plugin_runner::testing::{request, FakeGateway};
-use fake::{acks, Fake};
+use fake::{acks, rate, rule, Fake, RATE, RULE};
 use prost_types::Any;
 use runner::{set_header, spawn, status, stopped, Spawned};
 
 const NS: &str = "default";
 const APP: &str = "foo-app";
-const RULE: &str = "fault-tolerance.opensergo.io/v1alpha1/FaultToleranceRule";
-const RATE: &str = "fault-tolerance.opensergo.io/v1alpha1/RateLimitStrategy";
 const THROTTLE: &str = "fault-tolerance.opensergo.io/v1alpha1/ThrottlingStrategy";
 const CONC: &str = "fault-tolerance.opensergo.io/v1alpha1/ConcurrencyLimitStrategy";
 const BREAKER: &str = "fault-tolerance.opensergo.io/v1alpha1/CircuitBreakerStrategy";
 const PRE: &str = "route#1#ext-plugin-pre-req#1";
 const POST: &str = "route#1#ext-plugin-post-resp#1";
 const CONF: &str = r#"{"app": "foo-app"}"#;
-
-fn rule(target: &str, name: &str, kind: &str) -> Any {
-    use ft::fault_tolerance_rule::{FaultToleranceRuleTargetRef, FaultToleranceStrategyRef};
-    pack(
-        RULE,
-        &ft::FaultToleranceRule {
-            targets: vec![FaultToleranceRuleTargetRef {
-                target_resource_name: target.into(),
-            }],
-            strategies: vec![FaultToleranceStrategyRef {
-                name: name.into(),
-                kind: kind.into(),
-            }],
-            action: None,
-        },
-    )
-}
-
-/// A rate limit as the real control plane sends it: UNKNOWN mode, metric and unit.
-fn rate(threshold: i64) -> Any {
-    pack(
-        RATE,
-        &ft::RateLimitStrategy {
-            name: "rate".into(),
-            threshold,
-            stat_duration: 60,
-            ..Default::default()
-        },
-    )
-}
 
 /// Gives the fake a rate limit of `threshold` per minute on `GET:/rate`.
 fn seed_rate(fake: &Fake, threshold: i64) {

@@ -2,173 +2,42 @@
 //! unix socket (no port races, never 6379).
 //!
 //! Without `redis-server` on the PATH these tests print that they were skipped and pass, unless
-//! `REDIS_TESTS=require` (CI) makes that a failure. Install it with
-//! `apt-get install -y redis-server`.
+//! `REDIS_TESTS=require` (CI) makes that a failure (tests/common/redis_server.rs).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::redis_server::Server as Redis;
+use common::{connect_spawned, runner_command, status, storm, Spawned};
 use ext_plugin_catalogue as plugins;
-use ext_plugin_runner::codec::Protocol;
 use ext_plugin_runner::model::{HttpReqCallReq, ReqAction};
 use ext_plugin_runner::testing::{request, temp_socket_path, FakeGateway, TestRunner};
 use ext_plugin_sdk::Method;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ext-plugin-runner");
 const PRE: &str = "route#1#ext-plugin-pre-req#1";
 
 /// Whether the tests can run; loud when they cannot.
 fn redis_available() -> bool {
-    let found = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("REDIS_TESTS").as_deref() == Ok("require") {
-            panic!("REDIS_TESTS=require but redis-server is not installed");
-        }
-        eprintln!(
-            "\n*** SKIPPED: redis-server is not installed; the Redis limiter tests did not run. \
-             Install it (apt-get install -y redis-server) or set REDIS_TESTS=require to fail. ***\n"
-        );
-    }
-    found
+    common::redis_server::available("redis_limits")
 }
 
-/// A `redis-server` on a unix socket in its own directory, killed on drop.
-struct Redis {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
+/// A runner process (killed on drop) and the socket it listens on.
+struct Runner {
+    _process: Spawned,
+    socket: PathBuf,
 }
 
-impl Redis {
-    fn start() -> Redis {
-        let mut r = Redis {
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        r.restart();
-        r
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("r.sock")
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(self.socket())
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cmd(&["PING"]).is_err() {
-            assert!(Instant::now() < deadline, "redis-server never answered");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_file(self.socket());
-    }
-
-    fn cmd(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        let client = redis::Client::open(format!("redis+unix://{}", self.socket().display()))?;
-        let mut con = client.get_connection()?;
-        let mut c = redis::cmd(args[0]);
-        for a in &args[1..] {
-            c.arg(*a);
-        }
-        c.query(&mut con)
-    }
-
-    fn host(&self) -> String {
-        format!("unix:{}", self.socket().display())
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A runner process, killed on drop.
-struct Spawned(Child, PathBuf);
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_runner() -> Spawned {
-    let path = temp_socket_path();
-    let child = Command::new(BIN)
-        .env("APISIX_LISTEN_ADDRESS", format!("unix:{}", path.display()))
-        .env("APISIX_CONF_EXPIRE_TIME", "3600")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+fn spawn_runner() -> Runner {
+    let socket = temp_socket_path();
+    let child = runner_command(&socket)
         .spawn()
         .expect("spawning the runner");
-    Spawned(child, path)
-}
-
-async fn connect(path: &Path) -> FakeGateway {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match FakeGateway::connect(path, Protocol::Capnp).await {
-            Ok(gw) => return gw,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("runner never listened on {}: {e}", path.display()),
-        }
+    Runner {
+        _process: Spawned(child),
+        socket,
     }
-}
-
-/// The status of an answer: 200 for continue / rewrite.
-fn status(action: &ReqAction) -> u16 {
-    match action {
-        ReqAction::Stop(s) => s.status,
-        _ => 200,
-    }
-}
-
-/// Runs `per_gateway` calls on each of `gws` at once; returns every status.
-async fn storm(gws: Vec<(FakeGateway, u32)>, req: &HttpReqCallReq, per_gateway: usize) -> Vec<u16> {
-    let tasks: Vec<_> = gws
-        .into_iter()
-        .map(|(mut gw, token)| {
-            let req = req.clone();
-            tokio::spawn(async move {
-                let mut out = Vec::new();
-                for _ in 0..per_gateway {
-                    out.push(status(&gw.call(token, &req).await.unwrap().action));
-                }
-                out
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,22 +45,15 @@ async fn three_runner_processes_share_one_count_and_one_rate() {
     if !redis_available() {
         return;
     }
-    let redis = Redis::start();
-    let runners: Vec<Spawned> = (0..3).map(|_| spawn_runner()).collect();
+    let redis = Redis::unix();
+    let runners: Vec<Runner> = (0..3).map(|_| spawn_runner()).collect();
     let count = format!(
         r#"{{"count": 10, "time_window": 60, "rejected_code": 429, "policy": "redis",
             "redis_host": "{}", "redis_timeout": 2000}}"#,
         redis.host()
     );
     // Two connections per runner, as two gateway workers.
-    let mut gws = Vec::new();
-    for r in &runners {
-        for _ in 0..2 {
-            let mut gw = connect(&r.1).await;
-            let token = gw.prepare(PRE, &[("limit-count", &count)]).await.unwrap();
-            gws.push((gw, token));
-        }
-    }
+    let gws = prepared(&runners, 2, PRE, &[("limit-count", &count)]).await;
     let req = request(Method::Get, "/").with_src_ip("10.0.0.1");
     let codes = storm(gws, &req, 8).await;
     let admitted = codes.iter().filter(|&&c| c == 200).count();
@@ -225,15 +87,8 @@ async fn three_runner_processes_share_one_count_and_one_rate() {
             "redis_host": "{}"}}"#,
         redis.host()
     );
-    let mut gws = Vec::new();
-    for r in &runners {
-        let mut gw = connect(&r.1).await;
-        let token = gw
-            .prepare("route#2#ext-plugin-pre-req#1", &[("limit-req", &rate)])
-            .await
-            .unwrap();
-        gws.push((gw, token));
-    }
+    let key = "route#2#ext-plugin-pre-req#1";
+    let gws = prepared(&runners, 1, key, &[("limit-req", &rate)]).await;
     let codes = storm(gws, &req, 6).await;
     assert_eq!(codes.iter().filter(|&&c| c == 200).count(), 3, "{codes:?}");
 }
@@ -242,21 +97,10 @@ async fn three_runner_processes_share_one_count_and_one_rate() {
 /// the longest a call may take (a margin for a loaded machine: the point is "not seconds of
 /// reconnect back-off").
 async fn outage_setup() -> (Redis, TestRunner, Duration, Duration) {
-    let redis = Redis::start();
+    let redis = Redis::unix();
     let runner = TestRunner::start(plugins::builtin()).await;
     let timeout = Duration::from_millis(300);
     (redis, runner, timeout, timeout + Duration::from_secs(2))
-}
-
-impl Redis {
-    /// `"paused"`: every client paused for 4 s; `"stopped"`: the server killed.
-    fn outage(&mut self, phase: &str) {
-        if phase == "paused" {
-            self.cmd(&["CLIENT", "PAUSE", "4000", "ALL"]).unwrap();
-        } else {
-            self.stop();
-        }
-    }
 }
 
 async fn timed(gw: &mut FakeGateway, token: u32, req: &HttpReqCallReq) -> (ReqAction, Duration) {
@@ -399,7 +243,7 @@ async fn an_unreachable_backend_prepares_lazily_and_fails_fast() {
 
 /// `gateways` connections to each of `runners`, each with `chain` prepared under `key`.
 async fn prepared(
-    runners: &[Spawned],
+    runners: &[Runner],
     gateways: usize,
     key: &str,
     chain: &[(&str, &str)],
@@ -407,7 +251,7 @@ async fn prepared(
     let mut gws = Vec::new();
     for r in runners {
         for _ in 0..gateways {
-            let mut gw = connect(&r.1).await;
+            let mut gw = connect_spawned(&r.socket).await;
             let token = gw.prepare(key, chain).await.unwrap();
             gws.push((gw, token));
         }
@@ -420,8 +264,8 @@ async fn three_runners_share_a_sliding_window_and_a_leased_quota() {
     if !redis_available() {
         return;
     }
-    let redis = Redis::start();
-    let runners: Vec<Spawned> = (0..3).map(|_| spawn_runner()).collect();
+    let redis = Redis::unix();
+    let runners: Vec<Runner> = (0..3).map(|_| spawn_runner()).collect();
     let req = request(Method::Get, "/").with_src_ip("10.0.0.1");
 
     // Sliding, exact: one round trip per request, `count` in total.
@@ -507,8 +351,8 @@ async fn limit_conn_holds_across_runners_and_a_dead_runners_slots_free_within_a_
     if !redis_available() {
         return;
     }
-    let redis = Redis::start();
-    let mut runners: Vec<Spawned> = (0..3).map(|_| spawn_runner()).collect();
+    let redis = Redis::unix();
+    let mut runners: Vec<Runner> = (0..3).map(|_| spawn_runner()).collect();
     let conf = format!(
         r#"{{"conn": 2, "burst": 1, "default_conn_delay": 0.01, "rejected_code": 429,
             "policy": "redis", "redis_host": "{}", "redis_timeout": 2000, "key_ttl": 2}}"#,

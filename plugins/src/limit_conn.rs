@@ -21,8 +21,8 @@
 //! * `allow_degradation`: a request the plugin cannot decide for passes instead of the 500.
 //! * *(ext)* `dry_run`: over a limit, the request goes on, uncounted (the slots of the rules it
 //!   passed are given back), with `x-dry-run-reject: limit-conn`.
-//! * `policy: "redis"` / `"redis-cluster"`: the count is kept in Redis ([`crate::redis::conn`]),
-//!   shared by every runner, each slot leased for `key_ttl` (else `lease_timeout`); the unit
+//! * `policy: "redis"` / `"redis-cluster"` / *(ext)* `"redis-sentinel"`: the count is kept in
+//!   Redis ([`crate::redis::conn`]), shared by every runner, each slot leased for `key_ttl` (else `lease_timeout`); the unit
 //!   delay stays per runner. When Redis cannot answer: *(ext)* `fallback: "local"` counts in
 //!   process, else `allow_degradation` passes, else 500 without a body, as APISIX.
 
@@ -107,7 +107,7 @@ pub struct LimitConn {
     dry_run: bool,
     reject: Stop,
     clock: Clock,
-    /// `policy: "redis"` / `"redis-cluster"`.
+    /// `policy: "redis"` / `"redis-cluster"` / `"redis-sentinel"`.
     redis: Option<RedisConn>,
 }
 

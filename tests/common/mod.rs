@@ -1,11 +1,13 @@
 //! What the integration tests share: test plugins ([`plugins`]), request and reply fixtures
-//! ([`fixtures`], also used by the benches), connect-and-prepare set-ups, and helpers that take
-//! replies apart. Each test crate includes it with `mod common;` and uses a part.
+//! ([`fixtures`], also used by the benches), real Redis servers ([`redis_server`]),
+//! connect-and-prepare set-ups, and helpers that take replies apart. Each test crate includes it
+//! with `mod common;` and uses a part.
 
 #![allow(dead_code)] // each test crate uses a part
 
 pub mod fixtures;
 pub mod plugins;
+pub mod redis_server;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -290,4 +292,39 @@ pub fn rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/self/status")
+}
+
+/// The status of an answer: 200 for continue / rewrite.
+pub fn status(action: &ReqAction) -> u16 {
+    match action {
+        ReqAction::Stop(s) => s.status,
+        _ => 200,
+    }
+}
+
+/// Runs `per_gateway` calls on each of `gws` at once (a task per connection); returns every
+/// status.
+pub async fn storm(
+    gws: Vec<(FakeGateway, u32)>,
+    req: &HttpReqCallReq,
+    per_gateway: usize,
+) -> Vec<u16> {
+    let tasks: Vec<_> = gws
+        .into_iter()
+        .map(|(mut gw, token)| {
+            let req = req.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for _ in 0..per_gateway {
+                    out.push(status(&gw.call(token, &req).await.unwrap().action));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
 }

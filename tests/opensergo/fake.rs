@@ -24,7 +24,8 @@ use ext_plugin_catalogue::opensergo::proto::transport::open_sergo_universal_tran
 use ext_plugin_catalogue::opensergo::proto::transport::{
     ControlPlaneDesc, DataWithVersion, Status, SubscribeRequest, SubscribeResponse,
 };
-use ext_plugin_catalogue::opensergo::KINDS;
+use ext_plugin_catalogue::opensergo::proto::fault_tolerance as ft;
+use ext_plugin_catalogue::opensergo::{pack, KINDS};
 use futures_util::Stream;
 use prost_types::Any;
 use tokio::sync::mpsc;
@@ -300,4 +301,39 @@ pub fn acks(r: &[SubscribeRequest]) -> usize {
     r.iter()
         .filter(|m| m.response_ack == "ACK" && m.status.as_ref().is_some_and(|s| s.code == 1))
         .count()
+}
+
+pub const RULE: &str = "fault-tolerance.opensergo.io/v1alpha1/FaultToleranceRule";
+pub const RATE: &str = "fault-tolerance.opensergo.io/v1alpha1/RateLimitStrategy";
+
+/// A FaultToleranceRule applying strategy `name` of `kind` to resource `target`.
+pub fn rule(target: &str, name: &str, kind: &str) -> Any {
+    use ft::fault_tolerance_rule::{FaultToleranceRuleTargetRef, FaultToleranceStrategyRef};
+    pack(
+        RULE,
+        &ft::FaultToleranceRule {
+            targets: vec![FaultToleranceRuleTargetRef {
+                target_resource_name: target.into(),
+            }],
+            strategies: vec![FaultToleranceStrategyRef {
+                name: name.into(),
+                kind: kind.into(),
+            }],
+            action: None,
+        },
+    )
+}
+
+/// A rate limit named `rate`, per minute, as the real control plane sends it: UNKNOWN mode,
+/// metric and unit.
+pub fn rate(threshold: i64) -> Any {
+    pack(
+        RATE,
+        &ft::RateLimitStrategy {
+            name: "rate".into(),
+            threshold,
+            stat_duration: 60,
+            ..Default::default()
+        },
+    )
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 
+use super::metrics::Push;
 use super::model::AppKey;
 use super::proto::transport::open_sergo_universal_transport_service_client::OpenSergoUniversalTransportServiceClient;
 use super::proto::transport::{Status, SubscribeRequest, SubscribeRequestTarget, SubscribeResponse};
@@ -84,6 +85,7 @@ type StreamEnd = Result<(), String>;
 
 impl ControlPlane {
     pub fn new(store: Arc<RuleStore>, endpoint: String) -> ControlPlane {
+        store.stream().configured();
         ControlPlane {
             store,
             endpoint,
@@ -102,6 +104,7 @@ impl ControlPlane {
         loop {
             let started = tokio::time::Instant::now();
             let end = self.stream().await;
+            self.store.stream().set_open(false);
             if started.elapsed() >= HEALTHY {
                 failures = 0;
             }
@@ -166,6 +169,7 @@ impl ControlPlane {
             .map_err(|e| format!("subscribe: {e}"))?
             .into_inner();
         tracing::info!(endpoint = %self.endpoint, %identifier, "opensergo: control plane stream open");
+        self.store.stream().set_open(true);
         let mut versions: HashMap<(AppKey, &'static str), i64> = HashMap::new();
         loop {
             tokio::select! {
@@ -197,12 +201,25 @@ impl ControlPlane {
         versions: &mut HashMap<(AppKey, &'static str), i64>,
         identifier: &str,
     ) -> Option<SubscribeRequest> {
-        let code = resp.status.as_ref().map_or(0, |s| s.code);
         if !resp.ack.is_empty() {
+            let code = resp.status.as_ref().map_or(0, |s| s.code);
             let msg = resp.status.as_ref().map(|s| s.message.as_str()).unwrap_or("");
             tracing::debug!(ack = %resp.ack, code, msg, "opensergo: control plane reply");
             return None;
         }
+        let (outcome, reply) = self.apply(resp, versions, identifier);
+        self.store.stream().push(outcome);
+        reply
+    }
+
+    /// Applies one push; what it came to, and the ACK/NACK to send, if any.
+    fn apply(
+        &mut self,
+        resp: SubscribeResponse,
+        versions: &mut HashMap<(AppKey, &'static str), i64>,
+        identifier: &str,
+    ) -> (Push, Option<SubscribeRequest>) {
+        let code = resp.status.as_ref().map_or(0, |s| s.code);
         let reply = |ack: &str, code: i32, message: String| SubscribeRequest {
             response_ack: ack.to_owned(),
             status: Some(Status {
@@ -216,32 +233,32 @@ impl ControlPlane {
         };
         let Some(kind) = KINDS.iter().copied().find(|k| *k == resp.kind) else {
             tracing::debug!(kind = %resp.kind, "opensergo: push of a kind this runner does not read; ignored");
-            return Some(reply("ACK", CODE_SUCCESS, String::new()));
+            return (Push::Ignored, Some(reply("ACK", CODE_SUCCESS, String::new())));
         };
         let app = (resp.namespace.clone(), resp.app.clone());
         if !self.store.apps().borrow().contains(&app) {
             // Only what was subscribed is kept: the lists stay bounded by the route confs.
             tracing::debug!(namespace = %app.0, app = %app.1, "opensergo: push for an app not subscribed; ignored");
-            return Some(reply("ACK", CODE_SUCCESS, String::new()));
+            return (Push::Ignored, Some(reply("ACK", CODE_SUCCESS, String::new())));
         }
         if code != CODE_SUCCESS && code != CODE_PUSH {
             let msg = resp.status.as_ref().map(|s| s.message.as_str()).unwrap_or("");
             tracing::warn!(namespace = %app.0, app = %app.1, kind, code, msg, "opensergo: the control plane answered an error; the last rules of this kind stay");
-            return None;
+            return (Push::Error, None);
         }
         let Some(data) = resp.data_with_version.clone() else {
-            return Some(reply("NACK", CODE_HANDLER_ERROR, "a push without dataWithVersion".into()));
+            return (Push::Nacked, Some(reply("NACK", CODE_HANDLER_ERROR, "a push without dataWithVersion".into())));
         };
         let key = (app.clone(), kind);
         if let Some(&seen) = versions.get(&key) {
             if data.version < seen {
                 tracing::debug!(kind, version = data.version, seen, "opensergo: stale push ignored");
-                return Some(reply("ACK", CODE_VERSION_OUTDATED, format!("version {} is older than {seen}", data.version)));
+                return (Push::Outdated, Some(reply("ACK", CODE_VERSION_OUTDATED, format!("version {} is older than {seen}", data.version))));
             }
         }
         if let Err(e) = wire::check(kind, &data.data) {
             tracing::warn!(namespace = %app.0, app = %app.1, kind, version = data.version, "opensergo: push NACKed, the last rules of this kind stay: {e}");
-            return Some(reply("NACK", CODE_HANDLER_ERROR, e));
+            return (Push::Nacked, Some(reply("NACK", CODE_HANDLER_ERROR, e)));
         }
         versions.insert(key.clone(), data.version);
         self.pushed.insert(
@@ -252,7 +269,7 @@ impl ControlPlane {
             },
         );
         self.publish();
-        Some(reply("ACK", CODE_SUCCESS, String::new()))
+        (Push::Applied, Some(reply("ACK", CODE_SUCCESS, String::new())))
     }
 
     fn publish(&self) {

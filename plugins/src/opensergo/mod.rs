@@ -22,6 +22,7 @@
 mod client;
 mod file;
 mod guard;
+pub mod metrics;
 pub mod proto;
 mod store;
 mod tagging;
@@ -216,6 +217,7 @@ impl Plugin for OpenSergo {
             None => None,
         };
         let view = store.view(&namespace, &app).map_err(ConfError::new)?;
+        metrics::register(env.metrics(), &store, &view);
         let lease = secs_to_nanos(conf.lease_timeout);
         let route = env.state(|| RouteState {
             leases: Leases::new(lease, MAX_LEASES),

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use ext_plugin_sdk::Stop;
 
 use super::guard::{Engine, Guard, Step};
+use super::metrics::{Loaded, StreamStats};
 use super::model::*;
 use super::tagging::Tagging;
 use crate::support::keyed::lock;
@@ -50,6 +51,7 @@ pub struct Compiled {
 pub struct AppView {
     key: AppKey,
     current: ArcSwap<Compiled>,
+    loaded: Loaded,
 }
 
 impl AppView {
@@ -60,6 +62,11 @@ impl AppView {
     /// The rules now (a cheap, lock-free load).
     pub fn load(&self) -> arc_swap::Guard<Arc<Compiled>> {
         self.current.load()
+    }
+
+    /// What each source holds for this app, for the metrics.
+    pub fn loaded(&self) -> &Loaded {
+        &self.loaded
     }
 
     /// The rules now, held (across an `.await`).
@@ -81,6 +88,7 @@ pub struct RuleStore {
     defaults: Defaults,
     inner: Mutex<Inner>,
     apps: watch::Sender<BTreeSet<AppKey>>,
+    stream: StreamStats,
 }
 
 #[derive(Default)]
@@ -99,7 +107,13 @@ impl RuleStore {
             defaults,
             inner: Mutex::new(Inner::default()),
             apps: watch::channel(BTreeSet::new()).0,
+            stream: StreamStats::default(),
         })
+    }
+
+    /// The control-plane stream's state and counts, for the metrics.
+    pub fn stream(&self) -> &StreamStats {
+        &self.stream
     }
 
     pub fn defaults(&self) -> &Defaults {
@@ -121,6 +135,7 @@ impl RuleStore {
         let view = Arc::new(AppView {
             key: key.clone(),
             current: ArcSwap::from_pointee(Compiled::default()),
+            loaded: Loaded::default(),
         });
         inner.views.insert(key.clone(), view.clone());
         self.rebuild(&mut inner, Some(&key));
@@ -189,7 +204,10 @@ impl RuleStore {
                 tracing::info!(namespace = %key.0, app = %key.1, "opensergo rules: {summary}");
                 inner.summaries.insert(key.clone(), summary);
             }
-            inner.views[key].current.store(Arc::new(compiled));
+            let view = &inner.views[key];
+            view.current.store(Arc::new(compiled));
+            view.loaded.set(Source::File, inner.file.apps.get(key));
+            view.loaded.set(Source::ControlPlane, inner.control.apps.get(key));
         }
         match only {
             // Engines of the other views stay as they are.

@@ -1,8 +1,9 @@
 //! Redis backends: one lazily connected, multiplexed client per distinct backend (address,
-//! database, credentials / cluster nodes), shared by every route through a bounded
-//! process-wide registry, with a deadline on every command and a breaker.
+//! database, credentials / cluster nodes / sentinel set and master name), shared by every route
+//! through a bounded process-wide registry, with a deadline on every command and a breaker.
 //!
-//! * Every command is bounded by `redis_timeout`, connecting included.
+//! * Every command is bounded by `redis_timeout`, connecting included (with sentinels: by
+//!   `redis_read_timeout`, plus `redis_connect_timeout` when it has to connect).
 //! * A failure (timeout, I/O, any error from Redis) opens the backend's breaker and drops the
 //!   connection: while open, calls fail at once without touching the network; after 1 s (then
 //!   up to 5 s) one call probes with a fresh connection, and its success closes the breaker.
@@ -23,7 +24,19 @@ use redis::{
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
+use ext_plugin_sdk::metrics::Metrics;
 use ext_plugin_sdk::ConfError;
+
+use super::metrics::{Instruments, Outcome};
+use super::sentinel::Sentinels;
+
+/// TLS to a backend (`redis_ssl` / `redis_cluster_ssl`): the server's certificate is checked
+/// against the system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` override them) unless `verify`
+/// is off (`redis_ssl_verify: false`, APISIX's default).
+#[derive(Clone, Copy, Debug)]
+pub struct Tls {
+    pub verify: bool,
+}
 
 /// Where a backend is.
 #[derive(Clone, Debug)]
@@ -34,6 +47,7 @@ pub enum Target {
         db: i64,
         username: Option<String>,
         password: Option<String>,
+        tls: Option<Tls>,
     },
     Unix {
         path: String,
@@ -44,6 +58,14 @@ pub enum Target {
     Cluster {
         name: String,
         nodes: Vec<(String, u16)>,
+        password: Option<String>,
+        tls: Option<Tls>,
+    },
+    /// The master the sentinels name (`policy: "redis-sentinel"`).
+    Sentinel {
+        sentinels: Sentinels,
+        db: i64,
+        username: Option<String>,
         password: Option<String>,
     },
 }
@@ -82,10 +104,13 @@ enum Conn {
 
 /// One backend, shared by every limiter conf that names it.
 pub struct Backend {
-    /// For logs: `host:port/db`, the socket path, or the cluster name; never a credential.
+    /// For logs and the `backend` label: `host:port/db`, `unix:/path/db`, `cluster:<name>`;
+    /// never a credential.
     name: String,
     target: Target,
     timeout: Duration,
+    /// Added to `timeout` for a call that has to connect first.
+    connect_timeout: Duration,
     /// The current connection attempt; replaced after a failure so the next probe reconnects.
     conn: Mutex<Arc<OnceCell<Conn>>>,
     /// Breaker: `down` while open; calls before `retry_at` (ms since `epoch`) do not go out.
@@ -93,6 +118,7 @@ pub struct Backend {
     retry_at: AtomicU64,
     backoff_ms: AtomicU64,
     epoch: Instant,
+    instruments: Instruments,
 }
 
 fn registry() -> &'static Mutex<HashMap<String, Weak<Backend>>> {
@@ -109,9 +135,24 @@ fn secret(password: &Option<String>) -> String {
     })
 }
 
+/// `-`, `tls` or `tls-noverify`.
+fn tls_id(tls: Option<Tls>) -> &'static str {
+    match tls {
+        None => "-",
+        Some(Tls { verify: true }) => "tls",
+        Some(Tls { verify: false }) => "tls-noverify",
+    }
+}
+
+/// `host:port,host:port…`.
+fn joined(nodes: &[(String, u16)]) -> String {
+    let nodes: Vec<String> = nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+    nodes.join(",")
+}
+
 /// The registry key: everything that makes two backends different (APISIX's pool key).
-fn identity(t: &Target, timeout: Duration) -> String {
-    let ms = timeout.as_millis();
+fn identity(t: &Target, timeout: Duration, connect_timeout: Duration) -> String {
+    let ms = format!("{}+{}", timeout.as_millis(), connect_timeout.as_millis());
     match t {
         Target::Tcp {
             host,
@@ -119,10 +160,12 @@ fn identity(t: &Target, timeout: Duration) -> String {
             db,
             username,
             password,
+            tls,
         } => format!(
-            "tcp#{host}#{port}#{db}#{}#{}#{ms}",
+            "tcp#{host}#{port}#{db}#{}#{}#{}#{ms}",
             username.as_deref().unwrap_or(""),
-            secret(password)
+            secret(password),
+            tls_id(*tls)
         ),
         Target::Unix {
             path,
@@ -138,21 +181,41 @@ fn identity(t: &Target, timeout: Duration) -> String {
             name,
             nodes,
             password,
+            tls,
+        } => format!(
+            "cluster#{name}#{}#{}#{}#{ms}",
+            joined(nodes),
+            secret(password),
+            tls_id(*tls)
+        ),
+        Target::Sentinel {
+            sentinels,
+            db,
+            username,
+            password,
         } => {
-            let nodes: Vec<String> = nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
             format!(
-                "cluster#{name}#{}#{}#{ms}",
-                nodes.join(","),
+                "sentinel#{}#{}#{}#{}#{db}#{}#{}#{ms}",
+                sentinels.master,
+                joined(&sentinels.nodes),
+                sentinels.username.as_deref().unwrap_or(""),
+                secret(&sentinels.password),
+                username.as_deref().unwrap_or(""),
                 secret(password)
             )
         }
     }
 }
 
-/// The shared backend for `target` with `timeout`: the live one if any conf holds it, else a
-/// new one (not connected until its first command).
-pub fn backend(target: Target, timeout: Duration) -> Result<Arc<Backend>, ConfError> {
-    let id = identity(&target, timeout);
+/// The shared backend for `target` with `timeout` per command (plus `connect_timeout` for one
+/// that connects): the live one if any conf holds it, else a new one (not connected until its
+/// first command).
+pub fn backend(
+    target: Target,
+    timeout: Duration,
+    connect_timeout: Duration,
+) -> Result<Arc<Backend>, ConfError> {
+    let id = identity(&target, timeout, connect_timeout);
     let mut map = registry().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(b) = map.get(&id).and_then(Weak::upgrade) {
         return Ok(b);
@@ -168,12 +231,15 @@ pub fn backend(target: Target, timeout: Duration) -> Result<Arc<Backend>, ConfEr
     let name = match &target {
         Target::Tcp { host, port, db, .. } => format!("{host}:{port}/{db}"),
         Target::Unix { path, db, .. } => format!("unix:{path}/{db}"),
-        Target::Cluster { name, .. } => format!("cluster {name}"),
+        Target::Cluster { name, .. } => format!("cluster:{name}"),
+        Target::Sentinel { sentinels, .. } => format!("sentinel:{}", sentinels.master),
     };
     let b = Arc::new(Backend {
+        instruments: Instruments::new(&name),
         name,
         target,
         timeout,
+        connect_timeout,
         conn: Mutex::new(Arc::new(OnceCell::new())),
         down: AtomicBool::new(false),
         retry_at: AtomicU64::new(0),
@@ -193,6 +259,14 @@ fn settings(db: i64, username: &Option<String>, password: &Option<String>) -> Re
         s = s.set_password(p);
     }
     s
+}
+
+/// Makes ring rustls's process-wide provider (once; a provider installed before stays).
+fn crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// A multiplexed connection to one server.
@@ -218,6 +292,12 @@ impl Backend {
         self.timeout
     }
 
+    /// Exports this backend's commands and state in `metrics` (every prepare naming it calls
+    /// this; see [`super::metrics`]).
+    pub fn attach(&self, metrics: &Metrics) {
+        self.instruments.attach(metrics, &self.name);
+    }
+
     /// Runs `script` with `keys` and `args`, bounded by the timeout and behind the breaker.
     pub async fn eval<T: FromRedisValue>(
         &self,
@@ -227,9 +307,16 @@ impl Backend {
         member: Option<&str>,
     ) -> Result<T, Unavailable> {
         if !self.admit() {
+            self.instruments.record(Outcome::BreakerOpen, None);
             return Err(Unavailable::Open);
         }
+        let started = Instant::now();
         let cell = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let deadline = if cell.initialized() {
+            self.timeout
+        } else {
+            self.timeout + self.connect_timeout
+        };
         let run = async {
             let conn = cell.get_or_try_init(|| self.connect()).await?;
             let mut inv = script.key(key);
@@ -244,11 +331,13 @@ impl Backend {
                 Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
             }
         };
-        let outcome = match tokio::time::timeout(self.timeout, run).await {
+        let outcome = match tokio::time::timeout(deadline, run).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Unavailable::Error(e)),
             Err(_) => Err(Unavailable::Timeout),
         };
+        self.instruments
+            .record(Outcome::of(&outcome), Some(started.elapsed()));
         match &outcome {
             Ok(_) => self.succeeded(),
             Err(why) => self.failed(&cell, why),
@@ -258,7 +347,7 @@ impl Backend {
 
     async fn connect(&self) -> redis::RedisResult<Conn> {
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
+            .set_connection_timeout(Some(self.timeout.max(self.connect_timeout)))
             .set_response_timeout(Some(self.timeout));
         match &self.target {
             Target::Tcp {
@@ -267,8 +356,20 @@ impl Backend {
                 db,
                 username,
                 password,
+                tls,
             } => {
-                let addr = ConnectionAddr::Tcp(host.clone(), *port);
+                let addr = match tls {
+                    None => ConnectionAddr::Tcp(host.clone(), *port),
+                    Some(tls) => {
+                        crypto_provider();
+                        ConnectionAddr::TcpTls {
+                            host: host.clone(),
+                            port: *port,
+                            insecure: !tls.verify,
+                            tls_params: None,
+                        }
+                    }
+                };
                 single(addr, settings(*db, username, password), &config).await
             }
             Target::Unix {
@@ -281,20 +382,43 @@ impl Backend {
                 single(addr, settings(*db, username, password), &config).await
             }
             Target::Cluster {
-                nodes, password, ..
+                nodes,
+                password,
+                tls,
+                ..
             } => {
+                let scheme = if tls.is_some() { "rediss" } else { "redis" };
                 let urls: Vec<String> = nodes
                     .iter()
-                    .map(|(h, p)| format!("redis://{h}:{p}"))
+                    .map(|(h, p)| format!("{scheme}://{h}:{p}"))
                     .collect();
                 let mut b = redis::cluster::ClusterClient::builder(urls)
                     .retries(1)
                     .connection_timeout(self.timeout)
                     .response_timeout(self.timeout);
+                if let Some(tls) = tls {
+                    crypto_provider();
+                    b = b.tls(if tls.verify {
+                        redis::TlsMode::Secure
+                    } else {
+                        redis::TlsMode::Insecure
+                    });
+                }
                 if let Some(p) = password {
                     b = b.password(p);
                 }
                 Ok(Conn::Cluster(b.build()?.get_async_connection().await?))
+            }
+            Target::Sentinel {
+                sentinels,
+                db,
+                username,
+                password,
+            } => {
+                let redis = settings(*db, username, password);
+                Ok(Conn::Single(
+                    sentinels.connect_master(redis, &config).await?,
+                ))
             }
         }
     }
@@ -325,6 +449,7 @@ impl Backend {
 
     fn succeeded(&self) {
         if self.down.swap(false, Ordering::AcqRel) {
+            self.instruments.set_down(false);
             self.backoff_ms
                 .store(MIN_BACKOFF.as_millis() as u64, Ordering::Relaxed);
             tracing::info!(backend = %self.name, "redis backend is back");
@@ -346,6 +471,7 @@ impl Backend {
             let next = (backoff * 2).min(MAX_BACKOFF.as_millis() as u64);
             self.backoff_ms.store(next, Ordering::Relaxed);
         } else {
+            self.instruments.set_down(true);
             tracing::warn!(
                 backend = %self.name,
                 error = %why,

@@ -8,12 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use ext_plugin_sdk::{ConfError, PrepareEnv};
 
-use super::backend::{Backend, Target};
+use super::backend::{Backend, Target, Tls};
 use super::keys::KeyBase;
+use super::sentinel::Sentinels;
 
 /// Appends the Redis fields to a limiter's conf struct (keeping its other fields as written),
 /// and an `fn take_redis_fields(&mut self) -> RedisFields`.
@@ -37,13 +36,13 @@ macro_rules! with_redis_fields {
             redis_cluster_name: Option<String>,
             redis_cluster_ssl: Option<bool>,
             redis_cluster_ssl_verify: Option<bool>,
-            redis_sentinels: Option<serde_json::Value>,
-            redis_master_name: Option<serde_json::Value>,
-            redis_role: Option<serde_json::Value>,
-            redis_connect_timeout: Option<serde_json::Value>,
-            redis_read_timeout: Option<serde_json::Value>,
-            sentinel_username: Option<serde_json::Value>,
-            sentinel_password: Option<serde_json::Value>,
+            redis_sentinels: Option<Vec<$crate::redis::conf::SentinelNode>>,
+            redis_master_name: Option<String>,
+            redis_role: Option<String>,
+            redis_connect_timeout: Option<i64>,
+            redis_read_timeout: Option<i64>,
+            sentinel_username: Option<String>,
+            sentinel_password: Option<String>,
             fallback: Option<String>,
             redis_key_prefix: Option<String>,
         }
@@ -64,15 +63,13 @@ macro_rules! with_redis_fields {
                     redis_cluster_name: self.redis_cluster_name.take(),
                     redis_cluster_ssl: self.redis_cluster_ssl.take(),
                     redis_cluster_ssl_verify: self.redis_cluster_ssl_verify.take(),
-                    sentinel: [
-                        ("redis_sentinels", self.redis_sentinels.take()),
-                        ("redis_master_name", self.redis_master_name.take()),
-                        ("redis_role", self.redis_role.take()),
-                        ("redis_connect_timeout", self.redis_connect_timeout.take()),
-                        ("redis_read_timeout", self.redis_read_timeout.take()),
-                        ("sentinel_username", self.sentinel_username.take()),
-                        ("sentinel_password", self.sentinel_password.take()),
-                    ],
+                    redis_sentinels: self.redis_sentinels.take(),
+                    redis_master_name: self.redis_master_name.take(),
+                    redis_role: self.redis_role.take(),
+                    redis_connect_timeout: self.redis_connect_timeout.take(),
+                    redis_read_timeout: self.redis_read_timeout.take(),
+                    sentinel_username: self.sentinel_username.take(),
+                    sentinel_password: self.sentinel_password.take(),
                     fallback: self.fallback.take(),
                     redis_key_prefix: self.redis_key_prefix.take(),
                 }
@@ -97,10 +94,23 @@ pub struct RedisFields {
     pub redis_cluster_name: Option<String>,
     pub redis_cluster_ssl: Option<bool>,
     pub redis_cluster_ssl_verify: Option<bool>,
-    /// `redis-sentinel`'s fields: accepted by name, refused (the policy is not supported yet).
-    pub sentinel: [(&'static str, Option<Value>); 7],
+    pub redis_sentinels: Option<Vec<SentinelNode>>,
+    pub redis_master_name: Option<String>,
+    pub redis_role: Option<String>,
+    pub redis_connect_timeout: Option<i64>,
+    pub redis_read_timeout: Option<i64>,
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
     pub fallback: Option<String>,
     pub redis_key_prefix: Option<String>,
+}
+
+/// One of `redis_sentinels`: `{"host": ..., "port": ...}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelNode {
+    host: String,
+    port: i64,
 }
 
 /// A limiter's storage, as its `policy` and Redis fields resolve.
@@ -119,21 +129,42 @@ pub struct RedisPolicy {
     pub keys: KeyBase,
 }
 
-/// `redis_*` fields each policy allows (besides the common `redis_timeout`, `redis_password`,
-/// keep-alive fields, `fallback` and `redis_key_prefix`).
-const SINGLE_ONLY: [&str; 6] = [
+/// The fields each Redis policy allows besides the *(ext)* `fallback` and `redis_key_prefix`
+/// (APISIX's `redis-schema`, and limit-count's sentinel fields).
+const REDIS_FIELDS: &[&str] = &[
     "redis_host",
     "redis_port",
     "redis_username",
+    "redis_password",
     "redis_database",
+    "redis_timeout",
     "redis_ssl",
     "redis_ssl_verify",
+    "redis_keepalive_timeout",
+    "redis_keepalive_pool",
 ];
-const CLUSTER_ONLY: [&str; 4] = [
+const CLUSTER_FIELDS: &[&str] = &[
     "redis_cluster_nodes",
     "redis_cluster_name",
+    "redis_password",
+    "redis_timeout",
     "redis_cluster_ssl",
     "redis_cluster_ssl_verify",
+    "redis_keepalive_timeout",
+    "redis_keepalive_pool",
+];
+const SENTINEL_FIELDS: &[&str] = &[
+    "redis_sentinels",
+    "redis_master_name",
+    "redis_role",
+    "redis_connect_timeout",
+    "redis_read_timeout",
+    "redis_keepalive_timeout",
+    "redis_database",
+    "redis_username",
+    "redis_password",
+    "sentinel_username",
+    "sentinel_password",
 ];
 
 impl RedisFields {
@@ -164,9 +195,16 @@ impl RedisFields {
             "redis_cluster_ssl_verify",
             self.redis_cluster_ssl_verify.is_some(),
         );
-        for (name, value) in &self.sentinel {
-            mark(name, value.is_some());
-        }
+        mark("redis_sentinels", self.redis_sentinels.is_some());
+        mark("redis_master_name", self.redis_master_name.is_some());
+        mark("redis_role", self.redis_role.is_some());
+        mark(
+            "redis_connect_timeout",
+            self.redis_connect_timeout.is_some(),
+        );
+        mark("redis_read_timeout", self.redis_read_timeout.is_some());
+        mark("sentinel_username", self.sentinel_username.is_some());
+        mark("sentinel_password", self.sentinel_password.is_some());
         mark("fallback", self.fallback.is_some());
         mark("redis_key_prefix", self.redis_key_prefix.is_some());
         v
@@ -206,27 +244,24 @@ pub fn storage(
             }
             return Ok(Storage::Local);
         }
-        "redis" | "redis-cluster" => {}
-        "redis-sentinel" => {
-            return Err(ConfError::new(
-                "`policy` \"redis-sentinel\" is not supported by this runner yet; use \"redis\" or \"redis-cluster\"",
-            ))
-        }
+        "redis" | "redis-cluster" | "redis-sentinel" => {}
         other => {
             return Err(ConfError::new(format!(
-                "`policy` must be \"local\", \"redis\" or \"redis-cluster\", got {other:?}"
+                "`policy` must be \"local\", \"redis\", \"redis-cluster\" or \"redis-sentinel\", \
+                 got {other:?}"
             )))
         }
     }
-    if let Some((name, _)) = f.sentinel.iter().find(|(_, v)| v.is_some()) {
-        return Err(not_under(name, policy));
-    }
-    let foreign: &[&str] = if policy == "redis" {
-        &CLUSTER_ONLY
-    } else {
-        &SINGLE_ONLY
+    let allowed = match policy {
+        "redis" => REDIS_FIELDS,
+        "redis-cluster" => CLUSTER_FIELDS,
+        _ => SENTINEL_FIELDS,
     };
-    if let Some(field) = present.iter().find(|p| foreign.contains(p)) {
+    let ext = ["fallback", "redis_key_prefix"];
+    if let Some(field) = present
+        .iter()
+        .find(|p| !allowed.contains(p) && !ext.contains(p))
+    {
         return Err(not_under(field, policy));
     }
     let fallback_local = match f.fallback.as_deref() {
@@ -238,23 +273,38 @@ pub fn storage(
             )))
         }
     };
-    let timeout = at_least("redis_timeout", f.redis_timeout, 1, 1000)?;
+    let mut timeout = at_least("redis_timeout", f.redis_timeout, 1, 1000)?;
     // Accepted for APISIX parity; the runner keeps one multiplexed connection per backend.
     at_least(
         "redis_keepalive_timeout",
         f.redis_keepalive_timeout,
         1000,
-        10_000,
+        if policy == "redis-sentinel" {
+            60_000
+        } else {
+            10_000
+        },
     )?;
     at_least("redis_keepalive_pool", f.redis_keepalive_pool, 1, 100)?;
     // APISIX's minLength 0: an empty password means none.
-    let password = f.redis_password.filter(|p| !p.is_empty());
-    let target = if policy == "redis" {
-        if f.redis_ssl == Some(true) {
-            return Err(ConfError::new(
-                "`redis_ssl`: TLS to Redis is not supported by this runner yet",
-            ));
-        }
+    let password = f
+        .redis_password
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned);
+    let mut connect_timeout = 0;
+    let target = if policy == "redis-sentinel" {
+        let (target, connect, read) = sentinel_target(&f, password)?;
+        connect_timeout = connect;
+        timeout = read;
+        target
+    } else if policy == "redis" {
+        let tls = tls(
+            "redis_ssl",
+            f.redis_ssl,
+            "redis_ssl_verify",
+            f.redis_ssl_verify,
+        )?;
         let host = f
             .redis_host
             .ok_or_else(|| ConfError::new("`redis_host` is required with `policy` \"redis\""))?;
@@ -263,10 +313,15 @@ pub fn storage(
         }
         let db = at_least("redis_database", f.redis_database, 0, 0)?;
         if let Some(path) = host.strip_prefix("unix:") {
-            if f.redis_port.is_some() {
-                return Err(ConfError::new(
-                    "`redis_port` does not apply to a `redis_host` \"unix:/path\"",
-                ));
+            let field = match (f.redis_port, tls) {
+                (Some(_), _) => Some("redis_port"),
+                (None, Some(_)) => Some("redis_ssl"),
+                (None, None) => None,
+            };
+            if let Some(field) = field {
+                return Err(ConfError::new(format!(
+                    "`{field}` does not apply to a `redis_host` \"unix:/path\""
+                )));
             }
             if !path.starts_with('/') {
                 return Err(ConfError::new(format!(
@@ -290,14 +345,16 @@ pub fn storage(
                 db,
                 username: f.redis_username,
                 password,
+                tls,
             }
         }
     } else {
-        if f.redis_cluster_ssl == Some(true) {
-            return Err(ConfError::new(
-                "`redis_cluster_ssl`: TLS to Redis is not supported by this runner yet",
-            ));
-        }
+        let tls = tls(
+            "redis_cluster_ssl",
+            f.redis_cluster_ssl,
+            "redis_cluster_ssl_verify",
+            f.redis_cluster_ssl_verify,
+        )?;
         let nodes = f.redis_cluster_nodes.ok_or_else(|| {
             ConfError::new("`redis_cluster_nodes` is required with `policy` \"redis-cluster\"")
         })?;
@@ -331,6 +388,7 @@ pub fn storage(
             name,
             nodes: addrs,
             password,
+            tls,
         }
     };
     let prefix = f.redis_key_prefix.unwrap_or_else(|| "a6r".to_owned());
@@ -339,13 +397,96 @@ pub fn storage(
             "`redis_key_prefix` must be 1 to 64 characters without `{` or `}`",
         ));
     }
-    let backend = super::backend::backend(target, Duration::from_millis(timeout as u64))?;
+    let backend = super::backend::backend(
+        target,
+        Duration::from_millis(timeout as u64),
+        Duration::from_millis(connect_timeout as u64),
+    )?;
+    backend.attach(env.metrics());
     let keys = KeyBase::new(&prefix, plugin, env, group);
     Ok(Storage::Redis(RedisPolicy {
         backend,
         fallback_local,
         keys,
     }))
+}
+
+/// TLS as `ssl` and `verify` say (both default to false, as APISIX's). `verify` without `ssl`
+/// would be a setting that does nothing: refused.
+fn tls(
+    ssl_field: &str,
+    ssl: Option<bool>,
+    verify_field: &str,
+    verify: Option<bool>,
+) -> Result<Option<Tls>, ConfError> {
+    match (ssl.unwrap_or(false), verify.unwrap_or(false)) {
+        (true, verify) => Ok(Some(Tls { verify })),
+        (false, true) => Err(ConfError::new(format!(
+            "`{verify_field}` needs `{ssl_field}`: true"
+        ))),
+        (false, false) => Ok(None),
+    }
+}
+
+/// `redis-sentinel`'s target and its connect and read timeouts (ms), APISIX's fields.
+fn sentinel_target(
+    f: &RedisFields,
+    password: Option<String>,
+) -> Result<(Target, i64, i64), ConfError> {
+    let nodes = f.redis_sentinels.as_deref().ok_or_else(|| {
+        ConfError::new("`redis_sentinels` is required with `policy` \"redis-sentinel\"")
+    })?;
+    if nodes.is_empty() {
+        return Err(ConfError::new("`redis_sentinels` must not be empty"));
+    }
+    let mut addrs = Vec::with_capacity(nodes.len());
+    for (i, n) in nodes.iter().enumerate() {
+        let port = u16::try_from(n.port).ok().filter(|p| *p > 0);
+        match port {
+            Some(port) if !n.host.is_empty() => addrs.push((n.host.clone(), port)),
+            _ => {
+                return Err(ConfError::new(format!(
+                    "`redis_sentinels[{i}]`: `host` must not be empty and `port` must be 1 to \
+                     65535"
+                )))
+            }
+        }
+    }
+    let master = f.redis_master_name.clone().ok_or_else(|| {
+        ConfError::new("`redis_master_name` is required with `policy` \"redis-sentinel\"")
+    })?;
+    if master.is_empty() {
+        return Err(ConfError::new("`redis_master_name` must not be empty"));
+    }
+    match f.redis_role.as_deref() {
+        None | Some("master") => {}
+        Some("slave") => {
+            return Err(ConfError::new(
+                "`redis_role` \"slave\": a limiter writes its counters, and replicas are \
+                 read-only; use \"master\"",
+            ))
+        }
+        Some(other) => {
+            return Err(ConfError::new(format!(
+                "`redis_role` must be \"master\" or \"slave\", got {other:?}"
+            )))
+        }
+    }
+    let connect = at_least("redis_connect_timeout", f.redis_connect_timeout, 1, 1000)?;
+    let read = at_least("redis_read_timeout", f.redis_read_timeout, 1, 1000)?;
+    let db = at_least("redis_database", f.redis_database, 0, 0)?;
+    let target = Target::Sentinel {
+        sentinels: Sentinels {
+            nodes: addrs,
+            master,
+            username: f.sentinel_username.clone(),
+            password: f.sentinel_password.clone().filter(|p| !p.is_empty()),
+        },
+        db,
+        username: f.redis_username.clone(),
+        password,
+    };
+    Ok((target, connect, read))
 }
 
 #[cfg(test)]
@@ -407,8 +548,16 @@ mod tests {
                 "redis_keepalive_timeout",
             ),
             (
-                r#""policy": "redis", "redis_host": "rh", "redis_ssl": true"#,
-                "TLS",
+                r#""policy": "redis", "redis_host": "rh", "redis_ssl_verify": true"#,
+                "`redis_ssl_verify` needs `redis_ssl`: true",
+            ),
+            (
+                r#""policy": "redis", "redis_host": "unix:/r.sock", "redis_ssl": true"#,
+                "`redis_ssl` does not apply",
+            ),
+            (
+                r#""policy": "redis-cluster", "redis_cluster_name": "c", "redis_cluster_nodes": ["a:1"], "redis_cluster_ssl_verify": true"#,
+                "`redis_cluster_ssl_verify` needs `redis_cluster_ssl`: true",
             ),
             (
                 r#""policy": "redis", "redis_host": "unix:/r.sock", "redis_port": 1"#,
@@ -422,7 +571,46 @@ mod tests {
                 r#""policy": "redis", "redis_host": "rh", "redis_sentinels": []"#,
                 "`redis_sentinels` does not apply",
             ),
-            (r#""policy": "redis-sentinel""#, "not supported"),
+            (
+                r#""policy": "redis-sentinel""#,
+                "`redis_sentinels` is required",
+            ),
+            (
+                r#""policy": "redis-sentinel", "redis_sentinels": []"#,
+                "must not be empty",
+            ),
+            (
+                r#""policy": "redis-sentinel", "redis_sentinels": [{"host": "s", "port": 1}]"#,
+                "`redis_master_name` is required",
+            ),
+            (
+                r#""policy": "redis-sentinel", "redis_sentinels": [{"host": "s", "port": 0}], "redis_master_name": "m""#,
+                "`redis_sentinels[0]`",
+            ),
+            (
+                r#""policy": "redis-sentinel", "redis_sentinels": [{"host": "s", "port": 1, "tls": true}], "redis_master_name": "m""#,
+                "unknown field `tls`",
+            ),
+            (
+                r#""policy": "redis-sentinel", "redis_sentinels": [{"host": "s", "port": 1}], "redis_master_name": "m", "redis_role": "slave""#,
+                "read-only",
+            ),
+            (
+                r#""policy": "redis-sentinel", "redis_sentinels": [{"host": "s", "port": 1}], "redis_master_name": "m", "redis_host": "rh""#,
+                "`redis_host` does not apply to `policy` \"redis-sentinel\"",
+            ),
+            (
+                r#""policy": "redis-sentinel", "redis_sentinels": [{"host": "s", "port": 1}], "redis_master_name": "m", "redis_timeout": 5"#,
+                "`redis_timeout` does not apply",
+            ),
+            (
+                r#""policy": "redis-sentinel", "redis_sentinels": [{"host": "s", "port": 1}], "redis_master_name": "m", "redis_read_timeout": 0"#,
+                "`redis_read_timeout` must be at least 1",
+            ),
+            (
+                r#""policy": "redis", "redis_host": "rh", "sentinel_password": "p""#,
+                "`sentinel_password` does not apply",
+            ),
             (
                 r#""policy": "redis-cluster", "redis_cluster_name": "c""#,
                 "`redis_cluster_nodes` is required",
@@ -475,16 +663,29 @@ mod tests {
             r#""policy": "redis", "redis_host": "127.0.0.1", "redis_port": 1, "allow_degradation": true"#,
             r#""policy": "redis", "redis_host": "unix:/nonexistent/r.sock", "fallback": "local", "redis_password": """#,
             r#""policy": "redis-cluster", "redis_cluster_name": "c", "redis_cluster_nodes": ["127.0.0.1:1", "[::1]:2"]"#,
+            r#""policy": "redis", "redis_host": "rh", "redis_ssl": true, "redis_ssl_verify": true"#,
+            r#""policy": "redis-cluster", "redis_cluster_name": "c", "redis_cluster_nodes": ["a:1"],
+                "redis_cluster_ssl": true"#,
             r#""policy": "redis", "redis_host": "rh", "sync_interval": -1, "redis_keepalive_pool": 5"#,
+            r#""policy": "redis-sentinel", "redis_sentinels": [{"host": "127.0.0.1", "port": 1}],
+                "redis_master_name": "m", "redis_role": "master", "redis_database": 1,
+                "redis_connect_timeout": 100, "redis_read_timeout": 200, "redis_password": "p",
+                "sentinel_username": "u", "sentinel_password": "s", "fallback": "local""#,
             r#""policy": "redis", "redis_host": "rh", "sync_interval": 0.5, "window_type": "fixed""#,
             r#""policy": "redis", "redis_host": "rh", "window_type": "sliding""#,
             r#""policy": "redis", "redis_host": "rh", "specific_items": {"vip": 5}"#,
+            r#""policy": "redis-sentinel", "redis_sentinels": [{"host": "s", "port": 1}],
+                "redis_master_name": "m", "sync_interval": 0.5, "window_type": "fixed""#,
         ] {
             let conf = format!("{{{COUNT}, {ok}}}");
             prepare::<LimitCount>(&conf).unwrap_or_else(|e| panic!("{conf}: {e}"));
         }
         let req = r#"{"rate": 1, "burst": 1, "policy": "redis-cluster", "redis_cluster_name": "c",
                       "redis_cluster_nodes": ["127.0.0.1:1"]}"#;
+        prepare::<LimitReq>(req).unwrap();
+        // *(ext)*: sentinels for limit-req too.
+        let req = r#"{"rate": 1, "burst": 1, "policy": "redis-sentinel", "redis_master_name": "m",
+                      "redis_sentinels": [{"host": "127.0.0.1", "port": 1}]}"#;
         prepare::<LimitReq>(req).unwrap();
         let e = prepare::<LimitReq>(
             r#"{"rate": 1, "burst": 1, "policy": "redis", "redis_host": "rh", "specific_items": {"a": 2}}"#,
@@ -496,6 +697,12 @@ mod tests {
         let conn = r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "policy": "redis", "redis_host": "rh""#;
         prepare::<LimitConn>(&format!("{conn}}}")).unwrap();
         prepare::<LimitConn>(&format!(r#"{conn}, "key_ttl": 5}}"#)).unwrap();
+        prepare::<LimitConn>(&format!(r#"{conn}, "redis_ssl": true}}"#)).unwrap();
+        // *(ext)*: sentinels for limit-conn too.
+        let conn_sentinel = r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1,
+            "policy": "redis-sentinel", "redis_master_name": "m",
+            "redis_sentinels": [{"host": "127.0.0.1", "port": 1}]}"#;
+        prepare::<LimitConn>(conn_sentinel).unwrap();
         let e = prepare::<LimitConn>(&format!(r#"{conn}, "key_ttl": 0}}"#)).unwrap_err();
         assert!(e.contains("`key_ttl` must be 1 to 86400"), "{e}");
         let e = prepare::<LimitConn>(

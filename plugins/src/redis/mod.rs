@@ -1,6 +1,7 @@
-//! Cluster-wide limits on Redis for limit-count, limit-req and limit-conn (`policy: "redis"` /
-//! `"redis-cluster"`): the conf fields ([`conf`]), the shared backends ([`backend`]), key names
-//! ([`keys`]) and each limiter's Redis algorithm ([`count`] with [`lease`], [`req`], [`conn`]).
+//! Cluster-wide limits on Redis for limit-count, limit-req and limit-conn (`policy: "redis"`,
+//! `"redis-cluster"` or `"redis-sentinel"`): the conf fields ([`conf`]), the shared backends
+//! ([`backend`], [`sentinel`]) and what they report ([`metrics`]), key names ([`keys`]) and each
+//! limiter's Redis algorithm ([`count`] with [`lease`], [`req`], [`conn`]).
 //!
 //! When Redis cannot answer (down, stalled past `redis_timeout`, breaker open) a limiter falls
 //! back, in this order: *(ext)* `fallback: "local"` decides with the in-process limiter;
@@ -21,7 +22,9 @@ pub mod conn;
 pub mod count;
 pub mod keys;
 pub mod lease;
+pub mod metrics;
 pub mod req;
+pub mod sentinel;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
