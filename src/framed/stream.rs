@@ -1,6 +1,9 @@
 //! The tokio adapter: a [`FrameBuffer`] and a [`FrameQueue`] over an async stream.
 
+use std::future::Future;
 use std::io;
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -23,6 +26,8 @@ pub struct Framed<S> {
     read: FrameBuffer,
     write: FrameQueue,
     stall_timeout: Option<Duration>,
+    /// Writes that sent bytes, for tests of the batching and for diagnostics.
+    writes: u64,
 }
 
 impl<S> Framed<S> {
@@ -37,6 +42,7 @@ impl<S> Framed<S> {
             read: FrameBuffer::new(max_frame),
             write: FrameQueue::new(),
             stall_timeout,
+            writes: 0,
         }
     }
 
@@ -59,6 +65,16 @@ impl<S> Framed<S> {
     /// What has been read and not yet taken as frames.
     pub fn read_buffer(&self) -> &FrameBuffer {
         &self.read
+    }
+
+    /// How many writes have sent bytes so far: replies batched into one write count once.
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// Bytes queued and not sent yet.
+    pub fn queued(&self) -> usize {
+        self.write.unsent().len()
     }
 
     /// Frames to send; [`Framed::flush`] sends them.
@@ -89,7 +105,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             }
             let n = match self.stall_timeout {
                 Some(limit) if !self.read.is_empty() => {
-                    match timeout(limit, self.read.read_from(&mut self.stream)).await {
+                    match within(limit, self.read.read_from(&mut self.stream)).await {
                         Ok(n) => n?,
                         Err(_) => {
                             let (have, want) = self.read.progress();
@@ -120,7 +136,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         while !self.write.is_empty() {
             let write = self.stream.write(self.write.unsent());
             let n = match self.stall_timeout {
-                Some(limit) => match timeout(limit, write).await {
+                Some(limit) => match within(limit, write).await {
                     Ok(n) => n?,
                     Err(_) => return Err(FramedError::WriteStalled(self.write.unsent().len())),
                 },
@@ -130,6 +146,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                 return Err(io::Error::from(io::ErrorKind::WriteZero).into());
             }
             self.write.advance(n);
+            self.writes += 1;
         }
         Ok(self.stream.flush().await?)
     }
@@ -170,6 +187,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             }
         }
     }
+}
+
+/// `step` with the stall timeout, armed only if the step does not complete at once: a read of
+/// bytes already arrived, or a write with room in the socket buffer (nearly every step), then
+/// costs no clock read and no timer. The time before the first poll is nil, so the limit
+/// measures what it always did: how long the step waits.
+async fn within<F: Future>(limit: Duration, step: F) -> Result<F::Output, ()> {
+    let mut step = pin!(step);
+    let first = std::future::poll_fn(|cx| Poll::Ready(step.as_mut().poll(cx))).await;
+    if let Poll::Ready(done) = first {
+        return Ok(done);
+    }
+    timeout(limit, step).await.map_err(|_| ())
 }
 
 #[cfg(test)]
