@@ -81,6 +81,11 @@ impl Runner {
             .then(|| self.shared.metrics.render())
     }
 
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     pub fn config(&self) -> &Config {
         &self.shared.config
     }
