@@ -17,7 +17,7 @@ use crate::config::{
 use crate::frame::MAX_PAYLOAD;
 use crate::log_format::{JsonLines, LogFormat};
 use crate::metrics::{parse_metrics_address, DEFAULT_MAX_ROUTES};
-use crate::server::{serve, Listener, Runner};
+use crate::server::{serve, serve_per_core, Listener, Runner};
 use ext_plugin_catalogue::opensergo;
 use ext_plugin_sdk::{Plugin, Registry};
 
@@ -94,6 +94,12 @@ pub struct Cli {
     /// Worker threads; the default is one per CPU.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
+
+    /// How the worker threads share connections: `work-stealing` (one runtime; an idle thread
+    /// takes ready connections from a busy one) or `per-core` (one single-threaded runtime per
+    /// worker; a connection stays on the thread that accepted it). BENCHMARKS.md compares them.
+    #[arg(long, value_enum, default_value_t = ThreadModel::WorkStealing)]
+    pub runtime: ThreadModel,
 
     /// Prepared chains kept at most.
     #[arg(long, default_value_t = Config::default().conf_cache_capacity)]
@@ -291,6 +297,13 @@ fn log_filter(flag: Option<&str>, env: Option<&str>) -> Result<EnvFilter, String
 }
 
 /// Runs the runner as a gateway spawns it: parses the command line and environment, sets up
+/// How the worker threads share connections (`--runtime`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ThreadModel {
+    WorkStealing,
+    PerCore,
+}
+
 /// logging to stderr, listens, and serves `registry`'s plugins until SIGTERM or SIGINT.
 ///
 /// A runner with plugins of your own is one line: `fn main() -> ExitCode {
@@ -357,11 +370,20 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
         info!("APISIX_LISTEN_ADDRESS is not set and --listen not given; using {DEFAULT_LISTEN_ADDRESS}");
     }
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // Per core, this runtime only waits for signals and serves the metrics endpoint; the
+    // serving threads get their own.
+    let mut runtime = match cli.runtime {
+        ThreadModel::WorkStealing => tokio::runtime::Builder::new_multi_thread(),
+        ThreadModel::PerCore => tokio::runtime::Builder::new_current_thread(),
+    };
     runtime.enable_all();
     if let Some(n) = cli.workers {
         runtime.worker_threads(usize::from(n));
     }
+    let threads = cli.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
     let runtime = match runtime.build() {
         Ok(r) => r,
         Err(e) => {
@@ -397,13 +419,21 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
         );
         let registry = cli.opensergo.provide(registry);
         let runner = Runner::new(config, registry);
-        serve(listener, runner, async move {
+        let signalled = async move {
             tokio::select! {
                 _ = term.recv() => info!("SIGTERM: draining"),
                 _ = int.recv() => info!("SIGINT: draining"),
             }
-        })
-        .await;
+        };
+        match cli.runtime {
+            ThreadModel::WorkStealing => serve(listener, runner, signalled).await,
+            ThreadModel::PerCore => {
+                if let Err(e) = serve_per_core(listener, runner, threads, signalled).await {
+                    error!("cannot start the serving threads: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         ExitCode::SUCCESS
     })
 }

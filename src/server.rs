@@ -5,10 +5,12 @@
 //! do) and, when dropped, removes the file only if it is still the one it created (on a gateway
 //! reload a new runner may already listen on the same path). [`serve`] accepts until its
 //! shutdown future resolves, then stops accepting, lets calls in flight finish for the drain
-//! timeout, and returns.
+//! timeout, and returns. [`serve_per_core`] does the same with one single-threaded runtime per
+//! worker thread, each accepting from the shared socket and serving the connections it accepted.
 
 use std::fs;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::conf_cache::ConfCache;
 use crate::config::Config;
@@ -181,12 +183,91 @@ pub async fn serve(
     let shared = runner.shared;
     let (stop_tx, stop_rx) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let _metrics = (shared.config.metrics_listen.clone())
+        .map(|address| metrics::endpoint::spawn(address, shared.clone(), stop_rx.clone()));
+    let connections = accept_until(&listener.inner, &shared, &slots, &stop_rx, shutdown).await;
+    // Stop accepting and take the socket file away first, so the gateway's new connections fail
+    // fast instead of waiting on a runner that is leaving.
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drain(connections, &shared).await;
+}
+
+/// Serves connections like [`serve`], on `threads` threads that each run a single-threaded
+/// runtime: every thread accepts from the shared socket and serves the connections it accepted
+/// itself, to the end (no work stealing, no cross-thread wake-ups). The caller's runtime keeps
+/// the metrics endpoint and waits for `shutdown`; then every thread stops accepting and drains.
+/// Fails only if a thread or its runtime cannot be started.
+pub async fn serve_per_core(
+    listener: Listener,
+    runner: Runner,
+    threads: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> io::Result<()> {
+    let shared = runner.shared;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let _metrics = (shared.config.metrics_listen.clone())
+        .map(|address| metrics::endpoint::spawn(address, shared.clone(), stop_rx.clone()));
+    let mut cores = Vec::with_capacity(threads);
+    for i in 0..threads {
+        // Everything that can fail is done here, before any thread serves.
+        let socket = listener.inner.as_fd().try_clone_to_owned()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (shared, slots, stop_rx) = (shared.clone(), slots.clone(), stop_rx.clone());
+        let core = std::thread::Builder::new()
+            .name(format!("ext-plugin-core-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let socket = std::os::unix::net::UnixListener::from(socket);
+                    let listener = match UnixListener::from_std(socket) {
+                        Ok(l) => l,
+                        Err(e) => return error!("core {i}: cannot watch the socket: {e}"),
+                    };
+                    let mut stop = stop_rx.clone();
+                    let stopped = async move {
+                        let _ = stop.changed().await;
+                    };
+                    let connections =
+                        accept_until(&listener, &shared, &slots, &stop_rx, stopped).await;
+                    drop(listener);
+                    drain(connections, &shared).await;
+                })
+            })?;
+        cores.push(core);
+    }
+    shutdown.await;
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Joining blocks: off this runtime's thread, which serves the metrics endpoint meanwhile.
+    let joined = tokio::task::spawn_blocking(move || {
+        cores
+            .into_iter()
+            .map(|c| c.join())
+            .filter(Result::is_err)
+            .count()
+    })
+    .await;
+    if !matches!(joined, Ok(0)) {
+        error!("a serving thread panicked");
+    }
+    Ok(())
+}
+
+/// Accepts connections from `listener` and serves each on a task of the current runtime, until
+/// `shutdown` resolves; the connections still open are returned for [`drain`].
+async fn accept_until(
+    listener: &UnixListener,
+    shared: &Arc<Shared>,
+    slots: &Arc<Semaphore>,
+    stop_rx: &watch::Receiver<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> JoinSet<()> {
     let mut connections = JoinSet::new();
     let mut backoff = Duration::from_millis(1);
     tokio::pin!(shutdown);
-    let _metrics = (shared.config.metrics_listen.clone())
-        .map(|address| metrics::endpoint::spawn(address, shared.clone(), stop_rx.clone()));
-
     loop {
         while connections.try_join_next().is_some() {}
         let permit = match slots.clone().try_acquire_owned() {
@@ -210,7 +291,7 @@ pub async fn serve(
         let accepted = tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            a = listener.inner.accept() => a,
+            a = listener.accept() => a,
         };
         match accepted {
             Ok((stream, _)) => {
@@ -232,10 +313,11 @@ pub async fn serve(
         }
     }
 
-    // Stop accepting and take the socket file away first, so the gateway's new connections fail
-    // fast instead of waiting on a runner that is leaving.
-    drop(listener);
-    let _ = stop_tx.send(true);
+    connections
+}
+
+/// Lets the calls in flight finish, for the drain timeout at most.
+async fn drain(mut connections: JoinSet<()>, shared: &Shared) {
     let in_flight = connections.len();
     let drained = tokio::time::timeout(shared.config.drain_timeout, async {
         while connections.join_next().await.is_some() {}
