@@ -218,7 +218,7 @@ pub async fn serve_per_core(
             .build()?;
         let (shared, slots, stop_rx) = (shared.clone(), slots.clone(), stop_rx.clone());
         let core = std::thread::Builder::new()
-            .name(format!("ext-plugin-core-{i}"))
+            .name(format!("runner-core-{i}"))
             .spawn(move || {
                 runtime.block_on(async move {
                     let socket = std::os::unix::net::UnixListener::from(socket);
