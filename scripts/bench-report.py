@@ -51,9 +51,11 @@ def commands(recs):
 def fmt(v, digits=2):
     if v is None:
         return "–"
+    if isinstance(v, float) and abs(v) < 0.005:
+        v = 0.0  # -0.00: one block fewer in the longer run, within noise
     if isinstance(v, float) and digits == 0:
         return f"{v:,.0f}".replace(",", " ")
-    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and digits == 0):
+    if digits == 0 and (isinstance(v, int) or v.is_integer()):
         return f"{int(v):,}".replace(",", " ")
     return f"{v:.{digits}f}"
 

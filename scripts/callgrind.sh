@@ -67,7 +67,7 @@ ir1=$(measure "$n")
 ir2=$(measure $((2 * n)))
 if [ "$tool" = dhat ]; then
     # Two decimals: a fraction of an allocation per call is a real figure (one per connection).
-    per_call=$(awk -v a="$ir1" -v b="$ir2" -v n="$n" 'BEGIN { printf "%.2f", (b - a) / n }')
+    per_call=$(awk -v a="$ir1" -v b="$ir2" -v n="$n" 'BEGIN { v = (b - a) / n; if (v < 0.005 && v > -0.005) v = 0; printf "%.2f", v }')
     echo "scenario $scenario, $protocol${extra:+, runner flags: $extra}: blocks($n) = $ir1, blocks($((2 * n))) = $ir2"
     echo "allocations per call: $per_call"
 else

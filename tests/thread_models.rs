@@ -67,7 +67,7 @@ async fn per_core_serves_every_connection_with_shared_chains_and_drains_on_sigte
     blocked.src_ip = Some("10.1.2.3".parse().unwrap());
     for _ in 0..2 {
         for gw in &mut gateways {
-            assert_eq!(stop(&gw.call(token, &blocked).await.unwrap()).status, 403);
+            assert_eq!(stop(gw.call(token, &blocked).await.unwrap()).status, 403);
         }
     }
 
