@@ -6,19 +6,23 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 use crate::codec::ProtocolSetting;
 use crate::config::{
     parse_listen_address, Config, DEFAULT_CONF_EXPIRE_SECS, DEFAULT_LISTEN_ADDRESS,
+    MAX_CONF_EXPIRE_SECS,
 };
 use crate::frame::MAX_PAYLOAD;
+use crate::log_fields::SafeFields;
 use crate::log_format::{JsonLines, LogFormat};
 use crate::metrics::{parse_metrics_address, DEFAULT_MAX_ROUTES};
-use crate::server::{serve, serve_per_core, Listener, Runner};
+use crate::peers::AllowPeers;
+use crate::server::{serve, serve_per_core, Listener, Runner, RUNTIME_GRACE};
+use crate::signals;
 use ext_plugin_catalogue::opensergo;
+use ext_plugin_sdk::host::Retention;
 use ext_plugin_sdk::{Plugin, Registry};
 
 /// What `--help` and `--version` say about a runner binary: its name, version and one-line
@@ -78,7 +82,7 @@ pub struct Cli {
     /// The gateway's conf cache expiry in seconds; prepared chains are kept 1.2 x this long
     /// after their last use.
     #[arg(long, env = "APISIX_CONF_EXPIRE_TIME", default_value_t = DEFAULT_CONF_EXPIRE_SECS,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = parse_conf_expire)]
     pub conf_expire: u64,
 
     /// Payload protocol: `auto` (decided per connection from its first frame), `flatbuffers`
@@ -105,9 +109,52 @@ pub struct Cli {
     #[arg(long, default_value_t = Config::default().conf_cache_capacity)]
     pub conf_cache_capacity: usize,
 
+    /// Bytes the cached chains may account for (key, confs and ~1 KiB each); past it the least
+    /// recently used are dropped.
+    #[arg(long, default_value_t = Config::default().conf_cache_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub conf_cache_bytes: u64,
+
+    /// The largest conf one prepare_conf may carry (plugin names and JSON confs, in bytes); a
+    /// larger one is refused.
+    #[arg(long, default_value_t = Config::default().max_conf_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_conf_bytes: u64,
+
+    /// Milliseconds within which every prepare_conf is answered; a chain not built by then is
+    /// refused (its build goes on, and is cached if it finishes).
+    #[arg(long, default_value_t = Config::default().prepare_timeout.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub prepare_timeout_ms: u64,
+
+    /// Chains built at once, overdue builds included; further prepares wait for a slot until
+    /// their deadline. At most 256, half the blocking threads the runtime has, so hung builds
+    /// always leave some.
+    #[arg(long, default_value_t = Config::default().max_prepares_in_flight as u64,
+          value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub max_prepares_in_flight: u64,
+    /// Plugin state values (a route's limiter counts) kept after their chains left the conf
+    /// cache, so a route prepared again finds them; 0 keeps none.
+    #[arg(long, default_value_t = Config::default().state_retention.capacity)]
+    pub state_capacity: usize,
+
+    /// How long such state is kept after its last chain went, in seconds.
+    #[arg(long, default_value_t = Config::default().state_retention.idle.as_secs())]
+    pub state_idle_secs: u64,
+
     /// Connections served at once.
     #[arg(long, default_value_t = Config::default().max_connections)]
     pub max_connections: usize,
+
+    /// Who may connect, by the peer's credentials: `gateway` (the runner's own user, root, and
+    /// the processes of the gateway that spawned it), `any`, or `uid:N` / `gid:N`; a
+    /// comma-separated list admits the union (docs/operations.md).
+    #[arg(long, value_name = "RULES", default_value_t = AllowPeers::default())]
+    pub allow_peers: AllowPeers,
+
+    /// Connections one peer uid may hold at once; the default is half of --max-connections.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_uid: Option<u64>,
 
     /// Deadline of one call in milliseconds (plugins plus extra_info round trips).
     #[arg(long, default_value_t = Config::default().call_timeout.as_millis() as u64)]
@@ -118,6 +165,18 @@ pub struct Cli {
     #[arg(long, default_value_t = Config::default().max_frame as u64,
           value_parser = clap::value_parser!(u64).range(1..=MAX_PAYLOAD as u64))]
     pub max_frame: u64,
+
+    /// Bytes of extra_info answers one call may read; past it the call is answered
+    /// SERVICE_UNAVAILABLE.
+    #[arg(long, default_value_t = Config::default().extra_info_budget as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub extra_info_budget: u64,
+
+    /// Bytes buffered for incoming frames, over all connections; a connection whose frame
+    /// needs more than is left is answered SERVICE_UNAVAILABLE and closed.
+    #[arg(long, default_value_t = Config::default().max_buffered_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_buffered_bytes: u64,
 
     /// Seconds a connection may sit with no call in flight before the runner closes it. Keep it
     /// above the gateway's keepalive timeout (APISIX: 180 s).
@@ -130,6 +189,12 @@ pub struct Cli {
     #[arg(long, default_value_t = Config::default().stall_timeout.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stall_timeout_ms: u64,
+
+    /// Milliseconds within which a frame that has started arriving must be whole, however
+    /// steadily it trickles; past it the connection is closed.
+    #[arg(long, default_value_t = Config::default().frame_timeout.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub frame_timeout_ms: u64,
 
     /// Serve Prometheus metrics at `GET /metrics` (and `GET /healthz`) on `IP:PORT` (e.g.
     /// `127.0.0.1:9092`) or `unix:/abs/path.sock`. Off by default.
@@ -256,12 +321,29 @@ impl Cli {
             conf_expire: Duration::from_secs(self.conf_expire),
             protocol: self.protocol,
             conf_cache_capacity: self.conf_cache_capacity,
+            state_retention: Retention {
+                capacity: self.state_capacity,
+                idle: Duration::from_secs(self.state_idle_secs),
+            },
             max_connections: self.max_connections,
+            allow_peers: self.allow_peers.clone(),
+            max_connections_per_uid: self
+                .max_connections_per_uid
+                .map_or((self.max_connections / 2).max(1), |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             // The parser capped it at MAX_PAYLOAD, which fits any usize.
             max_frame: self.max_frame as usize,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             stall_timeout: Duration::from_millis(self.stall_timeout_ms),
+            frame_timeout: Duration::from_millis(self.frame_timeout_ms),
+            conf_cache_bytes: to_usize(self.conf_cache_bytes),
+            max_conf_bytes: to_usize(self.max_conf_bytes),
+            prepare_timeout: Duration::from_millis(self.prepare_timeout_ms),
+            max_prepares_in_flight: to_usize(self.max_prepares_in_flight),
+            extra_info_budget: to_usize(self.extra_info_budget),
+            max_buffered_bytes: to_usize(self.max_buffered_bytes),
             metrics_listen,
             metrics_max_routes: usize::try_from(self.metrics_max_routes).unwrap_or(usize::MAX),
             ..Config::default()
@@ -274,13 +356,37 @@ impl Cli {
     /// with clap's message and status 2 on a usage error, and after printing `--help` or
     /// `--version`.
     pub fn parse_for(about: About) -> Cli {
+        Cli::parse_args_for(about, std::env::args_os())
+    }
+
+    /// [`Cli::parse_for`] with the arguments given (the first is the program's name).
+    pub fn parse_args_for<I, T>(about: About, args: I) -> Cli
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
         let command = <Cli as clap::CommandFactory>::command()
             .name(about.name)
             .bin_name(about.name)
             .version(about.version)
             .about(about.description);
-        let matches = command.get_matches();
+        let matches = command.get_matches_from(args);
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// A count from the command line; past what memory can address it is as good as unbounded.
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// `APISIX_CONF_EXPIRE_TIME` / `--conf-expire`: whole seconds, 1 to [`MAX_CONF_EXPIRE_SECS`],
+/// checked before anything listens (a value past the range once panicked after "listening").
+fn parse_conf_expire(value: &str) -> Result<u64, String> {
+    let range = format!("APISIX_CONF_EXPIRE_TIME (--conf-expire) must be whole seconds from 1 to {MAX_CONF_EXPIRE_SECS} (ten years)");
+    match value.trim().parse::<u64>() {
+        Ok(secs) if (1..=MAX_CONF_EXPIRE_SECS).contains(&secs) => Ok(secs),
+        _ => Err(range),
     }
 }
 
@@ -296,7 +402,6 @@ fn log_filter(flag: Option<&str>, env: Option<&str>) -> Result<EnvFilter, String
     }
 }
 
-/// Runs the runner as a gateway spawns it: parses the command line and environment, sets up
 /// How the worker threads share connections (`--runtime`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ThreadModel {
@@ -304,12 +409,23 @@ pub enum ThreadModel {
     PerCore,
 }
 
+/// Runs the runner as a gateway spawns it: parses the command line and environment, sets up
 /// logging to stderr, listens, and serves `registry`'s plugins until SIGTERM or SIGINT.
 ///
 /// A runner with plugins of your own is one line: `fn main() -> ExitCode {
 /// cli::run(ext_plugin_catalogue::builtin().with::<MyPlugin>(), ext_plugin_runner::about!()) }`.
 pub fn run(registry: Registry, about: About) -> ExitCode {
-    let cli = Cli::parse_for(about);
+    run_with_args(registry, about, std::env::args_os())
+}
+
+/// [`run`] with the arguments given instead of the process's (the first is the program's name):
+/// for a runner embedded in another program, and for tests that spawn one.
+pub fn run_with_args<I, T>(registry: Registry, about: About, args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_args_for(about, args);
     let name = about.name;
     if cli.list_plugins {
         for name in registry.names() {
@@ -348,6 +464,7 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
     };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(SafeFields)
         .with_writer(std::io::stderr);
     match cli.log_format {
         // The gateway copies stderr into its error log: colour only on a terminal.
@@ -370,8 +487,8 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
         info!("APISIX_LISTEN_ADDRESS is not set and --listen not given; using {DEFAULT_LISTEN_ADDRESS}");
     }
 
-    // Per core, this runtime only waits for signals and serves the metrics endpoint; the
-    // serving threads get their own.
+    // Per core, this runtime only waits for the stop and serves the metrics endpoint; the
+    // serving threads get their own (and the signals a thread of their own, `signals`).
     let mut runtime = match cli.runtime {
         ThreadModel::WorkStealing => tokio::runtime::Builder::new_multi_thread(),
         ThreadModel::PerCore => tokio::runtime::Builder::new_current_thread(),
@@ -392,7 +509,16 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
         }
     };
 
-    runtime.block_on(async move {
+    // Before the socket exists: a gateway that connects and at once stops the runner must find
+    // the signals handled.
+    let stop = match signals::watch(config.drain_timeout + signals::HARD_EXIT_MARGIN) {
+        Ok(stop) => stop,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async move {
         let listener = match Listener::bind(&config.listen) {
             Ok(l) => l,
             Err(e) => {
@@ -400,19 +526,10 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let (mut term, mut int) = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(t), Ok(i)) => (t, i),
-            (Err(e), _) | (_, Err(e)) => {
-                error!("cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
         info!(
             path = %config.listen.display(),
             protocol = %config.protocol,
+            allow_peers = %config.allow_peers,
             metrics = %config.metrics_listen.as_ref().map_or("off".to_owned(), |a| a.to_string()),
             plugins = ?registry.names(),
             "listening"
@@ -420,9 +537,10 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
         let registry = cli.opensergo.provide(registry);
         let runner = Runner::new(config, registry);
         let signalled = async move {
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM: draining"),
-                _ = int.recv() => info!("SIGINT: draining"),
+            match stop.await {
+                Ok(name) => info!("{name}: draining"),
+                // The watcher never ends without a signal; should it, keep serving.
+                Err(_) => std::future::pending().await,
             }
         };
         match cli.runtime {
@@ -435,7 +553,12 @@ pub fn run(registry: Registry, about: About) -> ExitCode {
             }
         }
         ExitCode::SUCCESS
-    })
+    });
+    // A prepare blocked in a plugin (a FIFO, a pathological conf) holds a blocking-pool thread
+    // that no timeout can stop; dropping the runtime would wait for it. Its connection was
+    // answered by now, so leave it behind: returning from main ends the process.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    code
 }
 
 /// Prints panics (a plugin's are answered SERVICE_UNAVAILABLE and the runner lives on) through
@@ -545,6 +668,39 @@ mod tests {
         assert_eq!(c.max_frame, 4096);
         assert_eq!(c.idle_timeout, Duration::from_secs(30));
         assert_eq!(c.stall_timeout, Duration::from_millis(250));
+        let budgets = Cli::try_parse_from([
+            "ext-plugin-runner",
+            "--conf-cache-bytes=1000",
+            "--max-conf-bytes=2000",
+            "--prepare-timeout-ms=3000",
+            "--max-prepares-in-flight=4",
+            "--extra-info-budget=5000",
+            "--max-buffered-bytes=6000",
+            "--frame-timeout-ms=7000",
+        ])
+        .unwrap()
+        .config()
+        .unwrap();
+        assert_eq!(
+            (
+                budgets.conf_cache_bytes,
+                budgets.max_conf_bytes,
+                budgets.prepare_timeout,
+                budgets.max_prepares_in_flight,
+                budgets.extra_info_budget,
+                budgets.max_buffered_bytes,
+                budgets.frame_timeout
+            ),
+            (
+                1000,
+                2000,
+                Duration::from_secs(3),
+                4,
+                5000,
+                6000,
+                Duration::from_secs(7)
+            )
+        );
         let d = Cli::try_parse_from(["ext-plugin-runner"])
             .unwrap()
             .config()
@@ -557,6 +713,39 @@ mod tests {
                 default.idle_timeout,
                 default.stall_timeout
             )
+        );
+        assert_eq!(
+            (d.prepare_timeout, d.extra_info_budget, d.max_buffered_bytes),
+            (
+                default.prepare_timeout,
+                default.extra_info_budget,
+                default.max_buffered_bytes
+            )
+        );
+    }
+
+    #[test]
+    fn state_retention_flags_reach_the_config_and_default_to_it() {
+        let cli = Cli::try_parse_from([
+            "ext-plugin-runner",
+            "--state-capacity",
+            "10",
+            "--state-idle-secs",
+            "5",
+        ])
+        .unwrap();
+        let c = cli.config().unwrap();
+        assert_eq!(
+            c.state_retention,
+            Retention {
+                capacity: 10,
+                idle: Duration::from_secs(5)
+            }
+        );
+        let d = Cli::try_parse_from(["ext-plugin-runner"]).unwrap();
+        assert_eq!(
+            d.config().unwrap().state_retention,
+            Config::default().state_retention
         );
     }
 
@@ -584,6 +773,39 @@ mod tests {
         let err = bad.unwrap().config().unwrap_err();
         assert!(err.contains("--metrics-listen"), "{err}");
         assert!(Cli::try_parse_from(["ext-plugin-runner", "--metrics-max-routes", "0"]).is_err());
+    }
+
+    #[test]
+    fn peer_flags_reach_the_config() {
+        let d = Cli::try_parse_from(["ext-plugin-runner"]).unwrap();
+        let c = d.config().unwrap();
+        assert_eq!(c.allow_peers, crate::peers::AllowPeers::default());
+        assert_eq!(c.max_connections_per_uid, c.max_connections / 2);
+        let cli = Cli::try_parse_from([
+            "ext-plugin-runner",
+            "--allow-peers",
+            "uid:1001,gid:7",
+            "--max-connections-per-uid",
+            "3",
+        ])
+        .unwrap();
+        let c = cli.config().unwrap();
+        assert_eq!(c.allow_peers.to_string(), "uid:1001,gid:7");
+        assert_eq!(c.max_connections_per_uid, 3);
+        assert!(Cli::try_parse_from(["ext-plugin-runner", "--allow-peers", "nobody"]).is_err());
+    }
+
+    #[test]
+    fn the_conf_expiry_is_range_checked_before_anything_listens() {
+        for bad in ["0", "18446744073709551615", "1e9", "ten"] {
+            let err = Cli::try_parse_from(["ext-plugin-runner", "--conf-expire", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("APISIX_CONF_EXPIRE_TIME"), "{bad}: {err}");
+        }
+        let max = MAX_CONF_EXPIRE_SECS.to_string();
+        let c = Cli::try_parse_from(["ext-plugin-runner", "--conf-expire", &max]).unwrap();
+        assert!(c.config().unwrap().conf_ttl() > Duration::from_secs(MAX_CONF_EXPIRE_SECS));
     }
 
     #[test]

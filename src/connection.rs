@@ -8,9 +8,12 @@
 //! fetch) is read and dropped before the reply is written, so the stream stays in step.
 //!
 //! Limits (docs/HARDENING.md): a frame over `max_frame` closes the connection; a frame (or a
-//! reply) that stops making progress for `stall_timeout` closes it; so does `idle_timeout`
-//! with no call in flight; a call over `call_timeout` is answered SERVICE_UNAVAILABLE. Hits are
-//! logged through [`crate::limits`], one line per limit per interval.
+//! reply) that stops making progress for `stall_timeout`, or is not whole within
+//! `frame_timeout`, closes it; so does a frame the process-wide `max_buffered_bytes` has no room
+//! for (answered SERVICE_UNAVAILABLE first), and `idle_timeout` with no call in flight. A call
+//! over `call_timeout`, or reading more `extra_info` answers than `extra_info_budget`, is
+//! answered SERVICE_UNAVAILABLE, as is a reply too large to frame. Hits are logged through
+//! [`crate::limits`], one line per limit per interval.
 
 mod io;
 mod shutdown;
@@ -27,12 +30,13 @@ use tokio::time::{timeout_at, Instant};
 use tracing::{debug, warn};
 
 use crate::codec::{detect, Protocol, ProtocolSetting};
+use crate::conf_cache::MAX_KEY_LEN;
 use crate::frame::{Frame, FrameType};
 use crate::framed::FramedError;
 use crate::metrics::{CallOutcome, CloseReason, Meter};
 use crate::model::{
-    ErrorCode, HttpReqCallReq, HttpReqCallResp, HttpRespCallReq, PrepareConfReq, PrepareConfResp,
-    ReqAction,
+    ErrorCode, HttpReqCallReq, HttpReqCallResp, HttpRespCallReq, Pair, PrepareConfReq,
+    PrepareConfResp, ReqAction,
 };
 use crate::server::Shared;
 use ext_plugin_sdk::host::ChainFailure;
@@ -53,9 +57,14 @@ struct Scratch {
     meter: Meter,
 }
 
+/// Entries a decoded list keeps room for between calls. Calls rarely carry more than a few
+/// dozen headers; a larger one (up to [`crate::codec::MAX_ENTRIES`]) gives its room back after
+/// the call, so an idle connection never pins what one oversized frame needed.
+const KEEP_ENTRIES: usize = 128;
+
 impl Scratch {
     /// Drops what the last call decoded, so the read buffer's storage is no longer shared and
-    /// can be reused for the next frame.
+    /// can be reused for the next frame, and gives back room an oversized call grew.
     fn release(&mut self) {
         self.prepare.conf.clear();
         self.prepare.key = Default::default();
@@ -66,6 +75,22 @@ impl Scratch {
         self.resp_req.headers.clear();
         self.call.reset();
         self.resp.reset();
+        self.req.args.shrink_to(KEEP_ENTRIES);
+        self.req.headers.shrink_to(KEEP_ENTRIES);
+        self.prepare.conf.shrink_to(KEEP_ENTRIES);
+        self.req.extra_info.shrink_to(KEEP_ENTRIES);
+        self.resp_req.headers.shrink_to(KEEP_ENTRIES);
+    }
+
+    /// Bytes of decode storage kept between calls.
+    #[cfg(test)]
+    fn retained_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.req.args.capacity_bytes()
+            + self.req.headers.capacity_bytes()
+            + self.prepare.conf.capacity() * size_of::<crate::model::Pair>()
+            + self.req.extra_info.capacity() * size_of::<crate::model::DataPair>()
+            + self.resp_req.headers.capacity() * size_of::<crate::model::Pair>()
     }
 }
 
@@ -82,7 +107,12 @@ pub(crate) async fn serve(
         ProtocolSetting::Auto => Protocol::Capnp,
     };
     let mut conn = Connection {
-        io: Io::new(stream, protocol.runner_codec(), &shared.config),
+        io: Io::new(
+            stream,
+            protocol.runner_codec(),
+            &shared.config,
+            &shared.buffers,
+        ),
         scratch: Scratch::default(),
         shared: &shared,
     };
@@ -115,6 +145,20 @@ pub(crate) async fn serve(
                     "frame made no progress for --stall-timeout-ms; closed the connection");
             }
         }
+        Err(Close::Framed(e @ FramedError::OverBudget { .. })) => {
+            if let Some(hits) = limits.buffered_bytes.hit() {
+                warn!(error = %e, hits,
+                    "frame needs more than --max-buffered-bytes leaves; answered SERVICE_UNAVAILABLE and closed the connection");
+            }
+            conn.io.queue_error(ErrorCode::ServiceUnavailable);
+            let _ = conn.io.flush().await;
+        }
+        Err(Close::Framed(e @ FramedError::Overdue { .. })) => {
+            if let Some(hits) = limits.frame_deadline.hit() {
+                warn!(error = %e, timeout = ?shared.config.frame_timeout, hits,
+                    "frame not whole within --frame-timeout-ms; closed the connection");
+            }
+        }
         Err(Close::Framed(e @ FramedError::WriteStalled(_))) => {
             if let Some(hits) = limits.stalled_write.hit() {
                 warn!(error = %e, timeout = ?conn.io.stall_timeout(), hits,
@@ -137,6 +181,9 @@ impl Connection<'_> {
         // frame that fits none gets BAD_REQUEST (in the default codec) and decides nothing, so
         // one bad frame cannot pin the connection to a protocol its gateway does not speak.
         let mut undecided = self.shared.config.protocol == ProtocolSetting::Auto;
+        // Past the drain timeout the call in flight is answered SERVICE_UNAVAILABLE (not left
+        // to a bare end of stream); one waiter for the connection's life, like the stop's.
+        let mut abandon = Shutdown::new(self.shared.abandon.subscribe());
         while let Some(frame) = self.io.next_frame(shutdown).await? {
             if undecided {
                 if let Some(p) = detect(&frame.payload) {
@@ -147,10 +194,19 @@ impl Connection<'_> {
                 }
             }
             self.scratch.meter = self.shared.metrics.start(frame.ty);
-            let result = self.serve_frame(frame).await;
+            let result = tokio::select! {
+                biased;
+                r = self.serve_frame(frame) => r,
+                () = abandon.wait() => {
+                    self.io.queue_error(ErrorCode::ServiceUnavailable);
+                    Err(Close::Abandoned)
+                }
+            };
             self.shared.metrics.finish(&self.scratch.meter);
             self.scratch.release();
-            if result.is_ok() && self.io.batching() {
+            // Replies wait for the next pipelined call's only while the runner is not
+            // abandoning calls: then what is queued leaves at once.
+            if result.is_ok() && self.io.batching() && !abandon.requested() {
                 continue;
             }
             self.io.flush().await?;
@@ -206,19 +262,23 @@ impl Connection<'_> {
                 shared.metrics.prepared(built)
             }
         };
-        let result = shared.cache.prepare(&req.key, build).await;
+        let conf_bytes = pairs_len(&req.conf);
+        let result = shared.cache.prepare(&req.key, conf_bytes, build).await;
         match result {
             Ok(conf_token) => {
                 debug!(key = %req.key, conf_token, "prepared");
-                io.queue(FrameType::PrepareConf, |c, out| {
+                io.queue(FrameType::PrepareConf, 0, |c, out| {
                     c.encode_prepare_conf_resp(&PrepareConfResp { conf_token }, out)
                 });
             }
             Err(e) => {
                 scratch.meter.outcome = CallOutcome::Refused;
                 shared.metrics.refused(&shared.registry, &e);
-                if let Some(hits) = shared.limits.refused_prepares.hit(&req.key) {
-                    warn!(key = %req.key, hits, "prepare_conf refused: {e}");
+                // A key refused for its length is logged, and remembered by the log's throttle,
+                // only up to the length a key may have.
+                let key = truncated(&req.key, MAX_KEY_LEN);
+                if let Some(hits) = shared.limits.refused_prepares.hit(key) {
+                    warn!(key, hits, "prepare_conf refused: {e}");
                 }
                 io.queue_error(ErrorCode::BadRequest);
             }
@@ -243,6 +303,7 @@ impl Connection<'_> {
             return Ok(());
         };
         let deadline = Instant::now() + shared.config.call_timeout;
+        io.begin_call();
         let mut gateway = shared.metrics.gateway(io);
         let run = chain.run_request(&scratch.req, &mut scratch.call, &mut gateway);
         let mut outcome = guard(deadline, run).await;
@@ -257,9 +318,11 @@ impl Connection<'_> {
             id: scratch.req.id,
             action,
         };
-        io.queue(FrameType::HttpReqCall, |c, out| {
-            c.encode_http_req_call_resp(&reply, out)
-        });
+        io.queue(
+            FrameType::HttpReqCall,
+            action_len(&reply.action),
+            |c, out| c.encode_http_req_call_resp(&reply, out),
+        );
         if let ReqAction::Rewrite(rewrite) = reply.action {
             // Hand the rewrite's vectors back for the next call.
             scratch.call.recycle(rewrite);
@@ -288,6 +351,7 @@ impl Connection<'_> {
             return Ok(());
         };
         let deadline = Instant::now() + shared.config.call_timeout;
+        io.begin_call();
         let mut gateway = shared.metrics.gateway(io);
         let run = chain.run_response(&scratch.resp_req, &mut scratch.resp, &mut gateway);
         let mut outcome = guard(deadline, run).await;
@@ -299,11 +363,43 @@ impl Connection<'_> {
             return Ok(());
         }
         let reply = scratch.resp.take_reply(scratch.resp_req.id);
-        io.queue(FrameType::HttpRespCall, |c, out| {
+        let floor = pairs_len(&reply.headers) + reply.body.as_ref().map_or(0, |b| b.len());
+        io.queue(FrameType::HttpRespCall, floor, |c, out| {
             c.encode_http_resp_call_resp(&reply, out)
         });
         Ok(())
     }
+}
+
+/// The first `max` bytes of `s` at most, cut at a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The bytes a request call's reply carries (strings, body): a floor of its encoded size.
+fn action_len(action: &ReqAction) -> usize {
+    match action {
+        ReqAction::Continue => 0,
+        ReqAction::Stop(s) => pairs_len(&s.headers) + s.body.len(),
+        ReqAction::Rewrite(r) => {
+            r.path.as_ref().map_or(0, |p| p.len())
+                + pairs_len(&r.headers)
+                + pairs_len(&r.args)
+                + pairs_len(&r.resp_headers)
+                + r.body.as_ref().map_or(0, |b| b.len())
+        }
+    }
+}
+
+fn pairs_len(pairs: &[Pair]) -> usize {
+    pairs
+        .iter()
+        .map(|p| p.name.len() + p.value.as_ref().map_or(0, |v| v.len()))
+        .sum()
 }
 
 enum Outcome<T> {
@@ -317,6 +413,7 @@ impl<T> Outcome<Result<T, ChainFailure>> {
     fn metric(&self, io: &Io) -> CallOutcome {
         match self {
             _ if io.broken().is_some() => CallOutcome::GatewayError,
+            _ if io.over_budget() => CallOutcome::Error,
             Outcome::Done(Ok(_)) => CallOutcome::Ok,
             Outcome::Done(Err(f)) if f.error.is_gateway_failure() => CallOutcome::GatewayError,
             Outcome::Done(Err(_)) => CallOutcome::Error,
@@ -333,13 +430,17 @@ fn close_reason(result: &Result<(), Close>, shutting_down: bool) -> CloseReason 
         Ok(()) => CloseReason::Eof,
         Err(Close::Idle) => CloseReason::Idle,
         Err(Close::Framed(e)) => match e {
-            FramedError::Stalled { .. } => CloseReason::Stall,
+            // Both are a peer holding a frame's storage too long or too much: reported with the
+            // reasons whose limits they extend.
+            FramedError::Stalled { .. } | FramedError::Overdue { .. } => CloseReason::Stall,
+            FramedError::OverBudget { .. } => CloseReason::FrameTooLarge,
             FramedError::WriteStalled(_) => CloseReason::WriteStall,
             FramedError::TooLarge(_) => CloseReason::FrameTooLarge,
             FramedError::Closed | FramedError::Truncated => CloseReason::Protocol,
             FramedError::Io(_) | FramedError::Unframeable(_) => CloseReason::Io,
         },
         Err(Close::Gateway(_)) => CloseReason::Protocol,
+        Err(Close::Abandoned) => CloseReason::Shutdown,
     }
 }
 
@@ -380,6 +481,17 @@ fn settle<T>(
         let close = Close::Gateway(why.to_owned());
         io.queue_error(ErrorCode::BadRequest);
         return Err(close);
+    }
+    if io.over_budget() {
+        if let Some(hits) = shared.limits.extra_info_budget.hit() {
+            warn!(
+                key,
+                budget = shared.config.extra_info_budget,
+                hits,
+                "call read extra_info answers past --extra-info-budget; answered SERVICE_UNAVAILABLE"
+            );
+        }
+        return answer_unavailable(io).map(|()| None);
     }
     let answered = match outcome {
         Outcome::Done(Ok(value)) => return Ok(Some(value)),
@@ -443,11 +555,40 @@ fn answer_unavailable(io: &mut Io) -> Result<(), Close> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+    use crate::codec::MAX_ENTRIES;
     use crate::config::Config;
+    use crate::model::Pair;
     use crate::server::Runner;
     use ext_plugin_sdk::Registry;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Issue 11 #3: after a call of the most entries a frame may carry, the connection keeps a
+    /// small, fixed amount of decode storage, whatever the frame held.
+    #[test]
+    fn an_oversized_call_leaves_little_storage_behind() {
+        let mut scratch = Scratch::default();
+        let frame = Bytes::from(vec![b'x'; 16]);
+        for entries in [&mut scratch.req.headers, &mut scratch.req.args] {
+            entries.start(&frame, MAX_ENTRIES);
+            for _ in 0..MAX_ENTRIES {
+                entries
+                    .push_located(&frame[..1], Some(&frame[1..]))
+                    .unwrap();
+            }
+            assert!(!entries.as_pairs().is_empty());
+        }
+        for list in [&mut scratch.prepare.conf, &mut scratch.resp_req.headers] {
+            list.extend((0..MAX_ENTRIES).map(|_| Pair::new("x", "y")));
+        }
+        let full = scratch.retained_bytes();
+        scratch.release();
+        let kept = scratch.retained_bytes();
+        assert!(kept < 32 * 1024, "{kept} bytes kept (from {full})");
+        assert!(full > 4 * kept, "the test filled the vectors");
+    }
 
     #[tokio::test]
     async fn replies_to_pipelined_calls_leave_in_one_write() {
@@ -459,7 +600,12 @@ mod tests {
         let shared = runner.shared();
         let (stream, mut gateway) = UnixStream::pair().unwrap();
         let mut conn = Connection {
-            io: Io::new(stream, Protocol::Capnp.runner_codec(), &shared.config),
+            io: Io::new(
+                stream,
+                Protocol::Capnp.runner_codec(),
+                &shared.config,
+                &shared.buffers,
+            ),
             scratch: Scratch::default(),
             shared,
         };

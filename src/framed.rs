@@ -18,6 +18,7 @@
 //! loses nothing, and the next one carries on from where it stopped.
 
 mod blocking;
+mod budget;
 mod gateway;
 mod stream;
 
@@ -28,6 +29,7 @@ use bytes::BytesMut;
 use crate::frame::{split_frame, write_frame, Frame, FrameHeader, FrameWriteError, HEADER_LEN};
 
 pub use blocking::BlockingFramed;
+pub use budget::{ByteBudget, FREE_ALLOWANCE};
 pub use gateway::{step, Answer, AnswerTable, Step};
 pub use stream::Framed;
 
@@ -54,6 +56,12 @@ pub enum FramedError {
     Stalled { have: usize, want: usize },
     #[error("write stalled with {0} bytes unsent")]
     WriteStalled(usize),
+    /// A frame not whole within the frame deadline, however steadily it was arriving.
+    #[error("frame not whole within the frame deadline: {have} of {want} bytes")]
+    Overdue { have: usize, want: usize },
+    /// The process's budget for buffered frames could not cover this frame's next bytes.
+    #[error("frame buffers hold the whole --max-buffered-bytes budget ({limit} bytes)")]
+    OverBudget { limit: usize },
     /// A message that cannot be framed (over 16 MiB) was to be sent.
     #[error(transparent)]
     Unframeable(#[from] FrameWriteError),
@@ -68,9 +76,10 @@ impl From<FramedError> for io::Error {
             e @ (FramedError::TooLarge(_) | FramedError::Unframeable(_)) => {
                 io::Error::new(InvalidData, e)
             }
-            e @ (FramedError::Stalled { .. } | FramedError::WriteStalled(_)) => {
-                io::Error::new(TimedOut, e)
-            }
+            e @ (FramedError::Stalled { .. }
+            | FramedError::WriteStalled(_)
+            | FramedError::Overdue { .. }) => io::Error::new(TimedOut, e),
+            e @ FramedError::OverBudget { .. } => io::Error::new(io::ErrorKind::OutOfMemory, e),
         }
     }
 }
@@ -80,6 +89,11 @@ impl From<FramedError> for io::Error {
 pub struct FrameBuffer {
     buf: BytesMut,
     max_frame: usize,
+    /// Where storage past [`FREE_ALLOWANCE`] is taken from, if anywhere.
+    budget: Option<ByteBudget>,
+    /// Taken from the budget. Storage only grows until the buffer is trimmed (frames split off
+    /// keep theirs alive while the call uses them), so neither does this.
+    charged: usize,
 }
 
 impl FrameBuffer {
@@ -88,6 +102,50 @@ impl FrameBuffer {
         FrameBuffer {
             buf: BytesMut::new(),
             max_frame,
+            budget: None,
+            charged: 0,
+        }
+    }
+
+    /// A buffer whose storage past [`FREE_ALLOWANCE`] is taken from `budget`: a read that would
+    /// need more than is left fails with [`FramedError::OverBudget`], and trimming keeps at
+    /// most the allowance.
+    pub fn with_budget(max_frame: usize, budget: ByteBudget) -> FrameBuffer {
+        FrameBuffer {
+            buf: BytesMut::new(),
+            max_frame,
+            budget: Some(budget),
+            charged: 0,
+        }
+    }
+
+    /// Bytes this buffer has taken from its budget.
+    pub fn charged(&self) -> usize {
+        self.charged
+    }
+
+    /// Takes from the budget so that storage of `storage` bytes is covered.
+    fn cover(&mut self, storage: usize) -> Result<(), FramedError> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        let need = storage.saturating_sub(FREE_ALLOWANCE);
+        if need > self.charged {
+            if !budget.try_take(need - self.charged) {
+                return Err(FramedError::OverBudget {
+                    limit: budget.limit(),
+                });
+            }
+            self.charged = need;
+        }
+        Ok(())
+    }
+
+    /// Gives back everything taken (the storage it covered is gone).
+    fn uncover(&mut self) {
+        // Most calls fit the free allowance and took nothing: the shared counter is left alone.
+        if let (Some(budget), 1..) = (&self.budget, self.charged) {
+            budget.give_back(std::mem::take(&mut self.charged));
         }
     }
 
@@ -140,24 +198,29 @@ impl FrameBuffer {
     /// fit in it anyway. The buffer grows only when the spare room is nearly used up, and by no
     /// more than what has arrived (at most a chunk): memory follows the bytes received, never the
     /// length a header promises, and a large frame still takes few reads.
-    fn room(&mut self) -> &mut BytesMut {
+    ///
+    /// With a budget, the storage the reserve may come to (a reallocation at most doubles it)
+    /// is covered before it happens.
+    fn room(&mut self) -> Result<&mut BytesMut, FramedError> {
         if self.buf.capacity() - self.buf.len() < READ_MIN {
             let wanted = FrameHeader::parse(&self.buf).map_or(READ_MIN, |h| {
                 (HEADER_LEN + h.len).saturating_sub(self.buf.len())
             });
             let step = wanted.clamp(READ_MIN, READ_CHUNK);
-            self.buf.reserve(step.min(self.buf.len().max(READ_MIN)));
+            let add = step.min(self.buf.len().max(READ_MIN));
+            self.cover((2 * self.buf.capacity()).max(self.buf.len() + add))?;
+            self.buf.reserve(add);
         }
-        &mut self.buf
+        Ok(&mut self.buf)
     }
 
     /// Reads once from `r`, as much as has arrived; `Ok(0)` at the end of the stream. Cancel
     /// safe: a read that does not complete takes nothing.
-    pub async fn read_from<R>(&mut self, r: &mut R) -> io::Result<usize>
+    pub async fn read_from<R>(&mut self, r: &mut R) -> Result<usize, FramedError>
     where
         R: tokio::io::AsyncRead + Unpin + ?Sized,
     {
-        tokio::io::AsyncReadExt::read_buf(r, self.room()).await
+        Ok(tokio::io::AsyncReadExt::read_buf(r, self.room()?).await?)
     }
 
     /// Reads once from a blocking `r` through `chunk`; `Ok(0)` at the end of the stream.
@@ -175,12 +238,34 @@ impl FrameBuffer {
         Ok(n)
     }
 
-    /// Gives back storage past `retain` bytes when nothing is buffered, so one large frame does
-    /// not pin its size for the connection's life.
+    /// Gives back storage past `retain` bytes (past [`FREE_ALLOWANCE`] with a budget), so one
+    /// large frame does not pin its size for the connection's life. Bytes of a next frame
+    /// already read move to fresh storage when they fit in what is kept.
     pub fn trim(&mut self, retain: usize) {
-        if self.buf.is_empty() && self.buf.capacity() > retain {
-            self.buf = BytesMut::new();
+        let retain = match self.budget {
+            Some(_) => retain.min(FREE_ALLOWANCE),
+            None => retain,
+        };
+        if self.buf.len() > retain {
+            // A large next frame is under way: its storage, and what covers it, stay.
+            return;
         }
+        if self.buf.capacity() > retain {
+            self.buf = match self.buf.is_empty() {
+                true => BytesMut::new(),
+                false => BytesMut::from(&self.buf[..]),
+            };
+        }
+        // Frames split off are gone by now: what is taken matches the storage again (within
+        // the allowance, nothing).
+        self.uncover();
+        let _ = self.cover(self.buf.capacity());
+    }
+}
+
+impl Drop for FrameBuffer {
+    fn drop(&mut self) {
+        self.uncover();
     }
 }
 
@@ -290,12 +375,45 @@ mod tests {
         b.buf.extend_from_slice(&[2, 0xFF, 0xFF, 0xFF, 1, 2, 3]);
         assert_eq!(b.next_frame().unwrap(), None);
         assert_eq!(b.progress(), (7, MAX_PAYLOAD));
-        b.room();
+        b.room().unwrap();
         assert!(
             b.capacity() <= 2 * READ_MIN,
             "{} bytes reserved for a 16 MiB promise",
             b.capacity()
         );
+    }
+
+    #[test]
+    fn storage_past_the_allowance_is_taken_from_the_budget_and_given_back() {
+        let budget = ByteBudget::new(4 * READ_CHUNK);
+        let mut a = FrameBuffer::with_budget(MAX_PAYLOAD, budget.clone());
+        a.buf.extend_from_slice(&FrameHeader::encode(2, 1 << 20));
+        let mut grown = Ok(());
+        while grown.is_ok() {
+            grown = a.room().map(|buf| {
+                let spare = buf.capacity() - buf.len();
+                buf.resize(buf.len() + spare, 0);
+            });
+        }
+        assert!(matches!(grown, Err(FramedError::OverBudget { .. })));
+        assert!(a.charged() <= budget.limit() && budget.used() == a.charged());
+        assert!(
+            a.capacity() <= budget.limit() + FREE_ALLOWANCE,
+            "{} bytes held",
+            a.capacity()
+        );
+        let mut b = FrameBuffer::with_budget(MAX_PAYLOAD, budget.clone());
+        b.buf.reserve(FREE_ALLOWANCE);
+        assert!(
+            b.cover(budget.limit()).is_err(),
+            "the other buffer holds it"
+        );
+        a.buf.clear();
+        a.trim(1 << 20);
+        assert_eq!(budget.used(), 0, "trimmed to the allowance: all given back");
+        assert!(b.cover(2 * READ_CHUNK).is_ok());
+        drop(b);
+        assert_eq!(budget.used(), 0, "a dropped buffer gives back too");
     }
 
     #[test]

@@ -25,11 +25,14 @@
 //!   whole frames, async or blocking, and a gateway's `extra_info` answer loop, shared by the
 //!   server, the fake gateway and the replayer), [`codec`] (payload ⇄ [`model`], one codec per
 //!   protocol; `proto` holds the code generated from `schema/`).
-//! * Serving: [`server`] (socket file, accept loop, drain), `connection` (one connection's
+//! * Serving: [`server`] (socket file, accept loop, drain), [`peers`] (who may connect),
+//!   `signals` (SIGTERM watched off the serving runtime, and the exit deadline),
+//!   `connection` (one connection's
 //!   read → serve → write loop and its `extra_info` exchanges), `conf_cache` (tokens → chains),
 //!   [`config`] and [`cli`] (settings), `limits` (one log line per limit hit, not one per event).
 //! * Operating: [`metrics`] (the Prometheus endpoint and what it counts), [`check`] (the
-//!   offline conf checker), [`log_format`] (JSON log lines).
+//!   offline conf checker), [`log_format`] (JSON log lines), `log_fields` (peer strings in log
+//!   lines escaped and cut).
 //! * [`testing`]: a fake gateway that drives a runner over a real socket, for integration tests
 //!   of a whole runner and its plugins.
 
@@ -45,10 +48,13 @@ mod connection;
 pub mod frame;
 pub mod framed;
 mod limits;
+mod log_fields;
 pub mod log_format;
 pub mod metrics;
+pub mod peers;
 mod proto;
 pub mod server;
+mod signals;
 pub mod testing;
 
 pub use config::Config;

@@ -60,11 +60,28 @@ impl LimitLog {
 /// Keys a [`KeyedLimitLog`] remembers at most.
 pub(crate) const KEYED_CAPACITY: usize = 4096;
 
+/// Bytes of a key a [`KeyedLimitLog`] tells apart: keys come from the peer (route keys of any
+/// length), and the map must stay small whatever they are. Keys alike in their first this many
+/// bytes share one log line per interval.
+pub(crate) const KEYED_KEY_BYTES: usize = 256;
+
+/// `key` cut to [`KEYED_KEY_BYTES`], at a character boundary.
+fn key_prefix(key: &str) -> &str {
+    if key.len() <= KEYED_KEY_BYTES {
+        return key;
+    }
+    let mut end = KEYED_KEY_BYTES;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    &key[..end]
+}
+
 /// A [`LimitLog`] per key: every key's first hit logs, then at most one line per key per
 /// [`INTERVAL`]. For events that name something the operator must fix one by one (a bad route):
 /// one key's flood must not hide another key's first line.
 ///
-/// Bounded: at most [`KEYED_CAPACITY`] keys are remembered; when full, keys quiet for an
+/// Bounded: at most [`KEYED_CAPACITY`] keys of at most [`KEYED_KEY_BYTES`] are remembered; when full, keys quiet for an
 /// interval are forgotten, then the longest-quiet one. A forgotten key that hits again logs
 /// again: the bound can only add lines, never lose a key's first one.
 pub(crate) struct KeyedLimitLog {
@@ -97,6 +114,7 @@ impl KeyedLimitLog {
     }
 
     fn hit_at(&self, key: &str, now: u64) -> Option<u64> {
+        let key = key_prefix(key);
         let interval = INTERVAL.as_millis() as u64;
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = keys.get_mut(key) {
@@ -137,11 +155,23 @@ pub(crate) struct Limits {
     pub(crate) stalled_read: LimitLog,
     pub(crate) stalled_write: LimitLog,
     pub(crate) call_deadline: LimitLog,
+    /// Calls that read extra_info answers past their budget.
+    pub(crate) extra_info_budget: LimitLog,
+    /// Connections closed because frames in flight had spent the process's buffer budget.
+    pub(crate) buffered_bytes: LimitLog,
+    /// Connections closed because a frame was not whole within the frame deadline.
+    pub(crate) frame_deadline: LimitLog,
     /// Calls a plugin failed (an error or a panic): a broken plugin fails every request.
     pub(crate) plugin_failures: LimitLog,
     /// Chains refused at prepare_conf, per conf key: the gateway re-prepares a bad route on
     /// every request, and every bad route must be named.
     pub(crate) refused_prepares: KeyedLimitLog,
+    /// accept(2) failures (out of file descriptors): retried with a backoff, logged per interval.
+    pub(crate) accept_failures: LimitLog,
+    /// Connections refused by `--allow-peers`, per peer uid.
+    pub(crate) refused_peers: KeyedLimitLog,
+    /// Connections closed by `--max-connections-per-uid`, per peer uid.
+    pub(crate) peer_connections: KeyedLimitLog,
 }
 
 #[cfg(test)]
@@ -195,5 +225,19 @@ mod tests {
         // k0 was the quietest, so it went first: it logs again rather than being lost.
         assert_eq!(log.hit_at("k0", 5000), Some(1));
         assert_eq!(log.hit_at(&format!("k{}", KEYED_CAPACITY + 99), 5001), None);
+    }
+
+    #[test]
+    fn long_keys_are_remembered_by_their_prefix() {
+        let log = KeyedLimitLog::default();
+        let long = |tail: &str| format!("{}{tail}", "é".repeat(KEYED_KEY_BYTES));
+        assert_eq!(log.hit_at(&long("a"), 0), Some(1));
+        assert_eq!(
+            log.hit_at(&long("b"), 1),
+            None,
+            "same first bytes, same line"
+        );
+        let stored: usize = log.keys.lock().unwrap().keys().map(|k| k.len()).sum();
+        assert!(stored <= KEYED_KEY_BYTES, "{stored}");
     }
 }

@@ -8,6 +8,8 @@
 use std::fmt::{self, Write as _};
 
 use serde_json::Value;
+
+use crate::log_fields::cut;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
@@ -62,6 +64,11 @@ struct Fields {
 
 impl Fields {
     fn put(&mut self, field: &Field, value: Value) {
+        // Values may come from the peer: cut, as in the text format (serde escapes them).
+        let value = match value {
+            Value::String(s) => Value::String(cut(s)),
+            other => other,
+        };
         match (field.name(), value) {
             ("message", Value::String(s)) => self.message = s,
             (name, value) => self.others.push((name, value)),
@@ -112,21 +119,7 @@ fn line(timestamp: &str, level: &str, target: &str, fields: &Fields) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    /// Collects what the subscriber writes.
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::log_fields::Sink;
 
     #[test]
     fn events_become_one_json_object_per_line() {

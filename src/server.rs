@@ -2,11 +2,14 @@
 //!
 //! [`Listener::bind`] owns the socket file's life cycle: it replaces a stale socket, refuses to
 //! replace anything else, opens the file to the gateway's workers (mode 0766, as stock runners
-//! do) and, when dropped, removes the file only if it is still the one it created (on a gateway
-//! reload a new runner may already listen on the same path). [`serve`] accepts until its
+//! do; [`crate::peers`] then checks who connected) and, when dropped, removes the file only if
+//! it is still the one it created (on a gateway reload a new runner may already listen on the
+//! same path). [`serve`] accepts until its
 //! shutdown future resolves, then stops accepting, lets calls in flight finish for the drain
-//! timeout, and returns. [`serve_per_core`] does the same with one single-threaded runtime per
-//! worker thread, each accepting from the shared socket and serving the connections it accepted.
+//! timeout, answers the calls still running with an error frame (not a bare end of stream), and
+//! returns: the whole stop fits in the gateway's 1 s (docs/HARDENING.md). [`serve_per_core`]
+//! does the same with one single-threaded runtime per worker thread, each accepting from the
+//! shared socket and serving the connections it accepted.
 
 use std::fs;
 use std::io;
@@ -21,11 +24,13 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use crate::conf_cache::ConfCache;
+use crate::conf_cache::{CacheLimits, ConfCache};
 use crate::config::Config;
 use crate::connection;
+use crate::framed::ByteBudget;
 use crate::limits::Limits;
 use crate::metrics::{self, RunnerMetrics};
+use crate::peers::PeerPolicy;
 use ext_plugin_sdk::host::StateRegistry;
 use ext_plugin_sdk::metrics::Metrics;
 use ext_plugin_sdk::Registry;
@@ -38,6 +43,12 @@ pub(crate) struct Shared {
     pub(crate) state: StateRegistry,
     pub(crate) limits: Limits,
     pub(crate) metrics: RunnerMetrics,
+    /// What every connection's frames still arriving may hold together.
+    pub(crate) buffers: ByteBudget,
+    /// Set when the drain timeout has passed: connections answer the call they are serving with
+    /// SERVICE_UNAVAILABLE and close.
+    pub(crate) abandon: watch::Sender<bool>,
+    pub(crate) peers: PeerPolicy,
 }
 
 /// A configured runner: settings, plugins, and the conf cache they fill.
@@ -48,21 +59,23 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(config: Config, registry: Registry) -> Runner {
-        let cache = Arc::new(ConfCache::new(
-            config.conf_cache_capacity,
-            config.conf_ttl(),
-        ));
+        let cache = Arc::new(ConfCache::new(CacheLimits::from(&config)));
         let metrics = match config.metrics_listen {
             Some(_) => RunnerMetrics::new(config.metrics_max_routes),
             None => RunnerMetrics::default(),
         };
+        let state = StateRegistry::with_metrics(metrics.registry().clone())
+            .retaining(config.state_retention, config.clock.clone());
         let shared = Arc::new(Shared {
+            buffers: ByteBudget::new(config.max_buffered_bytes),
+            peers: PeerPolicy::new(config.allow_peers.clone(), config.max_connections_per_uid),
             config,
             registry,
             cache,
-            state: StateRegistry::with_metrics(metrics.registry().clone()),
+            state,
             limits: Limits::default(),
             metrics,
+            abandon: watch::Sender::new(false),
         });
         metrics::watch_conf_cache(&shared);
         Runner { shared }
@@ -95,6 +108,23 @@ impl Runner {
     /// Prepared chains currently cached.
     pub fn cached_confs(&self) -> usize {
         self.shared.cache.len()
+    }
+
+    /// The cached chains' accounted size, in bytes (bounded by `conf_cache_bytes`).
+    pub fn cached_conf_bytes(&self) -> usize {
+        self.shared.cache.bytes()
+    }
+
+    /// Bytes that connections' frame buffers hold of the `max_buffered_bytes` budget now.
+    pub fn buffered_bytes(&self) -> usize {
+        self.shared.buffers.used()
+    }
+
+    /// Hands out conf tokens from `next` on. Tokens wrap after 2^32 prepares; tests of the wrap
+    /// start the count next to a live token instead.
+    #[doc(hidden)]
+    pub fn set_next_conf_token(&self, next: u32) {
+        self.shared.cache.set_next_token(next);
     }
 }
 
@@ -190,7 +220,7 @@ pub async fn serve(
     // fast instead of waiting on a runner that is leaving.
     drop(listener);
     let _ = stop_tx.send(true);
-    drain(connections, &shared).await;
+    drain(connections, &shared).await.log(&shared);
 }
 
 /// Serves connections like [`serve`], on `threads` threads that each run a single-threaded
@@ -220,11 +250,14 @@ pub async fn serve_per_core(
         let core = std::thread::Builder::new()
             .name(format!("runner-core-{i}"))
             .spawn(move || {
-                runtime.block_on(async move {
+                let drained = runtime.block_on(async move {
                     let socket = std::os::unix::net::UnixListener::from(socket);
                     let listener = match UnixListener::from_std(socket) {
                         Ok(l) => l,
-                        Err(e) => return error!("core {i}: cannot watch the socket: {e}"),
+                        Err(e) => {
+                            error!("core {i}: cannot watch the socket: {e}");
+                            return Drained::default();
+                        }
                     };
                     let mut stop = stop_rx.clone();
                     let stopped = async move {
@@ -233,8 +266,12 @@ pub async fn serve_per_core(
                     let connections =
                         accept_until(&listener, &shared, &slots, &stop_rx, stopped).await;
                     drop(listener);
-                    drain(connections, &shared).await;
-                })
+                    drain(connections, &shared).await
+                });
+                // As the main runtime does (`cli::run`): a prepare blocked in a plugin holds a
+                // blocking thread no timeout stops; waiting for it would keep the process alive.
+                runtime.shutdown_timeout(RUNTIME_GRACE);
+                drained
             })?;
         cores.push(core);
     }
@@ -242,16 +279,26 @@ pub async fn serve_per_core(
     drop(listener);
     let _ = stop_tx.send(true);
     // Joining blocks: off this runtime's thread, which serves the metrics endpoint meanwhile.
+    // One drain line for the runner, the threads' counts added up.
     let joined = tokio::task::spawn_blocking(move || {
-        cores
-            .into_iter()
-            .map(|c| c.join())
-            .filter(Result::is_err)
-            .count()
+        let mut total = Drained::default();
+        let mut panicked = 0;
+        for core in cores {
+            match core.join() {
+                Ok(d) => total.add(d),
+                Err(_) => panicked += 1,
+            }
+        }
+        (total, panicked)
     })
     .await;
-    if !matches!(joined, Ok(0)) {
-        error!("a serving thread panicked");
+    match joined {
+        Ok((total, 0)) => total.log(&shared),
+        Ok((total, _)) => {
+            total.log(&shared);
+            error!("a serving thread panicked");
+        }
+        Err(_) => error!("a serving thread panicked"),
     }
     Ok(())
 }
@@ -296,17 +343,23 @@ async fn accept_until(
         match accepted {
             Ok((stream, _)) => {
                 backoff = Duration::from_millis(1);
+                // A peer `--allow-peers` refuses, or over its uid's share, is dropped unanswered.
+                let Some(peer) = shared.peers.admit(&stream, &shared.limits) else {
+                    continue;
+                };
                 shared.metrics.connection_opened();
                 let shared = shared.clone();
                 let stop = stop_rx.clone();
                 connections.spawn(async move {
                     connection::serve(stream, shared, stop).await;
-                    drop(permit);
+                    drop((permit, peer));
                 });
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                warn!(error = %e, "accept failed; retrying in {backoff:?}");
+                if let Some(hits) = shared.limits.accept_failures.hit() {
+                    warn!(error = %e, hits, "accept failed; retrying in {backoff:?}");
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
@@ -316,21 +369,66 @@ async fn accept_until(
     connections
 }
 
-/// Lets the calls in flight finish, for the drain timeout at most.
-async fn drain(mut connections: JoinSet<()>, shared: &Shared) {
-    let in_flight = connections.len();
+/// How a drain went: the connections open when it began, and those still running at the drain
+/// timeout (answered SERVICE_UNAVAILABLE, then closed).
+#[derive(Debug, Default)]
+struct Drained {
+    open: usize,
+    abandoned: usize,
+}
+
+impl Drained {
+    fn add(&mut self, other: Drained) {
+        self.open += other.open;
+        self.abandoned += other.abandoned;
+    }
+
+    fn log(&self, shared: &Shared) {
+        match self.abandoned {
+            0 => info!(connections = self.open, "drained; exiting"),
+            left => warn!(
+                connections = self.open,
+                left,
+                "calls still running after {:?}; answered them SERVICE_UNAVAILABLE",
+                shared.config.drain_timeout
+            ),
+        }
+    }
+}
+
+/// Lets the calls in flight finish, for the drain timeout at most; past it, answers the calls
+/// still running SERVICE_UNAVAILABLE (the `abandon` signal) and gives their connections
+/// [`ABANDON_GRACE`] to send that.
+async fn drain(mut connections: JoinSet<()>, shared: &Shared) -> Drained {
+    // Connections that ended since the last accept are still in the set: they are not in flight.
+    while connections.try_join_next().is_some() {}
+    let open = connections.len();
     let drained = tokio::time::timeout(shared.config.drain_timeout, async {
         while connections.join_next().await.is_some() {}
     })
     .await;
-    match drained {
-        Ok(()) => info!(connections = in_flight, "drained; exiting"),
-        Err(_) => {
-            warn!(
-                left = connections.len(),
-                "calls still running after {:?}; abandoning them", shared.config.drain_timeout
-            );
-            connections.shutdown().await;
-        }
+    if drained.is_ok() {
+        return Drained { open, abandoned: 0 };
     }
+    let abandoned = connections.len();
+    // Each connection answers its call and closes; one whose gateway does not read the answer
+    // within the grace is cut off. Per core, the first thread here abandons every thread's
+    // calls: they share the drain timeout, which has passed for all.
+    shared.abandon.send_replace(true);
+    let _ = tokio::time::timeout(ABANDON_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    // Not `shutdown().await`: a task whose plugin blocks its worker thread never ends, and
+    // waiting for it would keep the process alive. Dropping the set aborts the rest.
+    connections.abort_all();
+    Drained { open, abandoned }
 }
+
+/// After the drain timeout, how long connections get to send their calls' error frames.
+pub(crate) const ABANDON_GRACE: Duration = Duration::from_millis(50);
+
+/// At exit, how long a runtime may take to drop what is left (tasks already cancelled).
+/// With the drain timeout (800 ms) and the abandon grace (50 ms) this keeps a SIGTERM under the
+/// gateway's 1 s.
+pub(crate) const RUNTIME_GRACE: Duration = Duration::from_millis(50);

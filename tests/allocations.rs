@@ -1,7 +1,8 @@
-//! The hot path does not allocate in steady state: decoding a request into the connection's
-//! reused model, encoding a reply into its reused buffer (beyond the one allocation capnp-rust's
-//! builder makes per message), and dispatching a chain (one boxed future per plugin, nothing
-//! else). Counted exactly with a counting allocator, so the test is
+//! The hot path does not allocate in steady state (issue 15): decoding a request into the
+//! connection's reused model, encoding a reply into its reused buffer (beyond the one allocation
+//! capnp-rust's builder makes per message it builds; a continue reply is copied, not built), and
+//! dispatching a chain (one boxed future per plugin, nothing else); a whole call through the empty
+//! chain makes none, in either codec. Counted exactly with a counting allocator, so the test is
 //! deterministic, not a timing.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -15,9 +16,10 @@ use ext_plugin_runner::codec::Protocol;
 use ext_plugin_runner::frame::{write_frame, FrameType};
 use std::sync::Arc;
 
-use ext_plugin_runner::model::{HttpReqCallReq, ReqAction};
+use ext_plugin_runner::model::{ExtraInfoReq, HttpReqCallReq, HttpReqCallResp, ReqAction};
 use ext_plugin_sdk::harness::{prepare_request, Harness, LocalGateway};
-use ext_plugin_sdk::host::{ChainObserver, Decision, Phase, StateRegistry};
+use ext_plugin_sdk::host::{CallState, ChainObserver, Decision, GatewayVars, Phase, StateRegistry};
+use ext_plugin_sdk::PluginError;
 use futures_util::FutureExt;
 
 /// Counts allocations made by the current thread.
@@ -96,9 +98,14 @@ fn encoding_replies_into_the_reused_buffer_does_not_allocate() {
             }
         });
         // capnp-rust's message Builder keeps its segment table in a Vec: one allocation per
-        // message, inherent to the crate. FlatBuffers (stock APISIX) reuses its builder.
+        // message it builds, inherent to the crate; the continue reply is copied from a
+        // template instead. FlatBuffers (stock APISIX) reuses its builder.
+        let built = replies
+            .iter()
+            .filter(|r| r.action != ReqAction::Continue)
+            .count();
         let budget = match p {
-            Protocol::Capnp => replies.len() as f64,
+            Protocol::Capnp => built as f64,
             Protocol::FlatBuffers => 0.0,
         };
         assert_eq!(
@@ -187,4 +194,94 @@ fn a_watched_chain_allocates_no_more_than_an_unwatched_one() {
     assert_eq!(watched, baseline, "watching a chain allocates");
     let passes = counting.0[Decision::Pass as usize].load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(passes, 2 * 110, "every plugin of every run was seen");
+}
+
+/// Answers no `extra_info`: the chains measured here never ask.
+struct NoGateway;
+
+impl GatewayVars for NoGateway {
+    fn fetch<'a>(
+        &'a mut self,
+        _: ExtraInfoReq,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Option<Bytes>, PluginError>> + Send + 'a>,
+    > {
+        Box::pin(async { Err(PluginError::new("no gateway here")) })
+    }
+}
+
+/// Allocations per call of the whole in-process path a connection runs for one call, in
+/// steady state: decode the frame's payload into the reused model, run the chain with the
+/// reused call state, encode the reply into the reused buffer, take the rewrite's vectors back.
+fn allocations_per_call(p: Protocol, chain: &[(&str, &str)]) -> f64 {
+    let harness = Harness::new(ext_plugin_catalogue::builtin());
+    let chain = harness
+        .prepare("route#alloc#ext-plugin-pre-req#1", chain)
+        .unwrap();
+    let mut wire = Vec::new();
+    p.gateway_codec()
+        .encode_http_req_call_req(&realistic(), &mut wire);
+    let payload = Bytes::from(wire);
+    let mut codec = p.runner_codec();
+    let mut req = HttpReqCallReq::default();
+    let mut state = CallState::default();
+    let mut out = Vec::new();
+    allocations_per_run(|| {
+        codec.decode_http_req_call_req(&payload, &mut req).unwrap();
+        let action = chain
+            .run_request(&req, &mut state, &mut NoGateway)
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        let reply = HttpReqCallResp { id: req.id, action };
+        out.clear();
+        write_frame(&mut out, FrameType::HttpReqCall as u8, |o| {
+            codec.encode_http_req_call_resp(&reply, o)
+        })
+        .unwrap();
+        if let ReqAction::Rewrite(rewrite) = reply.action {
+            state.recycle(rewrite);
+        }
+        req.args.clear();
+        req.headers.clear();
+        state.reset();
+    })
+}
+
+#[test]
+fn a_call_through_the_empty_chain_does_not_allocate() {
+    for p in Protocol::ALL {
+        assert_eq!(allocations_per_call(p, &[]), 0.0, "{p}");
+    }
+}
+
+/// benches/scenarios/realistic.json's chain.
+const REALISTIC: [(&str, &str); 3] = [
+    (
+        "ip-restriction",
+        r#"{"whitelist": ["10.0.0.0/8", "2001:db8::/32"]}"#,
+    ),
+    (
+        "limit-count",
+        r#"{"count": 1000000000, "time_window": 60, "key": "remote_addr"}"#,
+    ),
+    ("request-id", "{}"),
+];
+
+/// TODO(issue 15): the realistic chain still allocates, 10 times per call (11 in Cap'n Proto):
+/// one boxed future per plugin (chain dispatch, 3), the plugins' own values (the rest:
+/// limit-count's key and rate-limit header values, request-id's id) and, for Cap'n Proto, the
+/// message builder's segment table of the rewrite reply (capnp-rust allocates it per message
+/// built; only a continue reply is copied from a template). Decoding and the empty chain
+/// allocate nothing. Pinned at today's figures so that any growth fails.
+#[test]
+fn a_call_through_the_realistic_chain_allocates_no_more_than_today() {
+    for (p, today) in [(Protocol::Capnp, 11.0), (Protocol::FlatBuffers, 10.0)] {
+        let per_call = allocations_per_call(p, &REALISTIC);
+        eprintln!("{p}: {per_call} allocations per call through the realistic chain");
+        assert!(
+            per_call <= today,
+            "{p}: {per_call} allocations per call, more than {today}"
+        );
+    }
 }

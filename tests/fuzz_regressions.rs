@@ -59,6 +59,19 @@ fn conf_findings_replay_cleanly() {
     }
 }
 
+/// Issue 11 #5: the audit's extreme limiter confs (and the fuzz target's other seeds) prepare
+/// and run on extreme request values without a panic; a debug build panics on any overflow.
+#[test]
+fn conf_call_seeds_and_findings_run_cleanly() {
+    for (name, input) in harness::conf_call_seeds()
+        .into_iter()
+        .chain(fixtures("conf_calls"))
+    {
+        eprintln!("conf_calls/{name}");
+        harness::conf_calls(&input);
+    }
+}
+
 #[test]
 fn codec_seeds_are_real_messages_of_their_protocol() {
     for p in Protocol::ALL {

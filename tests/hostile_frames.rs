@@ -11,12 +11,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    closed, error_code, frame, fresh_call_works, guarded, plugins, prepare_frame, small_limits,
-    start_small as start,
+    call_frame, closed, error_code, frame, fresh_call_works, guarded, plugins, prepare_frame,
+    rss_kib, small_limits, start_small as start,
 };
 use ext_plugin_runner::codec::Protocol;
-use ext_plugin_runner::frame::{FrameHeader, FrameType, MAX_PAYLOAD};
-use ext_plugin_runner::model::{ErrorCode, Method};
+use ext_plugin_runner::frame::{FrameHeader, FrameType, HEADER_LEN, MAX_PAYLOAD};
+use ext_plugin_runner::model::{ErrorCode, Method, Pair};
 use ext_plugin_runner::testing::{request, TestRunner};
 use ext_plugin_runner::Config;
 
@@ -210,4 +210,74 @@ async fn truncated_payloads_get_an_answer_and_the_connection_kept() {
         assert!(gw.call(token, &request(Method::Get, "/")).await.is_ok());
         fresh_call_works(&runner, p).await;
     }
+}
+
+/// Issue 11 #3: a frame of about as many empty headers as 16 MiB holds is refused before its
+/// entries are read, and leaves nothing pinned on the connections that received it and then
+/// idle (the runner used to decode every entry and keep 60–275 MiB per such connection).
+#[tokio::test]
+async fn a_frame_of_half_a_million_empty_headers_is_refused_and_pins_nothing() {
+    const CONNECTIONS: usize = 6;
+    // 32 bytes each in Cap'n Proto (a pair and its empty name), about 20 in FlatBuffers.
+    const HEADERS: usize = 500_000;
+    let config = Config {
+        max_frame: MAX_PAYLOAD,
+        ..small_limits()
+    };
+    let runner = TestRunner::start_with(config, plugins::registry()).await;
+    for p in Protocol::ALL {
+        let mut req = request(Method::Get, "/");
+        req.headers = (0..HEADERS).map(|_| Pair::absent("")).collect();
+        let bytes = call_frame(p.gateway_codec().as_mut(), 1, &req);
+        drop(req);
+        assert!(
+            bytes.len() > 8 << 20,
+            "{p}: a frame of {} bytes",
+            bytes.len()
+        );
+        // The first round warms the allocator up (it keeps freed 16 MiB blocks for reuse);
+        // the second must cost nothing more: nothing stays pinned per connection. Plain
+        // sockets on the gateway's side, so that only the runner's memory counts.
+        let mut idle = Vec::new();
+        let mut rss = Vec::new();
+        for _round in 0..2 {
+            for _ in 0..CONNECTIONS {
+                idle.push(refused_on_a_connection_of_its_own(&runner, p, &bytes).await);
+            }
+            rss.push(rss_kib() / 1024);
+        }
+        // The connections now idle. Each held the frame for a moment; none may keep it or
+        // anything decoded from it (the old decoder pinned 32+ MiB of entries on each).
+        let grown = rss[1].saturating_sub(rss[0]);
+        eprintln!("{p}: RSS after each round of {CONNECTIONS} connections: {rss:?} MiB");
+        assert!(
+            grown < 32,
+            "{p}: RSS grew {grown} MiB for {CONNECTIONS} more idle connections"
+        );
+        fresh_call_works(&runner, p).await;
+    }
+}
+
+/// Sends `frame` on a plain socket of its own and expects BAD_REQUEST; the socket, to keep idle.
+async fn refused_on_a_connection_of_its_own(
+    runner: &TestRunner,
+    p: Protocol,
+    frame: &[u8],
+) -> tokio::net::UnixStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(runner.path())
+        .await
+        .unwrap();
+    s.write_all(frame).await.unwrap();
+    let mut head = [0; HEADER_LEN];
+    guarded("an error frame", s.read_exact(&mut head))
+        .await
+        .unwrap();
+    let header = FrameHeader::parse(&head).unwrap();
+    assert_eq!(header.ty, FrameType::Error as u8, "{p}");
+    let mut payload = vec![0; header.len];
+    s.read_exact(&mut payload).await.unwrap();
+    let code = p.gateway_codec().decode_error_resp(&payload.into());
+    assert_eq!(code.unwrap(), ErrorCode::BadRequest, "{p}");
+    s
 }

@@ -10,7 +10,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{call_frame, closed, fresh_call_works, guarded, plugins, prepare_frame, small_limits};
+use common::{
+    call_frame, closed, fresh_call_works, guarded, plugins, prepare_frame, rss_kib, small_limits,
+};
 use ext_plugin_runner::codec::Protocol;
 use ext_plugin_runner::frame::FrameType;
 use ext_plugin_runner::model::{ErrorCode, Method};
@@ -95,15 +97,6 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .expect("/proc/self/fd")
         .count()
-}
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
 }
 
 /// Idle connections to open: 2000 (each is two descriptors here, the gateway's end and the

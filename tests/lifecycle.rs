@@ -5,10 +5,10 @@ mod common;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{call_frame, connect_spawned, frame, runner_command, Spawned};
+use common::{call_frame, connect_spawned, frame, runner_command, wait_exit, Spawned};
 use ext_plugin_runner::codec::Protocol;
 use ext_plugin_runner::frame::FrameType;
 use ext_plugin_runner::model::{ExtraInfoResp, Method};
@@ -24,19 +24,6 @@ fn spawn(path: &Path) -> Spawned {
 
 async fn connect(path: &Path) -> FakeGateway {
     connect_spawned(path).await
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[tokio::test]

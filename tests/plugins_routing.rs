@@ -105,9 +105,9 @@ async fn request_validation_checks_json_bodies_and_forwards_them_canonical() {
     let cases = [
         (
             r#"{"name": "ann", "age": -1}"#,
-            r#"property "/age" validation failed: -1 is less than the minimum of 0"#,
+            r#"property "/age" validation failed: keyword "minimum""#,
         ),
-        (r#"{"age": 1}"#, r#""name" is a required property"#),
+        (r#"{"age": 1}"#, r#"validation failed: keyword "required""#),
     ];
     for (sent, msg) in cases {
         gw.req_body = Some(sent.into());

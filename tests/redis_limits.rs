@@ -238,6 +238,27 @@ async fn three_runner_processes_share_one_count_and_one_rate() {
     assert_eq!(codes.iter().filter(|&&c| c == 200).count(), 3, "{codes:?}");
 }
 
+/// The outage tests' set-up: a server, an in-process runner, the `redis_timeout` they use and
+/// the longest a call may take (a margin for a loaded machine: the point is "not seconds of
+/// reconnect back-off").
+async fn outage_setup() -> (Redis, TestRunner, Duration, Duration) {
+    let redis = Redis::start();
+    let runner = TestRunner::start(plugins::builtin()).await;
+    let timeout = Duration::from_millis(300);
+    (redis, runner, timeout, timeout + Duration::from_secs(2))
+}
+
+impl Redis {
+    /// `"paused"`: every client paused for 4 s; `"stopped"`: the server killed.
+    fn outage(&mut self, phase: &str) {
+        if phase == "paused" {
+            self.cmd(&["CLIENT", "PAUSE", "4000", "ALL"]).unwrap();
+        } else {
+            self.stop();
+        }
+    }
+}
+
 async fn timed(gw: &mut FakeGateway, token: u32, req: &HttpReqCallReq) -> (ReqAction, Duration) {
     let start = Instant::now();
     let action = gw.call(token, req).await.unwrap().action;
@@ -249,11 +270,7 @@ async fn redis_paused_stopped_and_restarted_answers_by_the_failure_order() {
     if !redis_available() {
         return;
     }
-    let mut redis = Redis::start();
-    let runner = TestRunner::start(plugins::builtin()).await;
-    let timeout = Duration::from_millis(300);
-    // A margin for a loaded machine: the point is "not seconds of reconnect back-off".
-    let bound = timeout + Duration::from_secs(2);
+    let (mut redis, runner, timeout, bound) = outage_setup().await;
     let conf = |extra: &str| {
         format!(
             r#"{{"count": 3, "time_window": 60, "policy": "redis", "redis_host": "{}",
@@ -287,11 +304,7 @@ async fn redis_paused_stopped_and_restarted_answers_by_the_failure_order() {
     let req = request(Method::Get, "/").with_src_ip("10.0.0.7");
 
     for phase in ["paused", "stopped"] {
-        if phase == "paused" {
-            redis.cmd(&["CLIENT", "PAUSE", "4000", "ALL"]).unwrap();
-        } else {
-            redis.stop();
-        }
+        redis.outage(phase);
         // No fallback: APISIX's 500.
         let (a, took) = timed(&mut gw, strict, &req).await;
         assert!(took < bound, "{phase}: waited {took:?}");
@@ -381,5 +394,286 @@ async fn an_unreachable_backend_prepares_lazily_and_fails_fast() {
         let key = format!("route#{}#ext-plugin-pre-req#1", i + 10);
         assert!(gw.prepare(&key, &[("limit-count", bad)]).await.is_err(), "{bad}");
     }
+    runner.stop().await;
+}
+
+/// `gateways` connections to each of `runners`, each with `chain` prepared under `key`.
+async fn prepared(
+    runners: &[Spawned],
+    gateways: usize,
+    key: &str,
+    chain: &[(&str, &str)],
+) -> Vec<(FakeGateway, u32)> {
+    let mut gws = Vec::new();
+    for r in runners {
+        for _ in 0..gateways {
+            let mut gw = connect(&r.1).await;
+            let token = gw.prepare(key, chain).await.unwrap();
+            gws.push((gw, token));
+        }
+    }
+    gws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_runners_share_a_sliding_window_and_a_leased_quota() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let runners: Vec<Spawned> = (0..3).map(|_| spawn_runner()).collect();
+    let req = request(Method::Get, "/").with_src_ip("10.0.0.1");
+
+    // Sliding, exact: one round trip per request, `count` in total.
+    let sliding = format!(
+        r#"{{"count": 10, "time_window": 60, "window_type": "sliding", "rejected_code": 429,
+            "policy": "redis", "redis_host": "{}", "redis_timeout": 2000}}"#,
+        redis.host()
+    );
+    let gws = prepared(&runners, 2, PRE, &[("limit-count", &sliding)]).await;
+    let codes = storm(gws, &req, 8).await;
+    assert_eq!(
+        codes.iter().filter(|&&c| c == 200).count(),
+        10,
+        "sliding: exactly `count` across three runners: {codes:?}"
+    );
+    assert!(codes.iter().all(|&c| c == 200 || c == 429), "{codes:?}");
+
+    // Leasing: runners take grants and spend them locally; never more than `count` in total,
+    // and the shared counter says so too.
+    let leased = format!(
+        r#"{{"count": 50, "time_window": 60, "sync_interval": 0.2, "rejected_code": 429,
+            "policy": "redis", "redis_host": "{}", "redis_timeout": 2000}}"#,
+        redis.host()
+    );
+    let key = "route#2#ext-plugin-pre-req#1";
+    let gws = prepared(&runners, 2, key, &[("limit-count", &leased)]).await;
+    let codes = storm(gws, &req, 40).await;
+    let admitted = codes.iter().filter(|&&c| c == 200).count();
+    assert!(
+        admitted <= 50,
+        "leasing never over-admits: {admitted} of {}",
+        codes.len()
+    );
+    // Under-admission is bounded by the grants left unspent (at most a quarter of what was
+    // left per grant per runner): with 240 requests for 50 most of the quota is spent.
+    assert!(admitted >= 25, "leasing admitted only {admitted}");
+    assert!(codes.iter().all(|&c| c == 200 || c == 429), "{codes:?}");
+    let redis::Value::Array(keys) = redis.cmd(&["KEYS", "{a6r:limit-count:*"]).unwrap() else {
+        panic!()
+    };
+    let mut granted = 0;
+    for k in keys {
+        let redis::Value::BulkString(k) = k else {
+            panic!()
+        };
+        let k = String::from_utf8(k).unwrap();
+        if let Ok(redis::Value::BulkString(v)) = redis.cmd(&["GET", &k]) {
+            granted = String::from_utf8(v).unwrap().parse::<usize>().unwrap();
+        }
+    }
+    assert!(
+        (admitted..=50).contains(&granted),
+        "granted {granted}, admitted {admitted}"
+    );
+}
+
+/// The correlation id the runner set on an admitted request (limit-conn's release key).
+fn correlation_id(resp: &ext_plugin_runner::model::HttpReqCallResp) -> String {
+    let ReqAction::Rewrite(r) = &resp.action else {
+        panic!("expected a rewrite: {:?}", resp.action)
+    };
+    let h = r.headers.iter().find(|h| h.name == "x-a6-runner-req");
+    h.and_then(|h| h.value.as_deref()).unwrap().to_owned()
+}
+
+/// Calls `token` until it is admitted; how long that took (a rejected call is not counted).
+async fn until_admitted(
+    gw: &mut FakeGateway,
+    token: u32,
+    req: &HttpReqCallReq,
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    while status(&gw.call(token, req).await.unwrap().action) != 200 {
+        assert!(start.elapsed() < within, "not admitted within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_conn_holds_across_runners_and_a_dead_runners_slots_free_within_a_lease() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let mut runners: Vec<Spawned> = (0..3).map(|_| spawn_runner()).collect();
+    let conf = format!(
+        r#"{{"conn": 2, "burst": 1, "default_conn_delay": 0.01, "rejected_code": 429,
+            "policy": "redis", "redis_host": "{}", "redis_timeout": 2000, "key_ttl": 2}}"#,
+        redis.host()
+    );
+    let chain = [("limit-conn", conf.as_str())];
+    let req = request(Method::Get, "/").with_src_ip("10.0.0.1");
+    // No response phase: every admitted request stays in flight.
+    let gws = prepared(&runners, 2, PRE, &chain).await;
+    let codes = storm(gws, &req, 3).await;
+    assert_eq!(
+        codes.iter().filter(|&&c| c == 200).count(),
+        3,
+        "`conn + burst` in flight across three runners: {codes:?}"
+    );
+    assert!(codes.iter().all(|&c| c == 200 || c == 429), "{codes:?}");
+
+    // The slots expire after `key_ttl`: then one runner takes all three and is killed.
+    let mut gws = prepared(&runners[..1], 1, PRE, &chain).await;
+    let (mut a, a_token) = gws.pop().unwrap();
+    until_admitted(&mut a, a_token, &req, Duration::from_secs(6)).await;
+    for _ in 0..2 {
+        assert_eq!(status(&a.call(a_token, &req).await.unwrap().action), 200);
+    }
+    let killed = Instant::now();
+    drop(a);
+    drop(runners.remove(0));
+    let mut gws = prepared(&runners[..1], 1, PRE, &chain).await;
+    let (mut b, b_token) = gws.pop().unwrap();
+    assert_eq!(
+        status(&b.call(b_token, &req).await.unwrap().action),
+        429,
+        "the dead runner's slots are still held"
+    );
+    until_admitted(&mut b, b_token, &req, Duration::from_secs(6)).await;
+    let freed = killed.elapsed();
+    // Within one lease (2 s) plus a margin for a loaded machine; APISIX's default is an hour.
+    assert!(freed < Duration::from_secs(4), "freed after {freed:?}");
+
+    // The response phase releases a slot at once: B holds one, takes two more, is full, and
+    // answering one of its requests lets the next in.
+    let post = b
+        .prepare("route#1#ext-plugin-post-resp#1", &chain)
+        .await
+        .unwrap();
+    let held = b.call(b_token, &req).await.unwrap();
+    let id = correlation_id(&held);
+    b.call(b_token, &req).await.unwrap();
+    assert_eq!(status(&b.call(b_token, &req).await.unwrap().action), 429);
+    b.set_var("http_x_a6_runner_req", &id);
+    b.resp_call(post, 200, &[]).await.unwrap();
+    let took = until_admitted(&mut b, b_token, &req, Duration::from_secs(1)).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "released by the response: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_conn_with_redis_paused_or_stopped_answers_by_the_failure_order() {
+    if !redis_available() {
+        return;
+    }
+    let (mut redis, runner, timeout, bound) = outage_setup().await;
+    let conf = |extra: &str| {
+        format!(
+            r#"{{"conn": 1, "burst": 1, "default_conn_delay": 0.01, "policy": "redis",
+                "redis_host": "{}", "redis_timeout": {} {extra}}}"#,
+            redis.host(),
+            timeout.as_millis()
+        )
+    };
+    let mut gw = runner.connect().await;
+    let mut tokens = Vec::new();
+    for (i, extra) in [
+        "",
+        r#", "allow_degradation": true"#,
+        r#", "fallback": "local""#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = format!("route#{}#ext-plugin-pre-req#1", i + 1);
+        let chain = [("limit-conn", conf(extra))];
+        let chain: Vec<(&str, &str)> = chain.iter().map(|(p, c)| (*p, c.as_str())).collect();
+        tokens.push(gw.prepare(&key, &chain).await.unwrap());
+    }
+    let [strict, degrade, local] = tokens[..] else {
+        unreachable!()
+    };
+    let req = request(Method::Get, "/").with_src_ip("10.0.0.7");
+    // Up: the strict route counts in Redis.
+    assert_eq!(status(&timed(&mut gw, strict, &req).await.0), 200);
+    for phase in ["paused", "stopped"] {
+        redis.outage(phase);
+        let (a, took) = timed(&mut gw, strict, &req).await;
+        assert!(took < bound, "{phase}: waited {took:?}");
+        let ReqAction::Stop(s) = a else {
+            panic!("{phase}: {a:?}")
+        };
+        assert_eq!(
+            (s.status, &s.body[..]),
+            (500, &b""[..]),
+            "{phase}: APISIX's 500"
+        );
+        let (a, took) = timed(&mut gw, degrade, &req).await;
+        assert!(took < bound, "{phase}: waited {took:?}");
+        assert!(
+            matches!(a, ReqAction::Continue | ReqAction::Rewrite(_)),
+            "{phase}: {a:?}"
+        );
+        // The local limiter counts: `conn + burst` of this runner, then 503.
+        let mut codes = Vec::new();
+        for _ in 0..3 {
+            let (a, took) = timed(&mut gw, local, &req).await;
+            assert!(took < bound, "{phase}: waited {took:?}");
+            codes.push(status(&a));
+        }
+        let expect: &[u16] = if phase == "paused" {
+            &[200, 200, 503]
+        } else {
+            &[503, 503, 503]
+        };
+        assert_eq!(codes, expect, "{phase}: the local limiter decides");
+    }
+    runner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leasing_spends_its_grant_through_an_outage_and_then_fails_by_the_order() {
+    if !redis_available() {
+        return;
+    }
+    let (mut redis, runner, timeout, bound) = outage_setup().await;
+    let conf = format!(
+        r#"{{"count": 100, "time_window": 60, "sync_interval": 0.5, "policy": "redis",
+            "redis_host": "{}", "redis_timeout": {}}}"#,
+        redis.host(),
+        timeout.as_millis()
+    );
+    let mut gw = runner.connect().await;
+    let token = gw.prepare(PRE, &[("limit-count", &conf)]).await.unwrap();
+    let req = request(Method::Get, "/").with_src_ip("10.0.0.9");
+    // Enough requests for the grants to follow the rate, then time for the last refill to land.
+    for _ in 0..20 {
+        assert_eq!(status(&timed(&mut gw, token, &req).await.0), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.outage("stopped");
+    // Whatever was granted is spent without Redis; once the pool is empty each call fails as
+    // the conf says (500, no fallback), never waiting past the timeout.
+    let mut codes = Vec::new();
+    for _ in 0..30 {
+        let (a, took) = timed(&mut gw, token, &req).await;
+        assert!(took < bound, "waited {took:?}");
+        codes.push(status(&a));
+    }
+    assert_eq!(codes[0], 200, "the pool held tokens: {codes:?}");
+    let first_500 = codes
+        .iter()
+        .position(|&c| c == 500)
+        .expect("the pool empties");
+    assert!(
+        codes[first_500..].iter().all(|&c| c == 500),
+        "after the pool emptied: {codes:?}"
+    );
     runner.stop().await;
 }

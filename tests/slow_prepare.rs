@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ext_plugin_runner::model::{ErrorCode, Method, ReqAction};
 use ext_plugin_runner::testing::{request, FakeGateway, GatewayError, TestRunner};
-use ext_plugin_runner::Registry;
+use ext_plugin_runner::{Config, Registry};
 use ext_plugin_sdk::*;
 use serde::Deserialize;
 
@@ -141,6 +141,17 @@ fn registry() -> Registry {
     Registry::new().with::<Gated>().with::<Quick>()
 }
 
+/// A runner whose prepare deadline is past the hang guard: these tests hold builds at a gate
+/// for as long as a loaded machine takes, and a build refused at its deadline is
+/// tests/hostile_budgets.rs's subject, not theirs.
+async fn start() -> TestRunner {
+    let config = Config {
+        prepare_timeout: 6 * GUARD,
+        ..Config::default()
+    };
+    TestRunner::start_with(config, registry()).await
+}
+
 fn gated(name: &str) -> String {
     format!(r#"{{"gate": "{name}"}}"#)
 }
@@ -172,7 +183,7 @@ const SLOW: &str = "route#1#ext-plugin-pre-req#1";
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn other_connections_prepare_and_call_while_a_prepare_is_blocked() {
     let (gate, opener) = Gate::new("blocked");
-    let runner = TestRunner::start(registry()).await;
+    let runner = start().await;
     let slow = spawn_prepare(connect(&runner).await, SLOW, gated("blocked"));
     gate.wait_entered(1);
 
@@ -215,7 +226,7 @@ async fn other_connections_prepare_and_call_while_a_prepare_is_blocked() {
 async fn concurrent_prepares_of_one_key_build_once_and_share_the_token() {
     const N: usize = 4;
     let (gate, opener) = Gate::new("shared");
-    let runner = TestRunner::start(registry()).await;
+    let runner = start().await;
     let first = spawn_prepare(connect(&runner).await, SLOW, gated("shared"));
     gate.wait_entered(1);
     let mut rest = Vec::new();
@@ -245,7 +256,7 @@ async fn concurrent_prepares_of_one_key_build_once_and_share_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_prepare_that_panics_is_refused_and_the_connection_lives() {
-    let runner = TestRunner::start(registry()).await;
+    let runner = start().await;
     let mut gw = connect(&runner).await;
     let refused = guarded(
         "a prepare whose plugin panics",

@@ -5,11 +5,15 @@
 use std::path::Path;
 
 use ext_plugin_runner::codec::Protocol;
-use ext_plugin_fuzz_checks::{codec_seeds, conf_seeds, frame_seeds};
+use ext_plugin_fuzz_checks::{codec_seeds, conf_call_seeds, conf_seeds, frame_seeds};
 
 fn main() -> std::io::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
-    let mut sets = vec![("frame", frame_seeds()), ("confs", conf_seeds())];
+    let mut sets = vec![
+        ("frame", frame_seeds()),
+        ("confs", conf_seeds()),
+        ("conf_calls", conf_call_seeds()),
+    ];
     for p in Protocol::ALL {
         sets.push((p.name(), codec_seeds(p)));
     }

@@ -44,7 +44,7 @@ use serde::Deserialize;
 
 use crate::support::clock::{secs_to_nanos, Nanos, NANOS_PER_MS};
 use crate::support::keyed::lock;
-use crate::support::lease::{Correlation, Leases};
+use crate::support::lease::{Correlation, Leases, MAX_LEASES};
 use crate::support::reject::{self, HeaderConf};
 use ext_plugin_sdk::*;
 
@@ -253,7 +253,7 @@ impl Bbr {
             next_probe: AtomicU64::new(0),
             probe_until: AtomicU64::new(0),
             window: Mutex::new(Window::new(settings.window, settings.buckets)),
-            leases: Leases::new(lease_timeout),
+            leases: Leases::new(lease_timeout, MAX_LEASES),
         }
     }
 
@@ -417,7 +417,7 @@ impl Plugin for AdaptiveLimit {
         }
         Ok(AdaptiveLimit {
             state: env.state(|| Bbr::new(settings, lease)),
-            corr: Correlation::new(conf.correlation_header.as_deref(), env.chain()),
+            corr: Correlation::new(conf.correlation_header.as_deref()),
             reject: reject::rejection(
                 "rejected_code",
                 conf.rejected_code,
@@ -442,7 +442,12 @@ impl Plugin for AdaptiveLimit {
             Admission::Admitted => {}
         }
         let id = self.corr.id_for_call(call);
-        state.leases.insert(&id, now, now);
+        if state.leases.insert(&id, now, now).is_err() {
+            // Admitted but untracked, it could never be released: give it back and refuse.
+            state.release();
+            tracing::debug!("adaptive-limit: lease table full");
+            return Ok(Flow::Stop(self.reject.clone()));
+        }
         Ok(Flow::Continue)
     }
 

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use ext_plugin_sdk::*;
 use crate::support::clock::{self, secs_until, Nanos};
 use crate::support::keyed::KeyedStore;
-use crate::support::lease::{Correlation, Leases};
+use crate::support::lease::{Correlation, Full, Leases, MAX_LEASES};
 use crate::support::reject;
 use crate::support::template::{self, Template};
 
@@ -102,7 +102,7 @@ impl Plugin for ApiBreaker {
         let state = env.state(|| BreakerState {
             route: Arc::new(Breaker::new(&settings)),
             breakers: KeyedStore::new(max_keys, idle),
-            leases: Leases::new(lease_timeout),
+            leases: Leases::new(lease_timeout, MAX_LEASES),
             route_name,
             prepared_at: now,
             seen_response: AtomicBool::new(false),
@@ -120,7 +120,7 @@ impl Plugin for ApiBreaker {
             count_missing: p.count_missing,
             dry_run: p.dry_run,
             lease_timeout,
-            corr: Correlation::new(None, env.chain()),
+            corr: Correlation::new(None),
             state,
             reject: p.reject,
             reject_vars: p.reject_vars,
@@ -158,7 +158,12 @@ impl Plugin for ApiBreaker {
             Admit::Probe(ticket) => Some(ticket),
         };
         let id = self.corr.id_for_call(call);
-        self.state.leases.insert(&id, now, Held { breaker, ticket });
+        if let Err(Full(held)) = self.state.leases.insert(&id, now, Held { breaker, ticket }) {
+            // Untracked, its answer could never count: count it now as a lost one would.
+            tracing::debug!("api-breaker: lease table full");
+            held.breaker
+                .record(&self.settings, now, Outcome::Failure, held.ticket);
+        }
         Ok(Flow::Continue)
     }
 

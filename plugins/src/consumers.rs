@@ -7,12 +7,17 @@
 //! array. Both are read once per `prepare_conf`; a request only does map lookups.
 
 use std::collections::HashMap;
+use std::io::Read;
 
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use ext_plugin_sdk::*;
+
+/// The largest `consumers_file` read: about ten thousand consumers. Bigger files are refused
+/// before a byte is read.
+pub const MAX_CONSUMERS_FILE: u64 = 4 << 20;
 
 /// The consumers of an auth conf: exactly one of the inline array and the file.
 pub fn load<T: DeserializeOwned>(
@@ -22,12 +27,16 @@ pub fn load<T: DeserializeOwned>(
     let consumers = match (inline, file) {
         (Some(c), None) => c,
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfError::new(format!("`consumers_file` {path:?} cannot be read: {e}"))
-            })?;
-            serde_json::from_str(&text).map_err(|e| {
+            let text = read_consumers_file(path)?;
+            // serde_json's messages quote the values they choke on, and the file holds
+            // secrets: only the kind of error and where it is are reported.
+            serde_json::from_slice(&text).map_err(|e| {
                 ConfError::new(format!(
-                    "`consumers_file` {path:?} is not a consumer array: {e}"
+                    "`consumers_file` {path:?} is not a consumer array ({:?} error at line {}, \
+                     column {})",
+                    e.classify(),
+                    e.line(),
+                    e.column()
                 ))
             })?
         }
@@ -42,6 +51,42 @@ pub fn load<T: DeserializeOwned>(
         return Err(ConfError::new("`consumers` must not be empty"));
     }
     Ok(consumers)
+}
+
+/// Reads a `consumers_file`: a regular file of at most [`MAX_CONSUMERS_FILE`] bytes. Anything
+/// else could stall prepare for ever (a FIFO blocks in `open`, a character device such as
+/// `/dev/zero` never ends), so the type is checked before opening, and again on the opened file
+/// in case the path was swapped in between; the read stops at the cap whatever the file does.
+fn read_consumers_file(path: &str) -> Result<Vec<u8>, ConfError> {
+    let refuse = |why: String| ConfError::new(format!("`consumers_file` {path:?} {why}"));
+    let check = |meta: std::fs::Metadata| {
+        if !meta.is_file() {
+            return Err(refuse("is not a regular file".into()));
+        }
+        if meta.len() > MAX_CONSUMERS_FILE {
+            return Err(refuse(format!(
+                "is {} bytes; at most {MAX_CONSUMERS_FILE}",
+                meta.len()
+            )));
+        }
+        Ok(())
+    };
+    check(std::fs::metadata(path).map_err(|e| refuse(format!("cannot be read: {e}")))?)?;
+    let file = std::fs::File::open(path).map_err(|e| refuse(format!("cannot be read: {e}")))?;
+    check(
+        file.metadata()
+            .map_err(|e| refuse(format!("cannot be read: {e}")))?,
+    )?;
+    let mut text = Vec::new();
+    file.take(MAX_CONSUMERS_FILE + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| refuse(format!("cannot be read: {e}")))?;
+    if text.len() as u64 > MAX_CONSUMERS_FILE {
+        return Err(refuse(format!(
+            "grew past {MAX_CONSUMERS_FILE} bytes while read"
+        )));
+    }
+    Ok(text)
 }
 
 /// A secret as configured: literal, `$ENV://NAME` or `$ENV://NAME/field` (see
@@ -276,6 +321,50 @@ mod tests {
         let e = load::<serde_json::Value>(None, Some("/nonexistent/c.json")).unwrap_err();
         assert!(e.message().contains("consumers_file"), "{e}");
         assert!(load::<serde_json::Value>(Some(vec![]), None).is_err());
+    }
+
+    /// Issue 11 #2: a FIFO hung prepare for ever, `/dev/zero` grew until out of memory, and a
+    /// parse error quoted the file (a secret).
+    #[test]
+    fn consumers_files_are_bounded_regular_files_never_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; MAX_CONSUMERS_FILE as usize + 1]).unwrap();
+        for (path, why) in [
+            (fifo.to_str().unwrap(), "not a regular file"),
+            ("/dev/zero", "not a regular file"),
+            (dir.path().to_str().unwrap(), "not a regular file"),
+            (big.to_str().unwrap(), "at most 4194304"),
+        ] {
+            let e = load::<serde_json::Value>(None, Some(path)).unwrap_err();
+            assert!(
+                e.message().contains("consumers_file") && e.message().contains(why),
+                "{path}: {e}"
+            );
+        }
+        let secret = dir.path().join("secret.json");
+        std::fs::write(
+            &secret,
+            r#"[{"username": "a", "key": "hunter2-SECRET"}, 7]"#,
+        )
+        .unwrap();
+        let e = load::<HashMap<String, String>>(None, Some(secret.to_str().unwrap())).unwrap_err();
+        assert!(
+            !e.message().contains("hunter2") && e.message().contains("line 1"),
+            "{e}"
+        );
+        std::fs::write(&secret, r#"[{"username": 5, "key": "hunter2-SECRET"}]"#).unwrap();
+        let e = load::<HashMap<String, String>>(None, Some(secret.to_str().unwrap())).unwrap_err();
+        assert!(
+            !e.message().contains("hunter2") && !e.message().contains("integer"),
+            "{e}"
+        );
     }
 
     #[test]

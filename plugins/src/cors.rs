@@ -24,6 +24,8 @@
 use regex::RegexSet;
 use serde::Deserialize;
 
+use crate::support::patterns::Budget;
+
 use super::restriction;
 use ext_plugin_sdk::*;
 
@@ -84,11 +86,7 @@ impl Origins {
                 return Err(ConfError::new(format!("`{regex_field}` must not be empty")));
             }
             restriction::check_list(&regex_field, patterns, 4096, true)?;
-            return Ok(Origins::Regex(restriction::regex_set(
-                &regex_field,
-                patterns,
-                false,
-            )?));
+            return Ok(Origins::Regex(Budget::default().set(&regex_field, patterns, false)?));
         }
         Ok(match value {
             "*" => Origins::Any,

@@ -24,6 +24,7 @@ use serde_json::Value;
 use ext_plugin_sdk::*;
 use crate::limit_req::MAX_DELAY_SECS;
 use crate::support::expr::Expr;
+use crate::support::patterns::Budget;
 use crate::support::reject::{self, HeaderConf};
 use crate::support::template::{self, Template};
 
@@ -75,7 +76,12 @@ struct Abort {
 }
 
 impl Trigger {
-    fn parse(field: &str, percentage: Option<u8>, vars: Option<Vec<Value>>) -> Result<Trigger, ConfError> {
+    fn parse(
+        field: &str,
+        percentage: Option<u8>,
+        vars: Option<Vec<Value>>,
+        budget: &mut Budget,
+    ) -> Result<Trigger, ConfError> {
         if percentage.is_some_and(|p| p > 100) {
             return Err(ConfError::new(format!("`{field}.percentage` must be 0 to 100")));
         }
@@ -85,7 +91,7 @@ impl Trigger {
             )));
         }
         let vars = vars
-            .map(|list| list.iter().map(Expr::parse).collect::<Result<Vec<_>, _>>())
+            .map(|list| list.iter().map(|v| Expr::parse(v, budget)).collect::<Result<Vec<_>, _>>())
             .transpose()
             .map_err(|e| ConfError::new(format!("`{field}.vars`: {e}")))?;
         Ok(Trigger { percentage, vars })
@@ -118,6 +124,8 @@ impl Plugin for FaultInjection {
         if conf.abort.is_none() && conf.delay.is_none() {
             return Err(ConfError::new("at least one of `abort` and `delay` is required"));
         }
+        // One regex budget for the conf: both triggers' expressions draw on it.
+        let mut budget = Budget::default();
         let delay = match conf.delay {
             None => None,
             Some(d) => {
@@ -127,7 +135,7 @@ impl Plugin for FaultInjection {
                         d.duration
                     )));
                 }
-                let trigger = Trigger::parse("delay", d.percentage, d.vars)?;
+                let trigger = Trigger::parse("delay", d.percentage, d.vars, &mut budget)?;
                 Some((trigger, Duration::from_secs_f64(d.duration)))
             }
         };
@@ -171,7 +179,7 @@ impl Plugin for FaultInjection {
                     }
                     other => (stop, other),
                 };
-                let trigger = Trigger::parse("abort", a.percentage, a.vars)?;
+                let trigger = Trigger::parse("abort", a.percentage, a.vars, &mut budget)?;
                 Some((
                     trigger,
                     Abort {
@@ -220,6 +228,15 @@ mod tests {
         TestEnv::default().with("route#1#ext-plugin-pre-req#1", FaultInjection::NAME, conf, &[], |e| {
             FaultInjection::prepare(parsed, e)
         })
+    }
+
+    /// Issue 11 #1: 60 000 comparisons in one `vars` expression took 14 s to prepare.
+    #[test]
+    fn huge_vars_are_refused() {
+        let vars: Vec<_> = (0..60_000).map(|i| serde_json::json!([format!("arg_{i}"), "==", "1"])).collect();
+        let conf = serde_json::json!({"abort": {"http_status": 403, "vars": [vars]}}).to_string();
+        let e = plugin(&conf).err().unwrap();
+        assert!(e.message().contains("abort.vars") && e.message().contains("256 comparisons"), "{e}");
     }
 
     async fn run(p: &FaultInjection, req: ext_plugin_sdk::model::HttpReqCallReq) -> Flow {

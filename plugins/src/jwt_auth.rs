@@ -56,6 +56,11 @@ pub struct JwtAuth {
     unverified: Stop,
 }
 
+/// The largest `lifetime_grace_period` (APISIX sets none). Clock skew is seconds; a grace
+/// period of days would keep expired tokens valid, and a huge one made every time check
+/// meaningless.
+pub const MAX_GRACE_PERIOD: u64 = 86_400;
+
 struct Verifier {
     identity: Identity,
     key: DecodingKey,
@@ -63,7 +68,7 @@ struct Verifier {
     validation: Validation,
     /// ES512 consumers are verified by [`es512`] (`key` is then unused).
     es512: Option<p521::ecdsa::VerifyingKey>,
-    /// `lifetime_grace_period`, in seconds.
+    /// `lifetime_grace_period`, in seconds, at most [`MAX_GRACE_PERIOD`].
     leeway: f64,
 }
 
@@ -274,6 +279,12 @@ fn verifier(c: JwtConsumer) -> Result<Verifier, ConfError> {
     };
     if c.exp.is_some_and(|e| e < 1) {
         return Err(ConfError::new(format!("{who}: `exp` must be at least 1")));
+    }
+    if c.lifetime_grace_period > MAX_GRACE_PERIOD {
+        return Err(ConfError::new(format!(
+            "{who}: `lifetime_grace_period` must be at most {MAX_GRACE_PERIOD} s (a day), got {}",
+            c.lifetime_grace_period
+        )));
     }
     let mut validation = Validation::new(alg);
     validation.required_spec_claims.clear();
@@ -546,6 +557,20 @@ mod claim_tests {
             assert!(passes(&conf, json!({"key": "user-key"})), "absent claims are fine: {conf}");
             assert!(passes(&conf, json!({"key": "user-key", "exp": now() + 60})), "{conf}");
         }
+    }
+
+    /// Issue 11 #15: `lifetime_grace_period` is bounded at prepare.
+    #[test]
+    fn the_grace_period_is_capped() {
+        let harness = Harness::new(Registry::new().with::<JwtAuth>());
+        let conf = |grace: u64| {
+            format!(r#"{{"consumers": [{{"username": "jack", "key": "k", "secret": "s", "lifetime_grace_period": {grace}}}]}}"#)
+        };
+        let e = harness.prepare("route#1#ext-plugin-pre-req#1", &[("jwt-auth", &conf(MAX_GRACE_PERIOD + 1))]).err().unwrap();
+        assert!(e.to_string().contains("lifetime_grace_period") && e.to_string().contains("jwt-auth"), "{e}");
+        let e = harness.prepare("route#1#ext-plugin-pre-req#1", &[("jwt-auth", &conf(u64::MAX))]).err().unwrap();
+        assert!(e.to_string().contains("at most 86400"), "{e}");
+        assert!(harness.prepare("route#1#ext-plugin-pre-req#1", &[("jwt-auth", &conf(MAX_GRACE_PERIOD))]).is_ok());
     }
 
     #[test]

@@ -14,13 +14,17 @@
 //! * *(ext)* `lease_timeout` (default 30 s) frees slots whose release never comes: the upstream
 //!   failed (the gateway answers 502 itself), a later gateway plugin rejected, or post-resp is
 //!   not configured. **Without post-resp the plugin only limits how many requests start per
-//!   lease period**; prepare logs a warning until it has seen the post-resp half.
+//!   lease period**; prepare logs a warning (once per route) until it has seen the post-resp half.
 //! * `rules`: every rule whose `key` template resolves and whose `conn`/`burst` are usable
 //!   applies, each with its own counts; when none applies the answer is 500.
 //! * Reject: `rejected_code` (default 503), `rejected_headers`, `{"error_msg": rejected_msg}\n`.
 //! * `allow_degradation`: a request the plugin cannot decide for passes instead of the 500.
 //! * *(ext)* `dry_run`: over a limit, the request goes on, uncounted (the slots of the rules it
 //!   passed are given back), with `x-dry-run-reject: limit-conn`.
+//! * `policy: "redis"` / `"redis-cluster"`: the count is kept in Redis ([`crate::redis::conn`]),
+//!   shared by every runner, each slot leased for `key_ttl` (else `lease_timeout`); the unit
+//!   delay stays per runner. When Redis cannot answer: *(ext)* `fallback: "local"` counts in
+//!   process, else `allow_degradation` passes, else 500 without a body, as APISIX.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,13 +34,15 @@ use serde::Deserialize;
 
 use ext_plugin_sdk::*;
 use crate::limit_req::MAX_DELAY_SECS;
+use crate::redis::conn::RedisConn;
 use crate::support::amount::{Amount, AmountConf};
 use crate::support::clock::{secs_to_nanos, Nanos, NANOS_PER_MS};
 use crate::support::few::Few;
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::{export_key_count, KeyedStore};
-use crate::support::lease::{Correlation, Leases};
+use crate::support::lease::{Correlation, Full, Leases, MAX_LEASES};
 use crate::support::reject::{self, HeaderConf};
+use crate::support::warn_once::{shown, Report, WarnOnce};
 
 crate::with_redis_fields! {
 #[derive(Deserialize)]
@@ -101,6 +107,8 @@ pub struct LimitConn {
     dry_run: bool,
     reject: Stop,
     clock: Clock,
+    /// `policy: "redis"` / `"redis-cluster"`.
+    redis: Option<RedisConn>,
 }
 
 struct Limit {
@@ -126,19 +134,56 @@ pub struct Slot {
     unit_delay: AtomicU64,
 }
 
+/// One slot a request holds until its answer.
+enum Hold {
+    Local(Arc<Slot>),
+    /// Counted in Redis; the local slot only learns the unit delay.
+    Redis(crate::redis::conn::Held, Arc<Slot>),
+}
+
 /// The slots one request holds until its answer: one per applicable limit.
-type Held = Few<Arc<Slot>>;
+type Held = Few<Hold>;
 
 fn release(held: &Held, latency: Option<u64>) {
-    held.as_slice().iter().for_each(|s| s.release(latency));
+    for hold in held.as_slice() {
+        match hold {
+            Hold::Local(slot) => slot.release(latency),
+            Hold::Redis(redis, slot) => {
+                redis.release();
+                slot.learn(latency);
+            }
+        }
+    }
 }
 
 impl Slot {
     pub(crate) fn release(&self, latency: Option<u64>) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.learn(latency);
+    }
+
+    /// The unit delay learns from a request's latency: `unit = (latency + unit)/2`.
+    fn learn(&self, latency: Option<u64>) {
         if let Some(latency) = latency {
+            // The gateway's `request_time` is not trusted to be small: a latency past the
+            // longest delay the plugin would ever add teaches it nothing more, and the mean is
+            // taken without an overflowing sum.
+            let latency = latency.min(secs_to_nanos(MAX_DELAY_SECS));
             let unit = self.unit_delay.load(Ordering::Relaxed);
-            self.unit_delay.store((latency + unit) / 2, Ordering::Relaxed);
+            self.unit_delay.store(latency / 2 + unit / 2 + (latency & unit & 1), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Slot {
+    /// The delay of the `n`th request in flight: `unit_delay·floor((n−1)/conn)` above `conn`.
+    fn delay(&self, n: u64, conn: u64) -> u64 {
+        if n > conn {
+            self.unit_delay
+                .load(Ordering::Relaxed)
+                .saturating_mul((n - 1) / conn)
+        } else {
+            0
         }
     }
 }
@@ -149,7 +194,7 @@ impl ConnState {
     pub(crate) fn single(max_keys: usize, idle: u64) -> ConnState {
         ConnState {
             pools: vec![KeyedStore::new(max_keys, idle)],
-            leases: Leases::new(idle),
+            leases: Leases::new(idle, MAX_LEASES),
             default_delay: 0,
             seen_post_resp: AtomicBool::new(true),
         }
@@ -164,28 +209,45 @@ impl ConnState {
         burst: u64,
         now: u64,
     ) -> Result<(Arc<Slot>, u64), ()> {
-        let slot = self.pools[pool].get_or_insert(key, now, || Slot {
-            in_flight: AtomicU64::new(0),
-            unit_delay: AtomicU64::new(self.default_delay),
-        });
+        let slot = self.slot(pool, key, now);
         let n = slot.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         if n > conn.saturating_add(burst) {
             slot.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(());
         }
-        let delay = if n > conn {
-            slot.unit_delay
-                .load(Ordering::Relaxed)
-                .saturating_mul((n - 1) / conn)
-        } else {
-            0
-        };
+        let delay = slot.delay(n, conn);
         Ok((slot, delay))
+    }
+
+    /// `key`'s slot in `pool`.
+    fn slot(&self, pool: usize, key: &str, now: u64) -> Arc<Slot> {
+        self.pools[pool].get_or_insert(key, now, || Slot {
+            in_flight: AtomicU64::new(0),
+            unit_delay: AtomicU64::new(self.default_delay),
+        })
     }
 
     /// Frees the slots whose response never came.
     fn expire(&self, now: u64) {
         self.leases.sweep(now, |held| release(&held, None));
+    }
+}
+
+/// Routes warned about for a missing post-resp half: each once, however often it is prepared.
+static MISSING_POST_RESP: WarnOnce = WarnOnce::new();
+
+fn warn_missing_post_resp(route: &str) {
+    match MISSING_POST_RESP.report(route) {
+        Report::First => tracing::warn!(
+            route = ?shown(route),
+            "limit-conn: slots are released only by an `ext-plugin-post-resp` entry with the \
+             same conf; without it they are freed after `lease_timeout` (logged once per route)"
+        ),
+        Report::Overflow => tracing::warn!(
+            "limit-conn: more routes lack their `ext-plugin-post-resp` half; they are not \
+             reported one by one"
+        ),
+        Report::Again => tracing::debug!(route = ?shown(route), "limit-conn: no post-resp half yet"),
     }
 }
 
@@ -200,7 +262,6 @@ impl Plugin for LimitConn {
         let clock = env.clock().clone();
         let fields = conf.take_redis_fields();
         let storage = crate::redis::conf::storage(Self::NAME, &conf.policy, fields, None, env)?;
-        crate::redis::conn::check_conf(storage, conf.key_ttl)?;
         reject::check_max_keys(conf.max_keys)?;
         if !(conf.default_conn_delay > 0.0 && conf.default_conn_delay < MAX_DELAY_SECS) {
             return Err(ConfError::new("`default_conn_delay` must be above 0 and below 55 s"));
@@ -208,6 +269,7 @@ impl Plugin for LimitConn {
         if !(conf.lease_timeout >= 1.0 && conf.lease_timeout <= 3600.0) {
             return Err(ConfError::new("`lease_timeout` must be 1 to 3600 seconds"));
         }
+        let redis = crate::redis::conn::check_conf(storage, conf.key_ttl, conf.lease_timeout)?;
         if let Some(h) = &conf.correlation_header {
             if !reject::is_token(h) {
                 return Err(ConfError::new(format!("`correlation_header` {h:?} is not a header name")));
@@ -252,7 +314,7 @@ impl Plugin for LimitConn {
                 .iter()
                 .map(|_| KeyedStore::new(conf.max_keys, 2 * lease))
                 .collect(),
-            leases: Leases::new(lease),
+            leases: Leases::new(lease, MAX_LEASES),
             default_delay,
             seen_post_resp: AtomicBool::new(false),
         });
@@ -262,17 +324,13 @@ impl Plugin for LimitConn {
         if env.attachment() == Attachment::PostResp {
             state.seen_post_resp.store(true, Ordering::Relaxed);
         } else if !state.seen_post_resp.load(Ordering::Relaxed) {
-            tracing::warn!(
-                route = env.route(),
-                "limit-conn: slots are released only by an `ext-plugin-post-resp` entry with the \
-                 same conf; without it they are freed after `lease_timeout`"
-            );
+            warn_missing_post_resp(env.route());
         }
         Ok(LimitConn {
             limits,
             rules,
             state,
-            corr: Correlation::new(conf.correlation_header.as_deref(), env.chain()),
+            corr: Correlation::new(conf.correlation_header.as_deref()),
             only_default_delay: conf.only_use_default_delay,
             allow_degradation: conf.allow_degradation,
             dry_run: conf.dry_run,
@@ -283,6 +341,7 @@ impl Plugin for LimitConn {
                 &conf.rejected_headers,
             )?,
             clock,
+            redis,
         })
     }
 
@@ -296,26 +355,38 @@ impl Plugin for LimitConn {
         let mut held = Few::None;
         let mut delay = 0u64;
         for (limit, key, conn, burst) in plan {
-            match self.state.acquire(limit.index, &key, conn, burst, now) {
-                Ok((slot, d)) => {
-                    held.push(slot);
+            let got = match self.acquire(limit, &key, conn, burst, now).await {
+                Ok(got) => got,
+                Err(flow) => {
+                    // Redis cannot decide: pass holding what the limits before took (they are
+                    // released as usual), or give them back and answer 500.
+                    if flow != Flow::Continue {
+                        release(&held, None);
+                        return Ok(flow);
+                    }
+                    break;
+                }
+            };
+            match got {
+                Ok((hold, d)) => {
+                    held.push(hold);
                     delay = delay.saturating_add(d);
                 }
                 Err(()) => {
                     // The limits already passed give their slots back.
                     release(&held, None);
-                    if self.dry_run {
-                        // Not counted in flight: enforced, it would not be.
-                        reject::dry_run_reject(call, Self::NAME);
-                        return Ok(Flow::Continue);
-                    }
-                    return Ok(Flow::Stop(self.reject.clone()));
+                    return Ok(self.over_limit(call));
                 }
             }
         }
         // Leased before the delay: a call cancelled while it sleeps still frees its slots.
         let id = self.corr.id_for_call(call);
-        self.state.leases.insert(&id, now, held);
+        if let Err(Full(held)) = self.state.leases.insert(&id, now, held) {
+            // A slot whose lease is not recorded could never be freed: refuse instead.
+            release(&held, None);
+            tracing::debug!("limit-conn: lease table full");
+            return Ok(self.over_limit(call));
+        }
         if delay >= NANOS_PER_MS {
             let capped = delay.min(secs_to_nanos(MAX_DELAY_SECS));
             tokio::time::sleep(Duration::from_nanos(capped)).await;
@@ -347,6 +418,49 @@ impl Plugin for LimitConn {
 }
 
 impl LimitConn {
+    /// Counts the request in for `limit`: in Redis when the policy says so, else (or as the
+    /// fallback) in process. `Err(flow)`: Redis could not decide and this is the answer.
+    async fn acquire(
+        &self,
+        limit: &Limit,
+        key: &str,
+        conn: u64,
+        burst: u64,
+        now: u64,
+    ) -> Result<Result<(Hold, u64), ()>, Flow> {
+        let local = || {
+            self.state
+                .acquire(limit.index, key, conn, burst, now)
+                .map(|(slot, d)| (Hold::Local(slot), d))
+        };
+        let Some(redis) = &self.redis else {
+            return Ok(local());
+        };
+        match redis.acquire(limit.index, key, conn.saturating_add(burst)).await {
+            Ok(Ok((held, n))) => {
+                let slot = self.state.slot(limit.index, key, now);
+                let delay = slot.delay(n, conn);
+                Ok(Ok((Hold::Redis(held, slot), delay)))
+            }
+            Ok(Err(())) => Ok(Err(())),
+            Err(why) if redis.policy.fallback_local => {
+                tracing::debug!(%why, "limit-conn: redis unavailable, counting locally");
+                Ok(local())
+            }
+            Err(why) => Err(crate::redis::unavailable(Self::NAME, self.allow_degradation, &why)),
+        }
+    }
+
+    /// The answer to a request over a limit (its slots already given back).
+    fn over_limit(&self, call: &mut RequestCall<'_>) -> Flow {
+        if self.dry_run {
+            // Not counted in flight: enforced, it would not be.
+            reject::dry_run_reject(call, Self::NAME);
+            return Flow::Continue;
+        }
+        Flow::Stop(self.reject.clone())
+    }
+
     /// The limits that apply to this request, with their keys and numbers resolved.
     async fn plan(&self, call: &mut RequestCall<'_>) -> Result<Plan<'_>, PluginError> {
         let mut plan = Few::None;
@@ -424,6 +538,21 @@ mod tests {
         // The same response again holds nothing any more.
         post.response_filter(&mut resp.call()).await.unwrap();
         assert_eq!(acquire(&pre).await, None);
+    }
+
+    /// Issue 11 #5: the gateway's `request_time` may be anything; learning from it must not
+    /// overflow (a panic in debug builds, a wrapped unit delay in release).
+    #[test]
+    fn extreme_latencies_are_capped_not_wrapped() {
+        let slot = Slot {
+            in_flight: AtomicU64::new(1),
+            unit_delay: AtomicU64::new(u64::MAX),
+        };
+        slot.release(Some(u64::MAX));
+        let cap = secs_to_nanos(MAX_DELAY_SECS);
+        assert_eq!(slot.unit_delay.load(Ordering::Relaxed), u64::MAX / 2 + cap / 2);
+        slot.release(Some(u64::MAX));
+        assert!(slot.unit_delay.load(Ordering::Relaxed) <= u64::MAX / 4 + cap);
     }
 
     #[tokio::test(start_paused = true)]

@@ -312,7 +312,6 @@ impl Plugin for LimitCount {
             conf.group.as_deref(),
             env,
         )?;
-        redis::count::check_conf(&storage, conf.sync_interval, conf.window_type == WindowType::Sliding)?;
         reject::check_max_keys(conf.max_keys)?;
         if conf.window_type == WindowType::Sliding && !(1..=1000).contains(&conf.buckets) {
             return Err(ConfError::new(format!(
@@ -383,6 +382,9 @@ impl Plugin for LimitCount {
                 ))
             }
         }
+        let sliding = (conf.window_type == WindowType::Sliding).then_some(conf.buckets);
+        let windows = specs.iter().map(|s| s.window.fixed());
+        let mode = redis::count::check_conf(&storage, conf.sync_interval, sliding, windows)?;
         if conf.group.is_some() && specs.iter().any(|s| s.count.fixed().is_none() || s.window.fixed().is_none()) {
             return Err(ConfError::new(
                 "a `group` shares one quota: `count` and `time_window` must be numbers, not variables",
@@ -465,11 +467,12 @@ impl Plugin for LimitCount {
                 index,
             })
             .collect::<Vec<_>>();
-        let redis = match storage {
-            Storage::Local => None,
-            Storage::Redis(policy) => Some(RedisCount::new(policy, limits.len(), conf.max_keys)),
+        let redis = match (storage, mode) {
+            (Storage::Redis(policy), Some(mode)) => Some(RedisCount::new(policy, mode, limits.len(), conf.max_keys, clock.clone())),
+            _ => None,
         };
-        redis::check_extras(redis.is_some(), per_key.is_some(), warm_up.is_some())?;
+        // Per-key counts and patterns only pick the key and its count: they hold on Redis too.
+        redis::check_extras(redis.is_some(), false, warm_up.is_some())?;
         Ok(LimitCount {
             limits,
             rules,
@@ -538,7 +541,7 @@ impl Plugin for LimitCount {
         for Planned { limit, key, quota } in plan {
             let now = self.clock.nanos();
             let (v, quota) = if let Some(r) = &self.redis {
-                // Per-key items and warm-up are refused with Redis at prepare.
+                // Warm-up is refused with Redis at prepare.
                 let v = match r.acquire_cached(limit.index, &key, quota, now, limit.fixed()).await {
                     Ok(v) => v,
                     Err(why) if r.policy.fallback_local => {
@@ -649,6 +652,23 @@ mod tests {
         assert!(!c.acquire("k", Q, t0 + 10 * S - 1).admitted);
         let v = c.acquire("k", Q, t0 + 10 * S);
         assert_eq!((v.admitted, v.remaining, v.reset_in), (true, 2, 10 * S));
+    }
+
+    /// Issue 11 #5: the longest windows (and a window past them, refused) never admit a second
+    /// request of a `count` of 1, fixed or sliding.
+    #[tokio::test]
+    async fn huge_windows_never_admit_past_the_count() {
+        for window in ["18446744073", "9007199254740991", "\"18446744073\""] {
+            for kind in ["fixed", "sliding"] {
+                let conf = format!(r#"{{"count": 1, "time_window": {window}, "window_type": "{kind}"}}"#);
+                let p = plugin(&conf, &TestEnv::default().with_clock(Clock::manual())).await.unwrap();
+                let flows = [run(&p, request(Method::Get, "/")).await.0, run(&p, request(Method::Get, "/")).await.0];
+                assert_eq!(flows[0], Flow::Continue, "{conf}");
+                assert!(matches!(&flows[1], Flow::Stop(s) if s.status == 503), "{conf}");
+            }
+        }
+        let e = plugin(r#"{"count": 1, "time_window": 36028797018963968}"#, &TestEnv::default()).await.err().unwrap();
+        assert!(e.message().contains("time_window"), "{e}");
     }
 
     #[test]
@@ -858,3 +878,4 @@ mod tests {
         assert!(e.message().contains("group"), "{e}");
     }
 }
+

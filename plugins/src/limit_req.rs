@@ -35,6 +35,19 @@ use crate::support::warm_up::WarmUp;
 /// The longest delay the plugin may add (APISIX reads the runner's answer for 60 s at most).
 pub const MAX_DELAY_SECS: f64 = 55.0;
 
+/// The slowest `rate` (and specific item rate) accepted: one request per ~11.6 days. APISIX only
+/// asks for a rate above 0; a slower one would make the per-request interval (1/rate in
+/// nanoseconds) leave u64, where an audit found it wrapping to "admit everything".
+pub const MIN_RATE: f64 = 1e-6;
+
+/// The fastest `rate` accepted (a request per nanosecond is the clock's resolution).
+pub const MAX_RATE: f64 = 1e9;
+
+/// Whether `rate` is one the buckets can pace exactly.
+fn rate_in_bounds(rate: f64) -> bool {
+    (MIN_RATE..=MAX_RATE).contains(&rate)
+}
+
 crate::with_redis_fields! {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,7 +127,10 @@ impl Buckets {
             interval,
             max_wait,
             // Once drained a key's cell holds nothing; keep it a little longer than that.
-            keys: KeyedStore::new(max_keys, 2 * (max_wait + interval).max(NANOS_PER_SEC)),
+            keys: KeyedStore::new(
+                max_keys,
+                max_wait.saturating_add(interval).max(NANOS_PER_SEC).saturating_mul(2),
+            ),
         }
     }
 
@@ -133,7 +149,9 @@ impl Buckets {
             let next = if drained_at == 0 {
                 now
             } else {
-                (drained_at + interval).max(now)
+                // Saturating: a slow pace (or a warming key's share of it) must reject, never
+                // wrap round to "drained".
+                drained_at.saturating_add(interval).max(now)
             };
             let excess = next - now;
             if excess > max_wait {
@@ -157,8 +175,11 @@ impl Plugin for LimitReq {
         let fields = conf.take_redis_fields();
         let storage = redis::conf::storage(Self::NAME, &conf.policy, fields, None, env)?;
         reject::check_max_keys(conf.max_keys)?;
-        if !(conf.rate > 0.0 && conf.rate <= 1e9) {
-            return Err(ConfError::new(format!("`rate` must be above 0, got {}", conf.rate)));
+        if !rate_in_bounds(conf.rate) {
+            return Err(ConfError::new(format!(
+                "`rate` must be {MIN_RATE} to {MAX_RATE} requests per second, got {}",
+                conf.rate
+            )));
         }
         if !(conf.burst >= 0.0 && conf.burst.is_finite()) {
             return Err(ConfError::new(format!("`burst` must be 0 or more, got {}", conf.burst)));
@@ -176,11 +197,11 @@ impl Plugin for LimitReq {
             conf.match_strategy,
             conf.pattern,
             conf.unmatched,
-            |k, r| match *r > 0.0 && *r <= 1e9 && (conf.nodelay || burst / r <= MAX_DELAY_SECS) {
+            |k, r| match rate_in_bounds(*r) && (conf.nodelay || burst / r <= MAX_DELAY_SECS) {
                 true => Ok(()),
                 false => Err(ConfError::field(
                     &format!("specific_items.{k}"),
-                    format!("a rate above 0 (and with `burst` at most {MAX_DELAY_SECS} s of delay), got {r}"),
+                    format!("a rate of {MIN_RATE} to {MAX_RATE} (and with `burst` at most {MAX_DELAY_SECS} s of delay), got {r}"),
                 )),
             },
         )?;
@@ -293,6 +314,34 @@ mod tests {
         assert_eq!(b.acquire("other", t), Ok(0));
         // Long idle: back to no excess (resty clamps at 0).
         assert_eq!(b.acquire("k", t + 10 * NANOS_PER_SEC), Ok(0));
+    }
+
+    /// Issue 11 #5: a pace slower than u64 nanoseconds hold rejects; it must not wrap round to
+    /// "drained" and admit everything.
+    #[test]
+    fn the_slowest_paces_saturate_instead_of_wrapping() {
+        let t = 1000 * NANOS_PER_SEC;
+        for b in [Buckets::new(1e-12, 0.0, 100), Buckets::new(MIN_RATE, 1e300, 100)] {
+            assert_eq!(b.acquire("k", t), Ok(0));
+            assert!(b.acquire_at("k", t, u64::MAX, 0).is_err(), "a warming key's slowest pace");
+        }
+        let b = Buckets::new(1e-12, 0.0, 100);
+        b.acquire("k", t).unwrap();
+        assert!(b.acquire("k", t + NANOS_PER_SEC).is_err());
+    }
+
+    #[test]
+    fn rates_out_of_bounds_are_refused() {
+        for conf in [
+            r#"{"rate": 1e-12, "burst": 0}"#,
+            r#"{"rate": 0, "burst": 0}"#,
+            r#"{"rate": 2e9, "burst": 0}"#,
+            r#"{"rate": 1, "burst": 0, "specific_items": {"a": 1e-12}}"#,
+        ] {
+            let e = plugin(conf, &TestEnv::default()).err().unwrap();
+            assert!(e.message().contains("rate") || e.message().contains("specific_items"), "{conf}: {e}");
+        }
+        assert!(plugin(r#"{"rate": 0.000001, "burst": 0}"#, &TestEnv::default()).is_ok());
     }
 
     #[test]

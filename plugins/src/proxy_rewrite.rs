@@ -31,7 +31,7 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::restriction;
+use crate::support::patterns::Budget;
 use crate::support::few::Few;
 use crate::support::template::{self, Template};
 use ext_plugin_sdk::*;
@@ -164,11 +164,31 @@ impl SubTemplate {
                     }
                     out.push_str(s);
                 }
-                SubPart::Capture(n) => out.push_str(caps.get(*n).copied().flatten().unwrap_or("")),
+                SubPart::Capture(n) => path_value(caps.get(*n).copied().flatten().unwrap_or(""), out),
             }
         }
         query
     }
+}
+
+/// Appends a value from the request (a variable, a capture of the decoded path) to a path:
+/// what would end the path (`?`, `#`) is percent-encoded, so it stays a literal part of this
+/// path segment. Other bytes, control bytes included, stay raw: the path crosses the socket
+/// raw and the gateway escapes it (APISIX's own proxy-rewrite3.t expects a CR LF from the
+/// client to reach the upstream as such, escaped on the wire).
+fn path_value(v: &str, out: &mut String) {
+    for c in v.chars() {
+        match c {
+            '?' => out.push_str("%3F"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Whether a path holds a `.` or `..` segment.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// A header name: an HTTP token, sent lower-cased.
@@ -357,17 +377,20 @@ impl Plugin for ProxyRewrite {
                     "`regex_uri` must be pairs: [regex, replacement, regex, replacement, ...]",
                 ))
             }
-            Some(list) => list
+            Some(list) => {
+                let mut budget = Budget::default();
+                list
                 .chunks(2)
                 .enumerate()
                 .map(|(i, pair)| {
-                    let re = restriction::regex(&format!("regex_uri[{}]", 2 * i), &pair[0])?;
+                    let re = budget.regex(&format!("regex_uri[{}]", 2 * i), &pair[0], false)?;
                     let sub = SubTemplate::parse(&pair[1]).map_err(|why| {
                         ConfError::new(format!("`regex_uri[{}]` {:?}: {why}", 2 * i + 1, pair[1]))
                     })?;
                     Ok((re, sub))
                 })
-                .collect::<Result<_, ConfError>>()?,
+                .collect::<Result<_, ConfError>>()?
+            }
         };
         let host = match conf.host {
             Some(h) if !valid_host(&h) => {
@@ -393,10 +416,7 @@ impl Plugin for ProxyRewrite {
         if let Some(uri) = &self.uri {
             // A `?` in a value is escaped (it belongs to the path), as APISIX escapes it, so a
             // `?` left in the text was written in the template and starts the query.
-            let text = uri
-                .render_escaped(call, |v, out| out.push_str(&v.replace('?', "%3F")))
-                .await?
-                .text;
+            let text = uri.render_escaped(call, path_value).await?.text;
             let at = text.find('?');
             path = Some((text, at));
         } else {
@@ -407,12 +427,23 @@ impl Plugin for ProxyRewrite {
                 Some((t, m.start(), m.end(), c.iter().map(|g| g.map(|g| g.as_str().to_owned())).collect::<Vec<_>>()))
             });
             if let Some((template, start, end, caps)) = hit {
-                let mut text = current[..start].to_owned();
+                // The path around the match is the request's too, and escaped alike.
+                let mut text = String::with_capacity(current.len() + 16);
+                path_value(&current[..start], &mut text);
                 let borrowed: Vec<Option<&str>> = caps.iter().map(|c| c.as_deref()).collect();
                 let at = template.render(&borrowed, &mut text);
-                text.push_str(&current[end..]);
+                path_value(&current[end..], &mut text);
                 captured = caps;
                 path = Some((text, at));
+            }
+        }
+        if let Some((text, query)) = &path {
+            // Escaping cannot help a dot segment (`.` needs none), and an upstream that
+            // normalizes the path would climb out of the prefix the route meant.
+            let from_request = self.uri.as_ref().is_none_or(|u| u.constant().is_none());
+            if from_request && has_dot_segment(&text[..query.unwrap_or(text.len())]) {
+                tracing::debug!("proxy-rewrite: a rendered path holds a dot segment");
+                return Ok(Flow::Stop(Stop::json_message(400, "message", "bad request path")));
             }
         }
         let caps: Vec<Option<&str>> = captured.iter().map(|c| c.as_deref()).collect();
@@ -544,6 +575,39 @@ mod tests {
             .collect()
     }
 
+    /// The path a call rewrote to, or the Stop it answered.
+    async fn path_after(conf: &str, req: ext_plugin_sdk::model::HttpReqCallReq) -> Result<String, Stop> {
+        let p = plugin(conf).unwrap();
+        let mut c = TestCall::new(req);
+        match p.request_filter(&mut c.call()).await.unwrap() {
+            Flow::Stop(s) => Err(s),
+            _ => Ok(c.call().path().to_owned()),
+        }
+    }
+
+    /// Issue 11 #18: decoded client values put CR/LF/NUL into header values and `..`, `?`,
+    /// `#` into the path (control bytes in the path are the gateway's to escape).
+    #[tokio::test]
+    async fn client_values_cannot_break_the_path_or_headers() {
+        let uri = r#"{"uri": "/svc/$arg_x", "headers": {"set": {"X-Echo": "$arg_x"}}}"#;
+        let req = |x: &str| request(Method::Get, "/old").with_arg("x", x);
+        assert_eq!(path_after(uri, req("a?b#c")).await.unwrap(), "/svc/a%3Fb%23c");
+        let set = rewritten(uri, req("v\r\nInjected: 1\0")).await;
+        assert!(set.contains(&("x-echo".into(), Some("v%0D%0AInjected: 1%00".into()))), "{set:?}");
+        for x in ["..", "../../admin", "a/./b", "."] {
+            let s = path_after(uri, req(x)).await.unwrap_err();
+            assert_eq!(s.status, 400, "{x}");
+        }
+        assert_eq!(path_after(uri, req("a..b")).await.unwrap(), "/svc/a..b", "dots inside a segment are fine");
+        // regex_uri captures come from the decoded path.
+        let re = r#"{"regex_uri": ["^/api/(.*)", "/svc/$1"]}"#;
+        let at = |p: &str| request(Method::Get, p);
+        assert_eq!(path_after(re, at("/api/a?b#c")).await.unwrap(), "/svc/a%3Fb%23c");
+        assert_eq!(path_after(re, at("/api/../../etc")).await.unwrap_err().status, 400);
+        // The operator's own constant path is theirs.
+        assert_eq!(path_after(r#"{"uri": "/a/../b"}"#, at("/x")).await.unwrap(), "/a/../b");
+    }
+
     #[tokio::test]
     async fn add_keeps_every_incoming_value() {
         let conf = r#"{"headers": {"add": {"test": "123"}, "set": {"test2": "2233"}, "remove": ["hello"]}}"#;
@@ -592,6 +656,6 @@ mod tests {
         );
         let mut out = String::new();
         let at = SubTemplate::parse("/$1?a=$2").unwrap().render(&[None, Some("x?y"), None], &mut out);
-        assert_eq!((out.as_str(), at), ("/x?y?a=", Some(4)), "only a written `?` starts the query");
+        assert_eq!((out.as_str(), at), ("/x%3Fy?a=", Some(6)), "only a written `?` starts the query");
     }
 }

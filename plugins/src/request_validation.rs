@@ -1,7 +1,9 @@
 //! `request-validation` (docs/plugins/security.md): JSON Schema (draft 7) checks of headers and body.
 //!
 //! Conf: `{"header_schema": {...}, "body_schema": {...}, "rejected_code": 400, "rejected_msg":
-//! "bad request", "max_req_body_size": 67108864, "rejected_headers": []}`; at least one schema.
+//! "bad request", "max_req_body_size": 1048576, "rejected_headers": []}`; at least one schema.
+//! `max_req_body_size` defaults to 1 MiB, nginx's own `client_max_body_size` default (APISIX
+//! itself leaves the bound to nginx).
 //! `rejected_msg` is 1 to 256 characters. Schemas are draft 7, with APISIX's Lua types `table`
 //! (object or array) and `function` (nothing) translated.
 //!
@@ -14,8 +16,10 @@
 //!   differently; for the same reason a JSON body that passes is forwarded re-serialized
 //!   (`Rewrite{body}`), as APISIX does.
 //! * Reject: `Stop(rejected_code, rejected_headers, rejected_msg)`, or, without
-//!   `rejected_msg`, a plain-text message naming the failing field, e.g. `property "/age"
-//!   validation failed: "x" is not of type "integer"`.
+//!   `rejected_msg`, a plain-text message naming the failing field and schema keyword only, e.g.
+//!   `property "/age" validation failed: keyword "type"`. Never the request's values: the
+//!   answer goes back to whoever sent them, but also into logs and through caches, and a
+//!   keyword such as `maxProperties` would otherwise quote every header, cookies included.
 
 use jsonschema::Validator;
 use percent_encoding::percent_decode_str;
@@ -55,8 +59,9 @@ fn default_code() -> u16 {
     400
 }
 
+/// nginx's `client_max_body_size` default; a gateway rarely forwards more to a validator.
 fn default_max_body() -> usize {
-    64 * 1024 * 1024
+    1024 * 1024
 }
 
 /// APISIX's schema library knows two Lua types besides JSON's: `table` (an object or an array)
@@ -163,14 +168,16 @@ fn is_form(content_type: Option<&str>) -> bool {
     })
 }
 
-/// The first schema violation, naming the field.
+/// The first schema violation: where (the instance path) and which keyword failed. The
+/// library's own message quotes the offending values, which are the request's.
 fn violation(validator: &Validator, instance: &Value) -> Option<String> {
     let e = validator.validate(instance).err()?;
     let path = e.instance_path().to_string();
+    let keyword = e.kind().keyword();
     Some(if path.is_empty() {
-        e.to_string()
+        format!("validation failed: keyword \"{keyword}\"")
     } else {
-        format!("property \"{path}\" validation failed: {e}")
+        format!("property \"{path}\" validation failed: keyword \"{keyword}\"")
     })
 }
 
@@ -320,8 +327,26 @@ mod tests {
             "type": "object", "required": ["name"],
             "properties": {"age": {"type": "integer"}}})).unwrap();
         let msg = violation(&v, &json!({"name": "a", "age": "x"})).unwrap();
-        assert_eq!(msg, r#"property "/age" validation failed: "x" is not of type "integer""#);
-        assert_eq!(violation(&v, &json!({})).unwrap(), r#""name" is a required property"#);
+        assert_eq!(msg, r#"property "/age" validation failed: keyword "type""#);
+        assert_eq!(violation(&v, &json!({})).unwrap(), r#"validation failed: keyword "required""#);
         assert!(violation(&v, &json!({"name": "a", "age": 3})).is_none());
+    }
+
+    /// Issue 11 #14: a `maxProperties` failure quoted every header, bearer tokens and cookies
+    /// included, back into the error body.
+    #[test]
+    fn violations_never_quote_the_request() {
+        let v = jsonschema::draft7::new(&json!({"maxProperties": 1, "properties": {
+            "a": {"enum": ["x"]}, "n": {"maximum": 10}, "p": {"pattern": "^z"}}})).unwrap();
+        for instance in [
+            json!({"authorization": "Bearer SECRET-1", "cookie": "session=SECRET-2"}),
+            json!({"a": "SECRET-3"}),
+            json!({"n": 7_654_321}),
+            json!({"p": "SECRET-4"}),
+        ] {
+            let msg = violation(&v, &instance).unwrap();
+            assert!(!msg.contains("SECRET") && !msg.contains("7654321"), "{msg}");
+            assert!(msg.contains("keyword"), "{msg}");
+        }
     }
 }

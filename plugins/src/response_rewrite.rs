@@ -41,6 +41,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::support::expr::Expr;
+use crate::support::patterns::{self, Budget};
 use crate::support::template::{self, Part};
 use crate::support::reject::is_token;
 use crate::support::vars::ResponseVars;
@@ -153,6 +154,8 @@ impl Plugin for ResponseRewrite {
             return Err(ConfError::field("max_resp_body_size", "must be at least 1"));
         }
         let body = prepare_body(conf.body.as_deref(), conf.body_base64)?;
+        // The filters' regexes and `vars` draw on one budget.
+        let mut budget = Budget::default();
         let filters = match conf.filters {
             None => Vec::new(),
             Some(f) if f.is_empty() => {
@@ -161,14 +164,14 @@ impl Plugin for ResponseRewrite {
             Some(f) => f
                 .into_iter()
                 .enumerate()
-                .map(|(i, f)| prepare_filter(i, f))
+                .map(|(i, f)| prepare_filter(i, f, &mut budget))
                 .collect::<Result<_, _>>()?,
         };
         let vars = match &conf.vars {
             None => None,
             Some(v) => {
                 check_rules(v)?;
-                Some(Expr::parse(v).map_err(|e| ConfError::field("vars", e))?)
+                Some(Expr::parse(v, &mut budget).map_err(|e| ConfError::field("vars", e))?)
             }
         };
         let headers = match &conf.headers {
@@ -345,7 +348,7 @@ fn prepare_body(body: Option<&str>, base64: bool) -> Result<Option<Bytes>, ConfE
     Ok(Some(Bytes::from(bytes)))
 }
 
-fn prepare_filter(i: usize, f: FilterConf) -> Result<Filter, ConfError> {
+fn prepare_filter(i: usize, f: FilterConf, budget: &mut Budget) -> Result<Filter, ConfError> {
     let field = format!("filters[{i}]");
     let regex = f.regex.ok_or_else(|| ConfError::field(&field, "`regex` is required"))?;
     let replace = f.replace.ok_or_else(|| ConfError::field(&field, "`replace` is required"))?;
@@ -377,6 +380,8 @@ fn prepare_filter(i: usize, f: FilterConf) -> Result<Filter, ConfError> {
             }
         }
     }
+    budget.fancy(&format!("{field}.regex"), &mut builder)?;
+    patterns::check_len(&format!("{field}.regex"), &regex)?;
     let regex = builder
         .build()
         .map_err(|e| ConfError::field(&format!("{field}.regex"), format!("{regex:?}: {e}")))?;

@@ -21,7 +21,7 @@
 //!   path}`. A client-sent tag header is replaced, or deleted when no rule matches; with
 //!   `keep_incoming` a non-empty incoming tag is kept and the rules are skipped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -29,12 +29,30 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::restriction;
 use super::support::expr::Expr;
+use super::support::patterns::{self, Budget};
 use ext_plugin_sdk::*;
 
 /// Longest precomputed round-robin sequence (sum of weights over their gcd).
 const MAX_SEQUENCE: u64 = 10_000;
+
+/// Bounds on what a conf may ask for (APISIX's traffic-split sets none). Building a rule's
+/// sequence costs tags × sequence length, so an audit's 4 rules × 65 000 tags took 76 s; with
+/// these bounds the worst conf builds 64 × 64 × 10 000 steps.
+pub(crate) const MAX_RULES: usize = 64;
+/// Most `weighted_tags` in one rule.
+pub(crate) const MAX_TAGS: usize = 64;
+/// Most entries of one rule's `match` or `http_match`, and of one `http_match` entry's
+/// `headers` or `queryParams`.
+pub(crate) const MAX_MATCHES: usize = 32;
+
+/// `Err` naming `field` when `len` is past `max`.
+fn check_len(field: &str, len: usize, max: usize) -> Result<(), ConfError> {
+    if len > max {
+        return Err(ConfError::new(format!("`{field}` holds {len} entries; at most {max}")));
+    }
+    Ok(())
+}
 
 pub struct TrafficTag {
     tag_header: Text,
@@ -140,14 +158,14 @@ fn default_header() -> String {
 }
 
 impl StringMatch {
-    fn new(field: &str, c: StringMatchConf) -> Result<StringMatch, ConfError> {
+    fn new(field: &str, c: StringMatchConf, budget: &mut Budget) -> Result<StringMatch, ConfError> {
         match (c.exact, c.prefix, c.regex) {
             (Some(e), None, None) => Ok(StringMatch::Exact(e)),
             (None, Some(p), None) => Ok(StringMatch::Prefix(p)),
-            (None, None, Some(r)) => Ok(StringMatch::Regex(restriction::regex(
-                field,
-                &format!("^(?:{r})$"),
-            )?)),
+            (None, None, Some(r)) => {
+                patterns::check_len(field, &r)?;
+                Ok(StringMatch::Regex(budget.regex(field, &format!("^(?:{r})$"), false)?))
+            }
             _ => Err(ConfError::new(format!(
                 "`{field}` needs exactly one of `exact`, `prefix`, `regex`"
             ))),
@@ -165,11 +183,12 @@ impl StringMatch {
 }
 
 impl HttpMatch {
-    fn new(field: &str, c: HttpMatchConf) -> Result<HttpMatch, ConfError> {
-        let map = |kind: &str, m: BTreeMap<String, StringMatchConf>, lower: bool| {
+    fn new(field: &str, c: HttpMatchConf, budget: &mut Budget) -> Result<HttpMatch, ConfError> {
+        let mut map = |kind: &str, m: BTreeMap<String, StringMatchConf>, lower: bool| {
+            check_len(&format!("{field}.{kind}"), m.len(), MAX_MATCHES)?;
             m.into_iter()
                 .map(|(k, v)| {
-                    let m = StringMatch::new(&format!("{field}.{kind}.{k}"), v)?;
+                    let m = StringMatch::new(&format!("{field}.{kind}.{k}"), v, budget)?;
                     let k = if lower { k.to_ascii_lowercase() } else { k };
                     Ok((Text::from(k), m))
                 })
@@ -178,8 +197,8 @@ impl HttpMatch {
         Ok(HttpMatch {
             headers: map("headers", c.headers, true)?,
             query: map("queryParams", c.query_params, false)?,
-            uri: c.uri.map(|u| StringMatch::new(&format!("{field}.uri"), u)).transpose()?,
-            method: c.method.map(|m| StringMatch::new(&format!("{field}.method"), m)).transpose()?,
+            uri: c.uri.map(|u| StringMatch::new(&format!("{field}.uri"), u, budget)).transpose()?,
+            method: c.method.map(|m| StringMatch::new(&format!("{field}.method"), m, budget)).transpose()?,
         })
     }
 
@@ -244,8 +263,16 @@ fn stable_hash(s: &str) -> u64 {
     h ^ (h >> 31)
 }
 
-pub(crate) fn rule(i: usize, c: RuleConf) -> Result<Rule, ConfError> {
+/// One rule; its regexes count against `budget`, the conf's.
+pub(crate) fn rule(i: usize, c: RuleConf, budget: &mut Budget) -> Result<Rule, ConfError> {
     let field = format!("rules[{i}]");
+    if let Some(m) = &c.match_ {
+        check_len(&format!("{field}.match"), m.len(), MAX_MATCHES)?;
+    }
+    if let Some(m) = &c.http_match {
+        check_len(&format!("{field}.http_match"), m.len(), MAX_MATCHES)?;
+    }
+    check_len(&format!("{field}.weighted_tags"), c.weighted_tags.len(), MAX_TAGS)?;
     let matcher = match (c.match_, c.http_match) {
         (Some(_), Some(_)) => {
             return Err(ConfError::new(format!(
@@ -254,19 +281,19 @@ pub(crate) fn rule(i: usize, c: RuleConf) -> Result<Rule, ConfError> {
         }
         (Some(m), None) => Matcher::Vars(
             m.iter()
-                .map(|v| Expr::parse(&v.vars))
+                .map(|v| Expr::parse(&v.vars, budget))
                 .collect::<Result<_, _>>()
                 .map_err(|e| ConfError::new(format!("`{field}.match`: {e}")))?,
         ),
         (None, Some(h)) => Matcher::Http(
             h.into_iter()
                 .enumerate()
-                .map(|(j, m)| HttpMatch::new(&format!("{field}.http_match[{j}]"), m))
+                .map(|(j, m)| HttpMatch::new(&format!("{field}.http_match[{j}]"), m, budget))
                 .collect::<Result<_, _>>()?,
         ),
         (None, None) => Matcher::Always,
     };
-    if c.weighted_tags.is_empty() || c.weighted_tags.len() > usize::from(u16::MAX) {
+    if c.weighted_tags.is_empty() {
         return Err(ConfError::new(format!("`{field}.weighted_tags` must not be empty")));
     }
     for t in &c.weighted_tags {
@@ -345,16 +372,19 @@ impl Plugin for TrafficTag {
         if conf.rules.is_empty() {
             return Err(ConfError::new("`rules` must not be empty"));
         }
+        check_len("rules", conf.rules.len(), MAX_RULES)?;
+        let mut budget = Budget::default();
         let rules = conf
             .rules
             .into_iter()
             .enumerate()
-            .map(|(i, r)| rule(i, r))
+            .map(|(i, r)| rule(i, r, &mut budget))
             .collect::<Result<Vec<_>, _>>()?;
+        let assigned: HashSet<&str> = rules.iter().flat_map(|r| r.tags.iter().map(|t| &**t)).collect();
         let known = |field: &str, m: BTreeMap<String, String>| {
             m.into_iter()
                 .map(|(tag, v)| {
-                    if !rules.iter().any(|r| r.tags.iter().any(|t| *t == *tag)) {
+                    if !assigned.contains(tag.as_str()) {
                         return Err(ConfError::new(format!(
                             "`{field}` names tag {tag:?}, which no rule assigns"
                         )));
@@ -421,6 +451,43 @@ impl Plugin for TrafficTag {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn prepared(conf: &str) -> Result<TrafficTag, ConfError> {
+        let parsed: TrafficTagConf = serde_json::from_str(conf).map_err(ConfError::from)?;
+        ext_plugin_sdk::harness::TestEnv::default().with("route#1#ext-plugin-pre-req#1", TrafficTag::NAME, conf, &[], |e| {
+            TrafficTag::prepare(parsed, e)
+        })
+    }
+
+    /// Issue 11 #1: 4 rules × 65 000 tags took 76 s (tags × sequence steps per rule); rules,
+    /// tags and matches are bounded now, and the refusal names the field.
+    #[test]
+    fn huge_confs_are_refused_naming_the_field() {
+        let tags = |n: usize| {
+            let list: Vec<_> = (0..n).map(|i| serde_json::json!({"tag": format!("t{i}"), "weight": u32::from(i == 0)})).collect();
+            serde_json::to_string(&list).unwrap()
+        };
+        let rule = format!(r#"{{"weighted_tags": {}}}"#, tags(65_000));
+        let e = prepared(&format!(r#"{{"rules": [{rule}, {rule}, {rule}, {rule}]}}"#)).err().unwrap();
+        assert!(e.message().contains("`rules[0].weighted_tags`") && e.message().contains("at most 64"), "{e}");
+        let rule = format!(r#"{{"weighted_tags": {}}}"#, tags(MAX_TAGS));
+        let rules = vec![rule.as_str(); MAX_RULES + 1].join(",");
+        let e = prepared(&format!(r#"{{"rules": [{rules}]}}"#)).err().unwrap();
+        assert!(e.message().contains("`rules`") && e.message().contains("at most 64"), "{e}");
+        let matches = vec![r#"{"vars": [["arg_a", "==", "1"]]}"#; MAX_MATCHES + 1].join(",");
+        let e = prepared(&format!(r#"{{"rules": [{{"match": [{matches}], "weighted_tags": [{{"tag": "a", "weight": 1}}]}}]}}"#))
+            .err()
+            .unwrap();
+        assert!(e.message().contains("`rules[0].match`"), "{e}");
+        let regexes = vec![r#"{"uri": {"regex": "/a"}}"#; MAX_MATCHES].join(",");
+        let rule = format!(r#"{{"http_match": [{regexes}], "weighted_tags": [{{"tag": "a", "weight": 1}}]}}"#);
+        let e = prepared(&format!(r#"{{"rules": [{rule}, {rule}]}}"#)).err().unwrap();
+        assert!(e.message().contains("more than 32 regexes"), "{e}");
+        // At the bounds, a conf prepares.
+        let rule = format!(r#"{{"weighted_tags": {}}}"#, tags(MAX_TAGS));
+        let rules = vec![rule.as_str(); MAX_RULES].join(",");
+        assert!(prepared(&format!(r#"{{"rules": [{rules}]}}"#)).is_ok());
+    }
 
     #[test]
     fn smooth_round_robin_interleaves() {

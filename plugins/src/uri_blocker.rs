@@ -12,6 +12,8 @@
 use regex::RegexSet;
 use serde::Deserialize;
 
+use crate::support::patterns::Budget;
+
 use super::restriction::{self, RejectedHeader};
 use ext_plugin_sdk::*;
 
@@ -56,7 +58,7 @@ impl Plugin for UriBlocker {
             None => Stop::new(conf.rejected_code),
         };
         Ok(UriBlocker {
-            rules: restriction::regex_set("block_rules", &conf.block_rules, conf.case_insensitive)?,
+            rules: Budget::default().set("block_rules", &conf.block_rules, conf.case_insensitive)?,
             reject: restriction::with_headers(reject, conf.rejected_headers)?,
         })
     }

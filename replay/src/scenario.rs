@@ -387,8 +387,8 @@ impl RequestClass {
                     src_ip: self.src_ip(rng),
                     method: Method::parse(&self.method).expect("validated"),
                     path: self.path.clone().into(),
-                    args,
-                    headers,
+                    args: args.into(),
+                    headers: headers.into(),
                     conf_token: token,
                     extra_info: Vec::new(),
                 };

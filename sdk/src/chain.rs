@@ -129,6 +129,12 @@ impl Chain {
         &self.key
     }
 
+    /// The key as the chain holds it: a clone shares its storage, so a host that indexes
+    /// chains by key keeps one copy of each key, not two.
+    pub fn key_text(&self) -> &Text {
+        &self.key
+    }
+
     /// The route part of the key (`route#1` of `route#1#ext-plugin-pre-req#12`), as
     /// [`PrepareEnv::route`](crate::PrepareEnv::route) gives it.
     pub fn route(&self) -> &str {

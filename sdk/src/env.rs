@@ -66,8 +66,7 @@ pub struct PrepareEnv<'a> {
     pub(crate) held: Vec<Held>,
 }
 
-/// A state value as the chain that asked for it keeps it.
-pub(crate) type Held = Arc<dyn Any + Send + Sync>;
+pub(crate) use crate::state::Held;
 
 impl PrepareEnv<'_> {
     /// The `prepare_conf` key, e.g. `route#1#ext-plugin-pre-req#12`.
@@ -120,7 +119,10 @@ impl PrepareEnv<'_> {
     /// live chain asked for such state yet.
     ///
     /// The state lives as long as any prepared chain that asked for it, whatever the plugin
-    /// keeps: the returned `Arc`, a field cloned out of it, or nothing.
+    /// keeps: the returned `Arc`, a field cloned out of it, or nothing. When the last such
+    /// chain goes (evicted from the runner's conf cache, say), the runner may keep the state a
+    /// while longer, so that the route prepared again finds it (see
+    /// [`StateRegistry::retaining`](crate::host::StateRegistry::retaining)).
     pub fn state<T: Any + Send + Sync>(&mut self, init: impl FnOnce() -> T) -> Arc<T> {
         let key = ScopeKey::Route {
             route: self.route().to_owned(),
@@ -146,8 +148,8 @@ impl PrepareEnv<'_> {
     }
 
     /// Keeps `value` with the chain being prepared.
-    fn hold<T: Any + Send + Sync>(&mut self, value: Arc<T>) -> Arc<T> {
-        self.held.push(value.clone());
+    fn hold<T: Any + Send + Sync>(&mut self, (value, held): (Arc<T>, Held)) -> Arc<T> {
+        self.held.push(held);
         value
     }
 }

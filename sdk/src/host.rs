@@ -14,5 +14,5 @@
 pub use crate::chain::{ChainFailure, ChainObserver, Decision, Phase};
 pub use crate::request::CallState;
 pub use crate::response::{is_hop_by_hop, RespState};
-pub use crate::state::StateRegistry;
+pub use crate::state::{Retention, StateRegistry};
 pub use crate::vars::GatewayVars;

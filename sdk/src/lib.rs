@@ -95,6 +95,7 @@
 
 mod chain;
 mod clock;
+mod entries;
 mod env;
 mod error;
 mod extensions;

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 
+pub use crate::entries::{Entries, Entry, OutsideFrame};
 use crate::text::Text;
 
 /// A name with an optional value. An absent value differs from an empty one: on input a bare
@@ -156,8 +157,10 @@ pub struct HttpReqCallReq {
     pub src_ip: Option<IpAddr>,
     pub method: Method,
     pub path: Text,
-    pub args: Vec<Pair>,
-    pub headers: Vec<Pair>,
+    /// Read from the frame when a plugin asks (see [`Entries`]).
+    pub args: Entries,
+    /// Read from the frame when a plugin asks (see [`Entries`]).
+    pub headers: Entries,
     pub conf_token: u32,
     /// Variables pushed up front (Cap'n Proto only; FlatBuffers has no such field).
     pub extra_info: Vec<DataPair>,

@@ -120,14 +120,14 @@ impl<'c> RequestCall<'c> {
         self.req
             .headers
             .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| h.value.as_deref())
+            .find(|h| h.name_eq_ignore_case(name))
+            .and_then(|h| h.value())
     }
 
     /// Every value of header `name` (any case), as rewritten so far.
     pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {
         let rewritten = last_named(&self.state.rewrite.headers, name);
-        let original = rewritten.is_none().then_some(&self.req.headers[..]);
+        let original = rewritten.is_none().then_some(&self.req.headers);
         rewritten
             .and_then(|p| p.value.as_deref())
             .into_iter()
@@ -135,8 +135,8 @@ impl<'c> RequestCall<'c> {
                 original
                     .into_iter()
                     .flatten()
-                    .filter(move |h| h.name.eq_ignore_ascii_case(name))
-                    .filter_map(|h| h.value.as_deref()),
+                    .filter(move |h| h.name_eq_ignore_case(name))
+                    .filter_map(|h| h.value()),
             )
     }
 
@@ -145,41 +145,45 @@ impl<'c> RequestCall<'c> {
     /// removed, then the ones plugins set.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         let rewritten = &self.state.rewrite.headers;
-        self.req
+        let kept = self
+            .req
             .headers
             .iter()
-            .filter(move |h| {
-                !rewritten
-                    .iter()
-                    .any(|r| r.name.eq_ignore_ascii_case(&h.name))
-            })
-            .chain(rewritten.iter())
-            .filter_map(|h| Some((h.name.as_str(), h.value.as_deref()?)))
+            .filter(move |h| !rewritten.iter().any(|r| h.name_eq_ignore_case(&r.name)))
+            .filter_map(|h| Some((h.name(), h.value()?)));
+        let set = rewritten
+            .iter()
+            .filter_map(|h| Some((h.name.as_str(), h.value.as_deref()?)));
+        kept.chain(set)
     }
 
     /// The request headers exactly as the gateway sent them, before any plugin of this chain
     /// changed them: names lower-cased, repeats kept, in order.
+    ///
+    /// The first call in a call makes the list (one allocation); [`RequestCall::header`] and
+    /// [`RequestCall::headers`] read the frame without one.
     pub fn original_headers(&self) -> &[Pair] {
-        &self.req.headers
+        self.req.headers.as_pairs()
     }
 
     /// The first value of query argument `name`, as rewritten so far; a bare flag (`?debug`) is
     /// `Some("")`.
     pub fn arg(&self, name: &str) -> Option<&str> {
-        self.arg_entry(name).map(|v| v.map_or("", Text::as_str))
+        if let Some(p) = self.state.rewrite.args.iter().find(|a| a.name == *name) {
+            // A rewrite's entry without a value is a deletion.
+            return p.value.as_deref();
+        }
+        let a = self.req.args.iter().find(|a| a.name_is(name))?;
+        Some(a.value().unwrap_or(""))
     }
 
-    /// The entry that decides argument `name`'s first value: a rewrite's, else the request's.
-    /// `Some(None)` is a bare flag (or a deleted argument, which reads as missing).
-    fn arg_entry(&self, name: &str) -> Option<Option<&Text>> {
+    /// [`RequestCall::arg`] as a [`Text`] sharing the frame or the rewrite.
+    fn arg_text(&self, name: &str) -> Option<Text> {
         if let Some(p) = self.state.rewrite.args.iter().find(|a| a.name == *name) {
-            return p.value.as_ref().map(Some);
+            return p.value.clone();
         }
-        self.req
-            .args
-            .iter()
-            .find(|a| a.name == *name)
-            .map(|a| a.value.as_ref())
+        let a = self.req.args.iter().find(|a| a.name_is(name))?;
+        Some(a.value_text().unwrap_or_default())
     }
 
     /// The query arguments as rewritten so far, in order: `(name, value)`, decoded, repeats
@@ -191,8 +195,8 @@ impl<'c> RequestCall<'c> {
             .req
             .args
             .iter()
-            .filter(move |a| !rewritten.iter().any(|r| r.name == a.name))
-            .map(|a| (a.name.as_str(), a.value.as_deref()));
+            .filter(move |a| !rewritten.iter().any(|r| a.name_is(&r.name)))
+            .map(|a| (a.name(), a.value()));
         // In a rewrite an entry without a value deletes the argument.
         let set = rewritten
             .iter()
@@ -201,9 +205,10 @@ impl<'c> RequestCall<'c> {
     }
 
     /// The query arguments exactly as the gateway sent them: decoded, repeats kept, in order; a
-    /// bare flag has no value.
+    /// bare flag has no value. Made on the first call in a call, as
+    /// [`RequestCall::original_headers`].
     pub fn original_args(&self) -> &[Pair] {
-        &self.req.args
+        self.req.args.as_pairs()
     }
 
     /// The consumer an authentication plugin earlier in the chain identified.
@@ -284,13 +289,13 @@ impl<'c> RequestCall<'c> {
                 encode_path(&self.req.path, &mut s);
                 if !self.req.args.is_empty() {
                     s.push('?');
-                    encode_args(&self.req.args, &mut s);
+                    encode_args(self.req.args.as_pairs(), &mut s);
                 }
                 Some(s.into())
             }
             "args" => {
                 let mut s = String::new();
-                encode_args(&self.req.args, &mut s);
+                encode_args(self.req.args.as_pairs(), &mut s);
                 Some(s.into())
             }
             "host" => self.header("host").map(|h| {
@@ -307,7 +312,7 @@ impl<'c> RequestCall<'c> {
             },
             _ => {
                 if let Some(arg) = name.strip_prefix("arg_") {
-                    self.arg_entry(arg).map(|v| v.cloned().unwrap_or_default())
+                    self.arg_text(arg)
                 } else if let Some(header) = name.strip_prefix("http_") {
                     self.joined_header(header)
                 } else if let Some(cookie) = name.strip_prefix("cookie_") {
@@ -321,23 +326,18 @@ impl<'c> RequestCall<'c> {
 
     /// Cookie `name` from the (possibly rewritten) `Cookie` headers, sharing their storage.
     fn cookie(&self, name: &str) -> Option<Text> {
-        let rewritten = last_named(&self.state.rewrite.headers, "cookie");
-        let headers: Box<dyn Iterator<Item = &Text>> = match rewritten {
-            Some(p) => Box::new(p.value.iter()),
-            None => Box::new(
-                self.req
-                    .headers
-                    .iter()
-                    .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-                    .filter_map(|h| h.value.as_ref()),
-            ),
-        };
-        for header in headers {
-            if let Some(v) = cookie_value(header, name) {
-                return Some(header.slice_ref(v));
-            }
+        if let Some(p) = last_named(&self.state.rewrite.headers, "cookie") {
+            let header = p.value.as_ref()?;
+            return cookie_value(header, name).map(|v| header.slice_ref(v));
         }
-        None
+        self.req
+            .headers
+            .iter()
+            .filter(|h| h.name_eq_ignore_case("cookie"))
+            .find_map(|h| {
+                let header = h.value_text()?;
+                cookie_value(&header, name).map(|v| header.slice_ref(v))
+            })
     }
 
     /// Header values for an `http_*` variable, joined with `, ` as nginx joins repeats.
@@ -356,11 +356,11 @@ impl<'c> RequestCall<'c> {
             .req
             .headers
             .iter()
-            .filter(|h| header_matches_var(&h.name, var))
-            .filter_map(|h| h.value.as_ref());
-        let first = values.next()?;
+            .filter(|h| header_matches_var(h.name(), var));
+        let first = values.by_ref().find_map(|h| h.value_text())?;
+        let mut values = values.filter_map(|h| h.value());
         match values.next() {
-            None => Some(first.clone()),
+            None => Some(first),
             Some(second) => {
                 let mut joined = format!("{first}, {second}");
                 for v in values {
@@ -425,8 +425,8 @@ impl<'c> RequestCall<'c> {
                 self.req
                     .args
                     .iter()
-                    .filter(|a| a.name == pair.name)
-                    .cloned(),
+                    .filter(|a| a.name_is(&pair.name))
+                    .map(|a| a.to_pair()),
             );
         }
         args.push(pair);

@@ -2,10 +2,12 @@
 //! `schema/ext-plugin.fbs`, docs/protocol.md §7).
 //!
 //! A payload is one finished buffer: root offset at byte 0, no size prefix, no file identifier.
-//! Every incoming buffer goes through the `flatbuffers` crate's verifier (`schema`) before it
-//! is read (`table`); strings come out as [`Text`] slices of the payload, so decoding copies
-//! nothing. Replies are built with the crate's `FlatBufferBuilder`, kept per connection so its
-//! buffer is reused from reply to reply.
+//! The runner reads incoming buffers with its own bounds-checked reader (`table`), field by
+//! field as it needs them, without an upfront verification of the whole buffer; a call's
+//! headers and arguments are only located ([`Entries`]), their text read when a plugin asks.
+//! Strings come out as [`Text`] slices of the payload, so decoding copies nothing. Replies are
+//! built with the crate's `FlatBufferBuilder`, kept per connection so its buffer is reused from
+//! reply to reply.
 //!
 //! Wire quirks kept here: an absent `TextEntry.value` is `None` (a bare flag / a deletion); an
 //! absent `ExtraInfo.Resp.result` is `None`, an empty one `Some("")`; `Rewrite.body` and
@@ -25,15 +27,15 @@ use ::flatbuffers::{
 };
 use bytes::Bytes;
 
-use super::{DecodeError, Protocol, RunnerCodec};
+use super::{too_many, DecodeError, Protocol, RunnerCodec, MAX_ENTRIES};
 use crate::model::{
-    ip_from_bytes, ErrorCode, ExtraInfoReq, ExtraInfoResp, HttpReqCallReq, HttpReqCallResp,
-    HttpRespCallReq, HttpRespCallResp, Method, Pair, PrepareConfReq, PrepareConfResp, ReqAction,
-    Rewrite, Stop,
+    ip_from_bytes, Entries, ErrorCode, ExtraInfoReq, ExtraInfoResp, HttpReqCallReq,
+    HttpReqCallResp, HttpRespCallReq, HttpRespCallResp, Method, Pair, PrepareConfReq,
+    PrepareConfResp, ReqAction, Rewrite, Stop,
 };
 use ext_plugin_sdk::Text;
 use schema::{TextEntry, VERIFIER_OPTIONS};
-use table::Table;
+use table::{Table, Tables};
 
 /// The builder's starting capacity; most replies fit without growing.
 const BUILDER_BYTES: usize = 1024;
@@ -85,12 +87,15 @@ impl FlatBuffersCodec {
         self.fbb.create_vector(b)
     }
 
-    /// A `[TextEntry]` vector of `pairs`; an absent value stays absent.
-    fn entries(&mut self, pairs: &[Pair]) -> WIPOffset<EntryVector> {
+    /// A `[TextEntry]` vector of `(name, value)` pairs; an absent value stays absent.
+    fn entries<'p>(
+        &mut self,
+        pairs: impl IntoIterator<Item = (&'p str, Option<&'p str>)>,
+    ) -> WIPOffset<EntryVector> {
         self.entries.clear();
-        for pair in pairs {
-            let name = self.fbb.create_string(pair.name.as_str());
-            let value = pair.value.as_ref().map(|v| self.fbb.create_string(v));
+        for (name, value) in pairs {
+            let name = self.fbb.create_string(name);
+            let value = value.map(|v| self.fbb.create_string(v));
             let t = self.fbb.start_table();
             self.fbb.push_slot_always(TextEntry::NAME, name);
             if let Some(value) = value {
@@ -104,7 +109,7 @@ impl FlatBuffersCodec {
     /// The entry vector of `pairs`, or `None` when there are none: replies leave empty vectors
     /// out, which the gateway reads the same way.
     fn non_empty_entries(&mut self, pairs: &[Pair]) -> Option<WIPOffset<EntryVector>> {
-        (!pairs.is_empty()).then(|| self.entries(pairs))
+        (!pairs.is_empty()).then(|| self.entries(items(pairs)))
     }
 
     /// A root table holding a single scalar (or nothing, when it equals the default 0).
@@ -125,7 +130,26 @@ impl Default for FlatBuffersCodec {
     }
 }
 
-/// Verifies `payload` as a buffer whose root is a `V`, then reads it with `read`.
+/// `(name, value)` of each pair, as [`FlatBuffersCodec::entries`] writes them.
+fn items(pairs: &[Pair]) -> impl Iterator<Item = (&str, Option<&str>)> {
+    pairs.iter().map(|p| (p.name.as_str(), p.value.as_deref()))
+}
+
+/// Reads `payload` with `read`, every access bounds-checked where it happens ([`table`]): the
+/// runner's decoders walk only the fields they read, never the whole buffer up front.
+fn read<T>(
+    payload: &Bytes,
+    message: &'static str,
+    read: impl FnOnce(Table<'_>) -> Result<T, Reason>,
+) -> Result<T, DecodeError> {
+    Table::root(payload)
+        .map_err(Reason::from)
+        .and_then(read)
+        .map_err(|reason| DecodeError::new(message, reason))
+}
+
+/// Verifies `payload` as a buffer whose root is a `V`, then reads it with `read`: the gateway
+/// side's decoders (tests, the replayer), where a full check of the runner's replies is wanted.
 fn decode<V: Verifiable, T>(
     payload: &Bytes,
     message: &'static str,
@@ -159,6 +183,36 @@ fn read_data(payload: &Bytes, t: &Table<'_>, slot: VOffsetT) -> Result<Option<By
     Ok(t.bytes(slot)?.map(|d| data(payload, d)))
 }
 
+/// The entry tables of a `[TextEntry]` field, refused past [`MAX_ENTRIES`].
+fn entry_tables<'a>(t: &Table<'a>, slot: VOffsetT) -> Result<Tables<'a>, Reason> {
+    let tables = t.tables(slot)?;
+    if tables.len() > MAX_ENTRIES {
+        return Err(too_many(tables.len()));
+    }
+    Ok(tables)
+}
+
+/// Refills `out` with the locations of a `[TextEntry]` field's names and values (see
+/// [`Entries`]); absent reads as empty, an absent name as "". Each entry's table is checked
+/// here, its text only when a plugin reads it.
+fn locate_entries(
+    payload: &Bytes,
+    t: &Table<'_>,
+    slot: VOffsetT,
+    out: &mut Entries,
+) -> Result<(), Reason> {
+    let tables = entry_tables(t, slot)?;
+    out.start(payload, tables.len());
+    for entry in tables {
+        let entry = entry?;
+        let name = entry.bytes(TextEntry::NAME)?.unwrap_or_default();
+        let value = entry.bytes(TextEntry::VALUE)?;
+        out.push_located(name, value)
+            .map_err(|_| Reason::from("entry outside the payload"))?;
+    }
+    Ok(())
+}
+
 /// Refills `out` with a `[TextEntry]` field; absent reads as empty, an absent name as "".
 fn read_entries(
     payload: &Bytes,
@@ -167,7 +221,7 @@ fn read_entries(
     out: &mut Vec<Pair>,
 ) -> Result<(), Reason> {
     out.clear();
-    for entry in t.tables(slot)? {
+    for entry in entry_tables(t, slot)? {
         let entry = entry?;
         out.push(Pair {
             name: read_text(payload, &entry, TextEntry::NAME)?.unwrap_or_default(),
@@ -194,7 +248,7 @@ impl RunnerCodec for FlatBuffersCodec {
         out: &mut PrepareConfReq,
     ) -> Result<(), DecodeError> {
         use schema::PrepareConfReq as S;
-        decode::<S, _>(payload, "PrepareConf.Req", |t| {
+        read(payload, "PrepareConf.Req", |t| {
             out.key = read_text(payload, &t, S::KEY)?.unwrap_or_default();
             read_entries(payload, &t, S::CONF, &mut out.conf)
         })
@@ -206,7 +260,7 @@ impl RunnerCodec for FlatBuffersCodec {
         out: &mut HttpReqCallReq,
     ) -> Result<(), DecodeError> {
         use schema::HttpReqCallReq as S;
-        decode::<S, _>(payload, "HTTPReqCall.Req", |t| {
+        read(payload, "HTTPReqCall.Req", |t| {
             out.id = t.u32(S::ID)?;
             out.conf_token = t.u32(S::CONF_TOKEN)?;
             out.src_ip = ip_from_bytes(t.bytes(S::SRC_IP)?.unwrap_or_default())
@@ -215,8 +269,8 @@ impl RunnerCodec for FlatBuffersCodec {
             out.method = Method::from_u8(method)
                 .ok_or_else(|| format!("method {method} is not in the schema"))?;
             out.path = read_text(payload, &t, S::PATH)?.unwrap_or_default();
-            read_entries(payload, &t, S::ARGS, &mut out.args)?;
-            read_entries(payload, &t, S::HEADERS, &mut out.headers)?;
+            locate_entries(payload, &t, S::ARGS, &mut out.args)?;
+            locate_entries(payload, &t, S::HEADERS, &mut out.headers)?;
             out.extra_info.clear();
             Ok(())
         })
@@ -228,7 +282,7 @@ impl RunnerCodec for FlatBuffersCodec {
         out: &mut HttpRespCallReq,
     ) -> Result<(), DecodeError> {
         use schema::HttpRespCallReq as S;
-        decode::<S, _>(payload, "HTTPRespCall.Req", |t| {
+        read(payload, "HTTPRespCall.Req", |t| {
             out.id = t.u32(S::ID)?;
             out.status = t.u16(S::STATUS)?;
             out.conf_token = t.u32(S::CONF_TOKEN)?;
@@ -238,7 +292,7 @@ impl RunnerCodec for FlatBuffersCodec {
 
     fn decode_extra_info_resp(&self, payload: &Bytes) -> Result<ExtraInfoResp, DecodeError> {
         use schema::ExtraInfoResp as S;
-        decode::<S, _>(payload, "ExtraInfo.Resp", |t| {
+        read(payload, "ExtraInfo.Resp", |t| {
             Ok(ExtraInfoResp {
                 result: read_data(payload, &t, S::RESULT)?,
             })

@@ -115,6 +115,18 @@ pub fn detect(payload: &[u8]) -> Option<Protocol> {
     None
 }
 
+/// Entries (headers, query arguments, conf entries) one list of a message may hold; a message
+/// with more is refused as BAD_REQUEST before any is read. Stock APISIX sends at most 100 headers
+/// and 100 arguments (nginx's `get_headers` / `get_uri_args` defaults); without a cap, one
+/// 16 MiB frame of empty headers made a million entries and left their vectors' storage pinned
+/// on the connection (docs/HARDENING.md).
+pub const MAX_ENTRIES: usize = 1024;
+
+/// The reason for a list over [`MAX_ENTRIES`]. Built only on the error path.
+pub(crate) fn too_many(n: usize) -> Cow<'static, str> {
+    format!("{n} entries in one list, more than {MAX_ENTRIES}").into()
+}
+
 /// A payload that could not be decoded. Built only on the error path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("undecodable {message} payload: {reason}")]

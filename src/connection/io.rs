@@ -2,7 +2,9 @@
 //! queueing and sending replies, and the runner's side of an `extra_info` exchange.
 
 use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,8 +14,9 @@ use tracing::warn;
 
 use crate::codec::RunnerCodec;
 use crate::config::Config;
-use crate::frame::{Frame, FrameType};
-use crate::framed::{Framed, FramedError};
+use crate::frame::{Frame, FrameType, FrameWriteError, MAX_PAYLOAD};
+use crate::framed::{ByteBudget, Framed, FramedError};
+use crate::limits::LimitLog;
 use crate::model::{ErrorCode, ExtraInfoReq};
 use ext_plugin_sdk::host::GatewayVars;
 use ext_plugin_sdk::PluginError;
@@ -40,6 +43,9 @@ pub(super) enum Close {
     Idle,
     #[error("{0}")]
     Gateway(String),
+    /// Shutting down past the drain timeout: the call in flight was answered with an error.
+    #[error("call abandoned at shutdown")]
+    Abandoned,
 }
 
 impl From<std::io::Error> for Close {
@@ -63,18 +69,44 @@ pub(super) struct Io {
     /// Why an exchange with the gateway broke during this call: the stream may be out of step,
     /// so the call fails and the connection closes, whatever the plugin made of the error.
     broken: Option<String>,
+    /// Bytes of extra_info answers a call may read ([`Config::extra_info_budget`]), and how
+    /// many this call has read. The answers stay alive as long as the call (plugins keep what
+    /// they fetched), so this bounds what one call can make the runner hold.
+    answer_budget: usize,
+    answered: usize,
 }
 
 impl Io {
-    pub(super) fn new(stream: UnixStream, codec: Box<dyn RunnerCodec>, config: &Config) -> Io {
+    pub(super) fn new(
+        stream: UnixStream,
+        codec: Box<dyn RunnerCodec>,
+        config: &Config,
+        buffers: &ByteBudget,
+    ) -> Io {
+        let framed = Framed::with_limits(stream, config.max_frame, Some(config.stall_timeout))
+            .with_frame_timeout(config.frame_timeout)
+            .with_budget(buffers.clone());
         Io {
-            framed: Framed::with_limits(stream, config.max_frame, Some(config.stall_timeout)),
+            framed,
             codec,
             idle_timeout: config.idle_timeout,
             idle: Box::pin(tokio::time::sleep(config.idle_timeout)),
             owed: 0,
             broken: None,
+            answer_budget: config.extra_info_budget,
+            answered: 0,
         }
+    }
+
+    /// Starts a call: its extra_info answers count from zero.
+    pub(super) fn begin_call(&mut self) {
+        self.answered = 0;
+    }
+
+    /// True when this call read more extra_info answers than its budget allows: it fails with
+    /// SERVICE_UNAVAILABLE, whatever the plugin made of the error (the stream is in step).
+    pub(super) fn over_budget(&self) -> bool {
+        self.answered > self.answer_budget
     }
 
     pub(super) fn max_frame(&self) -> usize {
@@ -126,19 +158,36 @@ impl Io {
         Ok(self.framed.read_frame().await?)
     }
 
-    /// Appends a frame whose payload `encode` writes; a payload the protocol cannot carry (over
-    /// 16 MiB) is replaced by a SERVICE_UNAVAILABLE error frame.
+    /// Appends a frame whose payload `encode` writes, of at least `floor` bytes (what the reply
+    /// carries: a body, header strings). A payload the protocol cannot carry (over 16 MiB) is
+    /// replaced by a SERVICE_UNAVAILABLE error frame; one whose floor is already over that is
+    /// not encoded at all (encoders allocate, and Cap'n Proto's panics past 2^29 bytes), and a
+    /// panicking encoder is caught, leaving nothing queued.
     pub(super) fn queue(
         &mut self,
         ty: FrameType,
+        floor: usize,
         encode: impl FnOnce(&mut dyn RunnerCodec, &mut Vec<u8>),
     ) {
-        let Io { framed, codec, .. } = self;
-        if let Err(e) = framed
-            .queue()
-            .push_with(ty as u8, |out| encode(codec.as_mut(), out))
-        {
-            warn!(error = %e, frame = ?ty, "reply cannot be framed; answering SERVICE_UNAVAILABLE");
+        let refused = if floor > MAX_PAYLOAD {
+            Err(FrameWriteError::TooLarge(floor))
+        } else {
+            let Io { framed, codec, .. } = self;
+            framed.queue().push_with(ty as u8, |out| {
+                let start = out.len();
+                let encoded = catch_unwind(AssertUnwindSafe(|| encode(codec.as_mut(), out)));
+                if encoded.is_err() {
+                    // Whatever was written goes: an empty payload is refused, nothing queued.
+                    out.truncate(start);
+                }
+            })
+        };
+        if let Err(e) = refused {
+            // A chain that answers too much does so on every request: one line per interval.
+            static OVERSIZED_REPLIES: LazyLock<LimitLog> = LazyLock::new(LimitLog::default);
+            if let Some(hits) = OVERSIZED_REPLIES.hit() {
+                warn!(error = %e, frame = ?ty, hits, "reply cannot be framed; answering SERVICE_UNAVAILABLE");
+            }
             self.queue_error(ErrorCode::ServiceUnavailable);
         }
     }
@@ -201,6 +250,13 @@ impl Io {
         Ok(())
     }
 
+    fn budget_spent(&self) -> PluginError {
+        PluginError::new(format!(
+            "extra_info answers of this call passed --extra-info-budget ({} bytes)",
+            self.answer_budget
+        ))
+    }
+
     /// Records that the exchange broke; the error for the plugin.
     fn break_off(&mut self, why: String) -> PluginError {
         let error = PluginError::gateway(why.clone());
@@ -233,6 +289,9 @@ impl Io {
 
     async fn exchange(&mut self, req: ExtraInfoReq) -> Result<Option<Bytes>, PluginError> {
         self.catch_up().await?;
+        if self.over_budget() {
+            return Err(self.budget_spent());
+        }
         let Io { framed, codec, .. } = self;
         if let Err(e) = framed.queue().push_with(FrameType::ExtraInfo as u8, |out| {
             codec.encode_extra_info_req(&req, out)
@@ -247,6 +306,10 @@ impl Io {
             return Err(self.break_off(format!("extra_info: writing the request: {e}")));
         }
         let answer = self.read_answer().await?;
+        self.answered = self.answered.saturating_add(answer.payload.len());
+        if self.over_budget() {
+            return Err(self.budget_spent());
+        }
         match self.codec.decode_extra_info_resp(&answer.payload) {
             Ok(resp) => Ok(resp.result),
             Err(e) => Err(self.break_off(format!("extra_info: decoding the answer: {e}"))),
@@ -273,7 +336,12 @@ mod tests {
     fn pair(config: &Config) -> (Io, UnixStream) {
         let (runner, gateway) = UnixStream::pair().expect("a socket pair");
         (
-            Io::new(runner, Protocol::Capnp.runner_codec(), config),
+            Io::new(
+                runner,
+                Protocol::Capnp.runner_codec(),
+                config,
+                &ByteBudget::new(config.max_buffered_bytes),
+            ),
             gateway,
         )
     }
@@ -334,6 +402,34 @@ mod tests {
             io.next_frame(&mut shutdown).await.unwrap().is_none(),
             "asked again, it still says so"
         );
+    }
+
+    /// What is queued: the frame types and, for error frames, their codes.
+    fn queued(io: &mut Io) -> Vec<(u8, Option<ErrorCode>)> {
+        let mut frames = crate::framed::FrameBuffer::new(MAX_PAYLOAD);
+        let mut src = io.framed.queue().unsent();
+        let mut chunk = vec![0; 4096];
+        while frames.read_blocking(&mut src, &mut chunk).unwrap() > 0 {}
+        let codec = Protocol::Capnp.gateway_codec();
+        std::iter::from_fn(|| frames.next_frame().unwrap())
+            .map(|f| (f.ty, codec.decode_error_resp(&f.payload).ok()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_reply_too_large_to_frame_is_not_encoded_and_a_panicking_encoder_is_caught() {
+        let (mut io, _gateway) = pair(&Config::default());
+        let unavailable = (FrameType::Error as u8, Some(ErrorCode::ServiceUnavailable));
+        io.queue(FrameType::HttpReqCall, MAX_PAYLOAD + 1, |_, _| {
+            panic!("a reply over the protocol's limit was encoded")
+        });
+        assert_eq!(queued(&mut io), [unavailable]);
+        io.framed.queue().clear();
+        io.queue(FrameType::HttpReqCall, 10, |_, out| {
+            out.extend_from_slice(b"half a reply");
+            panic!("an encoder panics")
+        });
+        assert_eq!(queued(&mut io), [unavailable], "nothing of the half reply");
     }
 
     #[tokio::test]

@@ -7,25 +7,31 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
 use super::gateway::{step, AnswerTable, Step};
-use super::{FrameBuffer, FrameQueue, FramedError};
+use super::{ByteBudget, FrameBuffer, FrameQueue, FramedError};
 use crate::codec::GatewayCodec;
 use crate::frame::{Frame, MAX_PAYLOAD};
 
 /// A stream read and written in whole frames.
 ///
 /// With a stall timeout, a frame that has started arriving must keep arriving, and queued bytes
-/// must keep leaving, each step within it (slowloris; a peer that stops reading). Waiting for the
-/// first byte of a frame has no timeout: the caller bounds that wait (an idle timeout, a call
-/// deadline), with [`Framed::fill`] when it must tell that wait apart.
+/// must keep leaving, each step within it (slowloris; a peer that stops reading). With a frame
+/// timeout, a frame must also be whole within it from its first byte, however steadily it
+/// trickles. Waiting for the first byte of a frame has no timeout: the caller bounds that wait
+/// (an idle timeout, a call deadline), with [`Framed::fill`] when it must tell that wait apart.
 #[derive(Debug)]
 pub struct Framed<S> {
     stream: S,
     read: FrameBuffer,
     write: FrameQueue,
     stall_timeout: Option<Duration>,
+    frame_timeout: Option<Duration>,
+    /// When the frame under way began to arrive (or was found partly buffered behind another);
+    /// noted at its first read that has to wait, so a frame read whole at once costs no clock
+    /// read.
+    frame_started: Option<Instant>,
     /// Writes that sent bytes, for tests of the batching and for diagnostics.
     writes: u64,
 }
@@ -42,8 +48,23 @@ impl<S> Framed<S> {
             read: FrameBuffer::new(max_frame),
             write: FrameQueue::new(),
             stall_timeout,
+            frame_timeout: None,
+            frame_started: None,
             writes: 0,
         }
+    }
+
+    /// Every frame must be whole within `limit` of its first byte ([`FramedError::Overdue`]).
+    pub fn with_frame_timeout(mut self, limit: Duration) -> Framed<S> {
+        self.frame_timeout = Some(limit);
+        self
+    }
+
+    /// The read buffer's storage past its free allowance is taken from `budget`
+    /// ([`FrameBuffer::with_budget`]).
+    pub fn with_budget(mut self, budget: ByteBudget) -> Framed<S> {
+        self.read = FrameBuffer::with_budget(self.read.max_frame(), budget);
+        self
     }
 
     pub fn get_ref(&self) -> &S {
@@ -92,7 +113,7 @@ impl<S> Framed<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// Reads once into the buffer, as much as has arrived, without a timeout; `Ok(0)` at the end
     /// of the stream. Cancel safe.
-    pub async fn fill(&mut self) -> io::Result<usize> {
+    pub async fn fill(&mut self) -> Result<usize, FramedError> {
         self.read.read_from(&mut self.stream).await
     }
 
@@ -101,19 +122,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, FramedError> {
         loop {
             if let Some(frame) = self.read.next_frame()? {
+                // A next frame partly read already has begun to arrive: its deadline counts
+                // from now. A whole one needs no read (pipelined calls), so no clock either.
+                self.frame_started =
+                    (!self.read.is_empty() && !self.read.has_frame()).then(Instant::now);
                 return Ok(Some(frame));
             }
-            let n = match self.stall_timeout {
-                Some(limit) if !self.read.is_empty() => {
-                    match within(limit, self.read.read_from(&mut self.stream)).await {
-                        Ok(n) => n?,
-                        Err(_) => {
-                            let (have, want) = self.read.progress();
-                            return Err(FramedError::Stalled { have, want });
-                        }
+            let n = if self.read.is_empty() {
+                // Between frames: the caller bounds the wait.
+                self.frame_started = None;
+                self.fill().await?
+            } else {
+                let (started, stall, frame) = (
+                    &mut self.frame_started,
+                    self.stall_timeout,
+                    self.frame_timeout,
+                );
+                let mut overdue = false;
+                let limit = || {
+                    let (limit, deadline) = frame_wait(started, stall, frame)?;
+                    overdue = deadline;
+                    Some(limit)
+                };
+                match within(self.read.read_from(&mut self.stream), limit).await {
+                    Ok(n) => n?,
+                    Err(()) => {
+                        let (have, want) = self.read.progress();
+                        return Err(match overdue {
+                            true => FramedError::Overdue { have, want },
+                            false => FramedError::Stalled { have, want },
+                        });
                     }
                 }
-                _ => self.fill().await?,
             };
             if n == 0 {
                 return if self.read.is_empty() {
@@ -136,7 +176,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         while !self.write.is_empty() {
             let write = self.stream.write(self.write.unsent());
             let n = match self.stall_timeout {
-                Some(limit) => match within(limit, write).await {
+                Some(limit) => match within(write, || Some(limit)).await {
                     Ok(n) => n?,
                     Err(_) => return Err(FramedError::WriteStalled(self.write.unsent().len())),
                 },
@@ -189,17 +229,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     }
 }
 
-/// `step` with the stall timeout, armed only if the step does not complete at once: a read of
-/// bytes already arrived, or a write with room in the socket buffer (nearly every step), then
-/// costs no clock read and no timer. The time before the first poll is nil, so the limit
-/// measures what it always did: how long the step waits.
-async fn within<F: Future>(limit: Duration, step: F) -> Result<F::Output, ()> {
+/// How long a read of the frame under way may wait, and whether running out of that is the
+/// frame deadline (rather than a stall); `None` with neither limit set. The frame's clock starts
+/// here if it has not: at its first read that has to wait.
+fn frame_wait(
+    started: &mut Option<Instant>,
+    stall: Option<Duration>,
+    frame: Option<Duration>,
+) -> Option<(Duration, bool)> {
+    let left = frame.map(|limit| {
+        let started = *started.get_or_insert_with(Instant::now);
+        (started + limit).saturating_duration_since(Instant::now())
+    });
+    match (stall, left) {
+        (Some(stall), Some(left)) if left < stall => Some((left, true)),
+        (Some(stall), _) => Some((stall, false)),
+        (None, Some(left)) => Some((left, true)),
+        (None, None) => None,
+    }
+}
+
+/// `step` with a timeout, armed only if the step does not complete at once: a read of bytes
+/// already arrived, or a write with room in the socket buffer (nearly every step), then costs no
+/// clock read and no timer. `limit` is asked only then (`None`: no timeout). The time before the
+/// first poll is nil, so the limit measures what it always did: how long the step waits.
+async fn within<F: Future>(
+    step: F,
+    limit: impl FnOnce() -> Option<Duration>,
+) -> Result<F::Output, ()> {
     let mut step = pin!(step);
     let first = std::future::poll_fn(|cx| Poll::Ready(step.as_mut().poll(cx))).await;
     if let Poll::Ready(done) = first {
         return Ok(done);
     }
-    timeout(limit, step).await.map_err(|_| ())
+    match limit() {
+        Some(limit) => timeout(limit, step).await.map_err(|_| ()),
+        None => Ok(step.await),
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +297,36 @@ mod tests {
             "{} bytes reserved for a 16 MiB promise",
             framed.read_buffer().capacity()
         );
+    }
+
+    /// The stall timer is armed only when a read has to wait, and the frame deadline with it:
+    /// a frame trickled a byte at a time, each well within the stall timeout, still ends at the
+    /// frame deadline, counted from its first byte.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_frame_is_overdue_at_the_frame_deadline() {
+        let (framed, mut peer) = pair(Some(Duration::from_millis(600)));
+        let mut framed = framed.with_frame_timeout(Duration::from_secs(1));
+        let trickle = tokio::spawn(async move {
+            for b in [1, 0, 0, 100] {
+                peer.write_all(&[b]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            loop {
+                peer.write_all(&[0]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let start = Instant::now();
+        match framed.read_frame().await {
+            Err(FramedError::Overdue { want, .. }) => assert_eq!(want, 100),
+            other => panic!("expected the frame deadline, got {other:?}"),
+        }
+        assert!(
+            start.elapsed() <= Duration::from_millis(1200),
+            "closed at {:?}, not at the deadline",
+            start.elapsed()
+        );
+        trickle.abort();
     }
 
     #[tokio::test]

@@ -369,7 +369,8 @@ impl RunnerMetrics {
 
     /// Counts a refused prepare_conf by the plugin whose entry was refused: `_unknown` for a
     /// name the registry does not have (names the gateway sends are not a bounded label),
-    /// `_panicked` when a plugin panicked while preparing.
+    /// `_panicked` when a plugin panicked while preparing; `_too_large`, `_timeout`, `_busy`
+    /// for prepares refused by the cache's own bounds, whatever the plugins.
     pub(crate) fn refused(&self, registry: &Registry, error: &PrepareError) {
         if self.on.is_none() {
             return;
@@ -381,6 +382,9 @@ impl RunnerMetrics {
                 .find(|n| *n == e.plugin)
                 .unwrap_or("_unknown"),
             PrepareError::Panicked => "_panicked",
+            PrepareError::TooLarge { .. } => "_too_large",
+            PrepareError::TimedOut(_) => "_timeout",
+            PrepareError::Busy(_) => "_busy",
         };
         self.registry
             .counter(

@@ -77,6 +77,20 @@ pub fn runner_command(socket: &Path) -> Command {
     command
 }
 
+/// `child`'s exit status once it exits, or `None` if it still runs after `within`.
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A gateway connection to a runner just spawned, once it listens (within [`GUARD`]).
 pub async fn connect_spawned(socket: &Path) -> FakeGateway {
     FakeGateway::connect_when_listening(socket, Protocol::Capnp, GUARD)
@@ -254,6 +268,32 @@ pub fn call_frame(codec: &mut dyn GatewayCodec, token: u32, req: &HttpReqCallReq
     })
 }
 
+/// Leaves a call in flight on `gw`: prepared, sent, and waiting for an extra_info answer this
+/// gateway never sends (the runner's request has been read).
+pub async fn call_left_waiting(gw: &mut FakeGateway) {
+    let token = gw
+        .prepare(PRE, &[("debug-echo", r#"{"vars": ["route_id"]}"#)])
+        .await
+        .unwrap();
+    let mut codec = Protocol::Capnp.gateway_codec();
+    gw.send_raw(&call_frame(
+        codec.as_mut(),
+        token,
+        &request(Method::Get, "/"),
+    ))
+    .await
+    .unwrap();
+    let asked = guarded("the extra_info request", gw.read_frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        asked.ty,
+        FrameType::ExtraInfo as u8,
+        "the call is in flight"
+    );
+}
+
 /// A normal call on a fresh connection: prepare debug-echo, call it, get its answer.
 pub async fn fresh_call_works(runner: &TestRunner, p: Protocol) {
     guarded("a normal call", async {
@@ -266,4 +306,14 @@ pub async fn fresh_call_works(runner: &TestRunner, p: Protocol) {
         assert_eq!(echoed(resp)["path"], "/ok");
     })
     .await
+}
+
+/// The test process's resident set (both ends of in-process runners), in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
 }

@@ -462,9 +462,9 @@ fn check(c: &Case, step: &Step, action: &ReqAction) -> Result<(), String> {
                 _ => &empty,
             };
             expect_pairs("response header", &owned(&r.resp_headers), &c.headers)?;
-            let headers = apply(&c.req.headers, &r.headers, true);
+            let headers = apply(c.req.headers.as_pairs(), &r.headers, true);
             expect_pairs("upstream header", &headers, &c.upstream_headers)?;
-            let args = apply(&c.req.args, &r.args, false);
+            let args = apply(c.req.args.as_pairs(), &r.args, false);
             expect_pairs("upstream arg", &args, &c.upstream_args)?;
             if let Some(b) = &c.upstream_body {
                 let body = r.body.as_ref().or(c.req_body.as_ref());

@@ -210,6 +210,8 @@ fn find<'a>(list: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 pub type CheckFn = fn(&[Seen]) -> Result<(), String>;
 
+// A request (with its lazily read entries) is larger than the other steps; scripts are short.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Step {
     /// Prepares a chain under a key; `Err(needle)`: prepare must fail with that in the message.
@@ -698,12 +700,12 @@ fn upstreamed(req: &HttpReqCallReq, action: &ReqAction) -> Upstreamed {
     let mut headers: Vec<(String, String)> = req
         .headers
         .iter()
-        .filter_map(|h| Some((h.name.to_ascii_lowercase(), h.value.as_deref()?.to_owned())))
+        .filter_map(|h| Some((h.name().to_ascii_lowercase(), h.value()?.to_owned())))
         .collect();
     let mut args: Vec<(String, Option<String>)> = req
         .args
         .iter()
-        .map(|a| (a.name.to_string(), a.value.as_deref().map(str::to_owned)))
+        .map(|a| (a.name().to_string(), a.value().map(str::to_owned)))
         .collect();
     let mut path = req.path.to_string();
     if let ReqAction::Rewrite(r) = action {

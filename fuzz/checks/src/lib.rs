@@ -17,6 +17,9 @@ use ext_plugin_runner::model::{
 };
 use ext_plugin_runner::Registry;
 
+mod conf_calls;
+pub use conf_calls::{conf_call_seeds, conf_calls};
+
 /// Frame target: splits arbitrary bytes into frames as a connection's read buffer would, and
 /// checks that every byte is accounted for and that a re-framed payload splits back the same.
 pub fn frames(data: &[u8]) {
@@ -98,12 +101,129 @@ pub fn codec(protocol: Protocol, data: &[u8]) {
         assert_eq!(again, info);
     }
 
+    lazy_call(protocol, data);
+
     // The gateway side: decoding must not panic; Debug reads every field it produced.
     let _ = format!("{:?}", gateway.decode_prepare_conf_resp(&payload));
     let _ = format!("{:?}", gateway.decode_http_req_call_resp(&payload));
     let _ = format!("{:?}", gateway.decode_http_resp_call_resp(&payload));
     let _ = format!("{:?}", gateway.decode_extra_info_req(&payload));
     let _ = format!("{:?}", gateway.decode_error_resp(&payload));
+}
+
+/// Part of the codec targets, for the lazy decoders: a call's headers and arguments are located
+/// at decode and read as text only when a plugin asks (`Entries`), so a non-UTF-8 string is
+/// first met by a reader. Decodes `data` as an `http_req_call` payload, then runs a plugin that
+/// reads the request through every accessor of the SDK, in an order (and with writes between
+/// reads) that the input's byte sum picks, and reads the entries directly too. Nothing may
+/// panic, and a rewrite is seen by the reads after it.
+pub fn lazy_call(protocol: Protocol, data: &[u8]) {
+    let script = data.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    let payload = Bytes::copy_from_slice(data);
+    let mut req = HttpReqCallReq::default();
+    if protocol
+        .runner_codec()
+        .decode_http_req_call_req(&payload, &mut req)
+        .is_err()
+    {
+        return;
+    }
+    // The entries as a plugin-less reader would see them, from the back.
+    for e in req.headers.iter().rev().chain(req.args.iter()) {
+        let _ = (
+            e.name(),
+            e.value(),
+            e.value_text(),
+            e.name_eq_ignore_case("Host"),
+        );
+    }
+    SCRIPT.with(|s| s.set(script));
+    let chain = lazy_reader_chain();
+    let mut gw = ext_plugin_sdk::harness::LocalGateway::new();
+    let _ = ext_plugin_sdk::harness::block_on(gw.call(chain, &req));
+    assert_eq!(req.headers.as_pairs().len(), req.headers.len());
+}
+
+thread_local! {
+    static SCRIPT: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+fn lazy_reader_chain() -> &'static ext_plugin_sdk::Chain {
+    static CHAIN: OnceLock<std::sync::Arc<ext_plugin_sdk::Chain>> = OnceLock::new();
+    CHAIN.get_or_init(|| {
+        ext_plugin_sdk::harness::Harness::new(Registry::new().with::<LazyReader>())
+            .prepare(
+                "route#fuzz#ext-plugin-pre-req#1",
+                &[(<LazyReader as ext_plugin_sdk::Plugin>::NAME, "null")],
+            )
+            .expect("the reader prepares")
+    })
+}
+
+/// Reads the request through every accessor, in an order the script byte rotates.
+struct LazyReader;
+
+impl ext_plugin_sdk::Plugin for LazyReader {
+    const NAME: &'static str = "fuzz-lazy-reader";
+    type Conf = ();
+
+    fn prepare(
+        _: (),
+        _: &mut ext_plugin_sdk::PrepareEnv<'_>,
+    ) -> Result<Self, ext_plugin_sdk::ConfError> {
+        Ok(LazyReader)
+    }
+
+    async fn request_filter(
+        &self,
+        call: &mut ext_plugin_sdk::RequestCall<'_>,
+    ) -> Result<ext_plugin_sdk::Flow, ext_plugin_sdk::PluginError> {
+        let script = SCRIPT.with(std::cell::Cell::get);
+        let mut host_set = false;
+        const STEPS: u8 = 12;
+        for i in 0..STEPS {
+            match (i + script) % STEPS {
+                0 => drop(call.path().len()),
+                1 => drop(call.header("host").map(str::len)),
+                2 => drop(call.header_values("cookie").count()),
+                3 => drop(
+                    call.headers()
+                        .map(|(n, v)| n.len() + v.len())
+                        .sum::<usize>(),
+                ),
+                4 => drop(call.original_headers().len()),
+                5 => drop((
+                    call.arg("a"),
+                    call.args().count(),
+                    call.original_args().len(),
+                )),
+                6 => {
+                    for var in [
+                        "http_host",
+                        "cookie_sid",
+                        "arg_a",
+                        "request_uri",
+                        "args",
+                        "host",
+                        "uri",
+                    ] {
+                        let _ = call.var(var).await;
+                    }
+                }
+                7 if script & 0x80 != 0 => {
+                    call.set_header("host", "rewritten");
+                    host_set = true;
+                }
+                8 if script & 0x40 != 0 => call.append_arg("a", "1"),
+                9 if script & 0x20 != 0 => call.remove_header("cookie"),
+                10 if script & 0x10 != 0 => call.set_path("/p"),
+                // Rewrites are seen by later reads.
+                _ if host_set => assert_eq!(call.header("HOST"), Some("rewritten")),
+                _ => {}
+            }
+        }
+        Ok(ext_plugin_sdk::Flow::Continue)
+    }
 }
 
 /// Separates chain entries in a conf-target input (never valid inside UTF-8).
@@ -116,21 +236,33 @@ pub const NAME_SEP: u8 = 0x00;
 pub fn confs(data: &[u8]) {
     static BUILTIN: OnceLock<Registry> = OnceLock::new();
     let registry = BUILTIN.get_or_init(registry);
-    let mut req = PrepareConfReq {
-        key: "route#fuzz#ext-plugin-pre-req#1".into(),
-        conf: Vec::new(),
+    let Some(chain) = parse_chain(data) else {
+        return;
     };
-    for entry in data.split(|&b| b == ENTRY_SEP) {
-        let (name, conf) = match entry.iter().position(|&b| b == NAME_SEP) {
-            Some(i) => (&entry[..i], &entry[i + 1..]),
-            None => (entry, &[][..]),
-        };
-        let (Ok(name), Ok(conf)) = (std::str::from_utf8(name), std::str::from_utf8(conf)) else {
-            return;
-        };
-        req.conf.push(Pair::new(name.to_owned(), conf.to_owned()));
-    }
+    let req = PrepareConfReq {
+        key: "route#fuzz#ext-plugin-pre-req#1".into(),
+        conf: chain
+            .into_iter()
+            .map(|(name, conf)| Pair::new(name.to_owned(), conf.to_owned()))
+            .collect(),
+    };
     let _ = registry.check(&req);
+}
+
+/// A conf-target input as `(plugin, conf)` pairs; `None` when a part is not UTF-8.
+pub fn parse_chain(data: &[u8]) -> Option<Vec<(&str, &str)>> {
+    data.split(|&b| b == ENTRY_SEP)
+        .map(|entry| {
+            let (name, conf) = match entry.iter().position(|&b| b == NAME_SEP) {
+                Some(i) => (&entry[..i], &entry[i + 1..]),
+                None => (entry, &[][..]),
+            };
+            Some((
+                std::str::from_utf8(name).ok()?,
+                std::str::from_utf8(conf).ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// Every built-in plugin, with an (empty) OpenSergo rule store so that `opensergo` confs are
@@ -190,8 +322,8 @@ pub fn codec_seeds(protocol: Protocol) -> Vec<(String, Vec<u8>)> {
         src_ip: Some([10, 1, 2, 3].into()),
         method: Method::Post,
         path: "/a/b%20c".into(),
-        args: pairs(&[("q", Some("1")), ("flag", None)]),
-        headers: pairs(&[("host", Some("example.com")), ("x-empty", Some(""))]),
+        args: pairs(&[("q", Some("1")), ("flag", None)]).into(),
+        headers: pairs(&[("host", Some("example.com")), ("x-empty", Some(""))]).into(),
         conf_token: 42,
         extra_info: vec![DataPair {
             name: "remote_user".into(),

@@ -41,7 +41,7 @@ use ext_plugin_sdk::*;
 
 use crate::support::clock::{secs_to_nanos, Nanos, NANOS_PER_MS};
 use crate::support::template::{self, Part};
-use crate::support::lease::{Correlation, Leases};
+use crate::support::lease::{Correlation, Full, Leases, MAX_LEASES};
 use guard::{Held, Verdict};
 use self::model::StrategyKind;
 
@@ -218,7 +218,7 @@ impl Plugin for OpenSergo {
         let view = store.view(&namespace, &app).map_err(ConfError::new)?;
         let lease = secs_to_nanos(conf.lease_timeout);
         let route = env.state(|| RouteState {
-            leases: Leases::new(lease),
+            leases: Leases::new(lease, MAX_LEASES),
             seen_response: AtomicBool::new(false),
             warned: AtomicBool::new(false),
         });
@@ -235,7 +235,7 @@ impl Plugin for OpenSergo {
             }),
             fallback_header: Text::from(format!("{tag_header}-fallback")),
             tag_header: Text::from(tag_header),
-            corr: Correlation::new(None, env.chain()),
+            corr: Correlation::new(None),
             route,
             clock: env.clock().clone(),
         })
@@ -287,7 +287,11 @@ impl Plugin for OpenSergo {
             Verdict::Pass { held, delay } => {
                 if let Some(held) = held {
                     let id = self.corr.id_for_call(call);
-                    self.route.leases.insert(&id, now, held);
+                    if let Err(Full(held)) = self.route.leases.insert(&id, now, held) {
+                        // Untracked, it could never be released: treat it as lost now.
+                        tracing::debug!("opensergo: lease table full");
+                        held.lost(now);
+                    }
                 }
                 if delay >= NANOS_PER_MS {
                     tokio::time::sleep(Duration::from_nanos(delay)).await;

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use ext_plugin_sdk::{PluginError, RequestCall, Text};
 
 use super::model::{Lane, Router, RouterRoute};
+use crate::support::patterns::Budget;
 use crate::traffic_tag;
 
 /// One destination of a route.
@@ -41,7 +42,7 @@ fn engine_rule(i: usize, matches: Option<Vec<Value>>, tags: &[(&str, u32)]) -> R
         conf["http_match"] = Value::Array(m);
     }
     let conf: traffic_tag::RuleConf = serde_json::from_value(conf).map_err(|e| e.to_string())?;
-    traffic_tag::rule(i, conf).map_err(|e| e.message().replace("rules[", "route["))
+    traffic_tag::rule(i, conf, &mut Budget::default()).map_err(|e| e.message().replace("rules[", "route["))
 }
 
 pub fn compile_router(name: &str, routes: Vec<RouteSpec>) -> Result<Router, String> {

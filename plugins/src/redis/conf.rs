@@ -440,8 +440,12 @@ mod tests {
                 "`redis_username` does not apply",
             ),
             (
-                r#""policy": "redis", "redis_host": "rh", "sync_interval": 0.5"#,
-                "sync_interval",
+                r#""policy": "redis", "redis_host": "rh", "sync_interval": 10"#,
+                "smaller than `time_window`",
+            ),
+            (
+                r#""policy": "redis", "redis_host": "rh", "sync_interval": 1, "window_type": "sliding""#,
+                "fixed window only",
             ),
             (
                 r#""policy": "redis", "redis_host": "rh", "sync_interval": 0.01"#,
@@ -449,12 +453,12 @@ mod tests {
             ),
             (r#""sync_interval": 1"#, "Redis policies only"),
             (
-                r#""policy": "redis", "redis_host": "rh", "window_type": "sliding""#,
-                "sliding",
-            ),
-            (
                 r#""policy": "redis", "redis_host": "rh", "redis_key_prefix": "{x}""#,
                 "redis_key_prefix",
+            ),
+            (
+                r#""policy": "redis", "redis_host": "rh", "warm_up_period_sec": 10"#,
+                "`warm_up_period_sec` keeps per-runner state",
             ),
             (r#""policy": "etcd""#, "`policy` must be"),
             (
@@ -472,6 +476,9 @@ mod tests {
             r#""policy": "redis", "redis_host": "unix:/nonexistent/r.sock", "fallback": "local", "redis_password": """#,
             r#""policy": "redis-cluster", "redis_cluster_name": "c", "redis_cluster_nodes": ["127.0.0.1:1", "[::1]:2"]"#,
             r#""policy": "redis", "redis_host": "rh", "sync_interval": -1, "redis_keepalive_pool": 5"#,
+            r#""policy": "redis", "redis_host": "rh", "sync_interval": 0.5, "window_type": "fixed""#,
+            r#""policy": "redis", "redis_host": "rh", "window_type": "sliding""#,
+            r#""policy": "redis", "redis_host": "rh", "specific_items": {"vip": 5}"#,
         ] {
             let conf = format!("{{{COUNT}, {ok}}}");
             prepare::<LimitCount>(&conf).unwrap_or_else(|e| panic!("{conf}: {e}"));
@@ -479,12 +486,18 @@ mod tests {
         let req = r#"{"rate": 1, "burst": 1, "policy": "redis-cluster", "redis_cluster_name": "c",
                       "redis_cluster_nodes": ["127.0.0.1:1"]}"#;
         prepare::<LimitReq>(req).unwrap();
+        let e = prepare::<LimitReq>(
+            r#"{"rate": 1, "burst": 1, "policy": "redis", "redis_host": "rh", "specific_items": {"a": 2}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("`specific_items` / `pattern` keeps"), "{e}");
         let e = prepare::<LimitReq>(r#"{"rate": 1, "burst": 1, "redis_timeout": 5}"#).unwrap_err();
         assert!(e.contains("`redis_timeout` does not apply"), "{e}");
-        let conn = r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "policy": "redis", "redis_host": "rh"}"#;
-        assert!(prepare::<LimitConn>(conn)
-            .unwrap_err()
-            .contains("not supported"));
+        let conn = r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "policy": "redis", "redis_host": "rh""#;
+        prepare::<LimitConn>(&format!("{conn}}}")).unwrap();
+        prepare::<LimitConn>(&format!(r#"{conn}, "key_ttl": 5}}"#)).unwrap();
+        let e = prepare::<LimitConn>(&format!(r#"{conn}, "key_ttl": 0}}"#)).unwrap_err();
+        assert!(e.contains("`key_ttl` must be 1 to 86400"), "{e}");
         let e = prepare::<LimitConn>(
             r#"{"conn": 1, "burst": 0, "default_conn_delay": 0.1, "key_ttl": 60}"#,
         )

@@ -1,20 +1,30 @@
-//! limit-count on Redis, exact mode: one script round trip per admitted request.
+//! limit-count on Redis, in one of three modes chosen at prepare:
 //!
-//! The script checks before it counts, so a rejected request is not counted (APISIX's script
-//! counts it), and starts the window (`PX time_window`) at the key's first request, as the local
-//! fixed window does. A key found exhausted is remembered locally until its window ends
-//! ([`ClosedUntil`]): that is exact (the count only grows until the key expires) and keeps a
-//! flood of rejected requests off Redis.
+//! * **exact, fixed window** (the default): one script round trip per admitted request. The
+//!   script checks before it counts, so a rejected request is not counted (APISIX's script
+//!   counts it), and starts the window (`PX time_window`) at the key's first request, as the
+//!   local fixed window does.
+//! * **exact, sliding window** (`window_type: "sliding"`): one round trip too (APISIX needs two).
+//!   A hash per key holds one field per bucket, as the local LeapArray, on Redis `TIME` so the
+//!   gateways' clocks do not matter.
+//! * **leasing** (`sync_interval`): [`super::lease`] — quota taken from Redis in grants and
+//!   spent locally, never more than `count` per window cluster-wide.
+//!
+//! In both exact modes a key found exhausted is remembered locally until the count can next
+//! drop ([`ClosedUntil`]): that is exact (within a window the count only grows until the key
+//! expires or its oldest bucket leaves) and keeps a flood of rejected requests off Redis.
 
 use std::sync::LazyLock;
 
+use ext_plugin_sdk::Clock;
 use redis::Script;
 
 use super::backend::Unavailable;
 use super::conf::RedisPolicy;
+use super::lease::Leasing;
 use super::ClosedUntil;
 use crate::limit_count::{Quota, Verdict};
-use crate::support::clock::NANOS_PER_MS;
+use crate::support::clock::{secs_to_nanos, NANOS_PER_MS};
 
 /// `KEYS[1]` the counter; `ARGV` count, window (ms). Returns `{admitted, used, pttl}`.
 static FIXED: LazyLock<Script> = LazyLock::new(|| {
@@ -40,32 +50,95 @@ return {1, redis.call('INCR', KEYS[1]), ttl}
     )
 });
 
-/// A Redis-backed limit-count conf: the backend, and per quota the keys known exhausted.
+/// `KEYS[1]` a hash of bucket start (ms, Redis clock) → count; `ARGV` count, bucket length
+/// (ms), buckets. Returns `{admitted, used, ms until the oldest counted bucket leaves}`.
+static SLIDING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        lua_now_ms!(),
+        r"
+local limit = tonumber(ARGV[1])
+local bucket = tonumber(ARGV[2])
+local span = bucket * tonumber(ARGV[3])
+local flat = redis.call('HGETALL', KEYS[1])
+local used, oldest = 0, nil
+for i = 1, #flat, 2 do
+  local start = tonumber(flat[i])
+  if now - start >= span then
+    redis.call('HDEL', KEYS[1], flat[i])
+  else
+    used = used + tonumber(flat[i + 1])
+    if oldest == nil or start < oldest then oldest = start end
+  end
+end
+if used >= limit then
+  return {0, used, oldest + span - now}
+end
+local cur = now - now % bucket
+redis.call('HINCRBY', KEYS[1], string.format('%d', cur), 1)
+redis.call('PEXPIRE', KEYS[1], span)
+if oldest == nil then oldest = cur end
+return {1, used + 1, oldest + span - now}
+",
+    ))
+});
+
+/// How a conf counts on Redis.
+pub enum Mode {
+    Fixed,
+    /// A sliding window of this many buckets.
+    Sliding(u64),
+    /// Quota leasing, synced at least every this many seconds.
+    Leasing(f64),
+}
+
+/// A Redis-backed limit-count conf: the backend, and per quota the keys known exhausted (exact
+/// modes) or the local pools of leased quota.
 pub struct RedisCount {
     pub policy: RedisPolicy,
+    mode: Mode,
+    clock: Clock,
     closed: Vec<ClosedUntil>,
+    leasing: Vec<Leasing>,
 }
 
 impl RedisCount {
     /// `quotas`: how many quotas the conf has (1, or one per rule); `max_keys` bounds each
-    /// exhausted-key cache.
-    pub fn new(policy: RedisPolicy, quotas: usize, max_keys: usize) -> RedisCount {
+    /// exhausted-key cache and lease pool.
+    pub fn new(
+        policy: RedisPolicy,
+        mode: Mode,
+        quotas: usize,
+        max_keys: usize,
+        clock: Clock,
+    ) -> RedisCount {
+        // An entry is useless once its window has ended; a minute idle bounds the rest.
+        let idle = 60_000 * NANOS_PER_MS;
+        let leasing = match mode {
+            Mode::Leasing(every) => (0..quotas)
+                .map(|_| Leasing::new(secs_to_nanos(every), max_keys, idle))
+                .collect(),
+            _ => Vec::new(),
+        };
         RedisCount {
             policy,
-            // An entry is useless once its window has ended; a minute idle bounds the rest.
+            mode,
+            clock,
             closed: (0..quotas)
-                .map(|_| ClosedUntil::new(max_keys, 60_000 * NANOS_PER_MS))
+                .map(|_| ClosedUntil::new(max_keys, idle))
                 .collect(),
+            leasing,
         }
     }
 
-    /// Checks and counts one request of `key` for quota `index` (local time `now`, ns).
-    pub async fn acquire(
+    /// Checks and counts one request of `key` for quota `index` (local time `now`, ns) in an
+    /// exact mode; `fixed_window`: every request of the quota has the same window.
+    async fn acquire(
         &self,
         index: usize,
         key: &str,
         q: Quota,
         now: u64,
+        fixed_window: bool,
     ) -> Result<Verdict, Unavailable> {
         let closed = &self.closed[index];
         if let Some(reset_in) = closed.closed_for(key, now) {
@@ -77,12 +150,28 @@ impl RedisCount {
         }
         let window_ms = (q.window / NANOS_PER_MS).clamp(1, i64::MAX as u64) as i64;
         let count = q.count.min(i64::MAX as u64) as i64;
-        let rkey = self.policy.keys.key(index, key);
-        let (admitted, used, pttl): (i64, i64, i64) = self
-            .policy
-            .backend
-            .eval(&FIXED, &rkey, &[count, window_ms], None)
-            .await?;
+        let backend = &self.policy.backend;
+        let (admitted, used, pttl): (i64, i64, i64) = match self.mode {
+            Mode::Sliding(buckets) => {
+                // As the local window: a window read from the request counts apart per length.
+                let rkey = match fixed_window {
+                    true => self.policy.keys.key(index, key),
+                    false => self
+                        .policy
+                        .keys
+                        .key(index, &format!("{key}\u{0}{window_ms}")),
+                };
+                let bucket_ms = (window_ms / buckets as i64).max(1);
+                let args = [count, bucket_ms, buckets as i64];
+                backend.eval(&SLIDING, &rkey, &args, None).await?
+            }
+            Mode::Fixed | Mode::Leasing(_) => {
+                let rkey = self.policy.keys.key(index, key);
+                backend
+                    .eval(&FIXED, &rkey, &[count, window_ms], None)
+                    .await?
+            }
+        };
         let reset_in = (pttl.max(0) as u64).saturating_mul(NANOS_PER_MS);
         if admitted == 0 {
             return Ok(Verdict {
@@ -98,8 +187,9 @@ impl RedisCount {
         })
     }
 
-    /// [`RedisCount::acquire`], remembering an exhausted key until its window ends when the
-    /// quota is the same for every request (`fixed`).
+    /// Checks and counts one request of `key` for quota `index` at local time `now` (ns). In
+    /// the exact modes an exhausted key is remembered until its count can drop when the quota is
+    /// the same for every request (`fixed`).
     pub async fn acquire_cached(
         &self,
         index: usize,
@@ -108,7 +198,13 @@ impl RedisCount {
         now: u64,
         fixed: bool,
     ) -> Result<Verdict, Unavailable> {
-        let v = self.acquire(index, key, q, now).await?;
+        if let Mode::Leasing(_) = self.mode {
+            let rkey = || self.policy.keys.key(index, key);
+            return self.leasing[index]
+                .acquire(&self.policy.backend, key, rkey, q, now, &self.clock)
+                .await;
+        }
+        let v = self.acquire(index, key, q, now, fixed).await?;
         if fixed && !v.admitted && v.reset_in > 0 {
             self.closed[index].close(key, now, now.saturating_add(v.reset_in));
         }
@@ -116,19 +212,20 @@ impl RedisCount {
     }
 }
 
-/// limit-count's own Redis-related fields: `sync_interval` (APISIX: -1 = off, else at least
-/// 0.1, Redis policies only) and a sliding window under Redis, neither of which this runner
-/// implements on Redis yet, so both are refused rather than silently ignored.
+/// limit-count's own Redis-related fields, resolved to a [`Mode`] (`None` for the local
+/// policy): `sync_interval` (APISIX: -1 = off, else at least 0.1 and below `time_window`, Redis
+/// policies only) and the window type. `windows`: each quota's `time_window` in seconds when it
+/// is a number.
 pub fn check_conf(
     storage: &super::conf::Storage,
     sync_interval: Option<f64>,
-    sliding: bool,
-) -> Result<(), ext_plugin_sdk::ConfError> {
+    sliding: Option<usize>,
+    windows: impl IntoIterator<Item = Option<u64>>,
+) -> Result<Option<Mode>, ext_plugin_sdk::ConfError> {
     use ext_plugin_sdk::ConfError;
     let redis = matches!(storage, super::conf::Storage::Redis(_));
-    match sync_interval {
-        None => {}
-        Some(-1.0) => {}
+    let sync = match sync_interval {
+        None | Some(-1.0) => None,
         Some(v) if !redis => {
             return Err(ConfError::new(format!(
                 "`sync_interval` ({v}) applies to the Redis policies only"
@@ -139,19 +236,29 @@ pub fn check_conf(
                 "`sync_interval` should not be smaller than 0.1 (or -1 for off), got {v}"
             )))
         }
-        Some(_) => {
+        Some(v) => Some(v),
+    };
+    if !redis {
+        return Ok(None);
+    }
+    Ok(Some(match (sync, sliding) {
+        (Some(_), Some(_)) => {
             return Err(ConfError::new(
-                "`sync_interval` (quota leasing) is not supported on Redis by this runner yet; \
-                 leave it out (-1) for exact counting",
+                "`sync_interval` (quota leasing) works on a fixed window only on Redis; use \
+                 `window_type` \"fixed\" or leave `sync_interval` out",
             ))
         }
-    }
-    if redis && sliding {
-        return Err(ConfError::new(
-            "`window_type` \"sliding\" is not supported on Redis by this runner yet; use \"fixed\"",
-        ));
-    }
-    Ok(())
+        (Some(v), None) => {
+            if let Some(w) = windows.into_iter().flatten().find(|&w| v >= w as f64) {
+                return Err(ConfError::new(format!(
+                    "`sync_interval` should be smaller than `time_window` ({v} >= {w})"
+                )));
+            }
+            Mode::Leasing(v)
+        }
+        (None, Some(buckets)) => Mode::Sliding(buckets as u64),
+        (None, None) => Mode::Fixed,
+    }))
 }
 
 /// The answer when Redis cannot decide and there is no local fallback: `None` (pass) with

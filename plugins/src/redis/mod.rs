@@ -1,16 +1,26 @@
 //! Cluster-wide limits on Redis for limit-count, limit-req and limit-conn (`policy: "redis"` /
 //! `"redis-cluster"`): the conf fields ([`conf`]), the shared backends ([`backend`]), key names
-//! ([`keys`]) and each limiter's Redis algorithm ([`count`], [`req`]; [`conn`] refuses for now).
+//! ([`keys`]) and each limiter's Redis algorithm ([`count`] with [`lease`], [`req`], [`conn`]).
 //!
 //! When Redis cannot answer (down, stalled past `redis_timeout`, breaker open) a limiter falls
 //! back, in this order: *(ext)* `fallback: "local"` decides with the in-process limiter;
 //! else `allow_degradation` lets the request pass; else 500, as APISIX answers.
+
+/// Lua that sets `now` to Redis's clock in milliseconds, for scripts to start with
+/// (`concat!(lua_now_ms!(), r"...")`): the gateways' clocks never enter a shared limit.
+macro_rules! lua_now_ms {
+    () => {
+        "local t = redis.call('TIME')\n\
+         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    };
+}
 
 pub mod backend;
 pub mod conf;
 pub mod conn;
 pub mod count;
 pub mod keys;
+pub mod lease;
 pub mod req;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,18 +69,23 @@ pub fn unavailable(
     }
 }
 
-/// The *(ext)* per-key items (`specific_items`, `pattern`) and warm-up keep per-node state the
-/// Redis algorithms do not share yet: refused with a Redis policy rather than applied per node.
+/// The *(ext)* extras whose state the Redis algorithms do not share: warm-up (a per-node view of
+/// each key's rate) and, for limit-req, per-key rates (its script has one rate per conf). Refused
+/// with a Redis policy rather than applied per node. limit-count's per-key items only pick the
+/// key and its count, which Redis shares as is: it passes `per_key` false.
 pub fn check_extras(
     redis: bool,
     per_key: bool,
     warm_up: bool,
 ) -> Result<(), ext_plugin_sdk::ConfError> {
-    if redis && (per_key || warm_up) {
-        return Err(ext_plugin_sdk::ConfError::new(
-            "`specific_items` / `pattern` and `warm_up_period_sec` are not supported with a Redis \
-             `policy` yet; use them with \"local\"",
-        ));
-    }
-    Ok(())
+    let refused = match (per_key, warm_up) {
+        _ if !redis => return Ok(()),
+        (_, true) => "`warm_up_period_sec`",
+        (true, false) => "`specific_items` / `pattern`",
+        (false, false) => return Ok(()),
+    };
+    Err(ext_plugin_sdk::ConfError::new(format!(
+        "{refused} keeps per-runner state and is not supported with a Redis `policy`; use it \
+         with \"local\""
+    )))
 }

@@ -49,7 +49,11 @@ impl RedisReq {
             max_wait_us,
             closed: ClosedUntil::new(
                 max_keys,
-                2 * NANOS_PER_SEC + (max_wait_us as u64 + interval_us as u64) * 2000,
+                // Saturating: `burst`/`rate` with `nodelay` may be any size (issue 11 #5).
+                (max_wait_us.max(0) as u64)
+                    .saturating_add(interval_us as u64)
+                    .saturating_mul(2000)
+                    .saturating_add(2 * NANOS_PER_SEC),
             ),
         }
     }

@@ -2,7 +2,7 @@
 //! prepare time and evaluated against a request's variables.
 //!
 //! ```text
-//! Expr::parse(&serde_json::Value) -> Result<Expr, ConfError>          // prepare time
+//! Expr::parse(&serde_json::Value, &mut Budget) -> Result<Expr, ConfError>  // prepare time
 //! Expr::matches(&self, &mut RequestCall<'_>) -> Result<bool, PluginError>  // per request (async)
 //! ```
 //!
@@ -27,11 +27,16 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use regex::{Regex, RegexBuilder};
+use regex::Regex;
 use serde_json::Value;
 
+use super::patterns::Budget;
 use super::vars::Vars;
 use ext_plugin_sdk::{ConfError, PluginError, RequestCall, Text};
+
+/// Most comparisons one expression may hold. lua-resty-expr has no bound; an audit's conf with
+/// 60 000 made prepare take 14 s. Real expressions hold a handful.
+pub const MAX_COMPARISONS: usize = 256;
 
 /// A parsed expression.
 #[derive(Debug)]
@@ -81,11 +86,16 @@ enum Scalar {
 struct NeedVar(usize);
 
 impl Expr {
-    /// Parses a `vars` value. The error names the offending part.
-    pub fn parse(value: &Value) -> Result<Expr, ConfError> {
-        let mut vars = Vec::new();
-        let root = parse_node(value, &mut vars)?;
-        Ok(Expr { root, vars })
+    /// Parses a `vars` value. The error names the offending part. Its regexes count against
+    /// `budget`, the conf's.
+    pub fn parse(value: &Value, budget: &mut Budget) -> Result<Expr, ConfError> {
+        let mut p = Parser {
+            vars: Vec::new(),
+            comparisons: 0,
+            budget,
+        };
+        let root = p.node(value)?;
+        Ok(Expr { root, vars: p.vars })
     }
 
     /// Whether the request matches. Variables come from [`RequestCall::var`]: free for request
@@ -177,86 +187,103 @@ fn number(v: &str) -> Option<f64> {
     v.trim().parse().ok()
 }
 
-fn parse_node(value: &Value, vars: &mut Vec<Box<str>>) -> Result<Node, ConfError> {
-    let items = value
-        .as_array()
-        .ok_or_else(|| bad(value, "an expression must be an array"))?;
-    match items.first() {
-        None => Ok(Node::All(Vec::new())),
-        Some(Value::Array(_)) => parse_list(items, vars).map(Node::All),
-        Some(Value::String(head)) => match head.as_str() {
-            "AND" | "OR" | "!AND" | "!OR" => {
-                let nodes = parse_list(&items[1..], vars)?;
-                if nodes.is_empty() {
-                    return Err(bad(value, "a logical operator needs at least one operand"));
+/// The state of one parse: the distinct variables, the comparisons so far, the regex budget.
+struct Parser<'b> {
+    vars: Vec<Box<str>>,
+    comparisons: usize,
+    budget: &'b mut Budget,
+}
+
+impl Parser<'_> {
+    fn node(&mut self, value: &Value) -> Result<Node, ConfError> {
+        let items = value
+            .as_array()
+            .ok_or_else(|| bad(value, "an expression must be an array"))?;
+        match items.first() {
+            None => Ok(Node::All(Vec::new())),
+            Some(Value::Array(_)) => self.list(items).map(Node::All),
+            Some(Value::String(head)) => match head.as_str() {
+                "AND" | "OR" | "!AND" | "!OR" => {
+                    let nodes = self.list(&items[1..])?;
+                    if nodes.is_empty() {
+                        return Err(bad(value, "a logical operator needs at least one operand"));
+                    }
+                    let node = if head.ends_with("AND") {
+                        Node::All(nodes)
+                    } else {
+                        Node::Any(nodes)
+                    };
+                    Ok(if head.starts_with('!') {
+                        Node::Not(Box::new(node))
+                    } else {
+                        node
+                    })
                 }
-                let node = if head.ends_with("AND") {
-                    Node::All(nodes)
-                } else {
-                    Node::Any(nodes)
-                };
-                Ok(if head.starts_with('!') {
-                    Node::Not(Box::new(node))
-                } else {
-                    node
-                })
-            }
-            _ => parse_cmp(items, vars).map(Node::Cmp),
-        },
-        Some(_) => Err(bad(
-            value,
-            "an expression starts with a variable name or a list",
-        )),
-    }
-}
-
-fn parse_list(items: &[Value], vars: &mut Vec<Box<str>>) -> Result<Vec<Node>, ConfError> {
-    items.iter().map(|v| parse_node(v, vars)).collect()
-}
-
-fn parse_cmp(items: &[Value], vars: &mut Vec<Box<str>>) -> Result<Cmp, ConfError> {
-    let whole = Value::Array(items.to_vec());
-    let text = |i: usize| items.get(i).and_then(Value::as_str);
-    let name = text(0).unwrap_or_default();
-    if name.is_empty() {
-        return Err(bad(&whole, "the variable name must not be empty"));
-    }
-    let (negate, op_at) = if text(1) == Some("!") {
-        (true, 2)
-    } else {
-        (false, 1)
-    };
-    if items.len() != op_at + 2 {
-        return Err(bad(
-            &whole,
-            "expected [var, op, value] or [var, \"!\", op, value]",
-        ));
-    }
-    let op_name = text(op_at).ok_or_else(|| bad(&whole, "the operator must be a string"))?;
-    let arg = &items[op_at + 1];
-    let op = parse_op(op_name, arg).map_err(|why| bad(&whole, &why))?;
-    let var = match vars.iter().position(|v| **v == *name) {
-        Some(i) => i,
-        None => {
-            vars.push(name.into());
-            vars.len() - 1
+                _ => self.cmp(items).map(Node::Cmp),
+            },
+            Some(_) => Err(bad(
+                value,
+                "an expression starts with a variable name or a list",
+            )),
         }
-    };
-    Ok(Cmp { var, negate, op })
+    }
+
+    fn list(&mut self, items: &[Value]) -> Result<Vec<Node>, ConfError> {
+        items.iter().map(|v| self.node(v)).collect()
+    }
+
+    fn cmp(&mut self, items: &[Value]) -> Result<Cmp, ConfError> {
+        self.comparisons += 1;
+        if self.comparisons > MAX_COMPARISONS {
+            return Err(ConfError::new(format!(
+                "a `vars` expression holds more than {MAX_COMPARISONS} comparisons"
+            )));
+        }
+        // Built only for an error message: cloning every comparison would cost as much as the
+        // parse.
+        let whole = || Value::Array(items.to_vec());
+        let text = |i: usize| items.get(i).and_then(Value::as_str);
+        let name = text(0).unwrap_or_default();
+        if name.is_empty() {
+            return Err(bad(&whole(), "the variable name must not be empty"));
+        }
+        let (negate, op_at) = if text(1) == Some("!") {
+            (true, 2)
+        } else {
+            (false, 1)
+        };
+        if items.len() != op_at + 2 {
+            return Err(bad(
+                &whole(),
+                "expected [var, op, value] or [var, \"!\", op, value]",
+            ));
+        }
+        let op_name = text(op_at).ok_or_else(|| bad(&whole(), "the operator must be a string"))?;
+        let arg = &items[op_at + 1];
+        let op = parse_op(op_name, arg, self.budget).map_err(|why| bad(&whole(), &why))?;
+        // A linear search: at most MAX_COMPARISONS names.
+        let var = match self.vars.iter().position(|v| **v == *name) {
+            Some(i) => i,
+            None => {
+                self.vars.push(name.into());
+                self.vars.len() - 1
+            }
+        };
+        Ok(Cmp { var, negate, op })
+    }
 }
 
-fn parse_op(op: &str, arg: &Value) -> Result<Op, String> {
+fn parse_op(op: &str, arg: &Value, budget: &mut Budget) -> Result<Op, String> {
     let num = || {
         arg.as_f64()
             .or_else(|| arg.as_str().and_then(number))
             .ok_or_else(|| format!("`{op}` needs a number"))
     };
-    let regex = |insensitive: bool| {
+    let mut regex = |insensitive: bool| {
         let pattern = arg.as_str().ok_or("a regex must be a string")?;
-        RegexBuilder::new(pattern)
-            .case_insensitive(insensitive)
-            .build()
-            .map_err(|e| format!("bad regex {pattern:?}: {e}"))
+        budget
+            .regex("vars", pattern, insensitive)
+            .map_err(|e| e.message().to_owned())
     };
     Ok(match op {
         "==" => Op::Eq(scalar(arg)?),
@@ -323,7 +350,7 @@ mod tests {
     use ext_plugin_sdk::Method;
 
     async fn check(expr: Value, call: &mut TestCall) -> bool {
-        let e = Expr::parse(&expr).unwrap();
+        let e = Expr::parse(&expr, &mut Budget::default()).unwrap();
         e.matches(&mut call.call()).await.unwrap()
     }
 
@@ -418,11 +445,10 @@ mod tests {
         );
 
         // The first operand decides: the remote variable is never asked for.
-        let e = Expr::parse(&json!([
-            "OR",
-            ["arg_name", "==", "jack"],
-            ["route_id", "==", "1"]
-        ]))
+        let e = Expr::parse(
+            &json!(["OR", ["arg_name", "==", "jack"], ["route_id", "==", "1"]]),
+            &mut Budget::default(),
+        )
         .unwrap();
         assert!(e.matches(&mut c.call()).await.unwrap());
         assert!(c.asked().is_empty());
@@ -431,11 +457,14 @@ mod tests {
     #[tokio::test]
     async fn remote_variables_are_fetched_once() {
         let mut c = req().with_gateway_var("route_id", "7");
-        let e = Expr::parse(&json!([
-            ["route_id", "==", 7],
-            ["route_id", "~=", "8"],
-            ["arg_name", "==", "jack"]
-        ]))
+        let e = Expr::parse(
+            &json!([
+                ["route_id", "==", 7],
+                ["route_id", "~=", "8"],
+                ["arg_name", "==", "jack"]
+            ]),
+            &mut Budget::default(),
+        )
         .unwrap();
         assert!(e.matches(&mut c.call()).await.unwrap());
         assert_eq!(c.asked(), ["route_id"]);
@@ -446,7 +475,8 @@ mod tests {
         for (bad, why) in [
             (json!({"a": 1}), "must be an array"),
             (json!([["arg_a", "=", "1"]]), "unknown operator"),
-            (json!([["arg_a", "~~", "("]]), "bad regex"),
+            (json!([["arg_a", "~~", "("]]), "not a valid regex"),
+            (json!([["arg_a", "~~", "\\w{200}"]]), "more than"),
             (json!([["arg_a", ">", "x"]]), "needs a number"),
             (json!([["arg_a", "in", "x"]]), "needs an array"),
             (json!([["arg_a", "ipmatch", ["300.0.0.1"]]]), "not an IP"),
@@ -454,8 +484,29 @@ mod tests {
             (json!(["AND"]), "at least one operand"),
             (json!([1, 2]), "starts with a variable"),
         ] {
-            let e = Expr::parse(&bad).unwrap_err();
+            let e = Expr::parse(&bad, &mut Budget::default()).unwrap_err();
             assert!(e.message().contains(why), "{bad}: {e}");
         }
+    }
+
+    /// Issue 11 #1: an expression of 60 000 distinct comparisons once took 14 s to parse
+    /// (a quadratic variable dedupe); past [`MAX_COMPARISONS`] it is refused.
+    #[test]
+    fn comparisons_are_bounded() {
+        let many = |n: usize| {
+            Value::Array(
+                (0..n)
+                    .map(|i| json!([format!("arg_{i}"), "==", "1"]))
+                    .collect(),
+            )
+        };
+        let e = Expr::parse(&many(60_000), &mut Budget::default()).unwrap_err();
+        assert!(e.message().contains("more than 256 comparisons"), "{e}");
+        let e = Expr::parse(&many(MAX_COMPARISONS), &mut Budget::default()).unwrap();
+        assert_eq!(e.vars.len(), MAX_COMPARISONS);
+        // Regexes share the conf's budget.
+        let regexes = Value::Array((0..40).map(|_| json!(["arg_a", "~~", "a"])).collect());
+        let e = Expr::parse(&regexes, &mut Budget::default()).unwrap_err();
+        assert!(e.message().contains("more than 32 regexes"), "{e}");
     }
 }

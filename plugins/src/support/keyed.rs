@@ -7,12 +7,17 @@
 //! * Swept: every lookup drops up to two least-recently-used entries idle for longer than `idle`
 //!   that nobody else holds (a cell an in-flight request still holds, e.g. a limit-conn slot,
 //!   stays), so idle keys do not linger until the capacity is reached.
+//! * Bounded in bytes too: a key longer than [`MAX_KEY_LEN`] bytes (a client-chosen header
+//!   value, say) is stored as its 128-bit SHA-256 prefix, so memory grows with the number of
+//!   keys, not their length. Short keys stay as they are (no hashing on the common path).
 
 use std::hash::{BuildHasher, RandomState};
+use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ext_plugin_sdk::PrepareEnv;
 use lru::LruCache;
+use sha2::{Digest, Sha256};
 
 const SHARDS: usize = 16;
 /// Idle entries dropped per lookup: enough to keep up with churn, small enough to stay cheap.
@@ -20,6 +25,13 @@ const SWEEP_PER_LOOKUP: usize = 2;
 
 /// The default of the `max_keys` *(ext)* field.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+/// Keys up to this length are stored as they are; longer ones as a hash.
+pub const MAX_KEY_LEN: usize = 64;
+/// A hashed key: a marker byte that never starts valid UTF-8 (so no short key can equal it),
+/// then 16 bytes of SHA-256: collisions are out of reach of any client (2^64 work).
+const HASHED_LEN: usize = 17;
+const HASHED_MARK: u8 = 0xff;
 
 pub struct KeyedStore<V> {
     /// `None` until the shard's first key: a route's limiter that sees few keys (or none yet)
@@ -30,7 +42,7 @@ pub struct KeyedStore<V> {
     idle: u64,
 }
 
-type Shard<V> = LruCache<Box<str>, Entry<V>>;
+type Shard<V> = LruCache<Box<[u8]>, Entry<V>>;
 
 struct Entry<V> {
     last_used: u64,
@@ -50,17 +62,18 @@ impl<V> KeyedStore<V> {
 
     /// The cell for `key`, created by `init` when absent.
     pub fn get_or_insert(&self, key: &str, now: u64, init: impl FnOnce() -> V) -> Arc<V> {
-        let mut guard = self.shard(key);
+        let key = StoredKey::of(key);
+        let mut guard = self.shard(&key);
         // Unbounded LRUs capped by hand: a bounded LruCache preallocates its full capacity.
         let shard = guard.get_or_insert_with(LruCache::unbounded);
         self.sweep(shard, now);
-        if let Some(e) = shard.get_mut(key) {
+        if let Some(e) = shard.get_mut(&*key) {
             e.last_used = now;
             return e.value.clone();
         }
         let value = Arc::new(init());
         shard.push(
-            key.into(),
+            Box::from(&*key),
             Entry {
                 last_used: now,
                 value: value.clone(),
@@ -74,7 +87,11 @@ impl<V> KeyedStore<V> {
 
     /// The cell for `key` if it exists, without creating or touching it.
     pub fn get(&self, key: &str) -> Option<Arc<V>> {
-        self.shard(key).as_ref()?.peek(key).map(|e| e.value.clone())
+        let key = StoredKey::of(key);
+        self.shard(&key)
+            .as_ref()?
+            .peek(&*key)
+            .map(|e| e.value.clone())
     }
 
     /// Every key in the store (tests and diagnostics).
@@ -89,7 +106,19 @@ impl<V> KeyedStore<V> {
         self.len() == 0
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, Option<Shard<V>>> {
+    /// Bytes the stored keys take (tests and diagnostics).
+    pub fn key_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                lock(s)
+                    .as_ref()
+                    .map_or(0, |s| s.iter().map(|(k, _)| k.len()).sum())
+            })
+            .sum()
+    }
+
+    fn shard(&self, key: &[u8]) -> MutexGuard<'_, Option<Shard<V>>> {
         let i = self.hasher.hash_one(key) as usize % SHARDS;
         lock(&self.shards[i])
     }
@@ -109,6 +138,34 @@ impl<V> KeyedStore<V> {
                     shard.push(key, entry);
                 }
             }
+        }
+    }
+}
+
+/// A key as the store keeps it: its bytes, or the hash of a long one, on the stack.
+enum StoredKey<'a> {
+    Short(&'a [u8]),
+    Hashed([u8; HASHED_LEN]),
+}
+
+impl StoredKey<'_> {
+    fn of(key: &str) -> StoredKey<'_> {
+        if key.len() <= MAX_KEY_LEN {
+            return StoredKey::Short(key.as_bytes());
+        }
+        let mut hashed = [HASHED_MARK; HASHED_LEN];
+        hashed[1..].copy_from_slice(&Sha256::digest(key.as_bytes())[..HASHED_LEN - 1]);
+        StoredKey::Hashed(hashed)
+    }
+}
+
+impl Deref for StoredKey<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            StoredKey::Short(k) => k,
+            StoredKey::Hashed(h) => h,
         }
     }
 }
@@ -233,6 +290,33 @@ mod tests {
             None,
             "gone with the state"
         );
+    }
+
+    #[test]
+    fn long_keys_cost_a_hash_not_their_length() {
+        let store: KeyedStore<u32> = KeyedStore::new(100_000, 1_000);
+        let long = |i: usize| format!("{i:04096}");
+        for i in 0..1000 {
+            store.get_or_insert(&long(i), 0, || i as u32);
+        }
+        assert_eq!(store.len(), 1000, "distinct long keys stay distinct");
+        assert!(
+            store.key_bytes() <= 1000 * HASHED_LEN,
+            "4 MiB of keys kept as {} bytes",
+            store.key_bytes()
+        );
+        assert_eq!(
+            *store.get(&long(7)).unwrap(),
+            7,
+            "the same long key finds its cell"
+        );
+        assert!(store.get(&format!("{:04095}x", 7)).is_none());
+        // A short key is kept as it is, and no short key can take a hashed key's place.
+        store.get_or_insert("short", 0, || 1);
+        assert_eq!(store.key_bytes(), 1000 * HASHED_LEN + 5);
+        let max_short = "k".repeat(MAX_KEY_LEN);
+        assert_eq!(*store.get_or_insert(&max_short, 0, || 9), 9);
+        assert!(store.get(&(max_short + "k")).is_none());
     }
 
     #[test]

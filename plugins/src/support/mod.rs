@@ -13,7 +13,9 @@
 //! * [`lease`]: request ↔ response correlation with expiring leases.
 //! * [`vars`]: variables in either phase, for the engines above.
 //! * [`specific_items`]: per-key thresholds and key patterns for the limiters.
+//! * [`patterns`]: every regex a conf brings, compiled once under size and count bounds.
 //! * [`warm_up`]: Sentinel's warm-up curve for the limiters.
+//! * [`warn_once`]: prepare-time warnings logged once per cause, not per prepare.
 
 pub mod amount;
 pub mod clock;
@@ -22,9 +24,11 @@ pub mod few;
 pub mod key;
 pub mod keyed;
 pub mod lease;
+pub mod patterns;
 pub mod reject;
 pub mod specific_items;
 pub mod template;
 pub mod vars;
 pub mod warm_up;
+pub mod warn_once;
 pub mod window;

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use regex::Regex;
 use serde::Deserialize;
 
+use super::patterns::Budget;
 use ext_plugin_sdk::{ConfError, Text};
 
 #[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +93,7 @@ impl<T> PerKey<T> {
                     MatchStrategy::Prefix => Pattern::Prefix(p),
                     MatchStrategy::Contains => Pattern::Contains(p),
                     MatchStrategy::Regex => {
-                        Pattern::Regex(Regex::new(&p).map_err(|e| ConfError::field("pattern", e))?)
+                        Pattern::Regex(Budget::default().regex("pattern", &p, false)?)
                     }
                 };
                 Some((pattern, unmatched.unwrap_or_default()))

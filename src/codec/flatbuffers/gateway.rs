@@ -48,7 +48,7 @@ impl GatewayCodec for FlatBuffersCodec {
     fn encode_prepare_conf_req(&mut self, msg: &PrepareConfReq, out: &mut Vec<u8>) {
         use schema::PrepareConfReq as S;
         self.encode(out, |c| {
-            let conf = c.entries(&msg.conf);
+            let conf = c.entries(super::items(&msg.conf));
             let key = c.fbb.create_string(&msg.key);
             let t = c.fbb.start_table();
             c.fbb.push_slot_always(S::CONF, conf);
@@ -65,8 +65,8 @@ impl GatewayCodec for FlatBuffersCodec {
                 IpAddr::V6(v6) => c.bytes(&v6.octets()),
             });
             let path = c.fbb.create_string(&msg.path);
-            let args = c.entries(&msg.args);
-            let headers = c.entries(&msg.headers);
+            let args = c.entries(msg.args.iter().map(|e| (e.name(), e.value())));
+            let headers = c.entries(msg.headers.iter().map(|e| (e.name(), e.value())));
             let t = c.fbb.start_table();
             c.fbb.push_slot(S::ID, msg.id, 0);
             if let Some(src_ip) = src_ip {
@@ -84,7 +84,7 @@ impl GatewayCodec for FlatBuffersCodec {
     fn encode_http_resp_call_req(&mut self, msg: &HttpRespCallReq, out: &mut Vec<u8>) {
         use schema::HttpRespCallReq as S;
         self.encode(out, |c| {
-            let headers = c.entries(&msg.headers);
+            let headers = c.entries(super::items(&msg.headers));
             let t = c.fbb.start_table();
             c.fbb.push_slot(S::ID, msg.id, 0);
             c.fbb.push_slot(S::CONF_TOKEN, msg.conf_token, 0);

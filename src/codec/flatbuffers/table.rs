@@ -1,9 +1,11 @@
 //! Reading FlatBuffers tables with safe, bounds-checked code.
 //!
 //! The `flatbuffers` crate reads through `unsafe` accessors that trust an earlier verification;
-//! this crate forbids unsafe code. So the codec verifies each buffer with the crate's verifier
-//! first and then reads it here, where every offset is checked again: a check failing after
-//! verification means the two disagree, and it becomes a decode error, never a panic.
+//! this crate forbids unsafe code, and a verification visits every field of a buffer before the
+//! first is read. So the runner reads buffers here instead, where every offset, length and
+//! vtable is checked as it is followed: a malformed buffer is a decode error, never a panic, and
+//! the fields nobody reads cost nothing. (The gateway side, for tests and the replayer, still
+//! verifies replies with the crate's verifier first.)
 //!
 //! [`Table::root`] doubles as the shape test of protocol detection: it accepts a buffer only if
 //! its root is a table whose vtable and fields lie inside the buffer.
@@ -213,3 +215,5 @@ impl<'a> Iterator for Tables<'a> {
         (n, Some(n))
     }
 }
+
+impl ExactSizeIterator for Tables<'_> {}

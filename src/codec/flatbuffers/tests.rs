@@ -32,8 +32,9 @@ fn full_request() -> HttpReqCallReq {
             Pair::new("e", ""),
             Pair::new("k", "v"),
             Pair::new("k", "w"),
-        ],
-        headers: vec![Pair::new("x", "1"), Pair::new("x", "2"), Pair::new("", "")],
+        ]
+        .into(),
+        headers: vec![Pair::new("x", "1"), Pair::new("x", "2"), Pair::new("", "")].into(),
         conf_token: 99,
         extra_info: Vec::new(),
     }
@@ -164,15 +165,15 @@ fn decoding_reuses_vectors_and_shares_the_payload() {
     let mut c = codec();
     let p = payload(|o| c.encode_http_req_call_req(&full_request(), o));
     let mut out = HttpReqCallReq {
-        headers: vec![Pair::new("stale", "x"); 9],
+        headers: vec![Pair::new("stale", "x"); 9].into(),
         ..Default::default()
     };
     c.decode_http_req_call_req(&p, &mut out).unwrap();
     assert_eq!(out.headers, full_request().headers);
     let range = p.as_ptr() as usize..p.as_ptr() as usize + p.len();
     assert!(range.contains(&(out.path.as_bytes().as_ptr() as usize)));
-    let value = out.args[2].value.as_ref().unwrap();
-    assert!(range.contains(&(value.as_bytes().as_ptr() as usize)));
+    let value = out.args.get(2).unwrap().value().unwrap();
+    assert!(range.contains(&(value.as_ptr() as usize)));
 }
 
 #[test]
