@@ -259,13 +259,18 @@ pub async fn serve_per_core(
                             return Drained::default();
                         }
                     };
-                    let mut stop = stop_rx.clone();
+                    // This thread's connections stop on a signal of its own, sent once the
+                    // thread has stopped accepting and collected the connections that ended:
+                    // the drain counts those the stop closes, as `serve`'s does.
+                    let (core_stop_tx, core_stop_rx) = watch::channel(false);
+                    let mut stop = stop_rx;
                     let stopped = async move {
                         let _ = stop.changed().await;
                     };
                     let connections =
-                        accept_until(&listener, &shared, &slots, &stop_rx, stopped).await;
+                        accept_until(&listener, &shared, &slots, &core_stop_rx, stopped).await;
                     drop(listener);
+                    let _ = core_stop_tx.send(true);
                     drain(connections, &shared).await
                 });
                 // As the main runtime does (`cli::run`): a prepare blocked in a plugin holds a
@@ -365,7 +370,9 @@ async fn accept_until(
             }
         }
     }
-
+    // Connections that ended since the last accept are not in flight: collected now, before
+    // the caller tells the rest to stop (after that, one that closes is one the stop closed).
+    while connections.try_join_next().is_some() {}
     connections
 }
 
@@ -399,9 +406,10 @@ impl Drained {
 /// Lets the calls in flight finish, for the drain timeout at most; past it, answers the calls
 /// still running SERVICE_UNAVAILABLE (the `abandon` signal) and gives their connections
 /// [`ABANDON_GRACE`] to send that.
+///
+/// `connections` are those open when the stop was sent ([`accept_until`] collected the ones
+/// that ended before): the count includes those the stop has closed since.
 async fn drain(mut connections: JoinSet<()>, shared: &Shared) -> Drained {
-    // Connections that ended since the last accept are still in the set: they are not in flight.
-    while connections.try_join_next().is_some() {}
     let open = connections.len();
     let drained = tokio::time::timeout(shared.config.drain_timeout, async {
         while connections.join_next().await.is_some() {}
