@@ -19,7 +19,7 @@ use crate::log_fields::SafeFields;
 use crate::log_format::{JsonLines, LogFormat};
 use crate::metrics::{parse_metrics_address, DEFAULT_MAX_ROUTES};
 use crate::peers::AllowPeers;
-use crate::server::{serve, Listener, Runner};
+use crate::server::{serve, serve_per_core, Listener, Runner, RUNTIME_GRACE};
 use crate::signals;
 use ext_plugin_catalogue::opensergo;
 use ext_plugin_sdk::host::Retention;
@@ -98,6 +98,12 @@ pub struct Cli {
     /// Worker threads; the default is one per CPU.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
+
+    /// How the worker threads share connections: `work-stealing` (one runtime; an idle thread
+    /// takes ready connections from a busy one) or `per-core` (one single-threaded runtime per
+    /// worker; a connection stays on the thread that accepted it). BENCHMARKS.md compares them.
+    #[arg(long, value_enum, default_value_t = ThreadModel::WorkStealing)]
+    pub runtime: ThreadModel,
 
     /// Prepared chains kept at most.
     #[arg(long, default_value_t = Config::default().conf_cache_capacity)]
@@ -396,6 +402,13 @@ fn log_filter(flag: Option<&str>, env: Option<&str>) -> Result<EnvFilter, String
     }
 }
 
+/// How the worker threads share connections (`--runtime`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ThreadModel {
+    WorkStealing,
+    PerCore,
+}
+
 /// Runs the runner as a gateway spawns it: parses the command line and environment, sets up
 /// logging to stderr, listens, and serves `registry`'s plugins until SIGTERM or SIGINT.
 ///
@@ -474,11 +487,20 @@ where
         info!("APISIX_LISTEN_ADDRESS is not set and --listen not given; using {DEFAULT_LISTEN_ADDRESS}");
     }
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // Per core, this runtime only waits for the stop and serves the metrics endpoint; the
+    // serving threads get their own (and the signals a thread of their own, `signals`).
+    let mut runtime = match cli.runtime {
+        ThreadModel::WorkStealing => tokio::runtime::Builder::new_multi_thread(),
+        ThreadModel::PerCore => tokio::runtime::Builder::new_current_thread(),
+    };
     runtime.enable_all();
     if let Some(n) = cli.workers {
         runtime.worker_threads(usize::from(n));
     }
+    let threads = cli.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
     let runtime = match runtime.build() {
         Ok(r) => r,
         Err(e) => {
@@ -514,14 +536,22 @@ where
         );
         let registry = cli.opensergo.provide(registry);
         let runner = Runner::new(config, registry);
-        serve(listener, runner, async move {
+        let signalled = async move {
             match stop.await {
                 Ok(name) => info!("{name}: draining"),
                 // The watcher never ends without a signal; should it, keep serving.
                 Err(_) => std::future::pending().await,
             }
-        })
-        .await;
+        };
+        match cli.runtime {
+            ThreadModel::WorkStealing => serve(listener, runner, signalled).await,
+            ThreadModel::PerCore => {
+                if let Err(e) = serve_per_core(listener, runner, threads, signalled).await {
+                    error!("cannot start the serving threads: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         ExitCode::SUCCESS
     });
     // A prepare blocked in a plugin (a FIFO, a pathological conf) holds a blocking-pool thread
@@ -530,11 +560,6 @@ where
     runtime.shutdown_timeout(RUNTIME_GRACE);
     code
 }
-
-/// At exit, how long the runtime may take to drop what is left (tasks already cancelled).
-/// With the drain timeout (800 ms) and the abandon grace (50 ms) this keeps a SIGTERM under the
-/// gateway's 1 s.
-const RUNTIME_GRACE: Duration = Duration::from_millis(50);
 
 /// Prints panics (a plugin's are answered SERVICE_UNAVAILABLE and the runner lives on) through
 /// the log, at most one line per interval with a count: a plugin that panics on every request

@@ -2,7 +2,8 @@
 //!
 //! The connection owns every buffer a call needs (read buffer, write buffer, decoded messages,
 //! call state) and reuses them, so a steady stream of calls does not allocate for framing or
-//! decoding. A reply leaves in one write. The only reads inside a call are the answers to the
+//! decoding. A reply leaves in one write, and the replies to calls the gateway pipelined (their
+//! frames already read) leave together, in one write. The only reads inside a call are the answers to the
 //! call's own `extra_info` requests; an answer a plugin stopped waiting for (it dropped the
 //! fetch) is read and dropped before the reply is written, so the stream stays in step.
 //!
@@ -15,6 +16,7 @@
 //! [`crate::limits`], one line per limit per interval.
 
 mod io;
+mod shutdown;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -41,6 +43,7 @@ use ext_plugin_sdk::host::ChainFailure;
 use ext_plugin_sdk::host::{CallState, RespState};
 use ext_plugin_sdk::PluginError;
 use io::{Close, Io};
+use shutdown::Shutdown;
 
 /// Decoded messages and call state, reused from call to call.
 #[derive(Default)]
@@ -96,8 +99,9 @@ impl Scratch {
 pub(crate) async fn serve(
     stream: UnixStream,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    let mut shutdown = Shutdown::new(shutdown);
     let protocol = match shared.config.protocol {
         ProtocolSetting::Fixed(p) => p,
         ProtocolSetting::Auto => Protocol::Capnp,
@@ -116,7 +120,7 @@ pub(crate) async fn serve(
     let result = conn.run(&mut shutdown).await;
     shared
         .metrics
-        .connection_closed(close_reason(&result, *shutdown.borrow()));
+        .connection_closed(close_reason(&result, shutdown.requested()));
     match result {
         Ok(()) => debug!("connection closed"),
         Err(Close::Framed(FramedError::TooLarge(len))) => {
@@ -172,12 +176,14 @@ struct Connection<'s> {
 }
 
 impl Connection<'_> {
-    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Close> {
+    async fn run(&mut self, shutdown: &mut Shutdown) -> Result<(), Close> {
         // With `auto`, the first payload that fits a protocol decides the connection's. A first
         // frame that fits none gets BAD_REQUEST (in the default codec) and decides nothing, so
         // one bad frame cannot pin the connection to a protocol its gateway does not speak.
         let mut undecided = self.shared.config.protocol == ProtocolSetting::Auto;
-        let mut abandon = self.shared.abandon.subscribe();
+        // Past the drain timeout the call in flight is answered SERVICE_UNAVAILABLE (not left
+        // to a bare end of stream); one waiter for the connection's life, like the stop's.
+        let mut abandon = Shutdown::new(self.shared.abandon.subscribe());
         while let Some(frame) = self.io.next_frame(shutdown).await? {
             if undecided {
                 if let Some(p) = detect(&frame.payload) {
@@ -191,14 +197,18 @@ impl Connection<'_> {
             let result = tokio::select! {
                 biased;
                 r = self.serve_frame(frame) => r,
-                // Past the drain timeout the call is answered here, not left to a bare EOF.
-                _ = abandon.wait_for(|a| *a) => {
+                () = abandon.wait() => {
                     self.io.queue_error(ErrorCode::ServiceUnavailable);
                     Err(Close::Abandoned)
                 }
             };
             self.shared.metrics.finish(&self.scratch.meter);
             self.scratch.release();
+            // Replies wait for the next pipelined call's only while the runner is not
+            // abandoning calls: then what is queued leaves at once.
+            if result.is_ok() && self.io.batching() && !abandon.requested() {
+                continue;
+            }
             self.io.flush().await?;
             self.io.trim_buffers();
             result?;
@@ -546,10 +556,14 @@ fn answer_unavailable(io: &mut Io) -> Result<(), Close> {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
     use crate::codec::MAX_ENTRIES;
+    use crate::config::Config;
     use crate::model::Pair;
+    use crate::server::Runner;
+    use ext_plugin_sdk::Registry;
 
     /// Issue 11 #3: after a call of the most entries a frame may carry, the connection keeps a
     /// small, fixed amount of decode storage, whatever the frame held.
@@ -574,5 +588,50 @@ mod tests {
         let kept = scratch.retained_bytes();
         assert!(kept < 32 * 1024, "{kept} bytes kept (from {full})");
         assert!(full > 4 * kept, "the test filled the vectors");
+    }
+
+    #[tokio::test]
+    async fn replies_to_pipelined_calls_leave_in_one_write() {
+        let config = Config {
+            protocol: ProtocolSetting::Fixed(Protocol::Capnp),
+            ..Config::default()
+        };
+        let runner = Runner::new(config, Registry::new());
+        let shared = runner.shared();
+        let (stream, mut gateway) = UnixStream::pair().unwrap();
+        let mut conn = Connection {
+            io: Io::new(
+                stream,
+                Protocol::Capnp.runner_codec(),
+                &shared.config,
+                &shared.buffers,
+            ),
+            scratch: Scratch::default(),
+            shared,
+        };
+        // Sixteen calls in one write, each a payload no codec decodes: each is answered with a
+        // BAD_REQUEST error frame, without a prepared chain.
+        const CALLS: usize = 16;
+        let call = [FrameType::HttpReqCall as u8, 0, 0, 1, 0xFF];
+        let gateway = async move {
+            gateway.write_all(&call.repeat(CALLS)).await.unwrap();
+            let mut replies = 0;
+            let mut head = [0u8; 4];
+            while replies < CALLS {
+                gateway.read_exact(&mut head).await.unwrap();
+                assert_eq!(head[0], FrameType::Error as u8);
+                let len = u32::from_be_bytes([0, head[1], head[2], head[3]]) as usize;
+                gateway.read_exact(&mut vec![0; len]).await.unwrap();
+                replies += 1;
+            }
+        };
+        let (_tx, rx) = watch::channel(false);
+        let mut shutdown = Shutdown::new(rx);
+        let (served, ()) = tokio::join!(conn.run(&mut shutdown), gateway);
+        served.unwrap();
+        let writes = conn.io.framed.writes();
+        // One write when the runner's first read takes all sixteen calls, as it does here; a
+        // few more if the socket split them. One write per reply is what batching prevents.
+        assert!(writes <= 3, "{writes} writes for {CALLS} pipelined replies");
     }
 }

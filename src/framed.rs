@@ -179,6 +179,13 @@ impl FrameBuffer {
         Ok(split_frame(&mut self.buf))
     }
 
+    /// True when a whole frame is buffered (or a header over the limit, which the next
+    /// [`FrameBuffer::next_frame`] refuses): taking it needs no read.
+    pub fn has_frame(&self) -> bool {
+        FrameHeader::parse(&self.buf)
+            .is_some_and(|h| h.len > self.max_frame || self.buf.len() >= HEADER_LEN + h.len)
+    }
+
     /// How far the frame under way has come: the bytes buffered, and the payload length its
     /// header promises ([`HEADER_LEN`] while the header itself is incomplete).
     pub fn progress(&self) -> (usize, usize) {
@@ -346,6 +353,20 @@ mod tests {
         assert_eq!(b.next_frame().unwrap().unwrap().payload.len(), 8);
         b.buf.extend_from_slice(&FrameHeader::encode(2, 9));
         assert!(matches!(b.next_frame(), Err(FramedError::TooLarge(9))));
+    }
+
+    #[test]
+    fn a_whole_frame_is_seen_before_it_is_taken() {
+        let mut b = FrameBuffer::new(8);
+        assert!(!b.has_frame());
+        b.buf.extend_from_slice(&[1, 0, 0, 2, b'h']);
+        assert!(!b.has_frame(), "one payload byte short");
+        b.buf.extend_from_slice(&[b'i', 1, 0]);
+        assert!(b.has_frame());
+        b.next_frame().unwrap().unwrap();
+        assert!(!b.has_frame(), "half a header");
+        b.buf.extend_from_slice(&[0, 9]);
+        assert!(b.has_frame(), "over the limit: next_frame answers at once");
     }
 
     #[test]

@@ -59,4 +59,4 @@ pub mod testing;
 
 pub use config::Config;
 pub use ext_plugin_sdk::{model, Chain, Clock, Registry};
-pub use server::{serve, Listener, Runner};
+pub use server::{serve, serve_per_core, Listener, Runner};

@@ -2,14 +2,18 @@
 //!
 //! [`Listener::bind`] owns the socket file's life cycle: it replaces a stale socket, refuses to
 //! replace anything else, opens the file to the gateway's workers (mode 0766, as stock runners
-//! do; [`crate::peers`] then checks who connected) and, when dropped, removes the file only if it is still the one it created (on a gateway
-//! reload a new runner may already listen on the same path). [`serve`] accepts until its
+//! do; [`crate::peers`] then checks who connected) and, when dropped, removes the file only if
+//! it is still the one it created (on a gateway reload a new runner may already listen on the
+//! same path). [`serve`] accepts until its
 //! shutdown future resolves, then stops accepting, lets calls in flight finish for the drain
 //! timeout, answers the calls still running with an error frame (not a bare end of stream), and
-//! returns: the whole stop fits in the gateway's 1 s (docs/HARDENING.md).
+//! returns: the whole stop fits in the gateway's 1 s (docs/HARDENING.md). [`serve_per_core`]
+//! does the same with one single-threaded runtime per worker thread, each accepting from the
+//! shared socket and serving the connections it accepted.
 
 use std::fs;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::conf_cache::{CacheLimits, ConfCache};
 use crate::config::Config;
@@ -90,6 +94,11 @@ impl Runner {
             .metrics
             .is_on()
             .then(|| self.shared.metrics.render())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     pub fn config(&self) -> &Config {
@@ -204,12 +213,113 @@ pub async fn serve(
     let shared = runner.shared;
     let (stop_tx, stop_rx) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let _metrics = (shared.config.metrics_listen.clone())
+        .map(|address| metrics::endpoint::spawn(address, shared.clone(), stop_rx.clone()));
+    let connections = accept_until(&listener.inner, &shared, &slots, &stop_rx, shutdown).await;
+    // Stop accepting and take the socket file away first, so the gateway's new connections fail
+    // fast instead of waiting on a runner that is leaving.
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drain(connections, &shared).await.log(&shared);
+}
+
+/// Serves connections like [`serve`], on `threads` threads that each run a single-threaded
+/// runtime: every thread accepts from the shared socket and serves the connections it accepted
+/// itself, to the end (no work stealing, no cross-thread wake-ups). The caller's runtime keeps
+/// the metrics endpoint and waits for `shutdown`; then every thread stops accepting and drains.
+/// Fails only if a thread or its runtime cannot be started.
+pub async fn serve_per_core(
+    listener: Listener,
+    runner: Runner,
+    threads: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> io::Result<()> {
+    let shared = runner.shared;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let _metrics = (shared.config.metrics_listen.clone())
+        .map(|address| metrics::endpoint::spawn(address, shared.clone(), stop_rx.clone()));
+    let mut cores = Vec::with_capacity(threads);
+    for i in 0..threads {
+        // Everything that can fail is done here, before any thread serves.
+        let socket = listener.inner.as_fd().try_clone_to_owned()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (shared, slots, stop_rx) = (shared.clone(), slots.clone(), stop_rx.clone());
+        let core = std::thread::Builder::new()
+            .name(format!("runner-core-{i}"))
+            .spawn(move || {
+                let drained = runtime.block_on(async move {
+                    let socket = std::os::unix::net::UnixListener::from(socket);
+                    let listener = match UnixListener::from_std(socket) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            error!("core {i}: cannot watch the socket: {e}");
+                            return Drained::default();
+                        }
+                    };
+                    // This thread's connections stop on a signal of its own, sent once the
+                    // thread has stopped accepting and collected the connections that ended:
+                    // the drain counts those the stop closes, as `serve`'s does.
+                    let (core_stop_tx, core_stop_rx) = watch::channel(false);
+                    let mut stop = stop_rx;
+                    let stopped = async move {
+                        let _ = stop.changed().await;
+                    };
+                    let connections =
+                        accept_until(&listener, &shared, &slots, &core_stop_rx, stopped).await;
+                    drop(listener);
+                    let _ = core_stop_tx.send(true);
+                    drain(connections, &shared).await
+                });
+                // As the main runtime does (`cli::run`): a prepare blocked in a plugin holds a
+                // blocking thread no timeout stops; waiting for it would keep the process alive.
+                runtime.shutdown_timeout(RUNTIME_GRACE);
+                drained
+            })?;
+        cores.push(core);
+    }
+    shutdown.await;
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Joining blocks: off this runtime's thread, which serves the metrics endpoint meanwhile.
+    // One drain line for the runner, the threads' counts added up.
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut total = Drained::default();
+        let mut panicked = 0;
+        for core in cores {
+            match core.join() {
+                Ok(d) => total.add(d),
+                Err(_) => panicked += 1,
+            }
+        }
+        (total, panicked)
+    })
+    .await;
+    match joined {
+        Ok((total, 0)) => total.log(&shared),
+        Ok((total, _)) => {
+            total.log(&shared);
+            error!("a serving thread panicked");
+        }
+        Err(_) => error!("a serving thread panicked"),
+    }
+    Ok(())
+}
+
+/// Accepts connections from `listener` and serves each on a task of the current runtime, until
+/// `shutdown` resolves; the connections still open are returned for [`drain`].
+async fn accept_until(
+    listener: &UnixListener,
+    shared: &Arc<Shared>,
+    slots: &Arc<Semaphore>,
+    stop_rx: &watch::Receiver<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> JoinSet<()> {
     let mut connections = JoinSet::new();
     let mut backoff = Duration::from_millis(1);
     tokio::pin!(shutdown);
-    let _metrics = (shared.config.metrics_listen.clone())
-        .map(|address| metrics::endpoint::spawn(address, shared.clone(), stop_rx.clone()));
-
     loop {
         while connections.try_join_next().is_some() {}
         let permit = match slots.clone().try_acquire_owned() {
@@ -233,7 +343,7 @@ pub async fn serve(
         let accepted = tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            a = listener.inner.accept() => a,
+            a = listener.accept() => a,
         };
         match accepted {
             Ok((stream, _)) => {
@@ -260,40 +370,73 @@ pub async fn serve(
             }
         }
     }
-
-    // Stop accepting and take the socket file away first, so the gateway's new connections fail
-    // fast instead of waiting on a runner that is leaving.
-    drop(listener);
-    let _ = stop_tx.send(true);
-    // Connections that ended since the last accept are still in the set: they are not in flight.
+    // Connections that ended since the last accept are not in flight: collected now, before
+    // the caller tells the rest to stop (after that, one that closes is one the stop closed).
     while connections.try_join_next().is_some() {}
-    let in_flight = connections.len();
-    let drained = tokio::time::timeout(shared.config.drain_timeout, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    match drained {
-        Ok(()) => info!(connections = in_flight, "drained; exiting"),
-        Err(_) => {
-            warn!(
-                connections = in_flight,
-                left = connections.len(),
-                "calls still running after {:?}; answering them SERVICE_UNAVAILABLE",
+    connections
+}
+
+/// How a drain went: the connections open when it began, and those still running at the drain
+/// timeout (answered SERVICE_UNAVAILABLE, then closed).
+#[derive(Debug, Default)]
+struct Drained {
+    open: usize,
+    abandoned: usize,
+}
+
+impl Drained {
+    fn add(&mut self, other: Drained) {
+        self.open += other.open;
+        self.abandoned += other.abandoned;
+    }
+
+    fn log(&self, shared: &Shared) {
+        match self.abandoned {
+            0 => info!(connections = self.open, "drained; exiting"),
+            left => warn!(
+                connections = self.open,
+                left,
+                "calls still running after {:?}; answered them SERVICE_UNAVAILABLE",
                 shared.config.drain_timeout
-            );
-            // Each connection answers its call and closes; one whose gateway does not read the
-            // answer within the grace is cut off.
-            shared.abandon.send_replace(true);
-            let _ = tokio::time::timeout(ABANDON_GRACE, async {
-                while connections.join_next().await.is_some() {}
-            })
-            .await;
-            // Not `shutdown().await`: a task whose plugin blocks its worker thread never ends,
-            // and waiting for it would keep the process alive. Dropping the set aborts the rest.
-            connections.abort_all();
+            ),
         }
     }
 }
 
+/// Lets the calls in flight finish, for the drain timeout at most; past it, answers the calls
+/// still running SERVICE_UNAVAILABLE (the `abandon` signal) and gives their connections
+/// [`ABANDON_GRACE`] to send that.
+///
+/// `connections` are those open when the stop was sent ([`accept_until`] collected the ones
+/// that ended before): the count includes those the stop has closed since.
+async fn drain(mut connections: JoinSet<()>, shared: &Shared) -> Drained {
+    let open = connections.len();
+    let drained = tokio::time::timeout(shared.config.drain_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_ok() {
+        return Drained { open, abandoned: 0 };
+    }
+    let abandoned = connections.len();
+    // Each connection answers its call and closes; one whose gateway does not read the answer
+    // within the grace is cut off. Per core, the first thread here abandons every thread's
+    // calls: they share the drain timeout, which has passed for all.
+    shared.abandon.send_replace(true);
+    let _ = tokio::time::timeout(ABANDON_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    // Not `shutdown().await`: a task whose plugin blocks its worker thread never ends, and
+    // waiting for it would keep the process alive. Dropping the set aborts the rest.
+    connections.abort_all();
+    Drained { open, abandoned }
+}
+
 /// After the drain timeout, how long connections get to send their calls' error frames.
 pub(crate) const ABANDON_GRACE: Duration = Duration::from_millis(50);
+
+/// At exit, how long a runtime may take to drop what is left (tasks already cancelled).
+/// With the drain timeout (800 ms) and the abandon grace (50 ms) this keeps a SIGTERM under the
+/// gateway's 1 s.
+pub(crate) const RUNTIME_GRACE: Duration = Duration::from_millis(50);

@@ -22,18 +22,19 @@ fn forwarded(req: &HttpReqCallReq, action: &ReqAction, header: &str) -> Option<S
         ReqAction::Rewrite(r) => r
             .headers
             .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(header)),
+            .find(|h| h.name.eq_ignore_ascii_case(header))
+            .map(|h| h.value.as_deref()),
         _ => None,
     };
-    match rewritten {
-        Some(h) => h.value.as_deref().map(str::to_owned),
-        None => req
-            .headers
-            .iter()
-            .find(|h| h.name_eq_ignore_case(header))
-            .and_then(|h| h.value())
-            .map(str::to_owned),
-    }
+    rewritten
+        .or_else(|| {
+            req.headers
+                .iter()
+                .find(|h| h.name_eq_ignore_case(header))
+                .map(|h| h.value())
+        })
+        .flatten()
+        .map(str::to_owned)
 }
 
 /// Answers the response phase of a request as the gateway would: every correlation variable

@@ -109,6 +109,10 @@ enum Command {
         /// Prepare the first route's chain of this scenario instead of the realistic chain.
         #[arg(long)]
         scenario: Option<PathBuf>,
+        /// An extra argument for the spawned runner (repeatable), e.g.
+        /// `--runner-arg=--max-connections=20000` for more idle connections than its default.
+        #[arg(long = "runner-arg", allow_hyphen_values = true)]
+        runner_args: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -350,8 +354,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             confs,
             idle,
             scenario,
+            runner_args,
             json,
         } => {
+            // Each idle connection is a descriptor here and one in the runner (which inherits
+            // the limit): thousands need more than the usual soft limit of 1024.
+            memory::raise_fd_limit(idle + 256).map_err(|e| e.to_string())?;
             let chain = match &scenario {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
@@ -372,7 +380,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 }
                 None => None,
             };
-            let r = SpawnedRunner::start(&runner, &[]).map_err(|e| e.to_string())?;
+            let r = SpawnedRunner::start(&runner, &runner_args).map_err(|e| e.to_string())?;
             let m = memory::measure(&r, protocol, confs, idle, chain.as_deref())
                 .map_err(|e| e.to_string())?;
             if json {

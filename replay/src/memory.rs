@@ -35,6 +35,23 @@ fn frame(ty: FrameType, encode: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     out
 }
 
+/// Raises this process' soft limit on open files to at least `want` (children inherit it), up
+/// to the hard limit; an error names both when the hard limit is lower.
+pub fn raise_fd_limit(want: usize) -> io::Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let want = want as u64;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if soft >= want {
+        return Ok(());
+    }
+    if hard < want {
+        return Err(io::Error::other(format!(
+            "{want} open files are needed and the hard limit is {hard} (raise it: ulimit -Hn)"
+        )));
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard).map_err(io::Error::from)
+}
+
 fn settle() {
     // Let the runner's allocator and tasks quiesce before reading VmRSS.
     std::thread::sleep(Duration::from_millis(300));

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::UnixStream;
-use tokio::sync::watch;
-use tokio::time::timeout;
+use tokio::time::{Instant, Sleep};
 use tracing::warn;
 
 use crate::codec::RunnerCodec;
@@ -22,11 +21,17 @@ use crate::model::{ErrorCode, ExtraInfoReq};
 use ext_plugin_sdk::host::GatewayVars;
 use ext_plugin_sdk::PluginError;
 
+use super::shutdown::Shutdown;
+
 /// Buffer storage a connection keeps between calls. Buffers are reused so steady traffic does
 /// not allocate, but one large frame or reply must not pin its size for the connection's life
 /// (thousands of pooled connections each holding megabytes): past this, storage is given back
 /// once the call is done.
 const RETAINED_BUFFER: usize = 256 * 1024;
+
+/// Replies held back for one write while pipelined calls are served, at most: past this they go
+/// out, so a gateway pipelining many calls gets answers while the rest are served.
+const BATCH_LIMIT: usize = 64 * 1024;
 
 /// Why a connection ends.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +59,9 @@ pub(super) struct Io {
     pub(super) framed: Framed<UnixStream>,
     pub(super) codec: Box<dyn RunnerCodec>,
     pub(super) idle_timeout: Duration,
+    /// The idle timer: one per connection, registered once and moved on only when it fires
+    /// early (see [`Io::next_frame`]), instead of a timer set and cancelled around every wait.
+    idle: Pin<Box<Sleep>>,
     /// extra_info requests queued whose answers have not been read. A plugin may drop a fetch
     /// (a timeout or `select!` around it): its request is still sent, whole, and its answer
     /// still comes, so it is read and dropped before anything else is read or written.
@@ -82,6 +90,7 @@ impl Io {
             framed,
             codec,
             idle_timeout: config.idle_timeout,
+            idle: Box::pin(tokio::time::sleep(config.idle_timeout)),
             owed: 0,
             broken: None,
             answer_budget: config.extra_info_budget,
@@ -112,21 +121,38 @@ impl Io {
     ///
     /// Between calls the idle timeout applies, and shutdown ends the wait; once a frame has
     /// started, its bytes must keep coming within the stall timeout (slowloris).
+    ///
+    /// The idle timer is checked lazily: a wait only notes when it began (a clock read). The
+    /// connection's one timer fires at the deadline of some earlier wait; if a call came since,
+    /// it is moved to this wait's deadline and the wait goes on. A busy connection so touches
+    /// the timer wheel about once per idle timeout instead of twice per call.
     pub(super) async fn next_frame(
         &mut self,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &mut Shutdown,
     ) -> Result<Option<Frame>, Close> {
         if self.framed.read_buffer().is_empty() {
-            if *shutdown.borrow() {
+            if shutdown.requested() {
                 return Ok(None);
             }
-            tokio::select! {
-                n = timeout(self.idle_timeout, self.framed.fill()) => {
-                    if n.map_err(|_| Close::Idle)?? == 0 {
-                        return Ok(None);
+            let due = Instant::now() + self.idle_timeout;
+            loop {
+                // Biased, the read first: when the call has arrived, nothing else is polled.
+                tokio::select! {
+                    biased;
+                    n = self.framed.fill() => {
+                        if n? == 0 {
+                            return Ok(None);
+                        }
+                        break;
                     }
+                    () = self.idle.as_mut() => {
+                        if Instant::now() >= due {
+                            return Err(Close::Idle);
+                        }
+                        self.idle.as_mut().reset(due);
+                    }
+                    () = shutdown.wait() => return Ok(None),
                 }
-                _ = shutdown.changed() => return Ok(None),
             }
         }
         Ok(self.framed.read_frame().await?)
@@ -174,6 +200,13 @@ impl Io {
                 codec.encode_error_resp(code, out)
             })
             .expect("an error message is a few bytes");
+    }
+
+    /// True when the replies queued may wait for the next call's: its frame is already read,
+    /// so serving it needs no read (which could block with replies unsent), and the queue is
+    /// under [`BATCH_LIMIT`]. The replies to calls a gateway pipelined then leave in one write.
+    pub(super) fn batching(&self) -> bool {
+        self.framed.read_buffer().has_frame() && self.framed.queued() < BATCH_LIMIT
     }
 
     /// Sends the queued bytes. A gateway that stops reading (its socket buffer full) stalls
@@ -320,8 +353,55 @@ mod tests {
             ..Config::default()
         };
         let (mut io, _gateway) = pair(&config);
-        let (_tx, mut rx) = watch::channel(false);
-        assert!(matches!(io.next_frame(&mut rx).await, Err(Close::Idle)));
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        assert!(matches!(
+            io.next_frame(&mut Shutdown::new(rx)).await,
+            Err(Close::Idle)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timeout_counts_from_the_last_call_not_from_the_timer() {
+        let config = Config {
+            idle_timeout: Duration::from_secs(10),
+            ..Config::default()
+        };
+        let (mut io, mut gateway) = pair(&config);
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let mut shutdown = Shutdown::new(rx);
+        let start = Instant::now();
+        // A call at 6 s: the timer, set at the start for 10 s, fires while the connection has
+        // been idle for 4 s only, and must move on to 16 s.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let frame = [FrameType::HttpReqCall as u8, 0, 0, 1, 0];
+        tokio::io::AsyncWriteExt::write_all(&mut gateway, &frame)
+            .await
+            .unwrap();
+        assert!(io.next_frame(&mut shutdown).await.unwrap().is_some());
+        assert!(matches!(
+            io.next_frame(&mut shutdown).await,
+            Err(Close::Idle)
+        ));
+        assert_eq!(start.elapsed(), Duration::from_secs(16));
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_the_wait_between_calls() {
+        let (mut io, _gateway) = pair(&Config::default());
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut shutdown = Shutdown::new(rx);
+        let stop = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            tx.send(true).unwrap();
+            tx
+        });
+        assert!(io.next_frame(&mut shutdown).await.unwrap().is_none());
+        assert!(shutdown.requested());
+        let _tx = stop.await.unwrap();
+        assert!(
+            io.next_frame(&mut shutdown).await.unwrap().is_none(),
+            "asked again, it still says so"
+        );
     }
 
     /// What is queued: the frame types and, for error frames, their codes.

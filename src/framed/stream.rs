@@ -1,6 +1,9 @@
 //! The tokio adapter: a [`FrameBuffer`] and a [`FrameQueue`] over an async stream.
 
+use std::future::Future;
 use std::io;
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -25,8 +28,12 @@ pub struct Framed<S> {
     write: FrameQueue,
     stall_timeout: Option<Duration>,
     frame_timeout: Option<Duration>,
-    /// When the frame under way began to arrive (or was found buffered behind another).
+    /// When the frame under way began to arrive (or was found partly buffered behind another);
+    /// noted at its first read that has to wait, so a frame read whole at once costs no clock
+    /// read.
     frame_started: Option<Instant>,
+    /// Writes that sent bytes, for tests of the batching and for diagnostics.
+    writes: u64,
 }
 
 impl<S> Framed<S> {
@@ -43,6 +50,7 @@ impl<S> Framed<S> {
             stall_timeout,
             frame_timeout: None,
             frame_started: None,
+            writes: 0,
         }
     }
 
@@ -80,6 +88,16 @@ impl<S> Framed<S> {
         &self.read
     }
 
+    /// How many writes have sent bytes so far: replies batched into one write count once.
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// Bytes queued and not sent yet.
+    pub fn queued(&self) -> usize {
+        self.write.unsent().len()
+    }
+
     /// Frames to send; [`Framed::flush`] sends them.
     pub fn queue(&mut self) -> &mut FrameQueue {
         &mut self.write
@@ -104,23 +122,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, FramedError> {
         loop {
             if let Some(frame) = self.read.next_frame()? {
-                self.frame_started = (!self.read.is_empty()).then(Instant::now);
+                // A next frame partly read already has begun to arrive: its deadline counts
+                // from now. A whole one needs no read (pipelined calls), so no clock either.
+                self.frame_started =
+                    (!self.read.is_empty() && !self.read.has_frame()).then(Instant::now);
                 return Ok(Some(frame));
             }
-            let n = match self.frame_wait() {
-                Some((limit, overdue)) => {
-                    match timeout(limit, self.read.read_from(&mut self.stream)).await {
-                        Ok(n) => n?,
-                        Err(_) => {
-                            let (have, want) = self.read.progress();
-                            return Err(match overdue {
-                                true => FramedError::Overdue { have, want },
-                                false => FramedError::Stalled { have, want },
-                            });
-                        }
+            let n = if self.read.is_empty() {
+                // Between frames: the caller bounds the wait.
+                self.frame_started = None;
+                self.fill().await?
+            } else {
+                let (started, stall, frame) = (
+                    &mut self.frame_started,
+                    self.stall_timeout,
+                    self.frame_timeout,
+                );
+                let mut overdue = false;
+                let limit = || {
+                    let (limit, deadline) = frame_wait(started, stall, frame)?;
+                    overdue = deadline;
+                    Some(limit)
+                };
+                match within(self.read.read_from(&mut self.stream), limit).await {
+                    Ok(n) => n?,
+                    Err(()) => {
+                        let (have, want) = self.read.progress();
+                        return Err(match overdue {
+                            true => FramedError::Overdue { have, want },
+                            false => FramedError::Stalled { have, want },
+                        });
                     }
                 }
-                None => self.fill().await?,
             };
             if n == 0 {
                 return if self.read.is_empty() {
@@ -129,25 +162,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                     Err(FramedError::Truncated)
                 };
             }
-        }
-    }
-
-    /// How long the next read of a frame under way may wait, and whether running out of that
-    /// is the frame deadline (rather than a stall); `None` between frames (no limit here).
-    fn frame_wait(&mut self) -> Option<(Duration, bool)> {
-        if self.read.is_empty() {
-            self.frame_started = None;
-            return None;
-        }
-        let started = *self.frame_started.get_or_insert_with(Instant::now);
-        let left = self
-            .frame_timeout
-            .map(|limit| (started + limit).saturating_duration_since(Instant::now()));
-        match (self.stall_timeout, left) {
-            (Some(stall), Some(left)) if left < stall => Some((left, true)),
-            (Some(stall), _) => Some((stall, false)),
-            (None, Some(left)) => Some((left, true)),
-            (None, None) => None,
         }
     }
 
@@ -162,7 +176,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         while !self.write.is_empty() {
             let write = self.stream.write(self.write.unsent());
             let n = match self.stall_timeout {
-                Some(limit) => match timeout(limit, write).await {
+                Some(limit) => match within(write, || Some(limit)).await {
                     Ok(n) => n?,
                     Err(_) => return Err(FramedError::WriteStalled(self.write.unsent().len())),
                 },
@@ -172,6 +186,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                 return Err(io::Error::from(io::ErrorKind::WriteZero).into());
             }
             self.write.advance(n);
+            self.writes += 1;
         }
         Ok(self.stream.flush().await?)
     }
@@ -214,6 +229,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     }
 }
 
+/// How long a read of the frame under way may wait, and whether running out of that is the
+/// frame deadline (rather than a stall); `None` with neither limit set. The frame's clock starts
+/// here if it has not: at its first read that has to wait.
+fn frame_wait(
+    started: &mut Option<Instant>,
+    stall: Option<Duration>,
+    frame: Option<Duration>,
+) -> Option<(Duration, bool)> {
+    let left = frame.map(|limit| {
+        let started = *started.get_or_insert_with(Instant::now);
+        (started + limit).saturating_duration_since(Instant::now())
+    });
+    match (stall, left) {
+        (Some(stall), Some(left)) if left < stall => Some((left, true)),
+        (Some(stall), _) => Some((stall, false)),
+        (None, Some(left)) => Some((left, true)),
+        (None, None) => None,
+    }
+}
+
+/// `step` with a timeout, armed only if the step does not complete at once: a read of bytes
+/// already arrived, or a write with room in the socket buffer (nearly every step), then costs no
+/// clock read and no timer. `limit` is asked only then (`None`: no timeout). The time before the
+/// first poll is nil, so the limit measures what it always did: how long the step waits.
+async fn within<F: Future>(
+    step: F,
+    limit: impl FnOnce() -> Option<Duration>,
+) -> Result<F::Output, ()> {
+    let mut step = pin!(step);
+    let first = std::future::poll_fn(|cx| Poll::Ready(step.as_mut().poll(cx))).await;
+    if let Poll::Ready(done) = first {
+        return Ok(done);
+    }
+    match limit() {
+        Some(limit) => timeout(limit, step).await.map_err(|_| ()),
+        None => Ok(step.await),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +297,36 @@ mod tests {
             "{} bytes reserved for a 16 MiB promise",
             framed.read_buffer().capacity()
         );
+    }
+
+    /// The stall timer is armed only when a read has to wait, and the frame deadline with it:
+    /// a frame trickled a byte at a time, each well within the stall timeout, still ends at the
+    /// frame deadline, counted from its first byte.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_frame_is_overdue_at_the_frame_deadline() {
+        let (framed, mut peer) = pair(Some(Duration::from_millis(600)));
+        let mut framed = framed.with_frame_timeout(Duration::from_secs(1));
+        let trickle = tokio::spawn(async move {
+            for b in [1, 0, 0, 100] {
+                peer.write_all(&[b]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            loop {
+                peer.write_all(&[0]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let start = Instant::now();
+        match framed.read_frame().await {
+            Err(FramedError::Overdue { want, .. }) => assert_eq!(want, 100),
+            other => panic!("expected the frame deadline, got {other:?}"),
+        }
+        assert!(
+            start.elapsed() <= Duration::from_millis(1200),
+            "closed at {:?}, not at the deadline",
+            start.elapsed()
+        );
+        trickle.abort();
     }
 
     #[tokio::test]

@@ -270,6 +270,32 @@ pub fn call_frame(codec: &mut dyn GatewayCodec, token: u32, req: &HttpReqCallReq
     })
 }
 
+/// Leaves a call in flight on `gw`: prepared, sent, and waiting for an extra_info answer this
+/// gateway never sends (the runner's request has been read).
+pub async fn call_left_waiting(gw: &mut FakeGateway) {
+    let token = gw
+        .prepare(PRE, &[("debug-echo", r#"{"vars": ["route_id"]}"#)])
+        .await
+        .unwrap();
+    let mut codec = Protocol::Capnp.gateway_codec();
+    gw.send_raw(&call_frame(
+        codec.as_mut(),
+        token,
+        &request(Method::Get, "/"),
+    ))
+    .await
+    .unwrap();
+    let asked = guarded("the extra_info request", gw.read_frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        asked.ty,
+        FrameType::ExtraInfo as u8,
+        "the call is in flight"
+    );
+}
+
 /// A normal call on a fresh connection: prepare debug-echo, call it, get its answer.
 pub async fn fresh_call_works(runner: &TestRunner, p: Protocol) {
     guarded("a normal call", async {
