@@ -713,7 +713,7 @@ async fn calls(gw: &mut FakeGateway, token: u32, req: &HttpReqCallReq, n: usize,
 /// Round trips counted, not timed: exact mode makes one per admitted request and none per
 /// reject once a key is known to be exhausted; leasing far fewer than one per call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exact_mode_costs_one_command_per_admit_and_none_per_known_reject() {
+async fn exact_mode_makes_one_round_trip_per_admit_and_none_per_known_reject() {
     if !redis_available() {
         return;
     }

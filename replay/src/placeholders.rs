@@ -68,8 +68,10 @@ mod tests {
     fn an_unset_variable_or_a_bad_placeholder_is_an_error_naming_it() {
         let err = expand(r#"{"a": "${REDIS_PORT}"}"#, vars).unwrap_err();
         assert!(err.contains("REDIS_PORT is not set"), "{err}");
-        let err = expand(r#"{"a": "${REDIS_HOST"}"#, vars).unwrap_err();
+        let err = expand(r#""a": "${REDIS_HOST""#, vars).unwrap_err();
         assert!(err.contains("without a closing"), "{err}");
+        let err = expand(r#"{"a": "${REDIS_HOST"}"#, vars).unwrap_err();
+        assert!(err.contains("not a variable name"), "{err}");
         let err = expand(r#"{"a": "${a b}"}"#, vars).unwrap_err();
         assert!(err.contains("not a variable name"), "{err}");
     }
