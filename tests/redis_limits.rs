@@ -521,3 +521,88 @@ async fn leasing_spends_its_grant_through_an_outage_and_then_fails_by_the_order(
     );
     runner.stop().await;
 }
+
+/// Round trips the runners have made to Redis so far: the script calls (`EVAL`, `EVALSHA`,
+/// `SCRIPT LOAD`, ...) in `INFO commandstats`. Redis also counts each command a script runs,
+/// under that command's name, so the total of every command is not the number of round trips;
+/// the limiters send nothing but scripts.
+fn round_trips(redis: &Redis) -> u64 {
+    let client = redis::Client::open(format!("redis+unix://{}", redis.socket().display())).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut con)
+        .unwrap();
+    info.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(name, _)| {
+            name.starts_with("eval") || name.starts_with("fcall") || name.starts_with("script|")
+        })
+        .map(|(_, stats)| {
+            let calls = stats.split(',').find_map(|s| s.strip_prefix("calls="));
+            calls.unwrap().parse::<u64>().unwrap()
+        })
+        .sum()
+}
+
+/// Calls `token` `n` times; every answer's status must be `want`.
+async fn calls(gw: &mut FakeGateway, token: u32, req: &HttpReqCallReq, n: usize, want: u16) {
+    for i in 0..n {
+        let got = status(&gw.call(token, req).await.unwrap().action);
+        assert_eq!(got, want, "call {i} of {n}");
+    }
+}
+
+/// Round trips counted, not timed: exact mode makes one per admitted request and none per
+/// reject once a key is known to be exhausted; leasing far fewer than one per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_mode_makes_one_round_trip_per_admit_and_none_per_known_reject() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let runner = spawn_runner();
+    let mut gw = connect(&runner.1).await;
+    let req = request(Method::Get, "/").with_src_ip("10.0.0.1");
+
+    let exact = format!(
+        r#"{{"count": 40, "time_window": 60, "rejected_code": 429, "policy": "redis",
+            "redis_host": "{}", "redis_timeout": 2000}}"#,
+        redis.host()
+    );
+    let token = gw.prepare(PRE, &[("limit-count", &exact)]).await.unwrap();
+    // The first call connects and loads the script: not counted.
+    calls(&mut gw, token, &req, 1, 200).await;
+    let before = round_trips(&redis);
+    calls(&mut gw, token, &req, 39, 200).await;
+    let admitted = round_trips(&redis);
+    assert_eq!(admitted - before, 39, "one round trip per admitted request");
+    // The first reject is Redis's answer; after it the runner knows the window is spent.
+    calls(&mut gw, token, &req, 1, 429).await;
+    let learned = round_trips(&redis);
+    assert_eq!(learned - admitted, 1, "the first reject asks Redis once");
+    calls(&mut gw, token, &req, 200, 429).await;
+    assert_eq!(
+        round_trips(&redis) - learned,
+        0,
+        "no round trip per reject while the key is exhausted"
+    );
+
+    // Leasing: grants sized by the key's rate; a long sync_interval so only the pool running
+    // low triggers a refill during the run.
+    let leased = format!(
+        r#"{{"count": 1000000, "time_window": 60, "sync_interval": 5, "policy": "redis",
+            "redis_host": "{}", "redis_timeout": 2000}}"#,
+        redis.host()
+    );
+    let key = "route#2#ext-plugin-pre-req#1";
+    let token = gw.prepare(key, &[("limit-count", &leased)]).await.unwrap();
+    let before = round_trips(&redis);
+    calls(&mut gw, token, &req, 1000, 200).await;
+    let spent = round_trips(&redis) - before;
+    assert!(
+        spent <= 100,
+        "leasing: {spent} round trips for 1000 admitted calls (at most one per ten expected)"
+    );
+}

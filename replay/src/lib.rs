@@ -8,7 +8,8 @@
 //! runner's extra_info requests from the corpus and checking every reply against it
 //! ([`check`]). [`echo`] is the floor: a server that writes each frame back unchanged;
 //! [`compare`] runs the same frames against both and reports the ratio ([`report`]).
-//! [`spawn`] starts a runner binary under test and reads its RSS.
+//! [`spawn`] starts a runner binary under test and reads its RSS. A scenario file may name
+//! environment variables (`${NAME}`, [`placeholders`]) for what exists only at run time.
 //!
 //! The binary `ext-plugin-replay` is the command line over this module; `BENCHMARKS.md` says
 //! how each published figure was produced with it.
@@ -21,6 +22,7 @@ pub mod corpus;
 pub mod drive;
 pub mod echo;
 pub mod memory;
+pub mod placeholders;
 pub mod plan;
 pub mod record;
 pub mod report;

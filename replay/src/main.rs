@@ -13,7 +13,7 @@ use ext_plugin_replay::echo::EchoServer;
 use ext_plugin_replay::record::{record, Recording};
 use ext_plugin_replay::scenario::Scenario;
 use ext_plugin_replay::spawn::SpawnedRunner;
-use ext_plugin_replay::{memory, plan, ReplayError};
+use ext_plugin_replay::{memory, placeholders, plan, ReplayError};
 use ext_plugin_runner::codec::Protocol;
 use ext_plugin_runner::model::Pair;
 
@@ -205,8 +205,14 @@ fn load_corpus(path: &Path) -> Result<Corpus, String> {
     Corpus::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn load_scenario(path: &Path, protocol: Protocol) -> Result<Corpus, String> {
+/// A scenario file's text with its `${NAME}` placeholders filled from the environment.
+fn read_scenario(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    placeholders::expand_env(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn load_scenario(path: &Path, protocol: Protocol) -> Result<Corpus, String> {
+    let text = read_scenario(path)?;
     Scenario::parse(&text)
         .and_then(|s| s.generate(protocol))
         .map_err(|e| format!("{}: {e}", path.display()))
@@ -362,8 +368,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             memory::raise_fd_limit(idle + 256).map_err(|e| e.to_string())?;
             let chain = match &scenario {
                 Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    let text = read_scenario(path)?;
                     let s =
                         Scenario::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
                     let route = s
