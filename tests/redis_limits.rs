@@ -561,9 +561,9 @@ async fn exact_mode_makes_one_round_trip_per_admit_and_none_per_known_reject() {
     if !redis_available() {
         return;
     }
-    let redis = Redis::start();
+    let redis = Redis::unix();
     let runner = spawn_runner();
-    let mut gw = connect(&runner.1).await;
+    let mut gw = connect_spawned(&runner.socket).await;
     let req = request(Method::Get, "/").with_src_ip("10.0.0.1");
 
     let exact = format!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::env::Held;
 use crate::model::{HttpReqCallReq, HttpRespCallReq, ReqAction};
 use crate::request::CallState;
-use crate::response::RespState;
+use crate::response::{is_hop_by_hop, RespState};
 use crate::text::Text;
 use crate::vars::GatewayVars;
 use crate::{Attachment, Flow, Plugin, PluginError, RequestCall, ResponseCall};
@@ -191,6 +191,10 @@ impl Chain {
                             .any(|s| s.name.eq_ignore_ascii_case(&h.name))
                     });
                     stop.headers.splice(0..0, carried.drain(..));
+                    // The gateway sets these on the client's response as they are: a framing
+                    // or hop-by-hop header (from a conf's `rejected_headers`, say) would clash
+                    // with the response nginx frames itself.
+                    stop.headers.retain(|h| !is_hop_by_hop(&h.name));
                     return Ok(ReqAction::Stop(stop));
                 }
                 Err(error) => {
@@ -201,6 +205,11 @@ impl Chain {
                 }
             }
         }
+        // Response headers are set on the client's response as they are, as a stop's are.
+        state
+            .rewrite
+            .resp_headers
+            .retain(|h| !is_hop_by_hop(&h.name));
         Ok(if state.rewrite.is_empty() {
             ReqAction::Continue
         } else {
