@@ -571,7 +571,7 @@ impl Plugin for LimitCount {
                     reject::dry_run_reject(call, Self::NAME);
                 }
                 if self.show_headers {
-                    for (name, value) in limit.header_values(quota, &v) {
+                    for (name, value) in limit.header_values(call, quota, &v) {
                         call.set_response_header(name, value);
                     }
                 }
@@ -579,7 +579,7 @@ impl Plugin for LimitCount {
             }
             let mut stop = Stop::new(self.reject.status).with_body(self.reject.body.clone());
             if self.show_headers {
-                for (name, value) in limit.header_values(quota, &v) {
+                for (name, value) in limit.header_values(call, quota, &v) {
                     stop = stop.with_header(name, value);
                 }
             }
@@ -600,12 +600,13 @@ impl Limit {
         self.count.fixed().is_some() && self.window.fixed().is_some()
     }
 
-    fn header_values(&self, q: Quota, v: &Verdict) -> [(Text, Text); 3] {
+    /// The three quota headers; the numbers are formatted into the call's reused buffer.
+    fn header_values(&self, call: &mut RequestCall<'_>, q: Quota, v: &Verdict) -> [(Text, Text); 3] {
         let [limit, remaining, reset] = self.headers.clone();
         [
-            (limit, Text::from(q.count.to_string())),
-            (remaining, Text::from(v.remaining.to_string())),
-            (reset, Text::from(secs_until(0, v.reset_in).to_string())),
+            (limit, call.format_text(format_args!("{}", q.count))),
+            (remaining, call.format_text(format_args!("{}", v.remaining))),
+            (reset, call.format_text(format_args!("{}", secs_until(0, v.reset_in)))),
         ]
     }
 }

@@ -91,20 +91,36 @@ enum Algorithm {
     Random { chars: Vec<u8>, len: usize },
 }
 
+/// The longest id: `range_id.length`'s bound (uuids are 36 characters, ksuids 27).
+const MAX_ID_LEN: usize = 256;
+
 impl Algorithm {
-    fn generate(&self) -> String {
+    /// A new id, written into `buf` (ids are formatted on the stack, then copied into the
+    /// call's reused buffer: no allocation per request).
+    fn generate_into<'b>(&self, buf: &'b mut [u8; MAX_ID_LEN]) -> &'b str {
         use rand::Rng;
-        match self {
-            Algorithm::Uuid => uuid::Uuid::new_v4().to_string(),
-            Algorithm::Uuidv7 => uuid::Uuid::now_v7().to_string(),
-            Algorithm::Ksuid => ksuid(),
+        let len = match self {
+            Algorithm::Uuid => uuid::Uuid::new_v4().hyphenated().encode_lower(buf).len(),
+            Algorithm::Uuidv7 => uuid::Uuid::now_v7().hyphenated().encode_lower(buf).len(),
+            Algorithm::Ksuid => {
+                buf[..27].copy_from_slice(&ksuid());
+                27
+            }
             Algorithm::Random { chars, len } => {
                 let mut rng = rand::rng();
-                (0..*len)
-                    .map(|_| char::from(chars[rng.random_range(0..chars.len())]))
-                    .collect()
+                for b in &mut buf[..*len] {
+                    *b = chars[rng.random_range(0..chars.len())];
+                }
+                *len
             }
-        }
+        };
+        // Every alphabet is ASCII (checked at prepare for `range_id`).
+        std::str::from_utf8(&buf[..len]).expect("ids are ASCII")
+    }
+
+    #[cfg(test)]
+    fn generate(&self) -> String {
+        self.generate_into(&mut [0; MAX_ID_LEN]).to_owned()
     }
 }
 
@@ -113,7 +129,7 @@ const KSUID_EPOCH: u64 = 1_400_000_000;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// A KSUID: 4 bytes of seconds since its epoch and 16 random bytes, as 27 base62 characters.
-fn ksuid() -> String {
+fn ksuid() -> [u8; 27] {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -125,7 +141,7 @@ fn ksuid() -> String {
 }
 
 /// The 160-bit big-endian number `bytes` in base62, left-padded with `0` to 27 digits.
-fn base62_27(mut bytes: [u8; 20]) -> String {
+fn base62_27(mut bytes: [u8; 20]) -> [u8; 27] {
     let mut digits = [b'0'; 27];
     for d in digits.iter_mut().rev() {
         // Long division of the whole number by 62; the remainder is the next digit.
@@ -137,7 +153,7 @@ fn base62_27(mut bytes: [u8; 20]) -> String {
         }
         *d = BASE62[rem as usize];
     }
-    String::from_utf8(digits.to_vec()).expect("base62 digits are ASCII")
+    digits
 }
 
 /// A header name: an HTTP token.
@@ -195,10 +211,11 @@ impl Plugin for RequestId {
     }
 
     async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
-        let id: Text = match call.header(&self.header) {
-            Some(incoming) if !incoming.is_empty() => incoming.to_owned().into(),
+        let id: Text = match call.header_text(&self.header) {
+            Some(incoming) if !incoming.is_empty() => incoming,
             _ => {
-                let id = Text::from(self.algorithm.generate());
+                let mut buf = [0; MAX_ID_LEN];
+                let id = call.format_text(format_args!("{}", self.algorithm.generate_into(&mut buf)));
                 call.set_header(self.header.clone(), id.clone());
                 id
             }
@@ -242,11 +259,12 @@ mod tests {
 
     #[test]
     fn ksuids_are_27_base62_characters_ordered_by_time() {
-        assert_eq!(base62_27([0; 20]), "0".repeat(27));
-        assert_eq!(base62_27([0xff; 20]), "aWgEPTl1tmebfsQzFP4bxwgy80V", "the largest KSUID");
+        let base62 = |bytes| String::from_utf8(base62_27(bytes).to_vec()).unwrap();
+        assert_eq!(base62([0; 20]), "0".repeat(27));
+        assert_eq!(base62([0xff; 20]), "aWgEPTl1tmebfsQzFP4bxwgy80V", "the largest KSUID");
         let mut one = [0; 20];
         one[19] = 62;
-        assert_eq!(base62_27(one), format!("{}10", "0".repeat(25)));
+        assert_eq!(base62(one), format!("{}10", "0".repeat(25)));
         let id = Algorithm::Ksuid.generate();
         assert_eq!(id.len(), 27);
         assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");

@@ -1,9 +1,10 @@
 //! The request phase as a plugin sees it.
 
 use std::any::Any;
+use std::fmt;
 use std::net::IpAddr;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::env::Attachment;
 use super::error::PluginError;
@@ -27,6 +28,10 @@ pub struct CallState {
     extensions: Extensions,
     /// The running plugin called [`RequestCall::mark_delayed`].
     delayed: bool,
+    /// Where [`RequestCall::format_text`] writes: texts of one call share its storage, which
+    /// the next call reclaims once they are dropped (the rewrite is recycled), so formatting a
+    /// header value allocates nothing in steady state.
+    scratch: BytesMut,
 }
 
 impl CallState {
@@ -46,7 +51,26 @@ impl CallState {
         self.rewrite = rewrite;
         self.rewrite.clear();
     }
+
+    fn format_text(&mut self, args: fmt::Arguments<'_>) -> Text {
+        // Room for a typical value without growing mid-write; when every text of the last
+        // calls is gone this reclaims the buffer instead of allocating.
+        if self.scratch.capacity() < SCRATCH_MIN_ROOM {
+            self.scratch.reserve(SCRATCH_CHUNK);
+        }
+        // As `ToString`: only a `Display` impl that returns an error (a bug in it) fails here;
+        // the buffer itself always takes more bytes.
+        fmt::Write::write_fmt(&mut self.scratch, args)
+            .expect("a Display implementation returned an error unexpectedly");
+        let written = self.scratch.split().freeze();
+        Text::from_utf8(written).expect("`fmt::Write` writes only `&str`s")
+    }
 }
+
+/// [`CallState::format_text`] makes room for at least this much before formatting ...
+const SCRATCH_MIN_ROOM: usize = 64;
+/// ... by reserving this much (one allocation serves many calls' texts).
+const SCRATCH_CHUNK: usize = 1024;
 
 /// One request, seen by one plugin of the chain.
 ///
@@ -83,6 +107,14 @@ impl<'c> RequestCall<'c> {
 
     pub fn method(&self) -> Method {
         self.req.method
+    }
+
+    /// `args` formatted as a [`Text`] (`call.format_text(format_args!("{n}"))`), written into
+    /// the call's reusable buffer: in steady state no allocation, where `n.to_string().into()`
+    /// makes one or two per value. For per-call values (header values, keys); a text kept after
+    /// the call holds a chunk of that buffer, so copy one you keep for long.
+    pub fn format_text(&mut self, args: fmt::Arguments<'_>) -> Text {
+        self.state.format_text(args)
     }
 
     /// The client's address; `None` when the gateway sent none.
@@ -122,6 +154,22 @@ impl<'c> RequestCall<'c> {
             .iter()
             .find(|h| h.name_eq_ignore_case(name))
             .and_then(|h| h.value())
+    }
+
+    /// [`RequestCall::header`] as a [`Text`] to keep for the call (to set it as another
+    /// header, say): a rewritten value is shared, one the gateway sent is copied into the
+    /// call's reusable buffer ([`RequestCall::format_text`]), so neither allocates.
+    pub fn header_text(&mut self, name: &str) -> Option<Text> {
+        if let Some(set) = last_named(&self.state.rewrite.headers, name) {
+            return set.value.clone();
+        }
+        let req = self.req;
+        let value = req
+            .headers
+            .iter()
+            .find(|h| h.name_eq_ignore_case(name))
+            .and_then(|h| h.value())?;
+        Some(self.state.format_text(format_args!("{value}")))
     }
 
     /// Every value of header `name` (any case), as rewritten so far.
@@ -273,9 +321,12 @@ impl<'c> RequestCall<'c> {
     }
 
     /// `Some(value)` for variables answered without the gateway, `None` for the others.
-    fn local_var(&self, name: &str) -> Option<Option<Text>> {
+    fn local_var(&mut self, name: &str) -> Option<Option<Text>> {
         Some(match name {
-            "remote_addr" => self.req.src_ip.map(|ip| Text::from(ip.to_string())),
+            "remote_addr" => self
+                .req
+                .src_ip
+                .map(|ip| self.state.format_text(format_args!("{ip}"))),
             "request_method" => Some(Text::from_static(self.req.method.as_str())),
             "uri" => Some(
                 self.state
@@ -471,4 +522,30 @@ fn last_named<'p>(pairs: &'p [Pair], name: &str) -> Option<&'p Pair> {
 fn push_replacing(pairs: &mut Vec<Pair>, pair: Pair) {
     pairs.retain(|p| !p.name.eq_ignore_ascii_case(&pair.name));
     pairs.push(pair);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formatted_texts_reuse_one_buffer_without_touching_live_ones() {
+        let mut state = CallState::default();
+        let kept = state.format_text(format_args!("{}", 42));
+        let mut live = std::collections::VecDeque::new();
+        for i in 0..2000u32 {
+            let t = state.format_text(format_args!("value {i}"));
+            assert_eq!(t, format!("value {i}").as_str());
+            live.push_back(t);
+            if live.len() > 3 {
+                live.pop_front();
+            }
+            if i % 100 == 0 {
+                // A call's end: its texts are gone, the buffer can be reclaimed.
+                live.clear();
+            }
+        }
+        assert_eq!(kept, "42", "a text kept across calls is never overwritten");
+        assert!(live.iter().all(|t| t.starts_with("value ")));
+    }
 }
