@@ -548,4 +548,18 @@ mod tests {
         assert_eq!(kept, "42", "a text kept across calls is never overwritten");
         assert!(live.iter().all(|t| t.starts_with("value ")));
     }
+
+    #[test]
+    fn header_text_reads_the_header_as_rewritten_so_far() {
+        let req = crate::harness::request(crate::Method::Get, "/").with_header("x-id", "sent");
+        let mut test = crate::harness::TestCall::new(req);
+        let mut call = test.call();
+        assert_eq!(call.header_text("X-Id").as_deref(), Some("sent"));
+        assert_eq!(call.header_text("x-other"), None);
+        call.set_header("X-Id", "rewritten");
+        assert_eq!(call.header_text("x-id").as_deref(), Some("rewritten"));
+        call.remove_header("x-id");
+        assert_eq!(call.header_text("x-id"), None);
+        assert_eq!(call.format_text(format_args!("{}-{}", 1, "a")), "1-a");
+    }
 }
