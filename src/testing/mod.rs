@@ -64,12 +64,20 @@ use ext_plugin_sdk::Registry;
 
 pub use ext_plugin_sdk::harness::{prepare_request, request};
 
-/// A socket path no other test uses.
+/// A socket path no other test uses. The process start time is part of the name: a pid is
+/// reused, and a socket file a killed process could not remove would otherwise be in the way
+/// of a later process with the same pid (seen: `AddrInUse` after a day of test runs).
 pub fn temp_socket_path() -> PathBuf {
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    static STARTED: std::sync::LazyLock<u128> = std::sync::LazyLock::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros())
+    });
     std::env::temp_dir().join(format!(
-        "epr-{}-{}.sock",
+        "epr-{}-{:x}-{}.sock",
         std::process::id(),
+        *STARTED & 0xffff_ffff_ffff,
         NEXT.fetch_add(1, Ordering::Relaxed)
     ))
 }
