@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::redis_server::{available, free_port, Server};
-use common::{connect_spawned, runner_command, status, storm, Spawned, PRE};
+use common::{connect_spawned, prepared, runner_command, status, storm, Spawned, PRE};
 use ext_plugin_runner::model::HttpReqCallReq;
 use ext_plugin_runner::testing::temp_socket_path;
 use ext_plugin_runner::testing::{request, FakeGateway, TestRunner};
@@ -296,25 +296,6 @@ fn cluster_keys(nodes: &[(Server, u16)]) -> i64 {
             other => panic!("{other:?}"),
         })
         .sum()
-}
-
-/// `per_runner` connections to each runner on `sockets` (as gateway workers), each with `chain`
-/// prepared under `key`.
-async fn prepared(
-    sockets: &[PathBuf],
-    per_runner: usize,
-    key: &str,
-    chain: &[(&str, &str)],
-) -> Vec<(FakeGateway, u32)> {
-    let mut gws = Vec::new();
-    for s in sockets {
-        for _ in 0..per_runner {
-            let mut gw = connect_spawned(s).await;
-            let token = gw.prepare(key, chain).await.expect("the conf prepares");
-            gws.push((gw, token));
-        }
-    }
-    gws
 }
 
 /// How many of `codes` were admitted; every other one must be the conf's 429.

@@ -248,15 +248,7 @@ async fn prepared(
     key: &str,
     chain: &[(&str, &str)],
 ) -> Vec<(FakeGateway, u32)> {
-    let mut gws = Vec::new();
-    for r in runners {
-        for _ in 0..gateways {
-            let mut gw = connect_spawned(&r.socket).await;
-            let token = gw.prepare(key, chain).await.unwrap();
-            gws.push((gw, token));
-        }
-    }
-    gws
+    common::prepared(runners.iter().map(|r| &r.socket), gateways, key, chain).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,12 +519,7 @@ async fn leasing_spends_its_grant_through_an_outage_and_then_fails_by_the_order(
 /// under that command's name, so the total of every command is not the number of round trips;
 /// the limiters send nothing but scripts.
 fn round_trips(redis: &Redis) -> u64 {
-    let client = redis::Client::open(format!("redis+unix://{}", redis.socket().display())).unwrap();
-    let mut con = client.get_connection().unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut con)
-        .unwrap();
+    let info = redis.text(&["INFO", "commandstats"]);
     info.lines()
         .filter_map(|l| l.strip_prefix("cmdstat_"))
         .filter_map(|l| l.split_once(':'))

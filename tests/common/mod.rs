@@ -100,6 +100,25 @@ pub async fn connect_spawned(socket: &Path) -> FakeGateway {
         .unwrap_or_else(|e| panic!("runner never listened on {}: {e}", socket.display()))
 }
 
+/// `per_runner` connections to each runner listening on `sockets`, each with `chain` prepared
+/// under `key`: the gateways of several nodes sharing one limit.
+pub async fn prepared<P: AsRef<Path>>(
+    sockets: impl IntoIterator<Item = P>,
+    per_runner: usize,
+    key: &str,
+    chain: &[(&str, &str)],
+) -> Vec<(FakeGateway, u32)> {
+    let mut gws = Vec::new();
+    for socket in sockets {
+        for _ in 0..per_runner {
+            let mut gw = connect_spawned(socket.as_ref()).await;
+            let token = gw.prepare(key, chain).await.expect("the conf prepares");
+            gws.push((gw, token));
+        }
+    }
+    gws
+}
+
 /// A runner with default settings serving the built-in and the test plugins.
 pub async fn start() -> TestRunner {
     TestRunner::start(plugins::registry()).await
