@@ -314,6 +314,20 @@ impl Connection<'_> {
         let Some(action) = settle(io, shared, chain.key(), outcome)? else {
             return Ok(());
         };
+        if let Some(why) = scratch.req.malformed() {
+            // A plugin read a list that turned out malformed, and saw it empty: whatever it
+            // decided on that is not an answer (docs/protocol.md §4).
+            debug!(
+                error = why,
+                "BAD_REQUEST: malformed entry found during the call"
+            );
+            scratch.meter.outcome = CallOutcome::BadRequest;
+            io.queue_error(ErrorCode::BadRequest);
+            if let ReqAction::Rewrite(rewrite) = action {
+                scratch.call.recycle(rewrite);
+            }
+            return Ok(());
+        }
         let reply = HttpReqCallResp {
             id: scratch.req.id,
             action,

@@ -122,6 +122,26 @@ fn conf_seeds_are_chains_the_builtin_plugins_accept() {
     }
 }
 
+/// Issue 15: a frame malformed in a header decodes (decoding does not read headers); the first
+/// read of the headers finds the damage, reads them as empty and marks the call malformed.
+#[test]
+fn a_broken_header_is_found_by_the_first_read_not_by_decoding() {
+    for p in Protocol::ALL {
+        let (_, payload) = harness::codec_seeds(p)
+            .into_iter()
+            .find(|(name, _)| name == "http_req_call_req_broken_header")
+            .expect("the seed");
+        let mut req = ext_plugin_runner::model::HttpReqCallReq::default();
+        p.runner_codec()
+            .decode_http_req_call_req(&bytes::Bytes::from(payload), &mut req)
+            .expect("decoding reads no header");
+        assert_eq!(req.malformed(), None, "{p}: nobody read the headers yet");
+        assert_eq!(req.args.len(), 2, "{p}: the arguments are whole");
+        assert_eq!(req.headers.len(), 0, "{p}: broken headers read as none");
+        assert!(req.malformed().is_some(), "{p}");
+    }
+}
+
 /// Found by the capnp target: 88 bytes whose header list claims millions of zero-sized
 /// elements. Cap'n Proto encodes such a list in one pointer, and the library's default read
 /// limit (64 MiB of words) let it through: each element became a decoded header, hundreds of

@@ -2,18 +2,26 @@
 //! when a plugin asks.
 //!
 //! Decoding a call used to turn every header and argument into a [`Text`] (a reference count
-//! and a UTF-8 check per string) for chains that read none of them. Here a decoder records only
-//! where each name and value lies in the payload ([`Entries::push_located`]); a name is compared
-//! as bytes (no text made), and a value becomes `&str` when it is read, UTF-8 checked then.
+//! and a UTF-8 check per string) for chains that read none of them, and then to locate every
+//! entry up front. Now a decoder records only where the *list* lies ([`Entries::start_lazy`]:
+//! the frame, a codec-defined [`ListAt`] and the codec's [`Locator`]); the first read of the list
+//! runs the locator, which finds where each name and value lies, checking every offset as it
+//! follows it. A name is compared as bytes (no text made), and a value becomes `&str` when it is
+//! read, UTF-8 checked then. An empty chain never touches a header.
+//!
+//! A list whose structure turns out malformed on that first read (an element out of bounds)
+//! reads as empty, and [`Entries::malformed`] says why: the runner then answers the call
+//! BAD_REQUEST instead of the chain's verdict, so a check that saw an empty list never lets the
+//! request through (docs/protocol.md §4). A malformed list nobody reads costs nothing and fails
+//! nothing.
 //!
 //! Invalid UTF-8 (a Latin-1 header, a percent-decoded `%FF`) is never an error: the first read
 //! of such a string makes the lossy [`Pair`] list of all entries once (U+FFFD for each bad
 //! sequence, as the eager decoder did) and that read, and later ones, see the replacement
-//! characters. The structure of every entry (its offsets) is checked by the decoder, so a read
-//! never meets an out-of-bounds location (docs/protocol.md §4).
+//! characters.
 
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
 
@@ -36,6 +44,81 @@ const NO_VALUE: u32 = u32::MAX;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutsideFrame;
 
+/// Where a list lies in a frame, in the terms of the codec that decoded it (for instance the
+/// offset of its first element, its element count, and an element layout). Only the codec's
+/// [`Locator`] reads it. Codecs use this; plugins never need it.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListAt {
+    pub start: u32,
+    pub len: u32,
+    pub layout: u32,
+}
+
+/// A codec's function that, given the frame and a list's [`ListAt`], records every entry of the
+/// list into `out` in order, checking each location as it follows it; `Err` names what was
+/// malformed. A plain `fn`, so the SDK knows nothing of the codecs.
+#[doc(hidden)]
+pub type Locator = fn(frame: &[u8], list: ListAt, out: &mut Spans<'_>) -> Result<(), &'static str>;
+
+/// Where a [`Locator`] records the entries it finds.
+#[doc(hidden)]
+pub struct Spans<'a> {
+    frame: &'a [u8],
+    spans: &'a mut Vec<Span>,
+}
+
+impl Spans<'_> {
+    /// Records one entry whose name and value are slices of the frame given to the locator.
+    pub fn push(&mut self, name: &[u8], value: Option<&[u8]>) -> Result<(), OutsideFrame> {
+        let span = span_of(self.frame, name, value)?;
+        self.spans.push(span);
+        Ok(())
+    }
+
+    /// Forgets what was recorded (a locator that starts over another way).
+    pub fn clear(&mut self) {
+        self.spans.clear();
+    }
+}
+
+/// The [`Span`] of a name and value that are slices of `frame`.
+fn span_of(frame: &[u8], name: &[u8], value: Option<&[u8]>) -> Result<Span, OutsideFrame> {
+    let (name_at, name_len) = locate(frame, name)?;
+    let (value_at, value_len) = match value {
+        Some(v) => locate(frame, v)?,
+        None => (NO_VALUE, 0),
+    };
+    Ok(Span {
+        name_at,
+        name_len,
+        value_at,
+        value_len,
+    })
+}
+
+/// The offset and length of `part` in `frame`. Computed from addresses, so an empty slice from
+/// anywhere is accepted as the empty string.
+fn locate(frame: &[u8], part: &[u8]) -> Result<(u32, u32), OutsideFrame> {
+    if part.is_empty() {
+        return Ok((0, 0));
+    }
+    let base = frame.as_ptr() as usize;
+    let at = (part.as_ptr() as usize).wrapping_sub(base);
+    let end = at.checked_add(part.len()).ok_or(OutsideFrame)?;
+    if end > frame.len() || end > NO_VALUE as usize {
+        return Err(OutsideFrame);
+    }
+    Ok((at as u32, part.len() as u32))
+}
+
+/// The located entries of a list, and whether locating them failed.
+#[derive(Clone, Default)]
+struct Located {
+    spans: Vec<Span>,
+    malformed: Option<&'static str>,
+}
+
 /// Name/value entries of a request (headers, query arguments), in the order the gateway sent
 /// them, repeats kept. An absent value (`?debug`) differs from an empty one.
 #[derive(Default)]
@@ -43,7 +126,14 @@ pub struct Entries {
     /// The bytes the spans point into: a call's payload, or for entries built in code (tests,
     /// gateways) a buffer of their own.
     buf: Bytes,
-    spans: Vec<Span>,
+    /// The list still to locate, and the codec's locator ([`Entries::start_lazy`]).
+    lazy: Option<(ListAt, Locator)>,
+    /// The entries, located on first need (at once for lists built in code).
+    located: OnceLock<Located>,
+    /// The spans' storage between calls: [`Entries::clear`] puts it here and the next location
+    /// takes it, so a steady stream of calls that read headers does not allocate. A mutex
+    /// because locating happens behind `&self`; taken once per list per call, never contended.
+    spare: Mutex<Vec<Span>>,
     /// The entries as pairs, made on first need (a lossy string, [`Entries::as_pairs`]).
     pairs: OnceLock<Vec<Pair>>,
 }
@@ -52,29 +142,55 @@ impl Entries {
     pub const fn new() -> Entries {
         Entries {
             buf: Bytes::new(),
-            spans: Vec::new(),
+            lazy: None,
+            located: OnceLock::new(),
+            spare: Mutex::new(Vec::new()),
             pairs: OnceLock::new(),
         }
     }
 
+    /// The number of entries (locating the list if nothing read it yet).
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.spans().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.spans().is_empty()
+    }
+
+    /// Why the list could not be read, when a read found its structure malformed (it then reads
+    /// as empty); `None` for a list that is well formed or that nobody has read yet.
+    pub fn malformed(&self) -> Option<&'static str> {
+        self.located.get().and_then(|l| l.malformed)
     }
 
     /// Forgets every entry (and the frame), keeping the storage for the next call.
     pub fn clear(&mut self) {
         self.buf = Bytes::new();
-        self.spans.clear();
+        self.lazy = None;
         self.pairs.take();
+        if let Some(Located { mut spans, .. }) = self.located.take() {
+            spans.clear();
+            let spare = self.spare_mut();
+            if spans.capacity() > spare.capacity() {
+                *spare = spans;
+            }
+        }
+    }
+
+    fn spare_mut(&mut self) -> &mut Vec<Span> {
+        self.spare.get_mut().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Bytes of storage held for entries (for the bound on what an idle connection keeps).
     pub fn capacity_bytes(&self) -> usize {
-        self.spans.capacity() * std::mem::size_of::<Span>()
+        let spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .capacity();
+        let located = self.located.get().map_or(0, |l| l.spans.capacity());
+        (spare + located) * std::mem::size_of::<Span>()
             + self
                 .pairs
                 .get()
@@ -83,19 +199,42 @@ impl Entries {
 
     /// Gives back storage past `entries` entries, so one huge call does not pin its size.
     pub fn shrink_to(&mut self, entries: usize) {
-        if self.spans.capacity() > entries {
-            self.spans.shrink_to(entries);
+        let spare = self.spare_mut();
+        if spare.capacity() > entries {
+            spare.shrink_to(entries);
+        }
+        if let Some(l) = self.located.get_mut() {
+            if l.spans.capacity() > entries {
+                l.spans.shrink_to(entries);
+            }
         }
     }
 
     /// Starts refilling from a call's payload: later [`Entries::push_located`] calls give
-    /// locations inside `frame`. Codecs call this; plugins never need it.
+    /// locations inside `frame`. Codecs that locate entries up front call this; plugins never
+    /// need it.
     #[doc(hidden)]
     pub fn start(&mut self, frame: &Bytes, entries: usize) {
         self.clear();
         if entries > 0 {
             self.buf = frame.clone();
-            self.spans.reserve(entries);
+        }
+        let mut spans = std::mem::take(self.spare_mut());
+        spans.reserve(entries);
+        self.located = OnceLock::from(Located {
+            spans,
+            malformed: None,
+        });
+    }
+
+    /// Refills with the list at `list` in `frame`, located by `locate` when it is first read.
+    /// Codecs call this; plugins never need it.
+    #[doc(hidden)]
+    pub fn start_lazy(&mut self, frame: &Bytes, list: ListAt, locate: Locator) {
+        self.clear();
+        if list.len > 0 {
+            self.buf = frame.clone();
+            self.lazy = Some((list, locate));
         }
     }
 
@@ -103,33 +242,44 @@ impl Entries {
     /// [`Entries::start`]. Codecs call this; plugins never need it.
     #[doc(hidden)]
     pub fn push_located(&mut self, name: &[u8], value: Option<&[u8]>) -> Result<(), OutsideFrame> {
-        let (name_at, name_len) = self.locate(name)?;
-        let (value_at, value_len) = match value {
-            Some(v) => self.locate(v)?,
-            None => (NO_VALUE, 0),
-        };
-        self.spans.push(Span {
-            name_at,
-            name_len,
-            value_at,
-            value_len,
-        });
+        let span = span_of(&self.buf, name, value)?;
+        self.spans_mut().push(span);
         Ok(())
     }
 
-    /// The offset and length of `part` in the buffer. Computed from addresses, so an empty
-    /// slice from anywhere is accepted as the empty string.
-    fn locate(&self, part: &[u8]) -> Result<(u32, u32), OutsideFrame> {
-        if part.is_empty() {
-            return Ok((0, 0));
+    /// The located entries, locating them now if nothing did yet.
+    fn located(&self) -> &Located {
+        self.located.get_or_init(|| self.locate_now())
+    }
+
+    fn spans(&self) -> &[Span] {
+        &self.located().spans
+    }
+
+    fn spans_mut(&mut self) -> &mut Vec<Span> {
+        self.located();
+        &mut self.located.get_mut().expect("located just above").spans
+    }
+
+    /// Runs the codec's locator over the list, in the spare storage. A malformed list reads as
+    /// empty, with the reason kept for [`Entries::malformed`].
+    fn locate_now(&self) -> Located {
+        let mut spans =
+            std::mem::take(&mut *self.spare.lock().unwrap_or_else(PoisonError::into_inner));
+        spans.clear();
+        let mut malformed = None;
+        if let Some((list, locate)) = self.lazy {
+            spans.reserve(list.len as usize);
+            let mut out = Spans {
+                frame: &self.buf,
+                spans: &mut spans,
+            };
+            if let Err(why) = locate(&self.buf, list, &mut out) {
+                spans.clear();
+                malformed = Some(why);
+            }
         }
-        let base = self.buf.as_ptr() as usize;
-        let at = (part.as_ptr() as usize).wrapping_sub(base);
-        let end = at.checked_add(part.len()).ok_or(OutsideFrame)?;
-        if end > self.buf.len() || end > NO_VALUE as usize {
-            return Err(OutsideFrame);
-        }
-        Ok((at as u32, part.len() as u32))
+        Located { spans, malformed }
     }
 
     /// Appends an entry (for requests built in code; copies the buffer, so keep it to tests
@@ -138,6 +288,7 @@ impl Entries {
         let mut buf = self.buf.to_vec();
         self.append(&mut buf, &pair);
         self.buf = Bytes::from(buf);
+        self.lazy = None;
         self.pairs.take();
     }
 
@@ -153,7 +304,7 @@ impl Entries {
             }
             None => (NO_VALUE, 0),
         };
-        self.spans.push(Span {
+        self.spans_mut().push(Span {
             name_at,
             name_len: pair.name.len() as u32,
             value_at,
@@ -173,7 +324,7 @@ impl Entries {
     }
 
     pub fn get(&self, index: usize) -> Option<Entry<'_>> {
-        let span = *self.spans.get(index)?;
+        let span = *self.spans().get(index)?;
         Some(Entry {
             all: self,
             index,
@@ -182,9 +333,11 @@ impl Entries {
     }
 
     pub fn iter(&self) -> Iter<'_> {
+        let spans = self.spans();
         Iter {
             all: self,
-            range: 0..self.spans.len(),
+            spans,
+            range: 0..spans.len(),
         }
     }
 
@@ -265,14 +418,25 @@ impl<'a> Entry<'a> {
 #[derive(Clone)]
 pub struct Iter<'a> {
     all: &'a Entries,
+    spans: &'a [Span],
     range: std::ops::Range<usize>,
+}
+
+impl<'a> Iter<'a> {
+    fn entry(&self, index: usize) -> Entry<'a> {
+        Entry {
+            all: self.all,
+            index,
+            span: self.spans[index],
+        }
+    }
 }
 
 impl<'a> Iterator for Iter<'a> {
     type Item = Entry<'a>;
 
     fn next(&mut self) -> Option<Entry<'a>> {
-        self.range.next().and_then(|i| self.all.get(i))
+        self.range.next().map(|i| self.entry(i))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -282,7 +446,7 @@ impl<'a> Iterator for Iter<'a> {
 
 impl DoubleEndedIterator for Iter<'_> {
     fn next_back(&mut self) -> Option<Self::Item> {
-        self.range.next_back().and_then(|i| self.all.get(i))
+        self.range.next_back().map(|i| self.entry(i))
     }
 }
 
@@ -299,9 +463,15 @@ impl<'a> IntoIterator for &'a Entries {
 
 impl Clone for Entries {
     fn clone(&self) -> Entries {
+        let located = OnceLock::new();
+        if let Some(l) = self.located.get() {
+            let _ = located.set(l.clone());
+        }
         Entries {
             buf: self.buf.clone(),
-            spans: self.spans.clone(),
+            lazy: self.lazy,
+            located,
+            spare: Mutex::new(Vec::new()),
             pairs: OnceLock::new(),
         }
     }
@@ -428,6 +598,93 @@ mod tests {
         assert_eq!(e.push_located(&other[1..3], None), Err(OutsideFrame));
         assert_eq!(e.push_located(&frame[..], Some(b"")), Ok(()));
         assert_eq!(e.get(0).unwrap().value(), Some(""));
+    }
+
+    /// A test codec's list: `len` entries of two bytes from `start`, a one-byte name then a
+    /// one-byte value.
+    fn two_byte_entries(
+        frame: &[u8],
+        list: ListAt,
+        out: &mut Spans<'_>,
+    ) -> Result<(), &'static str> {
+        for i in 0..list.len as usize {
+            let at = list.start as usize + 2 * i;
+            let entry = frame.get(at..at + 2).ok_or("entry out of bounds")?;
+            out.push(&entry[..1], Some(&entry[1..]))
+                .map_err(|_| "entry outside the frame")?;
+        }
+        Ok(())
+    }
+
+    fn lazy(frame: &Bytes, start: u32, len: u32) -> Entries {
+        let mut e = Entries::new();
+        e.start_lazy(
+            frame,
+            ListAt {
+                start,
+                len,
+                layout: 0,
+            },
+            two_byte_entries,
+        );
+        e
+    }
+
+    #[test]
+    fn a_lazy_list_is_located_on_first_read_only() {
+        let frame = Bytes::from_static(b"..a1b2");
+        let e = lazy(&frame, 2, 2);
+        assert!(e.located.get().is_none(), "decoding located nothing");
+        assert!(e.malformed().is_none());
+        assert_eq!(e.get(1).unwrap().value(), Some("2"));
+        assert!(e.located.get().is_some());
+        assert_eq!(e, vec![Pair::new("a", "1"), Pair::new("b", "2")]);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e.clone(), e);
+    }
+
+    #[test]
+    fn a_malformed_lazy_list_reads_as_empty_and_says_why() {
+        let frame = Bytes::from_static(b"..a1b");
+        let e = lazy(&frame, 2, 2);
+        assert_eq!(e.malformed(), None, "nobody read it yet");
+        assert!(e.iter().next().is_none());
+        assert_eq!(e.len(), 0);
+        assert!(e.as_pairs().is_empty());
+        assert_eq!(e.malformed(), Some("entry out of bounds"));
+        let mut e = e;
+        e.clear();
+        assert_eq!(e.malformed(), None, "cleared with the list");
+    }
+
+    #[test]
+    fn locating_reuses_the_last_calls_storage() {
+        let frame = Bytes::from_static(b"a1b2c3d4");
+        let mut e = lazy(&frame, 0, 4);
+        let first = e.spans().as_ptr();
+        for _ in 0..3 {
+            e.clear();
+            e.start_lazy(
+                &frame,
+                ListAt {
+                    start: 0,
+                    len: 4,
+                    layout: 0,
+                },
+                two_byte_entries,
+            );
+            assert_eq!(e.len(), 4);
+            assert_eq!(e.spans().as_ptr(), first, "the spans' storage was reused");
+        }
+        e.clear();
+        e.shrink_to(1);
+        assert!(e.capacity_bytes() <= std::mem::size_of::<Span>());
+    }
+
+    #[test]
+    fn entries_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Entries>();
     }
 
     #[test]

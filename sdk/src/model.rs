@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 
-pub use crate::entries::{Entries, Entry, OutsideFrame};
+pub use crate::entries::{Entries, Entry, ListAt, Locator, OutsideFrame, Spans};
 use crate::text::Text;
 
 /// A name with an optional value. An absent value differs from an empty one: on input a bare
@@ -164,6 +164,15 @@ pub struct HttpReqCallReq {
     pub conf_token: u32,
     /// Variables pushed up front (Cap'n Proto only; FlatBuffers has no such field).
     pub extra_info: Vec<DataPair>,
+}
+
+impl HttpReqCallReq {
+    /// Why the call's arguments or headers could not be read, when a read (by a plugin, or
+    /// anything else since decoding) found either list malformed; it then read as empty, so the
+    /// chain's verdict must not stand (docs/protocol.md §4).
+    pub fn malformed(&self) -> Option<&'static str> {
+        self.args.malformed().or_else(|| self.headers.malformed())
+    }
 }
 
 /// Type 2 reply.

@@ -1,9 +1,12 @@
 //! The Cap'n Proto codec: `schema/ext_plugin.capnp`, standard unpacked serialization.
 //!
 //! Payloads are read in place (the `unaligned` feature lets the reader work at offset 4 of a
-//! frame), and strings come out as [`Text`] slices of the payload, so decoding copies nothing; a
-//! call's headers and arguments are only located ([`Entries`]), their text read when a plugin
-//! asks.
+//! frame), and strings come out as [`Text`] slices of the payload, so decoding copies nothing.
+//! The message every call brings, `HTTPReqCallReq`, is read by a small reader of our own
+//! ([`words`]) when it is in the simple one-segment encoding (as every standard encoder writes
+//! it), and by the crate otherwise; its headers and arguments are only found at decode
+//! ([`Entries`]): their pairs are located when a plugin first reads the list, their text when
+//! it reads the pair.
 //! Replies are built in a per-connection scratch segment, so small replies do not allocate.
 
 use bytes::Bytes;
@@ -14,11 +17,14 @@ use capnp::{data, struct_list, text};
 use super::{too_many, DecodeError, GatewayCodec, Protocol, RunnerCodec, MAX_ENTRIES};
 use crate::model::{
     ip_from_bytes, ip_to_bytes, DataPair, Entries, ErrorCode, ExtraInfoReq, ExtraInfoResp,
-    HttpReqCallReq, HttpReqCallResp, HttpRespCallReq, HttpRespCallResp, Method, Pair,
-    PrepareConfReq, PrepareConfResp, ReqAction, Rewrite, Stop,
+    HttpReqCallReq, HttpReqCallResp, HttpRespCallReq, HttpRespCallResp, ListAt, Method, Pair,
+    PrepareConfReq, PrepareConfResp, ReqAction, Rewrite, Spans, Stop,
 };
 use crate::proto::ext_plugin_capnp as schema;
 use ext_plugin_sdk::Text;
+use words::{Struct, StructList, Unusual};
+
+mod words;
 
 /// Bytes of scratch space for building replies; larger replies spill to the heap.
 const SCRATCH_BYTES: usize = 2048;
@@ -246,6 +252,148 @@ fn read_pairs(
     Ok(())
 }
 
+/// `HTTPReqCallReq`'s layout, as `src/proto/ext_plugin_capnp.rs` reads it: byte offsets in the
+/// data section, indices in the pointer section. (Tests decode every field both ways.)
+mod req_layout {
+    pub const ID: usize = 0;
+    pub const METHOD: usize = 4;
+    pub const CONF_TOKEN: usize = 8;
+    pub const SRC_IP: usize = 0;
+    pub const PATH: usize = 1;
+    pub const ARGS: usize = 2;
+    pub const HEADERS: usize = 3;
+    pub const EXTRA_INFO: usize = 4;
+}
+
+/// `Pair` and `PairData`'s pointer indices.
+const PAIR_NAME: usize = 0;
+const PAIR_VALUE: usize = 1;
+
+/// Decodes an `http_req_call` in the simple encoding ([`words`]): the id, token, method, address
+/// and path, and where `args` and `headers` lie, located when a plugin first reads them
+/// ([`locate_args`], [`locate_headers`]). Variables pushed along are read here (a call rarely
+/// has any). On [`Unusual`] `out` may be half written: the crate's decoder refills all of it.
+fn decode_simple_req(payload: &Bytes, out: &mut HttpReqCallReq) -> Result<(), Unusual> {
+    use req_layout as L;
+    let seg = words::single_segment(payload)?;
+    let root = Struct::root(seg)?;
+    let method = u8::try_from(root.u16(L::METHOD)).map_err(|_| Unusual)?;
+    let method = Method::from_u8(method).ok_or(Unusual)?;
+    let src_ip = ip_from_bytes(root.data(L::SRC_IP)?.unwrap_or_default()).map_err(|_| Unusual)?;
+    let path = root.text(L::PATH)?;
+    let args = root.struct_list(L::ARGS)?;
+    let headers = root.struct_list(L::HEADERS)?;
+    let pushed = root.struct_list(L::EXTRA_INFO)?;
+    if [args.len, headers.len, pushed.len]
+        .iter()
+        .any(|&n| n > MAX_ENTRIES)
+    {
+        return Err(Unusual);
+    }
+    out.extra_info.clear();
+    for i in 0..pushed.len {
+        let p = pushed.get(seg, i)?;
+        out.extra_info.push(DataPair {
+            name: Text::slice_lossy(payload, p.text(PAIR_NAME)?.unwrap_or_default()),
+            value: p.data(PAIR_VALUE)?.map(|v| read_data(payload, v)),
+        });
+    }
+    out.id = root.u32(L::ID);
+    out.conf_token = root.u32(L::CONF_TOKEN);
+    out.src_ip = src_ip;
+    out.method = method;
+    out.path = path.map_or_else(Text::default, |p| Text::slice_lossy(payload, p));
+    out.args.start_lazy(payload, list_at(args), locate_args);
+    out.headers
+        .start_lazy(payload, list_at(headers), locate_headers);
+    Ok(())
+}
+
+/// A struct list as an [`Entries`] location: a payload is at most 16 MiB (a frame's 24-bit
+/// length) and a struct's sections at most 65 535 words each, so everything fits.
+fn list_at(list: StructList) -> ListAt {
+    ListAt {
+        start: list.start as u32,
+        len: list.len as u32,
+        layout: list.data_words as u32 | (list.pointer_count as u32) << 16,
+    }
+}
+
+/// Which list of the request a lazy location is for (the crate's fallback reads it by name).
+#[derive(Clone, Copy)]
+enum PairList {
+    Args,
+    Headers,
+}
+
+fn locate_args(frame: &[u8], list: ListAt, out: &mut Spans<'_>) -> Result<(), &'static str> {
+    locate_pairs_lazily(frame, list, out, PairList::Args)
+}
+
+fn locate_headers(frame: &[u8], list: ListAt, out: &mut Spans<'_>) -> Result<(), &'static str> {
+    locate_pairs_lazily(frame, list, out, PairList::Headers)
+}
+
+/// Locates the pairs of a list [`decode_simple_req`] found, with the simple reader; a pair in
+/// another encoding (a far pointer, say) sends the whole list to the crate, which refuses
+/// only what is not valid.
+fn locate_pairs_lazily(
+    frame: &[u8],
+    list: ListAt,
+    out: &mut Spans<'_>,
+    which: PairList,
+) -> Result<(), &'static str> {
+    if locate_simple_pairs(frame, list, out).is_ok() {
+        return Ok(());
+    }
+    out.clear();
+    locate_pairs_with_the_crate(frame, which, out)
+}
+
+fn locate_simple_pairs(frame: &[u8], list: ListAt, out: &mut Spans<'_>) -> Result<(), Unusual> {
+    let seg = words::single_segment(frame)?;
+    let list = StructList {
+        start: list.start as usize,
+        len: list.len as usize,
+        data_words: (list.layout & 0xFFFF) as usize,
+        pointer_count: (list.layout >> 16) as usize,
+    };
+    for i in 0..list.len {
+        let p = list.get(seg, i)?;
+        let name = p.text(PAIR_NAME)?.unwrap_or_default();
+        out.push(name, p.text(PAIR_VALUE)?).map_err(|_| Unusual)?;
+    }
+    Ok(())
+}
+
+fn locate_pairs_with_the_crate(
+    frame: &[u8],
+    which: PairList,
+    out: &mut Spans<'_>,
+) -> Result<(), &'static str> {
+    let unreadable = |_| "pair list not readable";
+    let msg = open(frame, "HTTPReqCallReq").map_err(|_| "message not readable")?;
+    let r = msg
+        .get_root::<schema::h_t_t_p_req_call_req::Reader<'_>>()
+        .map_err(unreadable)?;
+    let list = match which {
+        PairList::Args => r.get_args(),
+        PairList::Headers => r.get_headers(),
+    }
+    .map_err(unreadable)?;
+    for p in list {
+        let name = p.get_name().map_err(unreadable)?.as_bytes();
+        let value = if p.has_value() {
+            Some(p.get_value().map_err(unreadable)?.as_bytes())
+        } else {
+            None
+        };
+        out.push(name, value)
+            .map_err(|_| "pair outside the payload")?;
+    }
+    Ok(())
+}
+
 fn write_pairs(list: struct_list::Builder<'_, schema::pair::Owned>, pairs: &[Pair]) {
     write_items(
         list,
@@ -328,6 +476,11 @@ impl RunnerCodec for CapnpCodec {
         payload: &Bytes,
         out: &mut HttpReqCallReq,
     ) -> Result<(), DecodeError> {
+        if decode_simple_req(payload, out).is_ok() {
+            return Ok(());
+        }
+        // Not the simple encoding (or not valid): the crate reads every legal encoding and
+        // names what is wrong with the rest.
         const M: &str = "HTTPReqCallReq";
         let msg = open(payload, M)?;
         let r = msg

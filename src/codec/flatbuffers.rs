@@ -30,8 +30,8 @@ use bytes::Bytes;
 use super::{too_many, DecodeError, Protocol, RunnerCodec, MAX_ENTRIES};
 use crate::model::{
     ip_from_bytes, Entries, ErrorCode, ExtraInfoReq, ExtraInfoResp, HttpReqCallReq,
-    HttpReqCallResp, HttpRespCallReq, HttpRespCallResp, Method, Pair, PrepareConfReq,
-    PrepareConfResp, ReqAction, Rewrite, Stop,
+    HttpReqCallResp, HttpRespCallReq, HttpRespCallResp, ListAt, Method, Pair, PrepareConfReq,
+    PrepareConfResp, ReqAction, Rewrite, Spans, Stop,
 };
 use ext_plugin_sdk::Text;
 use schema::{TextEntry, VERIFIER_OPTIONS};
@@ -192,23 +192,39 @@ fn entry_tables<'a>(t: &Table<'a>, slot: VOffsetT) -> Result<Tables<'a>, Reason>
     Ok(tables)
 }
 
-/// Refills `out` with the locations of a `[TextEntry]` field's names and values (see
-/// [`Entries`]); absent reads as empty, an absent name as "". Each entry's table is checked
-/// here, its text only when a plugin reads it.
-fn locate_entries(
+/// Refills `out` with where a `[TextEntry]` field lies: only the vector's bounds and length are
+/// checked here; its entries are located when a plugin first reads the list
+/// ([`locate_text_entries`]), their text only when it reads that entry. Absent reads as empty.
+fn lazy_entries(
     payload: &Bytes,
     t: &Table<'_>,
     slot: VOffsetT,
     out: &mut Entries,
 ) -> Result<(), Reason> {
-    let tables = entry_tables(t, slot)?;
-    out.start(payload, tables.len());
-    for entry in tables {
-        let entry = entry?;
-        let name = entry.bytes(TextEntry::NAME)?.unwrap_or_default();
-        let value = entry.bytes(TextEntry::VALUE)?;
-        out.push_located(name, value)
-            .map_err(|_| Reason::from("entry outside the payload"))?;
+    let (start, len) = entry_tables(t, slot)?.location();
+    // A payload is at most 16 MiB (a frame's 24-bit length), so its offsets fit a u32.
+    let list = ListAt {
+        start: start as u32,
+        len: len as u32,
+        layout: 0,
+    };
+    out.start_lazy(payload, list, locate_text_entries);
+    Ok(())
+}
+
+/// The [`Entries`] locator of a `[TextEntry]` vector found by [`lazy_entries`]: follows each
+/// entry's table, name and value, every offset checked as it is followed; an absent name is "".
+fn locate_text_entries(
+    frame: &[u8],
+    list: ListAt,
+    out: &mut Spans<'_>,
+) -> Result<(), &'static str> {
+    for entry in Tables::at(frame, list.start as usize, list.len as usize) {
+        let entry = entry.map_err(|m| m.0)?;
+        let name = entry.bytes(TextEntry::NAME).map_err(|m| m.0)?;
+        let value = entry.bytes(TextEntry::VALUE).map_err(|m| m.0)?;
+        out.push(name.unwrap_or_default(), value)
+            .map_err(|_| "entry outside the payload")?;
     }
     Ok(())
 }
@@ -269,8 +285,8 @@ impl RunnerCodec for FlatBuffersCodec {
             out.method = Method::from_u8(method)
                 .ok_or_else(|| format!("method {method} is not in the schema"))?;
             out.path = read_text(payload, &t, S::PATH)?.unwrap_or_default();
-            locate_entries(payload, &t, S::ARGS, &mut out.args)?;
-            locate_entries(payload, &t, S::HEADERS, &mut out.headers)?;
+            lazy_entries(payload, &t, S::ARGS, &mut out.args)?;
+            lazy_entries(payload, &t, S::HEADERS, &mut out.headers)?;
             out.extra_info.clear();
             Ok(())
         })

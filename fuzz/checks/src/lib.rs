@@ -142,6 +142,15 @@ pub fn lazy_call(protocol: Protocol, data: &[u8]) {
     let mut gw = ext_plugin_sdk::harness::LocalGateway::new();
     let _ = ext_plugin_sdk::harness::block_on(gw.call(chain, &req));
     assert_eq!(req.headers.as_pairs().len(), req.headers.len());
+    // A list found malformed reads as empty, however it is read, and says so (the runner then
+    // answers BAD_REQUEST).
+    for list in [&req.headers, &req.args] {
+        if list.malformed().is_some() {
+            assert_eq!(list.len(), 0);
+            assert!(list.iter().next().is_none() && list.as_pairs().is_empty());
+            assert!(req.malformed().is_some());
+        }
+    }
 }
 
 thread_local! {
@@ -225,6 +234,30 @@ impl ext_plugin_sdk::Plugin for LazyReader {
         Ok(ext_plugin_sdk::Flow::Continue)
     }
 }
+
+/// Breaks the string `value` of an encoded `protocol` message where it lies, leaving every other
+/// byte as it was: in FlatBuffers its length then points far past the payload; in Cap'n Proto
+/// its text loses the NUL that ends it (so `value` must be 8n - 1 bytes long: with its NUL it
+/// fills whole words, and the NUL is the byte after it). A header broken this way is only found
+/// when something reads the headers (lazy decoding).
+pub fn break_string(protocol: Protocol, bytes: &mut [u8], value: &str) {
+    let at = bytes
+        .windows(value.len())
+        .position(|w| w == value.as_bytes())
+        .expect("the value is in the message as it was written");
+    match protocol {
+        Protocol::FlatBuffers => bytes[at - 4..at].copy_from_slice(&0x7FFF_FFF0u32.to_le_bytes()),
+        Protocol::Capnp => {
+            assert_eq!(value.len() % 8, 7, "the NUL must end a word");
+            let nul = at + value.len();
+            assert_eq!(bytes[nul], 0, "the text's NUL");
+            bytes[nul] = b'X';
+        }
+    }
+}
+
+/// A header value [`break_string`] can break in both codecs.
+pub const BROKEN_VALUE: &str = "broken!";
 
 /// Separates chain entries in a conf-target input (never valid inside UTF-8).
 pub const ENTRY_SEP: u8 = 0xFF;
@@ -340,6 +373,19 @@ pub fn codec_seeds(protocol: Protocol) -> Vec<(String, Vec<u8>)> {
     };
     add("http_req_call_req_v6", &mut |o| {
         gateway.encode_http_req_call_req(&v6, o)
+    });
+    // Malformed in a header that decoding does not read: only a reader finds it.
+    let broken = HttpReqCallReq {
+        headers: pairs(&[
+            ("host", Some("example.com")),
+            ("x-broken", Some(BROKEN_VALUE)),
+        ])
+        .into(),
+        ..req.clone()
+    };
+    add("http_req_call_req_broken_header", &mut |o| {
+        gateway.encode_http_req_call_req(&broken, o);
+        break_string(protocol, o, BROKEN_VALUE);
     });
     let resp_req = HttpRespCallReq {
         id: 8,

@@ -198,6 +198,24 @@ pub struct Tables<'a> {
     end: usize,
 }
 
+impl<'a> Tables<'a> {
+    /// The `len` tables of a vector whose elements start at `start`, as
+    /// [`Tables::location`] gave them. Each element is checked as it is read, so a location that
+    /// is not a vector's yields errors, never a panic.
+    pub fn at(buf: &'a [u8], start: usize, len: usize) -> Tables<'a> {
+        Tables {
+            buf,
+            next: start,
+            end: start.saturating_add(len.saturating_mul(4)),
+        }
+    }
+
+    /// Where the elements start, and how many there are.
+    pub fn location(&self) -> (usize, usize) {
+        (self.next, (self.end - self.next) / 4)
+    }
+}
+
 impl<'a> Iterator for Tables<'a> {
     type Item = Result<Table<'a>>;
 
