@@ -309,6 +309,48 @@ fn decode_simple_req(payload: &Bytes, out: &mut HttpReqCallReq) -> Result<(), Un
     Ok(())
 }
 
+/// Decodes an `http_req_call` with the capnp crate, locating its pairs up front: for what
+/// [`decode_simple_req`] leaves aside. Public for the fuzz checks, which compare the two.
+#[doc(hidden)]
+pub fn decode_req_with_the_crate(
+    payload: &Bytes,
+    out: &mut HttpReqCallReq,
+) -> Result<(), DecodeError> {
+    const M: &str = "HTTPReqCallReq";
+    let msg = open(payload, M)?;
+    let r = msg
+        .get_root::<schema::h_t_t_p_req_call_req::Reader<'_>>()
+        .map_err(err(M))?;
+    out.id = r.get_id();
+    out.conf_token = r.get_conf_token();
+    out.src_ip = ip_from_bytes(r.get_src_ip().map_err(err(M))?)
+        .map_err(|n| DecodeError::new(M, format!("srcIp has {n} bytes, expected 4 or 16")))?;
+    let method = r
+        .get_method()
+        .map_err(|e| DecodeError::new(M, format!("method {} is not in the schema", e.0)))?;
+    out.method = Method::from_u8(method as u8).expect("schema and model list the same methods");
+    out.path = read_text(payload, r.get_path(), M)?;
+    locate_pairs(payload, r.get_args(), &mut out.args, M)?;
+    locate_pairs(payload, r.get_headers(), &mut out.headers, M)?;
+    out.extra_info.clear();
+    let pushed = r.get_extra_info().map_err(err(M))?;
+    if pushed.len() as usize > MAX_ENTRIES {
+        return Err(DecodeError::new(M, too_many(pushed.len() as usize)));
+    }
+    for p in pushed {
+        let value = if p.has_value() {
+            Some(read_data(payload, p.get_value().map_err(err(M))?))
+        } else {
+            None
+        };
+        out.extra_info.push(DataPair {
+            name: read_text(payload, p.get_name(), M)?,
+            value,
+        });
+    }
+    Ok(())
+}
+
 /// A struct list as an [`Entries`] location: a payload is at most 16 MiB (a frame's 24-bit
 /// length) and a struct's sections at most 65 535 words each, so everything fits.
 fn list_at(list: StructList) -> ListAt {
@@ -481,39 +523,7 @@ impl RunnerCodec for CapnpCodec {
         }
         // Not the simple encoding (or not valid): the crate reads every legal encoding and
         // names what is wrong with the rest.
-        const M: &str = "HTTPReqCallReq";
-        let msg = open(payload, M)?;
-        let r = msg
-            .get_root::<schema::h_t_t_p_req_call_req::Reader<'_>>()
-            .map_err(err(M))?;
-        out.id = r.get_id();
-        out.conf_token = r.get_conf_token();
-        out.src_ip = ip_from_bytes(r.get_src_ip().map_err(err(M))?)
-            .map_err(|n| DecodeError::new(M, format!("srcIp has {n} bytes, expected 4 or 16")))?;
-        let method = r
-            .get_method()
-            .map_err(|e| DecodeError::new(M, format!("method {} is not in the schema", e.0)))?;
-        out.method = Method::from_u8(method as u8).expect("schema and model list the same methods");
-        out.path = read_text(payload, r.get_path(), M)?;
-        locate_pairs(payload, r.get_args(), &mut out.args, M)?;
-        locate_pairs(payload, r.get_headers(), &mut out.headers, M)?;
-        out.extra_info.clear();
-        let pushed = r.get_extra_info().map_err(err(M))?;
-        if pushed.len() as usize > MAX_ENTRIES {
-            return Err(DecodeError::new(M, too_many(pushed.len() as usize)));
-        }
-        for p in pushed {
-            let value = if p.has_value() {
-                Some(read_data(payload, p.get_value().map_err(err(M))?))
-            } else {
-                None
-            };
-            out.extra_info.push(DataPair {
-                name: read_text(payload, p.get_name(), M)?,
-                value,
-            });
-        }
-        Ok(())
+        decode_req_with_the_crate(payload, out)
     }
 
     fn decode_http_resp_call_req(

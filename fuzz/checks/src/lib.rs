@@ -102,6 +102,9 @@ pub fn codec(protocol: Protocol, data: &[u8]) {
     }
 
     lazy_call(protocol, data);
+    if protocol == Protocol::Capnp {
+        own_reader_agrees_with_the_library(&payload);
+    }
 
     // The gateway side: decoding must not panic; Debug reads every field it produced.
     let _ = format!("{:?}", gateway.decode_prepare_conf_resp(&payload));
@@ -151,6 +154,25 @@ pub fn lazy_call(protocol: Protocol, data: &[u8]) {
             assert!(req.malformed().is_some());
         }
     }
+}
+
+/// Part of the capnp target: the runner reads `http_req_call` with a small reader of its own
+/// when the message is in the simple encoding, and with the capnp library otherwise. Whatever
+/// the library reads, the runner must read the same, every header and argument included.
+fn own_reader_agrees_with_the_library(payload: &Bytes) {
+    let mut by_the_library = HttpReqCallReq::default();
+    if ext_plugin_runner::codec::capnp::decode_req_with_the_crate(payload, &mut by_the_library)
+        .is_err()
+    {
+        return;
+    }
+    let mut req = HttpReqCallReq::default();
+    Protocol::Capnp
+        .runner_codec()
+        .decode_http_req_call_req(payload, &mut req)
+        .expect("what the library reads, the runner reads");
+    assert_eq!(req, by_the_library);
+    assert_eq!(req.malformed(), None, "the library located every pair");
 }
 
 thread_local! {
