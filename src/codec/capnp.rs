@@ -3,7 +3,7 @@
 //! Payloads are read in place (the `unaligned` feature lets the reader work at offset 4 of a
 //! frame), and strings come out as [`Text`] slices of the payload, so decoding copies nothing.
 //! The message every call brings, `HTTPReqCallReq`, is read by a small reader of our own
-//! ([`words`]) when it is in the simple one-segment encoding (as every standard encoder writes
+//! (`words.rs`) when it is in the simple one-segment encoding (as every standard encoder writes
 //! it), and by the crate otherwise; its headers and arguments are only found at decode
 //! ([`Entries`]): their pairs are located when a plugin first reads the list, their text when
 //! it reads the pair.
