@@ -142,7 +142,7 @@ fn read<T>(
     message: &'static str,
     read: impl FnOnce(Table<'_>) -> Result<T, Reason>,
 ) -> Result<T, DecodeError> {
-    Table::root(payload)
+    Table::open(payload)
         .map_err(Reason::from)
         .and_then(read)
         .map_err(|reason| DecodeError::new(message, reason))

@@ -7,7 +7,7 @@
 //! the fields nobody reads cost nothing. (The gateway side, for tests and the replayer, still
 //! verifies replies with the crate's verifier first.)
 //!
-//! [`Table::root`] doubles as the shape test of protocol detection: it accepts a buffer only if
+//! [`Table::root`] is the shape test of protocol detection: it accepts a buffer only if
 //! its root is a table whose vtable and fields lie inside the buffer.
 
 use std::borrow::Cow;
@@ -61,9 +61,16 @@ pub struct Table<'a> {
 }
 
 impl<'a> Table<'a> {
-    /// The root table: the buffer starts with the root's offset.
+    /// The root table, for reading: the buffer starts with the root's offset. Only the table
+    /// itself is checked here; each field is checked when it is read.
+    pub fn open(buf: &'a [u8]) -> Result<Table<'a>> {
+        Table::at(buf, follow(buf, 0)?)
+    }
+
+    /// The root table, for telling a FlatBuffers buffer from other bytes: [`Table::open`], and
+    /// every field the root declares must lie inside it.
     pub fn root(buf: &'a [u8]) -> Result<Table<'a>> {
-        let root = Table::at(buf, follow(buf, 0)?)?;
+        let root = Table::open(buf)?;
         // Every field the root declares lies inside it: a cheap shape test that the bytes of
         // some other format almost never pass. Done for the root only, so a hostile vtable shared
         // by many tables cannot multiply the work.
