@@ -852,6 +852,40 @@ mod tests {
         }
     }
 
+    /// A request the simple reader leaves to the library: built with one-word segments, so
+    /// it spans several segments joined by far pointers. It decodes all the same.
+    #[test]
+    fn a_request_in_several_segments_is_read_by_the_library() {
+        use capnp::message::{AllocationStrategy, HeapAllocator};
+        let alloc = HeapAllocator::new()
+            .first_segment_words(1)
+            .allocation_strategy(AllocationStrategy::FixedSize);
+        let mut b = message::Builder::new(alloc);
+        let mut root = b.init_root::<schema::h_t_t_p_req_call_req::Builder<'_>>();
+        root.set_id(9);
+        root.set_conf_token(3);
+        root.set_method(schema::Method::Post);
+        root.set_path("/far");
+        let mut headers = root.init_headers(2);
+        headers.reborrow().get(0).set_name("host");
+        headers.reborrow().get(0).set_value("example.com");
+        headers.reborrow().get(1).set_name("x-flag");
+        let mut bytes = Vec::new();
+        serialize::write_message(&mut bytes, &b).unwrap();
+        let payload = Bytes::from(bytes);
+        let mut out = HttpReqCallReq::default();
+        assert_eq!(decode_simple_req(&payload, &mut out), Err(Unusual));
+        CapnpCodec::new()
+            .decode_http_req_call_req(&payload, &mut out)
+            .unwrap();
+        assert_eq!((out.id, out.conf_token, out.method), (9, 3, Method::Post));
+        assert_eq!(out.path, "/far");
+        assert_eq!(
+            out.headers,
+            vec![Pair::new("host", "example.com"), Pair::absent("x-flag")]
+        );
+    }
+
     fn payload(encode: impl FnOnce(&mut Vec<u8>)) -> Bytes {
         let mut out = Vec::new();
         encode(&mut out);
