@@ -16,6 +16,7 @@
 //! [`crate::limits`], one line per limit per interval.
 
 mod io;
+mod lent;
 mod shutdown;
 
 use std::future::Future;
@@ -38,11 +39,13 @@ use crate::model::{
     ErrorCode, HttpReqCallReq, HttpReqCallResp, HttpRespCallReq, Pair, PrepareConfReq,
     PrepareConfResp, ReqAction,
 };
+use crate::pool::Pool;
 use crate::server::Shared;
 use ext_plugin_sdk::host::ChainFailure;
 use ext_plugin_sdk::host::{CallState, RespState};
 use ext_plugin_sdk::PluginError;
 use io::{Close, Io};
+use lent::Lent;
 use shutdown::Shutdown;
 
 /// Decoded messages and call state, reused from call to call.
@@ -55,6 +58,14 @@ struct Scratch {
     resp: RespState,
     /// The call being measured (metrics).
     meter: Meter,
+}
+
+/// Scratch storage a thread keeps for its connections that wait for their next call, at most.
+const PARKED_SCRATCH: usize = 128;
+
+thread_local! {
+    /// Lent by connections while they wait: an idle connection holds no scratch.
+    static SCRATCH: Pool<Box<Scratch>> = const { Pool::new(PARKED_SCRATCH) };
 }
 
 /// Entries a decoded list keeps room for between calls. Calls rarely carry more than a few
@@ -113,7 +124,7 @@ pub(crate) async fn serve(
             &shared.config,
             &shared.buffers,
         ),
-        scratch: Scratch::default(),
+        scratch: Lent::new(&SCRATCH),
         shared: &shared,
     };
     let limits = &shared.limits;
@@ -171,7 +182,8 @@ pub(crate) async fn serve(
 
 struct Connection<'s> {
     io: Io,
-    scratch: Scratch,
+    /// Held while a call is served; lent to the thread's pool while the connection waits.
+    scratch: Lent<Scratch>,
     shared: &'s Arc<Shared>,
 }
 
@@ -184,7 +196,16 @@ impl Connection<'_> {
         // Past the drain timeout the call in flight is answered SERVICE_UNAVAILABLE (not left
         // to a bare end of stream); one waiter for the connection's life, like the stop's.
         let mut abandon = Shutdown::new(self.shared.abandon.subscribe());
-        while let Some(frame) = self.io.next_frame(shutdown).await? {
+        loop {
+            if !self.io.framed.read_buffer().has_frame() {
+                // The next call may be long in coming (pooled connections idle for minutes):
+                // the call storage, released by the last call, is lent out meanwhile (and the
+                // read buffer, once the read would block: `Io::next_frame`).
+                self.scratch.park();
+            }
+            let Some(frame) = self.io.next_frame(shutdown).await? else {
+                break;
+            };
             if undecided {
                 if let Some(p) = detect(&frame.payload) {
                     undecided = false;
@@ -193,7 +214,7 @@ impl Connection<'_> {
                     }
                 }
             }
-            self.scratch.meter = self.shared.metrics.start(frame.ty);
+            self.scratch.get().meter = self.shared.metrics.start(frame.ty);
             let result = tokio::select! {
                 biased;
                 r = self.serve_frame(frame) => r,
@@ -202,8 +223,9 @@ impl Connection<'_> {
                     Err(Close::Abandoned)
                 }
             };
-            self.shared.metrics.finish(&self.scratch.meter);
-            self.scratch.release();
+            let scratch = self.scratch.get();
+            self.shared.metrics.finish(&scratch.meter);
+            scratch.release();
             // Replies wait for the next pipelined call's only while the runner is not
             // abandoning calls: then what is queued leaves at once.
             if result.is_ok() && self.io.batching() && !abandon.requested() {
@@ -243,6 +265,7 @@ impl Connection<'_> {
             scratch,
             shared,
         } = self;
+        let scratch = scratch.get();
         if let Err(e) = io
             .codec
             .decode_prepare_conf_req(payload, &mut scratch.prepare)
@@ -291,6 +314,7 @@ impl Connection<'_> {
             scratch,
             shared,
         } = self;
+        let scratch = scratch.get();
         if let Err(e) = io.codec.decode_http_req_call_req(payload, &mut scratch.req) {
             debug!(error = %e, "BAD_REQUEST");
             scratch.meter.outcome = CallOutcome::BadRequest;
@@ -336,6 +360,7 @@ impl Connection<'_> {
             scratch,
             shared,
         } = self;
+        let scratch = scratch.get();
         if let Err(e) = io
             .codec
             .decode_http_resp_call_req(payload, &mut scratch.resp_req)
@@ -590,6 +615,47 @@ mod tests {
         assert!(full > 4 * kept, "the test filled the vectors");
     }
 
+    /// Issue 15: a connection waiting for its next call holds neither a read buffer nor the
+    /// call storage (thousands of pooled connections idle for minutes); both are lent to the
+    /// thread's pools, and the next call takes them back.
+    #[tokio::test]
+    async fn a_connection_waiting_for_its_next_call_holds_no_call_storage() {
+        let runner = Runner::new(Config::default(), Registry::new());
+        let shared = runner.shared();
+        let (stream, mut gateway) = UnixStream::pair().unwrap();
+        let mut conn = Connection {
+            io: Io::new(
+                stream,
+                Protocol::Capnp.runner_codec(),
+                &shared.config,
+                &shared.buffers,
+            ),
+            scratch: Lent::new(&SCRATCH),
+            shared,
+        };
+        let (_tx, rx) = watch::channel(false);
+        let mut shutdown = Shutdown::new(rx);
+        // A payload no codec decodes: answered BAD_REQUEST, without a prepared chain.
+        let call = [FrameType::HttpReqCall as u8, 0, 0, 1, 0xFF];
+        for _ in 0..2 {
+            let mut run = Box::pin(conn.run(&mut shutdown));
+            gateway.write_all(&call).await.unwrap();
+            let mut reply = [0u8; 4];
+            tokio::select! {
+                r = &mut run => panic!("the connection ended: {:?}", r.err()),
+                r = gateway.read_exact(&mut reply) => r.unwrap(),
+            };
+            assert_eq!(reply[0], FrameType::Error as u8);
+            let len = u32::from_be_bytes([0, reply[1], reply[2], reply[3]]) as usize;
+            gateway.read_exact(&mut vec![0; len]).await.unwrap();
+            // Served and answered: once it waits again, it has given its storage back.
+            assert!(run.as_mut().now_or_never().is_none(), "waits for a call");
+            drop(run);
+            assert_eq!(conn.io.framed.read_buffer().capacity(), 0, "a read buffer");
+            assert!(conn.scratch.is_parked(), "the call storage");
+        }
+    }
+
     #[tokio::test]
     async fn replies_to_pipelined_calls_leave_in_one_write() {
         let config = Config {
@@ -606,7 +672,7 @@ mod tests {
                 &shared.config,
                 &shared.buffers,
             ),
-            scratch: Scratch::default(),
+            scratch: Lent::new(&SCRATCH),
             shared,
         };
         // Sixteen calls in one write, each a payload no codec decodes: each is answered with a

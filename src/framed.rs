@@ -27,6 +27,7 @@ use std::io;
 use bytes::BytesMut;
 
 use crate::frame::{split_frame, write_frame, Frame, FrameHeader, FrameWriteError, HEADER_LEN};
+use crate::pool::Pool;
 
 pub use blocking::BlockingFramed;
 pub use budget::{ByteBudget, FREE_ALLOWANCE};
@@ -39,6 +40,14 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// The least spare room a read is given.
 const READ_MIN: usize = 4096;
+
+/// Read buffers a thread keeps for connections that wait for their next call
+/// ([`FrameBuffer::park`]), at most; each holds no more than [`FREE_ALLOWANCE`].
+const PARKED_BUFFERS: usize = 128;
+
+thread_local! {
+    static READ_BUFFERS: Pool<BytesMut> = const { Pool::new(PARKED_BUFFERS) };
+}
 
 /// Why a framed connection cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +211,12 @@ impl FrameBuffer {
     /// With a budget, the storage the reserve may come to (a reallocation at most doubles it)
     /// is covered before it happens.
     fn room(&mut self) -> Result<&mut BytesMut, FramedError> {
+        if self.buf.capacity() == 0 {
+            // Parked, or new: storage a waiting connection gave back serves this read.
+            if let Some(storage) = READ_BUFFERS.try_with(Pool::take).ok().flatten() {
+                self.buf = storage;
+            }
+        }
         if self.buf.capacity() - self.buf.len() < READ_MIN {
             let wanted = FrameHeader::parse(&self.buf).map_or(READ_MIN, |h| {
                 (HEADER_LEN + h.len).saturating_sub(self.buf.len())
@@ -260,6 +275,22 @@ impl FrameBuffer {
         // the allowance, nothing).
         self.uncover();
         let _ = self.cover(self.buf.capacity());
+    }
+
+    /// Gives the buffer's storage to this thread's pool when it holds no bytes (the next read
+    /// takes storage from there again), so that a connection waiting for its next call holds
+    /// no read buffer. Storage over [`FREE_ALLOWANCE`] is dropped instead. Call it only when no
+    /// frame split off the buffer is alive any more, or the storage cannot be reused in place.
+    pub fn park(&mut self) {
+        if !self.buf.is_empty() || self.buf.capacity() == 0 {
+            return;
+        }
+        let storage = std::mem::take(&mut self.buf);
+        self.uncover();
+        if storage.capacity() <= FREE_ALLOWANCE {
+            // A thread tearing down its pools just drops it.
+            let _ = READ_BUFFERS.try_with(|pool| pool.give(storage));
+        }
     }
 }
 
