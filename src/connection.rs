@@ -615,6 +615,39 @@ mod tests {
         assert!(full > 4 * kept, "the test filled the vectors");
     }
 
+    /// A connection served over one end of a socket pair, in Cap'n Proto, and the other end.
+    fn connection(shared: &Arc<Shared>) -> (Connection<'_>, UnixStream) {
+        let (stream, gateway) = UnixStream::pair().unwrap();
+        let io = Io::new(
+            stream,
+            Protocol::Capnp.runner_codec(),
+            &shared.config,
+            &shared.buffers,
+        );
+        let scratch = Lent::new(&SCRATCH);
+        (
+            Connection {
+                io,
+                scratch,
+                shared,
+            },
+            gateway,
+        )
+    }
+
+    /// A call whose payload no codec decodes: answered with a BAD_REQUEST error frame, without
+    /// a prepared chain.
+    const UNDECODABLE_CALL: [u8; 5] = [FrameType::HttpReqCall as u8, 0, 0, 1, 0xFF];
+
+    /// Reads one frame off the gateway's end, which must be an error frame.
+    async fn read_error_frame(gateway: &mut UnixStream) {
+        let mut head = [0u8; 4];
+        gateway.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], FrameType::Error as u8);
+        let len = u32::from_be_bytes([0, head[1], head[2], head[3]]) as usize;
+        gateway.read_exact(&mut vec![0; len]).await.unwrap();
+    }
+
     /// Issue 15: a connection waiting for its next call holds neither a read buffer nor the
     /// call storage (thousands of pooled connections idle for minutes); both are lent to the
     /// thread's pools, and the next call takes them back.
@@ -622,32 +655,16 @@ mod tests {
     async fn a_connection_waiting_for_its_next_call_holds_no_call_storage() {
         let runner = Runner::new(Config::default(), Registry::new());
         let shared = runner.shared();
-        let (stream, mut gateway) = UnixStream::pair().unwrap();
-        let mut conn = Connection {
-            io: Io::new(
-                stream,
-                Protocol::Capnp.runner_codec(),
-                &shared.config,
-                &shared.buffers,
-            ),
-            scratch: Lent::new(&SCRATCH),
-            shared,
-        };
+        let (mut conn, mut gateway) = connection(shared);
         let (_tx, rx) = watch::channel(false);
         let mut shutdown = Shutdown::new(rx);
-        // A payload no codec decodes: answered BAD_REQUEST, without a prepared chain.
-        let call = [FrameType::HttpReqCall as u8, 0, 0, 1, 0xFF];
         for _ in 0..2 {
             let mut run = Box::pin(conn.run(&mut shutdown));
-            gateway.write_all(&call).await.unwrap();
-            let mut reply = [0u8; 4];
+            gateway.write_all(&UNDECODABLE_CALL).await.unwrap();
             tokio::select! {
                 r = &mut run => panic!("the connection ended: {:?}", r.err()),
-                r = gateway.read_exact(&mut reply) => r.unwrap(),
+                () = read_error_frame(&mut gateway) => {}
             };
-            assert_eq!(reply[0], FrameType::Error as u8);
-            let len = u32::from_be_bytes([0, reply[1], reply[2], reply[3]]) as usize;
-            gateway.read_exact(&mut vec![0; len]).await.unwrap();
             // Served and answered: once it waits again, it has given its storage back.
             assert!(run.as_mut().now_or_never().is_none(), "waits for a call");
             drop(run);
@@ -664,31 +681,16 @@ mod tests {
         };
         let runner = Runner::new(config, Registry::new());
         let shared = runner.shared();
-        let (stream, mut gateway) = UnixStream::pair().unwrap();
-        let mut conn = Connection {
-            io: Io::new(
-                stream,
-                Protocol::Capnp.runner_codec(),
-                &shared.config,
-                &shared.buffers,
-            ),
-            scratch: Lent::new(&SCRATCH),
-            shared,
-        };
-        // Sixteen calls in one write, each a payload no codec decodes: each is answered with a
-        // BAD_REQUEST error frame, without a prepared chain.
+        let (mut conn, mut gateway) = connection(shared);
+        // Sixteen calls in one write, each answered with an error frame.
         const CALLS: usize = 16;
-        let call = [FrameType::HttpReqCall as u8, 0, 0, 1, 0xFF];
         let gateway = async move {
-            gateway.write_all(&call.repeat(CALLS)).await.unwrap();
-            let mut replies = 0;
-            let mut head = [0u8; 4];
-            while replies < CALLS {
-                gateway.read_exact(&mut head).await.unwrap();
-                assert_eq!(head[0], FrameType::Error as u8);
-                let len = u32::from_be_bytes([0, head[1], head[2], head[3]]) as usize;
-                gateway.read_exact(&mut vec![0; len]).await.unwrap();
-                replies += 1;
+            gateway
+                .write_all(&UNDECODABLE_CALL.repeat(CALLS))
+                .await
+                .unwrap();
+            for _ in 0..CALLS {
+                read_error_frame(&mut gateway).await;
             }
         };
         let (_tx, rx) = watch::channel(false);
