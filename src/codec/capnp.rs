@@ -693,6 +693,13 @@ mod tests {
         }
     }
 
+    /// Issue 15: replies are built in the thread's scratch segment and the continue template
+    /// is the process's: a connection's codec holds no storage (boxing it allocates nothing).
+    #[test]
+    fn a_codec_holds_no_storage() {
+        assert_eq!(std::mem::size_of::<CapnpCodec>(), 0);
+    }
+
     fn payload(encode: impl FnOnce(&mut Vec<u8>)) -> Bytes {
         let mut out = Vec::new();
         encode(&mut out);
