@@ -199,9 +199,11 @@ impl Connection<'_> {
         loop {
             if !self.io.framed.read_buffer().has_frame() {
                 // The next call may be long in coming (pooled connections idle for minutes):
-                // the call storage, released by the last call, is lent out meanwhile (and the
-                // read buffer, once the read would block: `Io::next_frame`).
+                // the call storage, released by the last call, and the write queue, flushed,
+                // are lent out meanwhile (and the read buffer, once the read would block:
+                // `Io::next_frame`).
                 self.scratch.park();
+                self.io.framed.queue().park();
             }
             let Some(frame) = self.io.next_frame(shutdown).await? else {
                 break;
@@ -670,6 +672,7 @@ mod tests {
             drop(run);
             assert_eq!(conn.io.framed.read_buffer().capacity(), 0, "a read buffer");
             assert!(conn.scratch.is_parked(), "the call storage");
+            assert_eq!(conn.io.framed.queue().capacity(), 0, "a write queue");
         }
     }
 

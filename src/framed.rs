@@ -45,8 +45,12 @@ const READ_MIN: usize = 4096;
 /// ([`FrameBuffer::park`]), at most; each holds no more than [`FREE_ALLOWANCE`].
 const PARKED_BUFFERS: usize = 128;
 
+/// The most storage a parked write queue may hand to the pool.
+const PARKED_QUEUE_BYTES: usize = 16 * 1024;
+
 thread_local! {
     static READ_BUFFERS: Pool<BytesMut> = const { Pool::new(PARKED_BUFFERS) };
+    static WRITE_QUEUES: Pool<Vec<u8>> = const { Pool::new(PARKED_BUFFERS) };
 }
 
 /// Why a framed connection cannot go on.
@@ -318,17 +322,41 @@ impl FrameQueue {
         ty: u8,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), FrameWriteError> {
-        write_frame(&mut self.buf, ty, encode)
+        write_frame(self.storage(), ty, encode)
     }
 
     /// Queues a frame as it was read.
     pub fn push_frame(&mut self, frame: &Frame) {
-        frame.write_to(&mut self.buf);
+        frame.write_to(self.storage());
     }
 
     /// Queues bytes as they are: whole frames encoded earlier, or anything at all (tests).
     pub fn push_raw(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        self.storage().extend_from_slice(bytes);
+    }
+
+    /// The queue's storage, taken from the thread's pool when it was parked (or is new).
+    fn storage(&mut self) -> &mut Vec<u8> {
+        if self.buf.capacity() == 0 {
+            if let Some(storage) = WRITE_QUEUES.try_with(Pool::take).ok().flatten() {
+                self.buf = storage;
+            }
+        }
+        &mut self.buf
+    }
+
+    /// Gives the storage to this thread's pool when everything queued has been sent, so that
+    /// a connection waiting for its next call holds no write buffer (the next push takes
+    /// storage from there again). Storage over 16 KiB is dropped instead.
+    pub fn park(&mut self) {
+        if !self.is_empty() || self.buf.capacity() == 0 {
+            return;
+        }
+        let storage = std::mem::take(&mut self.buf);
+        if storage.capacity() <= PARKED_QUEUE_BYTES {
+            // A thread tearing down its pools just drops it.
+            let _ = WRITE_QUEUES.try_with(|pool| pool.give(storage));
+        }
     }
 
     /// The bytes not sent yet.
