@@ -62,7 +62,7 @@ thread_local! {
     /// so the connections a thread serves share one builder: an idle connection's codec holds
     /// no builder storage (thousands of pooled connections would each hold theirs).
     static BUILDER: RefCell<FlatBuffersCodec> = RefCell::new(FlatBuffersCodec {
-        fbb: FlatBufferBuilder::with_capacity(BUILDER_BYTES),
+        fbb: Box::new(FlatBufferBuilder::with_capacity(BUILDER_BYTES)),
         entries: Vec::new(),
     });
 }
@@ -70,7 +70,8 @@ thread_local! {
 /// One connection's FlatBuffers codec. Its own builder is empty (no storage) except while it
 /// encodes: then it has the thread's ([`BUILDER`]).
 pub struct FlatBuffersCodec {
-    fbb: FlatBufferBuilder<'static>,
+    /// Boxed, so that swapping builders moves a pointer, not the builder.
+    fbb: Box<FlatBufferBuilder<'static>>,
     /// Entry tables of the vector being built, reused across vectors and replies.
     entries: Vec<Finished>,
 }
@@ -78,7 +79,7 @@ pub struct FlatBuffersCodec {
 impl FlatBuffersCodec {
     pub fn new() -> FlatBuffersCodec {
         FlatBuffersCodec {
-            fbb: FlatBufferBuilder::new(),
+            fbb: Box::new(FlatBufferBuilder::new()),
             entries: Vec::new(),
         }
     }
@@ -102,7 +103,7 @@ impl FlatBuffersCodec {
         let data = self.fbb.finished_data();
         out.extend_from_slice(data);
         if data.len() > BUILDER_KEEP_BYTES {
-            self.fbb = FlatBufferBuilder::with_capacity(BUILDER_BYTES);
+            *self.fbb = FlatBufferBuilder::with_capacity(BUILDER_BYTES);
         }
     }
 

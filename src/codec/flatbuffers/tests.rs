@@ -298,7 +298,7 @@ fn a_codec_holds_no_builder_storage_between_replies() {
     let p = payload(|o| c.encode_http_req_call_resp(&rewrite, o));
     assert_eq!(c.decode_http_req_call_resp(&p).unwrap(), rewrite);
     assert_eq!(c.entries.capacity(), 0, "entry tables");
-    let (storage, _) = c.fbb.collapse();
+    let (storage, _) = (*c.fbb).collapse();
     assert_eq!(storage.capacity(), 0, "builder storage");
 }
 
