@@ -68,7 +68,7 @@ thread_local! {
 }
 
 /// One connection's FlatBuffers codec. Its own builder is empty (no storage) except while it
-/// encodes: then it has the thread's ([`BUILDER`]).
+/// encodes: then it has the thread's.
 pub struct FlatBuffersCodec {
     /// Boxed, so that swapping builders moves a pointer, not the builder.
     fbb: Box<FlatBufferBuilder<'static>>,
