@@ -512,6 +512,37 @@ mod tests {
         assert!(q.is_empty());
     }
 
+    /// Issue 15: storage a waiting connection parks serves the next read or push of the
+    /// thread, without an allocation; storage with bytes in it is not parked.
+    #[test]
+    fn parked_storage_is_taken_back_by_the_next_read_or_push() {
+        let mut b = FrameBuffer::new(MAX_PAYLOAD);
+        let storage = b.room().unwrap().as_ptr();
+        b.buf.extend_from_slice(&[1]);
+        b.park();
+        assert!(b.capacity() > 0, "a byte buffered: kept");
+        b.buf.clear();
+        b.park();
+        assert_eq!(b.capacity(), 0);
+        let mut other = FrameBuffer::new(MAX_PAYLOAD);
+        assert_eq!(
+            other.room().unwrap().as_ptr(),
+            storage,
+            "the parked storage"
+        );
+        let mut q = FrameQueue::new();
+        q.push_raw(&[1, 2]);
+        let storage = q.unsent().as_ptr();
+        q.park();
+        assert!(q.capacity() > 0, "unsent bytes: kept");
+        q.advance(2);
+        q.park();
+        assert_eq!(q.capacity(), 0);
+        let mut other = FrameQueue::new();
+        other.push_raw(&[3]);
+        assert_eq!(other.unsent().as_ptr(), storage, "the parked storage");
+    }
+
     #[test]
     fn large_buffers_are_given_back_once_empty() {
         let mut b = FrameBuffer::new(MAX_PAYLOAD);
