@@ -16,6 +16,7 @@
 //! [`crate::limits`], one line per limit per interval.
 
 mod io;
+mod lent;
 mod shutdown;
 
 use std::future::Future;
@@ -38,11 +39,13 @@ use crate::model::{
     ErrorCode, HttpReqCallReq, HttpReqCallResp, HttpRespCallReq, Pair, PrepareConfReq,
     PrepareConfResp, ReqAction,
 };
+use crate::pool::Pool;
 use crate::server::Shared;
 use ext_plugin_sdk::host::ChainFailure;
 use ext_plugin_sdk::host::{CallState, RespState};
 use ext_plugin_sdk::PluginError;
 use io::{Close, Io};
+use lent::Lent;
 use shutdown::Shutdown;
 
 /// Decoded messages and call state, reused from call to call.
@@ -55,6 +58,14 @@ struct Scratch {
     resp: RespState,
     /// The call being measured (metrics).
     meter: Meter,
+}
+
+/// Scratch storage a thread keeps for its connections that wait for their next call, at most.
+const PARKED_SCRATCH: usize = 128;
+
+thread_local! {
+    /// Lent by connections while they wait: an idle connection holds no scratch.
+    static SCRATCH: Pool<Box<Scratch>> = const { Pool::new(PARKED_SCRATCH) };
 }
 
 /// Entries a decoded list keeps room for between calls. Calls rarely carry more than a few
@@ -113,7 +124,7 @@ pub(crate) async fn serve(
             &shared.config,
             &shared.buffers,
         ),
-        scratch: Scratch::default(),
+        scratch: Lent::new(&SCRATCH),
         shared: &shared,
     };
     let limits = &shared.limits;
@@ -171,7 +182,8 @@ pub(crate) async fn serve(
 
 struct Connection<'s> {
     io: Io,
-    scratch: Scratch,
+    /// Held while a call is served; lent to the thread's pool while the connection waits.
+    scratch: Lent<Scratch>,
     shared: &'s Arc<Shared>,
 }
 
@@ -184,7 +196,18 @@ impl Connection<'_> {
         // Past the drain timeout the call in flight is answered SERVICE_UNAVAILABLE (not left
         // to a bare end of stream); one waiter for the connection's life, like the stop's.
         let mut abandon = Shutdown::new(self.shared.abandon.subscribe());
-        while let Some(frame) = self.io.next_frame(shutdown).await? {
+        loop {
+            if !self.io.framed.read_buffer().has_frame() {
+                // The next call may be long in coming (pooled connections idle for minutes):
+                // the call storage, released by the last call, and the write queue, flushed,
+                // are lent out meanwhile (and the read buffer, once the read would block:
+                // `Io::next_frame`).
+                self.scratch.park();
+                self.io.framed.queue().park();
+            }
+            let Some(frame) = self.io.next_frame(shutdown).await? else {
+                break;
+            };
             if undecided {
                 if let Some(p) = detect(&frame.payload) {
                     undecided = false;
@@ -193,7 +216,7 @@ impl Connection<'_> {
                     }
                 }
             }
-            self.scratch.meter = self.shared.metrics.start(frame.ty);
+            self.scratch.get().meter = self.shared.metrics.start(frame.ty);
             let result = tokio::select! {
                 biased;
                 r = self.serve_frame(frame) => r,
@@ -202,8 +225,9 @@ impl Connection<'_> {
                     Err(Close::Abandoned)
                 }
             };
-            self.shared.metrics.finish(&self.scratch.meter);
-            self.scratch.release();
+            let scratch = self.scratch.get();
+            self.shared.metrics.finish(&scratch.meter);
+            scratch.release();
             // Replies wait for the next pipelined call's only while the runner is not
             // abandoning calls: then what is queued leaves at once.
             if result.is_ok() && self.io.batching() && !abandon.requested() {
@@ -243,6 +267,7 @@ impl Connection<'_> {
             scratch,
             shared,
         } = self;
+        let scratch = scratch.get();
         if let Err(e) = io
             .codec
             .decode_prepare_conf_req(payload, &mut scratch.prepare)
@@ -291,6 +316,7 @@ impl Connection<'_> {
             scratch,
             shared,
         } = self;
+        let scratch = scratch.get();
         if let Err(e) = io.codec.decode_http_req_call_req(payload, &mut scratch.req) {
             debug!(error = %e, "BAD_REQUEST");
             scratch.meter.outcome = CallOutcome::BadRequest;
@@ -350,6 +376,7 @@ impl Connection<'_> {
             scratch,
             shared,
         } = self;
+        let scratch = scratch.get();
         if let Err(e) = io
             .codec
             .decode_http_resp_call_req(payload, &mut scratch.resp_req)
@@ -604,6 +631,78 @@ mod tests {
         assert!(full > 4 * kept, "the test filled the vectors");
     }
 
+    /// A connection served over one end of a socket pair, in Cap'n Proto, and the other end.
+    fn connection(shared: &Arc<Shared>) -> (Connection<'_>, UnixStream) {
+        let (stream, gateway) = UnixStream::pair().unwrap();
+        let io = Io::new(
+            stream,
+            Protocol::Capnp.runner_codec(),
+            &shared.config,
+            &shared.buffers,
+        );
+        let scratch = Lent::new(&SCRATCH);
+        (
+            Connection {
+                io,
+                scratch,
+                shared,
+            },
+            gateway,
+        )
+    }
+
+    /// A call whose payload no codec decodes: answered with a BAD_REQUEST error frame, without
+    /// a prepared chain.
+    const UNDECODABLE_CALL: [u8; 5] = [FrameType::HttpReqCall as u8, 0, 0, 1, 0xFF];
+
+    /// Reads one frame off the gateway's end, which must be an error frame.
+    async fn read_error_frame(gateway: &mut UnixStream) {
+        let mut head = [0u8; 4];
+        gateway.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], FrameType::Error as u8);
+        let len = u32::from_be_bytes([0, head[1], head[2], head[3]]) as usize;
+        gateway.read_exact(&mut vec![0; len]).await.unwrap();
+    }
+
+    /// Issue 15: a connection waiting for its next call holds neither a read buffer nor the
+    /// call storage (thousands of pooled connections idle for minutes); both are lent to the
+    /// thread's pools, and the next call takes them back.
+    #[tokio::test]
+    async fn a_connection_waiting_for_its_next_call_holds_no_call_storage() {
+        let runner = Runner::new(Config::default(), Registry::new());
+        let shared = runner.shared();
+        let (mut conn, mut gateway) = connection(shared);
+        let (_tx, rx) = watch::channel(false);
+        let mut shutdown = Shutdown::new(rx);
+        for _ in 0..2 {
+            let mut run = Box::pin(conn.run(&mut shutdown));
+            gateway.write_all(&UNDECODABLE_CALL).await.unwrap();
+            tokio::select! {
+                r = &mut run => panic!("the connection ended: {:?}", r.err()),
+                () = read_error_frame(&mut gateway) => {}
+            };
+            // Served and answered: once it waits again, it has given its storage back.
+            assert!(run.as_mut().now_or_never().is_none(), "waits for a call");
+            drop(run);
+            assert_eq!(conn.io.framed.read_buffer().capacity(), 0, "a read buffer");
+            assert!(conn.scratch.is_parked(), "the call storage");
+            assert_eq!(conn.io.framed.queue().capacity(), 0, "a write queue");
+        }
+    }
+
+    /// Issue 15: what a connection's task holds inline is its state machine, for its whole
+    /// life; the call storage is not part of it ([`Lent`]). 1.6 KiB in a debug build, 2.5 KiB
+    /// with the call storage inline.
+    #[tokio::test]
+    async fn a_connection_task_holds_no_call_storage_inline() {
+        let runner = Runner::new(Config::default(), Registry::new());
+        let (stream, _gateway) = UnixStream::pair().unwrap();
+        let (_tx, rx) = watch::channel(false);
+        let task = serve(stream, runner.shared().clone(), rx);
+        let size = std::mem::size_of_val(&task);
+        assert!(size < 2048, "{size} bytes");
+    }
+
     #[tokio::test]
     async fn replies_to_pipelined_calls_leave_in_one_write() {
         let config = Config {
@@ -612,31 +711,16 @@ mod tests {
         };
         let runner = Runner::new(config, Registry::new());
         let shared = runner.shared();
-        let (stream, mut gateway) = UnixStream::pair().unwrap();
-        let mut conn = Connection {
-            io: Io::new(
-                stream,
-                Protocol::Capnp.runner_codec(),
-                &shared.config,
-                &shared.buffers,
-            ),
-            scratch: Scratch::default(),
-            shared,
-        };
-        // Sixteen calls in one write, each a payload no codec decodes: each is answered with a
-        // BAD_REQUEST error frame, without a prepared chain.
+        let (mut conn, mut gateway) = connection(shared);
+        // Sixteen calls in one write, each answered with an error frame.
         const CALLS: usize = 16;
-        let call = [FrameType::HttpReqCall as u8, 0, 0, 1, 0xFF];
         let gateway = async move {
-            gateway.write_all(&call.repeat(CALLS)).await.unwrap();
-            let mut replies = 0;
-            let mut head = [0u8; 4];
-            while replies < CALLS {
-                gateway.read_exact(&mut head).await.unwrap();
-                assert_eq!(head[0], FrameType::Error as u8);
-                let len = u32::from_be_bytes([0, head[1], head[2], head[3]]) as usize;
-                gateway.read_exact(&mut vec![0; len]).await.unwrap();
-                replies += 1;
+            gateway
+                .write_all(&UNDECODABLE_CALL.repeat(CALLS))
+                .await
+                .unwrap();
+            for _ in 0..CALLS {
+                read_error_frame(&mut gateway).await;
             }
         };
         let (_tx, rx) = watch::channel(false);

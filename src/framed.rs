@@ -27,6 +27,7 @@ use std::io;
 use bytes::BytesMut;
 
 use crate::frame::{split_frame, write_frame, Frame, FrameHeader, FrameWriteError, HEADER_LEN};
+use crate::pool::Pool;
 
 pub use blocking::BlockingFramed;
 pub use budget::{ByteBudget, FREE_ALLOWANCE};
@@ -39,6 +40,18 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// The least spare room a read is given.
 const READ_MIN: usize = 4096;
+
+/// Read buffers a thread keeps for connections that wait for their next call
+/// ([`FrameBuffer::park`]), at most; each holds no more than [`FREE_ALLOWANCE`].
+const PARKED_BUFFERS: usize = 128;
+
+/// The most storage a parked write queue may hand to the pool.
+const PARKED_QUEUE_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    static READ_BUFFERS: Pool<BytesMut> = const { Pool::new(PARKED_BUFFERS) };
+    static WRITE_QUEUES: Pool<Vec<u8>> = const { Pool::new(PARKED_BUFFERS) };
+}
 
 /// Why a framed connection cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +215,12 @@ impl FrameBuffer {
     /// With a budget, the storage the reserve may come to (a reallocation at most doubles it)
     /// is covered before it happens.
     fn room(&mut self) -> Result<&mut BytesMut, FramedError> {
+        if self.buf.capacity() == 0 {
+            // Parked, or new: storage a waiting connection gave back serves this read.
+            if let Some(storage) = READ_BUFFERS.try_with(Pool::take).ok().flatten() {
+                self.buf = storage;
+            }
+        }
         if self.buf.capacity() - self.buf.len() < READ_MIN {
             let wanted = FrameHeader::parse(&self.buf).map_or(READ_MIN, |h| {
                 (HEADER_LEN + h.len).saturating_sub(self.buf.len())
@@ -261,6 +280,22 @@ impl FrameBuffer {
         self.uncover();
         let _ = self.cover(self.buf.capacity());
     }
+
+    /// Gives the buffer's storage to this thread's pool when it holds no bytes (the next read
+    /// takes storage from there again), so that a connection waiting for its next call holds
+    /// no read buffer. Storage over [`FREE_ALLOWANCE`] is dropped instead. Call it only when no
+    /// frame split off the buffer is alive any more, or the storage cannot be reused in place.
+    pub fn park(&mut self) {
+        if !self.buf.is_empty() || self.buf.capacity() == 0 {
+            return;
+        }
+        let storage = std::mem::take(&mut self.buf);
+        self.uncover();
+        if storage.capacity() <= FREE_ALLOWANCE {
+            // A thread tearing down its pools just drops it.
+            let _ = READ_BUFFERS.try_with(|pool| pool.give(storage));
+        }
+    }
 }
 
 impl Drop for FrameBuffer {
@@ -287,17 +322,41 @@ impl FrameQueue {
         ty: u8,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), FrameWriteError> {
-        write_frame(&mut self.buf, ty, encode)
+        write_frame(self.storage(), ty, encode)
     }
 
     /// Queues a frame as it was read.
     pub fn push_frame(&mut self, frame: &Frame) {
-        frame.write_to(&mut self.buf);
+        frame.write_to(self.storage());
     }
 
     /// Queues bytes as they are: whole frames encoded earlier, or anything at all (tests).
     pub fn push_raw(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        self.storage().extend_from_slice(bytes);
+    }
+
+    /// The queue's storage, taken from the thread's pool when it was parked (or is new).
+    fn storage(&mut self) -> &mut Vec<u8> {
+        if self.buf.capacity() == 0 {
+            if let Some(storage) = WRITE_QUEUES.try_with(Pool::take).ok().flatten() {
+                self.buf = storage;
+            }
+        }
+        &mut self.buf
+    }
+
+    /// Gives the storage to this thread's pool when everything queued has been sent, so that
+    /// a connection waiting for its next call holds no write buffer (the next push takes
+    /// storage from there again). Storage over 16 KiB is dropped instead.
+    pub fn park(&mut self) {
+        if !self.is_empty() || self.buf.capacity() == 0 {
+            return;
+        }
+        let storage = std::mem::take(&mut self.buf);
+        if storage.capacity() <= PARKED_QUEUE_BYTES {
+            // A thread tearing down its pools just drops it.
+            let _ = WRITE_QUEUES.try_with(|pool| pool.give(storage));
+        }
     }
 
     /// The bytes not sent yet.
@@ -451,6 +510,37 @@ mod tests {
             "nothing queued for a refused frame"
         );
         assert!(q.is_empty());
+    }
+
+    /// Issue 15: storage a waiting connection parks serves the next read or push of the
+    /// thread, without an allocation; storage with bytes in it is not parked.
+    #[test]
+    fn parked_storage_is_taken_back_by_the_next_read_or_push() {
+        let mut b = FrameBuffer::new(MAX_PAYLOAD);
+        let storage = b.room().unwrap().as_ptr();
+        b.buf.extend_from_slice(&[1]);
+        b.park();
+        assert!(b.capacity() > 0, "a byte buffered: kept");
+        b.buf.clear();
+        b.park();
+        assert_eq!(b.capacity(), 0);
+        let mut other = FrameBuffer::new(MAX_PAYLOAD);
+        assert_eq!(
+            other.room().unwrap().as_ptr(),
+            storage,
+            "the parked storage"
+        );
+        let mut q = FrameQueue::new();
+        q.push_raw(&[1, 2]);
+        let storage = q.unsent().as_ptr();
+        q.park();
+        assert!(q.capacity() > 0, "unsent bytes: kept");
+        q.advance(2);
+        q.park();
+        assert_eq!(q.capacity(), 0);
+        let mut other = FrameQueue::new();
+        other.push_raw(&[3]);
+        assert_eq!(other.unsent().as_ptr(), storage, "the parked storage");
     }
 
     #[test]

@@ -52,6 +52,7 @@ mod log_fields;
 pub mod log_format;
 pub mod metrics;
 pub mod peers;
+mod pool;
 mod proto;
 pub mod server;
 mod signals;

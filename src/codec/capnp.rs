@@ -7,7 +7,12 @@
 //! it), and by the crate otherwise; its headers and arguments are only found at decode
 //! ([`Entries`]): their pairs are located when a plugin first reads the list, their text when
 //! it reads the pair.
-//! Replies are built in a per-connection scratch segment, so small replies do not allocate.
+//! Replies are built in a per-thread scratch segment, so small replies do not allocate, and a
+//! connection's codec holds no storage of its own (thousands of idle connections would each
+//! hold its scratch).
+
+use std::cell::RefCell;
+use std::sync::LazyLock;
 
 use bytes::Bytes;
 use capnp::message::{self, ReaderOptions, ScratchSpaceHeapAllocator};
@@ -57,12 +62,17 @@ pub fn segment_table_fits(payload: &[u8]) -> bool {
     total == payload.len()
 }
 
-/// One connection's Cap'n Proto codec.
-pub struct CapnpCodec {
-    scratch: Box<[u8]>,
-    /// The continue reply, the most common one, built once.
-    continue_reply: ContinueReply,
+thread_local! {
+    /// Where replies are built: a message is built and serialized in one go, without an await,
+    /// so the connections a thread serves share one scratch segment.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
 }
+
+/// The continue reply, the most common one, built once for the process.
+static CONTINUE_REPLY: LazyLock<ContinueReply> = LazyLock::new(ContinueReply::new);
+
+/// One connection's Cap'n Proto codec: stateless, so boxing it allocates nothing.
+pub struct CapnpCodec;
 
 /// A serialized continue reply with id 0, and where its id lies. capnp-rust's message builder
 /// allocates its segment table for every message, and this crate forbids the `unsafe` a custom
@@ -76,10 +86,10 @@ struct ContinueReply {
 impl ContinueReply {
     /// Built with the codec's own builder, the id found by building with two ids and comparing
     /// (so nothing here assumes the schema's layout).
-    fn new(codec: &mut CapnpCodec) -> ContinueReply {
-        let build = |codec: &mut CapnpCodec, id: u32| {
+    fn new() -> ContinueReply {
+        let build = |id: u32| {
             let mut out = Vec::new();
-            codec.encode_http_req_call_resp_built(
+            CapnpCodec.encode_http_req_call_resp_built(
                 &HttpReqCallResp {
                     id,
                     action: ReqAction::Continue,
@@ -88,7 +98,7 @@ impl ContinueReply {
             );
             out
         };
-        let (zero, ones) = (build(codec, 0), build(codec, u32::MAX));
+        let (zero, ones) = (build(0), build(u32::MAX));
         let id_at = zero
             .iter()
             .zip(&ones)
@@ -107,15 +117,7 @@ impl ContinueReply {
 
 impl CapnpCodec {
     pub fn new() -> CapnpCodec {
-        let mut codec = CapnpCodec {
-            scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
-            continue_reply: ContinueReply {
-                bytes: Vec::new(),
-                id_at: 0,
-            },
-        };
-        codec.continue_reply = ContinueReply::new(&mut codec);
-        codec
+        CapnpCodec
     }
 
     /// Builds an `http_req_call` reply with the message builder.
@@ -138,9 +140,11 @@ impl CapnpCodec {
         out: &mut Vec<u8>,
         build: impl FnOnce(&mut message::Builder<ScratchSpaceHeapAllocator<'_>>),
     ) {
-        let mut builder = message::Builder::new(ScratchSpaceHeapAllocator::new(&mut self.scratch));
-        build(&mut builder);
-        serialize::write_message(out, &builder).expect("writing to a Vec cannot fail");
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut builder = message::Builder::new(ScratchSpaceHeapAllocator::new(scratch));
+            build(&mut builder);
+            serialize::write_message(out, &builder).expect("writing to a Vec cannot fail");
+        });
     }
 }
 
@@ -565,7 +569,7 @@ impl RunnerCodec for CapnpCodec {
 
     fn encode_http_req_call_resp(&mut self, msg: &HttpReqCallResp, out: &mut Vec<u8>) {
         match msg.action {
-            ReqAction::Continue => self.continue_reply.write(msg.id, out),
+            ReqAction::Continue => CONTINUE_REPLY.write(msg.id, out),
             _ => self.encode_http_req_call_resp_built(msg, out),
         }
     }
@@ -884,6 +888,13 @@ mod tests {
             out.headers,
             vec![Pair::new("host", "example.com"), Pair::absent("x-flag")]
         );
+    }
+
+    /// Issue 15: replies are built in the thread's scratch segment and the continue template
+    /// is the process's: a connection's codec holds no storage (boxing it allocates nothing).
+    #[test]
+    fn a_codec_holds_no_storage() {
+        assert_eq!(std::mem::size_of::<CapnpCodec>(), 0);
     }
 
     fn payload(encode: impl FnOnce(&mut Vec<u8>)) -> Bytes {

@@ -20,6 +20,7 @@ mod schema;
 mod table;
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use ::flatbuffers::{
     FlatBufferBuilder, ForwardsUOffset, TableFinishedWIPOffset, VOffsetT, Verifiable, Verifier,
@@ -56,9 +57,21 @@ type EntryVector = ::flatbuffers::Vector<'static, ForwardsUOffset<TableFinishedW
 /// Why a verified buffer still could not be read.
 type Reason = Cow<'static, str>;
 
-/// One connection's FlatBuffers codec.
+thread_local! {
+    /// Where replies are built. A buffer is built and copied out in one go, without an await,
+    /// so the connections a thread serves share one builder: an idle connection's codec holds
+    /// no builder storage (thousands of pooled connections would each hold theirs).
+    static BUILDER: RefCell<FlatBuffersCodec> = RefCell::new(FlatBuffersCodec {
+        fbb: Box::new(FlatBufferBuilder::with_capacity(BUILDER_BYTES)),
+        entries: Vec::new(),
+    });
+}
+
+/// One connection's FlatBuffers codec. Its own builder is empty (no storage) except while it
+/// encodes: then it has the thread's.
 pub struct FlatBuffersCodec {
-    fbb: FlatBufferBuilder<'static>,
+    /// Boxed, so that swapping builders moves a pointer, not the builder.
+    fbb: Box<FlatBufferBuilder<'static>>,
     /// Entry tables of the vector being built, reused across vectors and replies.
     entries: Vec<Finished>,
 }
@@ -66,20 +79,31 @@ pub struct FlatBuffersCodec {
 impl FlatBuffersCodec {
     pub fn new() -> FlatBuffersCodec {
         FlatBuffersCodec {
-            fbb: FlatBufferBuilder::with_capacity(BUILDER_BYTES),
+            fbb: Box::new(FlatBufferBuilder::new()),
             entries: Vec::new(),
         }
     }
 
-    /// Builds one buffer whose root `build` returns and appends it to `out`.
+    /// Builds one buffer whose root `build` returns and appends it to `out`, with the thread's
+    /// builder. (A `build` that panics leaves the builders swapped: each is reset before use,
+    /// so that costs nothing but where the storage sits.)
     fn encode(&mut self, out: &mut Vec<u8>, build: impl FnOnce(&mut Self) -> Finished) {
+        BUILDER.with_borrow_mut(|shared| {
+            std::mem::swap(self, shared);
+            self.encode_here(out, build);
+            std::mem::swap(self, shared);
+        });
+    }
+
+    /// [`FlatBuffersCodec::encode`] with this codec's own builder.
+    fn encode_here(&mut self, out: &mut Vec<u8>, build: impl FnOnce(&mut Self) -> Finished) {
         self.fbb.reset();
         let root = build(self);
         self.fbb.finish_minimal(root);
         let data = self.fbb.finished_data();
         out.extend_from_slice(data);
         if data.len() > BUILDER_KEEP_BYTES {
-            self.fbb = FlatBufferBuilder::with_capacity(BUILDER_BYTES);
+            *self.fbb = FlatBufferBuilder::with_capacity(BUILDER_BYTES);
         }
     }
 

@@ -139,7 +139,7 @@ impl Io {
                 // Biased, the read first: when the call has arrived, nothing else is polled.
                 tokio::select! {
                     biased;
-                    n = self.framed.fill() => {
+                    n = self.framed.fill_or_park() => {
                         if n? == 0 {
                             return Ok(None);
                         }

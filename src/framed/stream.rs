@@ -229,6 +229,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     }
 }
 
+impl Framed<tokio::net::UnixStream> {
+    /// [`Framed::fill`] for a connection that waits for its next frame: a read that would
+    /// block lends the read buffer's storage to the thread's pool ([`FrameBuffer::park`]) and
+    /// waits for the socket to be readable without it, so an idle connection holds no read
+    /// buffer. The storage must be free: no frame split off it alive. Cancel safe.
+    pub async fn fill_or_park(&mut self) -> Result<usize, FramedError> {
+        loop {
+            if self.read.capacity() == 0 {
+                std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
+            }
+            match self.stream.try_read_buf(self.read.room()?) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.read.park(),
+                n => return Ok(n?),
+            }
+        }
+    }
+}
+
 /// How long a read of the frame under way may wait, and whether running out of that is the
 /// frame deadline (rather than a stall); `None` with neither limit set. The frame's clock starts
 /// here if it has not: at its first read that has to wait.

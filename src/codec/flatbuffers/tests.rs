@@ -283,6 +283,25 @@ fn a_large_reply_then_small_ones_still_encode() {
     assert_eq!(c.decode_prepare_conf_resp(&p).unwrap(), small);
 }
 
+/// Issue 15: replies are built in the thread's builder; a connection's codec keeps no builder
+/// storage between them (an idle pooled connection holds none).
+#[test]
+fn a_codec_holds_no_builder_storage_between_replies() {
+    let mut c = codec();
+    let rewrite = HttpReqCallResp {
+        id: 1,
+        action: ReqAction::Rewrite(Rewrite {
+            headers: vec![Pair::new("x-request-id", "0123456789abcdef")],
+            ..Rewrite::default()
+        }),
+    };
+    let p = payload(|o| c.encode_http_req_call_resp(&rewrite, o));
+    assert_eq!(c.decode_http_req_call_resp(&p).unwrap(), rewrite);
+    assert_eq!(c.entries.capacity(), 0, "entry tables");
+    let (storage, _) = (*c.fbb).collapse();
+    assert_eq!(storage.capacity(), 0, "builder storage");
+}
+
 #[test]
 fn garbage_is_rejected() {
     let c = codec();
