@@ -18,15 +18,16 @@
 mod io;
 mod shutdown;
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
+use std::future::{poll_fn, Future};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, warn};
 
 use crate::codec::{detect, Protocol, ProtocolSetting};
@@ -193,7 +194,8 @@ impl Connection<'_> {
                     }
                 }
             }
-            self.scratch.meter = self.shared.metrics.start(frame.ty);
+            let io = &mut self.io;
+            self.scratch.meter = self.shared.metrics.start(frame.ty, || io.now().into_std());
             let result = tokio::select! {
                 biased;
                 r = self.serve_frame(frame) => r,
@@ -297,16 +299,22 @@ impl Connection<'_> {
             io.queue_error(ErrorCode::BadRequest);
             return Ok(());
         }
-        let Some(chain) = shared.cache.get(scratch.req.conf_token) else {
+        let Some(chain) = shared
+            .cache
+            .get_at(scratch.req.conf_token, io.now().into_std())
+        else {
             scratch.meter.outcome = CallOutcome::TokenNotFound;
             io.queue_error(ErrorCode::ConfTokenNotFound);
             return Ok(());
         };
-        let deadline = Instant::now() + shared.config.call_timeout;
+        let deadline = io.now() + shared.config.call_timeout;
         io.begin_call();
         let mut gateway = shared.metrics.gateway(io);
         let run = chain.run_request(&scratch.req, &mut scratch.call, &mut gateway);
-        let mut outcome = guard(deadline, run).await;
+        let (mut outcome, waited) = guard(deadline, run).await;
+        if waited {
+            io.waited();
+        }
         if io.owes_answers() {
             read_owed_answers(io, deadline, &mut outcome).await;
         }
@@ -345,16 +353,22 @@ impl Connection<'_> {
             io.queue_error(ErrorCode::BadRequest);
             return Ok(());
         }
-        let Some(chain) = shared.cache.get(scratch.resp_req.conf_token) else {
+        let Some(chain) = shared
+            .cache
+            .get_at(scratch.resp_req.conf_token, io.now().into_std())
+        else {
             scratch.meter.outcome = CallOutcome::TokenNotFound;
             io.queue_error(ErrorCode::ConfTokenNotFound);
             return Ok(());
         };
-        let deadline = Instant::now() + shared.config.call_timeout;
+        let deadline = io.now() + shared.config.call_timeout;
         io.begin_call();
         let mut gateway = shared.metrics.gateway(io);
         let run = chain.run_response(&scratch.resp_req, &mut scratch.resp, &mut gateway);
-        let mut outcome = guard(deadline, run).await;
+        let (mut outcome, waited) = guard(deadline, run).await;
+        if waited {
+            io.waited();
+        }
         if io.owes_answers() {
             read_owed_answers(io, deadline, &mut outcome).await;
         }
@@ -445,12 +459,35 @@ fn close_reason(result: &Result<(), Close>, shutting_down: bool) -> CloseReason 
 }
 
 /// Runs a chain with the call deadline, turning a plugin panic into an outcome.
-async fn guard<T>(deadline: Instant, run: impl Future<Output = T>) -> Outcome<T> {
-    match timeout_at(deadline, AssertUnwindSafe(run).catch_unwind()).await {
-        Ok(Ok(value)) => Outcome::Done(value),
-        Ok(Err(_panic)) => Outcome::Panicked,
-        Err(_elapsed) => Outcome::TimedOut,
+///
+/// The chain is polled in place, and the deadline's timer is made only if it has to wait: most
+/// chains finish in their first poll, and then the call costs no timer (no runtime handle
+/// taken, nothing in the timer wheel). Also says whether the chain waited: then the caller marks
+/// the connection's clock stale ([`Io::waited`]), so what comes next does not count from
+/// before the wait.
+async fn guard<T>(deadline: Instant, run: impl Future<Output = T>) -> (Outcome<T>, bool) {
+    let mut run = pin!(run);
+    let mut poll_run =
+        |cx: &mut Context<'_>| match catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx))) {
+            Ok(Poll::Ready(value)) => Poll::Ready(Outcome::Done(value)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_panic) => Poll::Ready(Outcome::Panicked),
+        };
+    let first = poll_fn(|cx| Poll::Ready(poll_run(cx))).await;
+    if let Poll::Ready(outcome) = first {
+        return (outcome, false);
     }
+    // As `timeout_at` does: the chain is polled first, so one that finishes as the deadline
+    // passes counts as done.
+    let mut expired = pin!(sleep_until(deadline));
+    let outcome = poll_fn(|cx| {
+        if let Poll::Ready(outcome) = poll_run(cx) {
+            return Poll::Ready(outcome);
+        }
+        expired.as_mut().poll(cx).map(|()| Outcome::TimedOut)
+    })
+    .await;
+    (outcome, true)
 }
 
 /// Reads, and drops, the answers still owed to fetches a plugin abandoned (dropped their futures,
@@ -465,6 +502,7 @@ async fn read_owed_answers<T>(io: &mut Io, deadline: Instant, outcome: &mut Outc
     if timeout_at(deadline, io.catch_up()).await.is_err() {
         *outcome = Outcome::TimedOut;
     }
+    io.waited();
 }
 
 /// A chain's result, or `None` when the call failed and was answered here with an error frame;
@@ -564,6 +602,7 @@ mod tests {
     use crate::model::Pair;
     use crate::server::Runner;
     use ext_plugin_sdk::Registry;
+    use std::time::Duration;
 
     /// Issue 11 #3: after a call of the most entries a frame may carry, the connection keeps a
     /// small, fixed amount of decode storage, whatever the frame held.
@@ -590,6 +629,113 @@ mod tests {
         assert!(full > 4 * kept, "the test filled the vectors");
     }
 
+    /// A connection of `shared`'s runner, speaking Cap'n Proto over `stream`.
+    fn capnp_connection(stream: UnixStream, shared: &Arc<Shared>) -> Connection<'_> {
+        Connection {
+            io: Io::new(
+                stream,
+                Protocol::Capnp.runner_codec(),
+                &shared.config,
+                &shared.buffers,
+            ),
+            scratch: Scratch::default(),
+            shared,
+        }
+    }
+
+    /// Waits a configured time in its request filter, then lets the request through.
+    struct Sleeper(Duration);
+
+    impl ext_plugin_sdk::Plugin for Sleeper {
+        const NAME: &'static str = "test-sleep";
+        type Conf = u64;
+
+        fn prepare(
+            ms: u64,
+            _: &mut ext_plugin_sdk::PrepareEnv<'_>,
+        ) -> Result<Self, ext_plugin_sdk::ConfError> {
+            Ok(Sleeper(Duration::from_millis(ms)))
+        }
+
+        async fn request_filter(
+            &self,
+            _: &mut ext_plugin_sdk::RequestCall<'_>,
+        ) -> Result<ext_plugin_sdk::Flow, PluginError> {
+            tokio::time::sleep(self.0).await;
+            Ok(ext_plugin_sdk::Flow::Continue)
+        }
+    }
+
+    /// The connection reads the clock once per wake-up and shares it among the calls it serves
+    /// then; a call whose chain waited makes it stale. Two calls pipelined behind one wake-up,
+    /// each waiting 300 ms of a 500 ms deadline: the second's deadline counts from when it
+    /// started (after the first), not from the wake-up, so both are answered.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_behind_one_that_waited_gets_its_whole_deadline() {
+        let config = Config {
+            protocol: ProtocolSetting::Fixed(Protocol::Capnp),
+            call_timeout: Duration::from_millis(500),
+            ..Config::default()
+        };
+        let runner = Runner::new(config, Registry::new().with::<Sleeper>());
+        let shared = runner.shared();
+        let (stream, gateway) = UnixStream::pair().unwrap();
+        let mut conn = capnp_connection(stream, shared);
+        let gateway = async move {
+            let mut codec = Protocol::Capnp.gateway_codec();
+            let mut gw = crate::framed::Framed::new(gateway);
+            let prepare = PrepareConfReq {
+                key: "route".into(),
+                conf: vec![Pair::new("test-sleep", "300")],
+            };
+            gw.queue()
+                .push_with(FrameType::PrepareConf as u8, |o| {
+                    codec.encode_prepare_conf_req(&prepare, o)
+                })
+                .unwrap();
+            gw.flush().await.unwrap();
+            let reply = gw.expect_frame().await.unwrap();
+            let token = codec
+                .decode_prepare_conf_resp(&reply.payload)
+                .unwrap()
+                .conf_token;
+            for id in [1, 2] {
+                let call = HttpReqCallReq {
+                    id,
+                    conf_token: token,
+                    ..Default::default()
+                };
+                gw.queue()
+                    .push_with(FrameType::HttpReqCall as u8, |o| {
+                        codec.encode_http_req_call_req(&call, o)
+                    })
+                    .unwrap();
+            }
+            gw.flush().await.unwrap();
+            let mut answered = Vec::new();
+            for _ in 0..2 {
+                let reply = gw.expect_frame().await.unwrap();
+                assert_eq!(
+                    reply.ty,
+                    FrameType::HttpReqCall as u8,
+                    "call {answered:?} + 1"
+                );
+                let resp = codec.decode_http_req_call_resp(&reply.payload).unwrap();
+                answered.push((resp.id, resp.action));
+            }
+            assert_eq!(
+                answered,
+                [(1, ReqAction::Continue), (2, ReqAction::Continue)]
+            );
+        };
+        let (_tx, rx) = watch::channel(false);
+        let mut shutdown = Shutdown::new(rx);
+        tokio::select! {
+            r = conn.run(&mut shutdown) => panic!("the connection ended first: {r:?}"),
+            () = gateway => {}
+        }
+    }
+
     #[tokio::test]
     async fn replies_to_pipelined_calls_leave_in_one_write() {
         let config = Config {
@@ -599,16 +745,7 @@ mod tests {
         let runner = Runner::new(config, Registry::new());
         let shared = runner.shared();
         let (stream, mut gateway) = UnixStream::pair().unwrap();
-        let mut conn = Connection {
-            io: Io::new(
-                stream,
-                Protocol::Capnp.runner_codec(),
-                &shared.config,
-                &shared.buffers,
-            ),
-            scratch: Scratch::default(),
-            shared,
-        };
+        let mut conn = capnp_connection(stream, shared);
         // Sixteen calls in one write, each a payload no codec decodes: each is answered with a
         // BAD_REQUEST error frame, without a prepared chain.
         const CALLS: usize = 16;
