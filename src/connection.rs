@@ -224,6 +224,9 @@ impl Connection<'_> {
         match FrameType::from_u8(frame.ty) {
             Some(FrameType::PrepareConf) => {
                 self.prepare_conf(&frame.payload).await;
+                // A build may have taken a while (it runs on the blocking pool): a call
+                // pipelined behind it must not count its deadline from before.
+                self.io.waited();
                 Ok(())
             }
             Some(FrameType::HttpReqCall) => self.http_req_call(&frame.payload).await,
@@ -643,18 +646,20 @@ mod tests {
         }
     }
 
-    /// Waits a configured time in its request filter, then lets the request through.
+    /// Conf `[prepare_ms, call_ms]`: blocks its prepare for the first, waits the second in its
+    /// request filter, then lets the request through.
     struct Sleeper(Duration);
 
     impl ext_plugin_sdk::Plugin for Sleeper {
         const NAME: &'static str = "test-sleep";
-        type Conf = u64;
+        type Conf = (u64, u64);
 
         fn prepare(
-            ms: u64,
+            (prepare_ms, call_ms): (u64, u64),
             _: &mut ext_plugin_sdk::PrepareEnv<'_>,
         ) -> Result<Self, ext_plugin_sdk::ConfError> {
-            Ok(Sleeper(Duration::from_millis(ms)))
+            std::thread::sleep(Duration::from_millis(prepare_ms));
+            Ok(Sleeper(Duration::from_millis(call_ms)))
         }
 
         async fn request_filter(
@@ -666,18 +671,22 @@ mod tests {
         }
     }
 
-    /// The connection reads the clock once per wake-up and shares it among the calls it serves
-    /// then; a call whose chain waited makes it stale. Two calls pipelined behind one wake-up,
-    /// each waiting 300 ms of a 500 ms deadline: the second's deadline counts from when it
-    /// started (after the first), not from the wake-up, so both are answered.
-    #[tokio::test(start_paused = true)]
-    async fn a_call_behind_one_that_waited_gets_its_whole_deadline() {
+    /// Serves a runner with [`Sleeper`] (conf `conf`) and `call_timeout` one connection: a
+    /// prepare, answered before the calls are sent when `prepare_apart`, otherwise in the same
+    /// write, then `calls` calls in one write. The types of the replies to the calls.
+    ///
+    /// Metrics are on (nothing listens), so the clock is read as the connection wakes up, for
+    /// the first frame's meter, not first by a call.
+    async fn pipelined(call_timeout: u64, conf: &str, prepare_apart: bool, calls: u32) -> Vec<u8> {
         let config = Config {
             protocol: ProtocolSetting::Fixed(Protocol::Capnp),
-            call_timeout: Duration::from_millis(500),
+            call_timeout: Duration::from_millis(call_timeout),
+            metrics_listen: Some(crate::metrics::MetricsAddress::Unix("unused".into())),
             ..Config::default()
         };
         let runner = Runner::new(config, Registry::new().with::<Sleeper>());
+        const TOKEN: u32 = 7;
+        runner.set_next_conf_token(TOKEN);
         let shared = runner.shared();
         let (stream, gateway) = UnixStream::pair().unwrap();
         let mut conn = capnp_connection(stream, shared);
@@ -686,23 +695,20 @@ mod tests {
             let mut gw = crate::framed::Framed::new(gateway);
             let prepare = PrepareConfReq {
                 key: "route".into(),
-                conf: vec![Pair::new("test-sleep", "300")],
+                conf: vec![Pair::new("test-sleep", conf.to_owned())],
             };
             gw.queue()
                 .push_with(FrameType::PrepareConf as u8, |o| {
                     codec.encode_prepare_conf_req(&prepare, o)
                 })
                 .unwrap();
-            gw.flush().await.unwrap();
-            let reply = gw.expect_frame().await.unwrap();
-            let token = codec
-                .decode_prepare_conf_resp(&reply.payload)
-                .unwrap()
-                .conf_token;
-            for id in [1, 2] {
+            if prepare_apart {
+                gw.flush().await.unwrap();
+            }
+            for id in 1..=calls {
                 let call = HttpReqCallReq {
                     id,
-                    conf_token: token,
+                    conf_token: TOKEN,
                     ..Default::default()
                 };
                 gw.queue()
@@ -712,28 +718,38 @@ mod tests {
                     .unwrap();
             }
             gw.flush().await.unwrap();
-            let mut answered = Vec::new();
-            for _ in 0..2 {
-                let reply = gw.expect_frame().await.unwrap();
-                assert_eq!(
-                    reply.ty,
-                    FrameType::HttpReqCall as u8,
-                    "call {answered:?} + 1"
-                );
-                let resp = codec.decode_http_req_call_resp(&reply.payload).unwrap();
-                answered.push((resp.id, resp.action));
+            let prepared = gw.expect_frame().await.unwrap();
+            assert_eq!(prepared.ty, FrameType::PrepareConf as u8);
+            let mut replies = Vec::new();
+            for _ in 0..calls {
+                replies.push(gw.expect_frame().await.unwrap().ty);
             }
-            assert_eq!(
-                answered,
-                [(1, ReqAction::Continue), (2, ReqAction::Continue)]
-            );
+            replies
         };
         let (_tx, rx) = watch::channel(false);
         let mut shutdown = Shutdown::new(rx);
         tokio::select! {
             r = conn.run(&mut shutdown) => panic!("the connection ended first: {r:?}"),
-            () = gateway => {}
+            replies = gateway => replies,
         }
+    }
+
+    /// The connection reads the clock once per wake-up and shares it among the calls it serves
+    /// then; a call whose chain waited makes it stale. Two calls pipelined behind one wake-up,
+    /// each waiting 300 ms of a 500 ms deadline: the second's deadline counts from when it
+    /// started (after the first), not from the wake-up, so both are answered.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_behind_one_that_waited_gets_its_whole_deadline() {
+        let replies = pipelined(500, "[0, 300]", true, 2).await;
+        assert_eq!(replies, [FrameType::HttpReqCall as u8; 2]);
+    }
+
+    /// The same behind a prepare whose build took a while (1.5 s, on the blocking pool, in real
+    /// time): the call pipelined behind it still has its 1 s for its 100 ms wait.
+    #[tokio::test]
+    async fn a_call_behind_a_slow_prepare_gets_its_whole_deadline() {
+        let replies = pipelined(1000, "[1500, 100]", false, 1).await;
+        assert_eq!(replies, [FrameType::HttpReqCall as u8]);
     }
 
     #[tokio::test]
