@@ -229,11 +229,14 @@ impl ConfCache {
     }
 
     /// The chain for `token`, marking it used; `None` if unknown or expired.
+    #[cfg(test)]
     pub(crate) fn get(&self, token: u32) -> Option<Arc<Chain>> {
         self.get_at(token, Instant::now())
     }
 
-    fn get_at(&self, token: u32, now: Instant) -> Option<Arc<Chain>> {
+    /// [`ConfCache::get`] at `now`: a connection passes the time it woke up at, read once for
+    /// everything its calls time.
+    pub(crate) fn get_at(&self, token: u32, now: Instant) -> Option<Arc<Chain>> {
         let mut shard = lock(self.shard(token));
         let entry = shard.lru.get_mut(&token)?;
         if now.duration_since(entry.last_used) > self.limits.ttl {

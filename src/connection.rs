@@ -19,15 +19,16 @@ mod io;
 mod lent;
 mod shutdown;
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
+use std::future::{poll_fn, Future};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, warn};
 
 use crate::codec::{detect, Protocol, ProtocolSetting};
@@ -216,7 +217,8 @@ impl Connection<'_> {
                     }
                 }
             }
-            self.scratch.get().meter = self.shared.metrics.start(frame.ty);
+            let io = &mut self.io;
+            self.scratch.get().meter = self.shared.metrics.start(frame.ty, || io.now().into_std());
             let result = tokio::select! {
                 biased;
                 r = self.serve_frame(frame) => r,
@@ -246,6 +248,9 @@ impl Connection<'_> {
         match FrameType::from_u8(frame.ty) {
             Some(FrameType::PrepareConf) => {
                 self.prepare_conf(&frame.payload).await;
+                // A build may have taken a while (it runs on the blocking pool): a call
+                // pipelined behind it must not count its deadline from before.
+                self.io.waited();
                 Ok(())
             }
             Some(FrameType::HttpReqCall) => self.http_req_call(&frame.payload).await,
@@ -323,16 +328,22 @@ impl Connection<'_> {
             io.queue_error(ErrorCode::BadRequest);
             return Ok(());
         }
-        let Some(chain) = shared.cache.get(scratch.req.conf_token) else {
+        let Some(chain) = shared
+            .cache
+            .get_at(scratch.req.conf_token, io.now().into_std())
+        else {
             scratch.meter.outcome = CallOutcome::TokenNotFound;
             io.queue_error(ErrorCode::ConfTokenNotFound);
             return Ok(());
         };
-        let deadline = Instant::now() + shared.config.call_timeout;
+        let deadline = io.now() + shared.config.call_timeout;
         io.begin_call();
         let mut gateway = shared.metrics.gateway(io);
         let run = chain.run_request(&scratch.req, &mut scratch.call, &mut gateway);
-        let mut outcome = guard(deadline, run).await;
+        let (mut outcome, waited) = guard(deadline, run).await;
+        if waited {
+            io.waited();
+        }
         if io.owes_answers() {
             read_owed_answers(io, deadline, &mut outcome).await;
         }
@@ -386,16 +397,22 @@ impl Connection<'_> {
             io.queue_error(ErrorCode::BadRequest);
             return Ok(());
         }
-        let Some(chain) = shared.cache.get(scratch.resp_req.conf_token) else {
+        let Some(chain) = shared
+            .cache
+            .get_at(scratch.resp_req.conf_token, io.now().into_std())
+        else {
             scratch.meter.outcome = CallOutcome::TokenNotFound;
             io.queue_error(ErrorCode::ConfTokenNotFound);
             return Ok(());
         };
-        let deadline = Instant::now() + shared.config.call_timeout;
+        let deadline = io.now() + shared.config.call_timeout;
         io.begin_call();
         let mut gateway = shared.metrics.gateway(io);
         let run = chain.run_response(&scratch.resp_req, &mut scratch.resp, &mut gateway);
-        let mut outcome = guard(deadline, run).await;
+        let (mut outcome, waited) = guard(deadline, run).await;
+        if waited {
+            io.waited();
+        }
         if io.owes_answers() {
             read_owed_answers(io, deadline, &mut outcome).await;
         }
@@ -486,12 +503,35 @@ fn close_reason(result: &Result<(), Close>, shutting_down: bool) -> CloseReason 
 }
 
 /// Runs a chain with the call deadline, turning a plugin panic into an outcome.
-async fn guard<T>(deadline: Instant, run: impl Future<Output = T>) -> Outcome<T> {
-    match timeout_at(deadline, AssertUnwindSafe(run).catch_unwind()).await {
-        Ok(Ok(value)) => Outcome::Done(value),
-        Ok(Err(_panic)) => Outcome::Panicked,
-        Err(_elapsed) => Outcome::TimedOut,
+///
+/// The chain is polled in place, and the deadline's timer is made only if it has to wait: most
+/// chains finish in their first poll, and then the call costs no timer (no runtime handle
+/// taken, nothing in the timer wheel). Also says whether the chain waited: then the caller marks
+/// the connection's clock stale ([`Io::waited`]), so what comes next does not count from
+/// before the wait.
+async fn guard<T>(deadline: Instant, run: impl Future<Output = T>) -> (Outcome<T>, bool) {
+    let mut run = pin!(run);
+    let mut poll_run =
+        |cx: &mut Context<'_>| match catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx))) {
+            Ok(Poll::Ready(value)) => Poll::Ready(Outcome::Done(value)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_panic) => Poll::Ready(Outcome::Panicked),
+        };
+    let first = poll_fn(|cx| Poll::Ready(poll_run(cx))).await;
+    if let Poll::Ready(outcome) = first {
+        return (outcome, false);
     }
+    // As `timeout_at` does: the chain is polled first, so one that finishes as the deadline
+    // passes counts as done.
+    let mut expired = pin!(sleep_until(deadline));
+    let outcome = poll_fn(|cx| {
+        if let Poll::Ready(outcome) = poll_run(cx) {
+            return Poll::Ready(outcome);
+        }
+        expired.as_mut().poll(cx).map(|()| Outcome::TimedOut)
+    })
+    .await;
+    (outcome, true)
 }
 
 /// Reads, and drops, the answers still owed to fetches a plugin abandoned (dropped their futures,
@@ -506,6 +546,7 @@ async fn read_owed_answers<T>(io: &mut Io, deadline: Instant, outcome: &mut Outc
     if timeout_at(deadline, io.catch_up()).await.is_err() {
         *outcome = Outcome::TimedOut;
     }
+    io.waited();
 }
 
 /// A chain's result, or `None` when the call failed and was answered here with an error frame;
@@ -597,6 +638,7 @@ fn answer_unavailable(io: &mut Io) -> Result<(), Close> {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
+    use futures_util::FutureExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -605,6 +647,7 @@ mod tests {
     use crate::model::Pair;
     use crate::server::Runner;
     use ext_plugin_sdk::Registry;
+    use std::time::Duration;
 
     /// Issue 11 #3: after a call of the most entries a frame may carry, the connection keeps a
     /// small, fixed amount of decode storage, whatever the frame held.
@@ -701,6 +744,111 @@ mod tests {
         let task = serve(stream, runner.shared().clone(), rx);
         let size = std::mem::size_of_val(&task);
         assert!(size < 2048, "{size} bytes");
+    }
+
+    /// Conf `[prepare_ms, call_ms]`: blocks its prepare for the first, waits the second in its
+    /// request filter, then lets the request through.
+    struct Sleeper(Duration);
+
+    impl ext_plugin_sdk::Plugin for Sleeper {
+        const NAME: &'static str = "test-sleep";
+        type Conf = (u64, u64);
+
+        fn prepare(
+            (prepare_ms, call_ms): (u64, u64),
+            _: &mut ext_plugin_sdk::PrepareEnv<'_>,
+        ) -> Result<Self, ext_plugin_sdk::ConfError> {
+            std::thread::sleep(Duration::from_millis(prepare_ms));
+            Ok(Sleeper(Duration::from_millis(call_ms)))
+        }
+
+        async fn request_filter(
+            &self,
+            _: &mut ext_plugin_sdk::RequestCall<'_>,
+        ) -> Result<ext_plugin_sdk::Flow, PluginError> {
+            tokio::time::sleep(self.0).await;
+            Ok(ext_plugin_sdk::Flow::Continue)
+        }
+    }
+
+    /// Serves a runner with [`Sleeper`] (conf `conf`) and `call_timeout` one connection: a
+    /// prepare, answered before the calls are sent when `prepare_apart`, otherwise in the same
+    /// write, then `calls` calls in one write. The types of the replies to the calls.
+    ///
+    /// Metrics are on (nothing listens), so the clock is read as the connection wakes up, for
+    /// the first frame's meter, not first by a call.
+    async fn pipelined(call_timeout: u64, conf: &str, prepare_apart: bool, calls: u32) -> Vec<u8> {
+        let config = Config {
+            protocol: ProtocolSetting::Fixed(Protocol::Capnp),
+            call_timeout: Duration::from_millis(call_timeout),
+            metrics_listen: Some(crate::metrics::MetricsAddress::Unix("unused".into())),
+            ..Config::default()
+        };
+        let runner = Runner::new(config, Registry::new().with::<Sleeper>());
+        const TOKEN: u32 = 7;
+        runner.set_next_conf_token(TOKEN);
+        let shared = runner.shared();
+        let (mut conn, gateway) = connection(shared);
+        let gateway = async move {
+            let mut codec = Protocol::Capnp.gateway_codec();
+            let mut gw = crate::framed::Framed::new(gateway);
+            let prepare = PrepareConfReq {
+                key: "route".into(),
+                conf: vec![Pair::new("test-sleep", conf.to_owned())],
+            };
+            gw.queue()
+                .push_with(FrameType::PrepareConf as u8, |o| {
+                    codec.encode_prepare_conf_req(&prepare, o)
+                })
+                .unwrap();
+            if prepare_apart {
+                gw.flush().await.unwrap();
+            }
+            for id in 1..=calls {
+                let call = HttpReqCallReq {
+                    id,
+                    conf_token: TOKEN,
+                    ..Default::default()
+                };
+                gw.queue()
+                    .push_with(FrameType::HttpReqCall as u8, |o| {
+                        codec.encode_http_req_call_req(&call, o)
+                    })
+                    .unwrap();
+            }
+            gw.flush().await.unwrap();
+            let prepared = gw.expect_frame().await.unwrap();
+            assert_eq!(prepared.ty, FrameType::PrepareConf as u8);
+            let mut replies = Vec::new();
+            for _ in 0..calls {
+                replies.push(gw.expect_frame().await.unwrap().ty);
+            }
+            replies
+        };
+        let (_tx, rx) = watch::channel(false);
+        let mut shutdown = Shutdown::new(rx);
+        tokio::select! {
+            r = conn.run(&mut shutdown) => panic!("the connection ended first: {r:?}"),
+            replies = gateway => replies,
+        }
+    }
+
+    /// The connection reads the clock once per wake-up and shares it among the calls it serves
+    /// then; a call whose chain waited makes it stale. Two calls pipelined behind one wake-up,
+    /// each waiting 300 ms of a 500 ms deadline: the second's deadline counts from when it
+    /// started (after the first), not from the wake-up, so both are answered.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_behind_one_that_waited_gets_its_whole_deadline() {
+        let replies = pipelined(500, "[0, 300]", true, 2).await;
+        assert_eq!(replies, [FrameType::HttpReqCall as u8; 2]);
+    }
+
+    /// The same behind a prepare whose build took a while (1.5 s, on the blocking pool, in real
+    /// time): the call pipelined behind it still has its 1 s for its 100 ms wait.
+    #[tokio::test]
+    async fn a_call_behind_a_slow_prepare_gets_its_whole_deadline() {
+        let replies = pipelined(1000, "[1500, 100]", false, 1).await;
+        assert_eq!(replies, [FrameType::HttpReqCall as u8]);
     }
 
     #[tokio::test]

@@ -1,10 +1,11 @@
 //! A connection's socket in frames ([`crate::framed`]): reading calls with the idle timeout,
 //! queueing and sending replies, and the runner's side of an `extra_info` exchange.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::LazyLock;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -74,6 +75,13 @@ pub(super) struct Io {
     /// they fetched), so this bounds what one call can make the runner hold.
     answer_budget: usize,
     answered: usize,
+    /// The connection's clock: when it last woke up with bytes to serve, read once (on first
+    /// use) for everything timed until the next wait: the calls' deadlines, the conf cache's
+    /// last use, the metrics, and the idle timeout's start. Calls that finish without waiting
+    /// take microseconds, so serving them moves the clock less than the timers' own slack;
+    /// anything that waits (a read, a flush that blocked, a chain that waited) makes it stale
+    /// (`None`), and the next use reads it again.
+    woke: Option<Instant>,
 }
 
 impl Io {
@@ -95,7 +103,19 @@ impl Io {
             broken: None,
             answer_budget: config.extra_info_budget,
             answered: 0,
+            woke: None,
         }
+    }
+
+    /// The connection's clock (see `woke`): the time of the last wake-up, read at most once
+    /// per wake-up.
+    pub(super) fn now(&mut self) -> Instant {
+        *self.woke.get_or_insert_with(Instant::now)
+    }
+
+    /// Something waited: the next [`Io::now`] reads the clock again.
+    pub(super) fn waited(&mut self) {
+        self.woke = None;
     }
 
     /// Starts a call: its extra_info answers count from zero.
@@ -122,7 +142,8 @@ impl Io {
     /// Between calls the idle timeout applies, and shutdown ends the wait; once a frame has
     /// started, its bytes must keep coming within the stall timeout (slowloris).
     ///
-    /// The idle timer is checked lazily: a wait only notes when it began (a clock read). The
+    /// The idle timer is checked lazily: a wait only notes when it began (the connection's
+    /// clock, [`Io::now`]: no clock read of its own after calls that did not wait). The
     /// connection's one timer fires at the deadline of some earlier wait; if a call came since,
     /// it is moved to this wait's deadline and the wait goes on. A busy connection so touches
     /// the timer wheel about once per idle timeout instead of twice per call.
@@ -130,11 +151,12 @@ impl Io {
         &mut self,
         shutdown: &mut Shutdown,
     ) -> Result<Option<Frame>, Close> {
+        let whole = self.framed.read_buffer().has_frame();
         if self.framed.read_buffer().is_empty() {
             if shutdown.requested() {
                 return Ok(None);
             }
-            let due = Instant::now() + self.idle_timeout;
+            let due = self.now() + self.idle_timeout;
             loop {
                 // Biased, the read first: when the call has arrived, nothing else is polled.
                 tokio::select! {
@@ -155,7 +177,12 @@ impl Io {
                 }
             }
         }
-        Ok(self.framed.read_frame().await?)
+        let frame = self.framed.read_frame().await?;
+        if !whole {
+            // Bytes were read: this is a wake-up, and the clock is read again when next asked.
+            self.waited();
+        }
+        Ok(frame)
     }
 
     /// Appends a frame whose payload `encode` writes, of at least `floor` bytes (what the reply
@@ -212,7 +239,19 @@ impl Io {
     /// Sends the queued bytes. A gateway that stops reading (its socket buffer full) stalls
     /// the write; past the stall timeout without progress the connection is given up.
     pub(super) async fn flush(&mut self) -> Result<(), Close> {
-        Ok(self.framed.flush().await?)
+        let Io { framed, woke, .. } = self;
+        let mut flush = pin!(framed.flush());
+        // Nearly always the socket has room and the flush is done in its first poll; one that
+        // had to wait makes the clock stale.
+        let first = poll_fn(|cx| Poll::Ready(flush.as_mut().poll(cx))).await;
+        let flushed = match first {
+            Poll::Ready(flushed) => flushed,
+            Poll::Pending => {
+                *woke = None;
+                flush.await
+            }
+        };
+        Ok(flushed?)
     }
 
     /// Gives back buffer storage past [`RETAINED_BUFFER`] (bytes of a next frame already read

@@ -294,8 +294,9 @@ impl RunnerMetrics {
         out
     }
 
-    /// Starts measuring a call of frame type `ty`.
-    pub(crate) fn start(&self, ty: u8) -> Meter {
+    /// Starts measuring a call of frame type `ty` that arrived at `now()` (asked only when
+    /// metrics are on: the connection's clock of its last wake-up, no clock read of its own).
+    pub(crate) fn start(&self, ty: u8, now: impl FnOnce() -> Instant) -> Meter {
         use crate::frame::FrameType;
         if self.on.is_none() {
             return Meter::default();
@@ -313,7 +314,7 @@ impl RunnerMetrics {
             } else {
                 CallOutcome::Ok
             },
-            started: Some(Instant::now()),
+            started: Some(now()),
         }
     }
 
@@ -505,17 +506,17 @@ mod tests {
     #[test]
     fn off_is_inert_and_on_counts_calls_with_their_duration() {
         let off = RunnerMetrics::default();
-        let meter = off.start(2);
+        let meter = off.start(2, Instant::now);
         assert!(meter.started.is_none());
         off.finish(&meter);
         assert!(off.registry().snapshot().families.is_empty());
 
         let on = RunnerMetrics::new(10);
-        let mut meter = on.start(2);
+        let mut meter = on.start(2, Instant::now);
         meter.outcome = CallOutcome::Timeout;
         on.finish(&meter);
-        on.finish(&on.start(1));
-        on.finish(&on.start(9));
+        on.finish(&on.start(1, Instant::now));
+        on.finish(&on.start(9, Instant::now));
         let s = on.registry().snapshot();
         let calls = |ty, outcome| s.counter("calls_total", &[("type", ty), ("outcome", outcome)]);
         assert_eq!(calls("http_req_call", "timeout"), Some(1));
