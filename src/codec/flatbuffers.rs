@@ -6,8 +6,8 @@
 //! field as it needs them, without an upfront verification of the whole buffer; a call's
 //! headers and arguments are only located ([`Entries`]), their text read when a plugin asks.
 //! Strings come out as [`Text`] slices of the payload, so decoding copies nothing. Replies are
-//! built with the crate's `FlatBufferBuilder`, kept per connection so its buffer is reused from
-//! reply to reply.
+//! built with the crate's `FlatBufferBuilder`, one per thread so its buffer is reused from reply
+//! to reply; the continue reply is copied from a template with its id patched in.
 //!
 //! Wire quirks kept here: an absent `TextEntry.value` is `None` (a bare flag / a deletion); an
 //! absent `ExtraInfo.Resp.result` is `None`, an empty one `Some("")`; `Rewrite.body` and
@@ -21,6 +21,7 @@ mod table;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::sync::LazyLock;
 
 use ::flatbuffers::{
     FlatBufferBuilder, ForwardsUOffset, TableFinishedWIPOffset, VOffsetT, Verifiable, Verifier,
@@ -28,6 +29,7 @@ use ::flatbuffers::{
 };
 use bytes::Bytes;
 
+use super::reply_template::ReplyTemplate;
 use super::{too_many, DecodeError, Protocol, RunnerCodec, MAX_ENTRIES};
 use crate::model::{
     ip_from_bytes, Entries, ErrorCode, ExtraInfoReq, ExtraInfoResp, HttpReqCallReq,
@@ -53,6 +55,21 @@ pub fn root_table_fits(payload: &[u8]) -> bool {
 
 type Finished = WIPOffset<TableFinishedWIPOffset>;
 type EntryVector = ::flatbuffers::Vector<'static, ForwardsUOffset<TableFinishedWIPOffset>>;
+
+/// The continue reply, the most common one, built once for the process.
+static CONTINUE_REPLY: LazyLock<ReplyTemplate> = LazyLock::new(|| {
+    ReplyTemplate::new(|id| {
+        let mut out = Vec::new();
+        FlatBuffersCodec::new().encode_http_req_call_resp_built(
+            &HttpReqCallResp {
+                id,
+                action: ReqAction::Continue,
+            },
+            &mut out,
+        );
+        out
+    })
+});
 
 /// Why a verified buffer still could not be read.
 type Reason = Cow<'static, str>;
@@ -105,6 +122,25 @@ impl FlatBuffersCodec {
         if data.len() > BUILDER_KEEP_BYTES {
             *self.fbb = FlatBufferBuilder::with_capacity(BUILDER_BYTES);
         }
+    }
+
+    /// Builds an `http_req_call` reply with the builder.
+    fn encode_http_req_call_resp_built(&mut self, msg: &HttpReqCallResp, out: &mut Vec<u8>) {
+        use schema::HttpReqCallResp as S;
+        self.encode(out, |c| {
+            let (tag, action) = match &msg.action {
+                ReqAction::Continue => (0, None),
+                ReqAction::Stop(stop) => (S::STOP, Some(c.stop(stop))),
+                ReqAction::Rewrite(rw) => (S::REWRITE, Some(c.rewrite(rw))),
+            };
+            let t = c.fbb.start_table();
+            c.fbb.push_slot(S::ID, msg.id, 0);
+            if let Some(action) = action {
+                c.fbb.push_slot_always(S::ACTION, action);
+            }
+            c.fbb.push_slot(S::ACTION_TYPE, tag, 0);
+            c.fbb.end_table(t)
+        });
     }
 
     fn bytes(&mut self, b: &[u8]) -> WIPOffset<::flatbuffers::Vector<'static, u8>> {
@@ -346,21 +382,11 @@ impl RunnerCodec for FlatBuffersCodec {
     }
 
     fn encode_http_req_call_resp(&mut self, msg: &HttpReqCallResp, out: &mut Vec<u8>) {
-        use schema::HttpReqCallResp as S;
-        self.encode(out, |c| {
-            let (tag, action) = match &msg.action {
-                ReqAction::Continue => (0, None),
-                ReqAction::Stop(stop) => (S::STOP, Some(c.stop(stop))),
-                ReqAction::Rewrite(rw) => (S::REWRITE, Some(c.rewrite(rw))),
-            };
-            let t = c.fbb.start_table();
-            c.fbb.push_slot(S::ID, msg.id, 0);
-            if let Some(action) = action {
-                c.fbb.push_slot_always(S::ACTION, action);
-            }
-            c.fbb.push_slot(S::ACTION_TYPE, tag, 0);
-            c.fbb.end_table(t)
-        });
+        match msg.action {
+            // Id 0 is left out of the table by the builder: another layout (`reply_template`).
+            ReqAction::Continue if msg.id != 0 => CONTINUE_REPLY.write(msg.id, out),
+            _ => self.encode_http_req_call_resp_built(msg, out),
+        }
     }
 
     fn encode_http_resp_call_resp(&mut self, msg: &HttpRespCallResp, out: &mut Vec<u8>) {

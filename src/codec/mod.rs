@@ -18,6 +18,7 @@ use crate::model::{
 
 pub mod capnp;
 pub mod flatbuffers;
+mod reply_template;
 
 /// A payload encoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

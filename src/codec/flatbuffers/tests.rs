@@ -240,6 +240,25 @@ fn runner_replies_round_trip() {
     }
 }
 
+/// The continue reply is copied from a template with its id patched in: the gateway reads
+/// exactly what the builder would have written, for every id (0 is left to the builder).
+#[test]
+fn the_continue_template_reads_as_the_built_reply() {
+    let mut c = codec();
+    for id in [0, 1, 2, 255, 256, 0x0102_0304, u32::MAX] {
+        let msg = HttpReqCallResp {
+            id,
+            action: ReqAction::Continue,
+        };
+        let templated = payload(|o| c.encode_http_req_call_resp(&msg, o));
+        let built = payload(|o| c.encode_http_req_call_resp_built(&msg, o));
+        assert_eq!(c.decode_http_req_call_resp(&templated).unwrap(), msg);
+        if id != 0 {
+            assert_eq!(templated, built, "id {id}");
+        }
+    }
+}
+
 #[test]
 fn no_change_is_written_as_absent_fields() {
     let mut c = codec();
