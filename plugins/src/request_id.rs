@@ -210,7 +210,7 @@ impl Plugin for RequestId {
         })
     }
 
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+    fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
         let id: Text = match call.header_text(&self.header) {
             Some(incoming) if !incoming.is_empty() => incoming,
             _ => {
@@ -223,7 +223,7 @@ impl Plugin for RequestId {
         if self.include_in_response {
             call.set_response_header(self.header.clone(), id);
         }
-        Ok(Flow::Continue)
+        Some(Ok(Flow::Continue))
     }
 
     async fn response_filter(&self, call: &mut ResponseCall<'_>) -> Result<(), PluginError> {

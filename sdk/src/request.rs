@@ -302,6 +302,24 @@ impl<'c> RequestCall<'c> {
         self.gateway_var(name).await
     }
 
+    /// A variable when it can be had without waiting, for
+    /// [`Plugin::request_filter_sync`](crate::Plugin::request_filter_sync): `Some(value)` when
+    /// [`RequestCall::var`] would answer without a round trip (request data, a variable the
+    /// gateway pushed, one already fetched in this call), `None` when only the gateway can
+    /// answer it (decline the synchronous hook then, and ask with `var`).
+    pub fn var_now(&mut self, name: &str) -> Option<Option<Text>> {
+        if let Some(local) = self.local_var(name) {
+            return Some(local);
+        }
+        if let Some(pushed) = self.req.extra_info.iter().find(|p| p.name == *name) {
+            return Some(pushed.value.clone().map(bytes_to_text));
+        }
+        self.state
+            .vars
+            .get(name)
+            .map(|fetched| fetched.clone().map(bytes_to_text))
+    }
+
     /// A variable as the gateway holds it: like [`RequestCall::var`], but asked of the gateway
     /// (one round trip, cached for the call) even when `var` would answer it from the request.
     /// For values whose exact bytes matter: `request_uri` here is the path and query exactly as
