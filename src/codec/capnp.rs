@@ -20,6 +20,8 @@ use crate::model::{
 use crate::proto::ext_plugin_capnp as schema;
 use ext_plugin_sdk::Text;
 
+mod reply;
+
 /// Bytes of scratch space for building replies; larger replies spill to the heap.
 const SCRATCH_BYTES: usize = 2048;
 
@@ -403,7 +405,8 @@ impl RunnerCodec for CapnpCodec {
     fn encode_http_req_call_resp(&mut self, msg: &HttpReqCallResp, out: &mut Vec<u8>) {
         match msg.action {
             ReqAction::Continue => self.continue_reply.write(msg.id, out),
-            _ => self.encode_http_req_call_resp_built(msg, out),
+            // Written by hand: the builder would allocate its segment table per reply.
+            _ => reply::write_http_req_call_resp(msg, out),
         }
     }
 
