@@ -100,7 +100,13 @@ impl Algorithm {
     fn generate_into<'b>(&self, buf: &'b mut [u8; MAX_ID_LEN]) -> &'b str {
         use rand::Rng;
         let len = match self {
-            Algorithm::Uuid => uuid::Uuid::new_v4().hyphenated().encode_lower(buf).len(),
+            // From the thread's CSPRNG: `Uuid::new_v4` asks the OS for every id, a system call
+            // per request.
+            Algorithm::Uuid => uuid::Builder::from_random_bytes(rand::rng().random())
+                .into_uuid()
+                .hyphenated()
+                .encode_lower(buf)
+                .len(),
             Algorithm::Uuidv7 => uuid::Uuid::now_v7().hyphenated().encode_lower(buf).len(),
             Algorithm::Ksuid => {
                 buf[..27].copy_from_slice(&ksuid());

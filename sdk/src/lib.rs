@@ -26,11 +26,12 @@
 //!         Ok(RequireHeader { name: conf.name.to_ascii_lowercase().into() })
 //!     }
 //!
-//!     async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+//!     // Nothing here waits: decided without a future (see "Synchronous and async hooks").
+//!     fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
 //!         if call.header(&self.name).is_some() {
-//!             return Ok(Flow::Continue);
+//!             return Some(Ok(Flow::Continue));
 //!         }
-//!         Ok(Flow::Stop(Stop::new(400).with_body("missing header\n")))
+//!         Some(Ok(Flow::Stop(Stop::new(400).with_body("missing header\n"))))
 //!     }
 //! }
 //! ```
@@ -50,6 +51,23 @@
 //! * **Failures**: a plugin that returns [`PluginError`] or panics fails the call with
 //!   SERVICE_UNAVAILABLE (the gateway answers 503, or skips the chain when the route sets
 //!   `allow_degradation`). The connection and the runner live on.
+//!
+//! # Synchronous and async hooks
+//!
+//! Each phase has two hooks. [`Plugin::request_filter_sync`] (and
+//! [`Plugin::response_filter_sync`]) decides without a future; [`Plugin::request_filter`] (and
+//! [`Plugin::response_filter`]) is async, for work that waits: a gateway round trip, the body,
+//! Redis, a timer. The chain calls the synchronous hook first and awaits the async one only when
+//! it returns `None`. A chain runs its plugins behind a vtable, so an awaited filter costs one
+//! heap allocation per call (its boxed future) and a synchronous decision none: implement the
+//! synchronous hook whenever the work never waits, and the async one alone otherwise.
+//!
+//! A plugin may do both: decide synchronously when it can (a local counter, a variable at hand
+//! through [`RequestCall::var_now`]) and decline otherwise, **before** changing anything on the
+//! call, so the async hook runs as if the synchronous one had not. The default async hooks run
+//! the synchronous ones, so a plugin that implements only those behaves the same when a test
+//! calls `request_filter` directly. Errors and panics fail the call the same way from either
+//! hook; the call's deadline can interrupt only an await.
 //!
 //! # Gateway round trips
 //!
