@@ -31,6 +31,7 @@ use ext_plugin_sdk::*;
 use crate::redis::{self, conf::Storage, count::RedisCount};
 use crate::support::amount::{Amount, AmountConf};
 use crate::support::clock::{secs_until, Nanos, NANOS_PER_SEC};
+use crate::support::digits::digits;
 use crate::support::few::Few;
 use crate::support::now::{now, LocalVars};
 use crate::support::vars::Vars;
@@ -652,13 +653,14 @@ impl Limit {
         self.count.fixed().is_some() && self.window.fixed().is_some()
     }
 
-    /// The three quota headers; the numbers are formatted into the call's reused buffer.
+    /// The three quota headers; the numbers are copied into the call's reused buffer.
     fn header_values(&self, call: &mut RequestCall<'_>, q: Quota, v: &Verdict) -> [(Text, Text); 3] {
         let [limit, remaining, reset] = self.headers.clone();
+        let mut number = |n: u64| call.copy_text(digits(n, &mut [0; 20]));
         [
-            (limit, call.format_text(format_args!("{}", q.count))),
-            (remaining, call.format_text(format_args!("{}", v.remaining))),
-            (reset, call.format_text(format_args!("{}", secs_until(0, v.reset_in)))),
+            (limit, number(q.count)),
+            (remaining, number(v.remaining)),
+            (reset, number(secs_until(0, v.reset_in))),
         ]
     }
 }

@@ -221,7 +221,7 @@ impl Plugin for RequestId {
             Some(incoming) if !incoming.is_empty() => incoming,
             _ => {
                 let mut buf = [0; MAX_ID_LEN];
-                let id = call.format_text(format_args!("{}", self.algorithm.generate_into(&mut buf)));
+                let id = call.copy_text(self.algorithm.generate_into(&mut buf));
                 call.set_header(self.header.clone(), id.clone());
                 id
             }
