@@ -88,7 +88,6 @@ mod tests {
         assert!(!vars.declined());
         assert!(now(vars.var("request_time")).expect("ready").is_err());
         assert!(vars.declined(), "a gateway variable declines");
-        drop(call);
         assert!(t.asked().is_empty(), "declining asks the gateway nothing");
     }
 
