@@ -157,6 +157,8 @@ struct Limit {
     /// Seconds.
     window: Amount,
     headers: [Text; 3],
+    /// A fixed `count` as its header value, written once rather than per request.
+    count_text: Option<(u64, Text)>,
     counters: Arc<Counters>,
     /// The quota's position in the conf (its Redis key).
     index: usize,
@@ -463,6 +465,7 @@ impl Plugin for LimitCount {
             .map(|(index, (s, counters))| Limit {
                 key: s.key,
                 fallback: s.fallback,
+                count_text: s.count.fixed().map(|n| (n, Text::from(n.to_string()))),
                 count: s.count,
                 window: s.window,
                 headers: s.headers.map(Text::from),
@@ -657,8 +660,13 @@ impl Limit {
     fn header_values(&self, call: &mut RequestCall<'_>, q: Quota, v: &Verdict) -> [(Text, Text); 3] {
         let [limit, remaining, reset] = self.headers.clone();
         let mut number = |n: u64| call.copy_text(digits(n, &mut [0; 20]));
+        let count = match &self.count_text {
+            // A specific item's count differs from the conf's.
+            Some((fixed, text)) if *fixed == q.count => text.clone(),
+            _ => number(q.count),
+        };
         [
-            (limit, number(q.count)),
+            (limit, count),
             (remaining, number(v.remaining)),
             (reset, number(secs_until(0, v.reset_in))),
         ]

@@ -43,6 +43,12 @@ impl CallState {
         self.consumer = None;
         self.extensions.clear();
         self.delayed = false;
+        // The last call's texts are gone with its rewrite: take the buffer's used room back now,
+        // while nothing shares it, rather than mid-call, when this call's texts would (and
+        // reserving would allocate). Never allocates, so an idle connection keeps what it had.
+        if self.scratch.capacity() < SCRATCH_CALL_ROOM {
+            self.scratch.try_reclaim(SCRATCH_CHUNK);
+        }
     }
 
     /// Takes back a rewrite the chain returned once its reply is encoded, so that its vectors
@@ -122,6 +128,8 @@ fn ipv4_str(ip: Ipv4Addr, buf: &mut [u8; 15]) -> &str {
 const SCRATCH_MIN_ROOM: usize = 64;
 /// ... by reserving this much (one allocation serves many calls' texts).
 const SCRATCH_CHUNK: usize = 1024;
+/// [`CallState::reset`] takes the buffer's room back when less than this is left.
+const SCRATCH_CALL_ROOM: usize = 512;
 
 /// One request, seen by one plugin of the chain.
 ///
