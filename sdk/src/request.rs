@@ -46,8 +46,10 @@ impl CallState {
         // The last call's texts are gone with its rewrite: take the buffer's used room back now,
         // while nothing shares it, rather than mid-call, when this call's texts would (and
         // reserving would allocate). Never allocates, so an idle connection keeps what it had.
+        // When a plugin kept a text beyond its call, nothing is reclaimed: `make_room` then
+        // reserves (allocates) as before.
         if self.scratch.capacity() < SCRATCH_CALL_ROOM {
-            self.scratch.try_reclaim(SCRATCH_CHUNK);
+            let _reclaimed = self.scratch.try_reclaim(SCRATCH_CHUNK);
         }
     }
 

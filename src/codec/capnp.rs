@@ -4,7 +4,9 @@
 //! frame), and strings come out as [`Text`] slices of the payload, so decoding copies nothing; a
 //! call's headers and arguments are only located ([`Entries`]), their text read when a plugin
 //! asks.
-//! Replies are built in a per-connection scratch segment, so small replies do not allocate.
+//! Replies are built in a per-connection scratch segment, so small replies do not allocate; the
+//! commonest (an `http_req_call` continue) is copied from a template, and a stop or rewrite is
+//! written by hand (`capnp/reply.rs`), as capnp-rust's builder allocates per message.
 
 use bytes::Bytes;
 use capnp::message::{self, ReaderOptions, ScratchSpaceHeapAllocator};
