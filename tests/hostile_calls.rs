@@ -101,7 +101,7 @@ async fn an_extra_info_answered_wrongly_or_never_closes_the_connection() {
 async fn a_plugin_that_panics_or_loops_on_an_await_costs_one_call() {
     let runner = start().await;
     for p in Protocol::ALL {
-        for plugin in ["test-panic", "test-spin"] {
+        for plugin in ["test-panic", "test-panic-sync", "test-spin"] {
             let key = format!("route#{plugin}#ext-plugin-pre-req#1");
             let token = prepare(&runner, p, &key, plugin).await;
             let mut gw = runner.connect_with(p).await;

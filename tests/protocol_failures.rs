@@ -67,18 +67,24 @@ async fn hostile_frames(p: Protocol) {
         "then a clean close"
     );
 
-    // A plugin that panics costs one call, not the connection.
-    let token2 = prepare_apart(&runner, p, "route#8b#ext-plugin-pre-req#1", "test-panic").await;
-    let mut gw = runner.connect_with(p).await;
-    assert_eq!(
-        runner_error(gw.call(token2, &request(Method::Get, "/")).await),
-        ErrorCode::ServiceUnavailable
-    );
-    assert_eq!(
-        runner_error(gw.resp_call(token2, 200, &[]).await),
-        ErrorCode::ServiceUnavailable
-    );
-    still_fine(&mut gw, token).await;
+    // A plugin that panics, in its future or its synchronous hook, costs one call, not the
+    // connection.
+    for plugin in ["test-panic", "test-panic-sync"] {
+        let key = format!("route#8b-{plugin}#ext-plugin-pre-req#1");
+        let token2 = prepare_apart(&runner, p, &key, plugin).await;
+        let mut gw = runner.connect_with(p).await;
+        assert_eq!(
+            runner_error(gw.call(token2, &request(Method::Get, "/")).await),
+            ErrorCode::ServiceUnavailable,
+            "{plugin}"
+        );
+        assert_eq!(
+            runner_error(gw.resp_call(token2, 200, &[]).await),
+            ErrorCode::ServiceUnavailable,
+            "{plugin}"
+        );
+        still_fine(&mut gw, token).await;
+    }
     still_fine(&mut bystander, token).await;
 }
 for_each_protocol!(scenario_8_hostile_frames, hostile_frames);

@@ -135,13 +135,13 @@ impl Plugin for IpRestriction {
         })
     }
 
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+    fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
         let listed = call.src_ip().is_some_and(|ip| contains(&self.ranges, ip));
-        if listed == self.allow {
+        Some(if listed == self.allow {
             Ok(Flow::Continue)
         } else {
             Ok(Flow::Stop(self.reject.clone()))
-        }
+        })
     }
 }
 

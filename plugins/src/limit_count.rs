@@ -31,7 +31,10 @@ use ext_plugin_sdk::*;
 use crate::redis::{self, conf::Storage, count::RedisCount};
 use crate::support::amount::{Amount, AmountConf};
 use crate::support::clock::{secs_until, Nanos, NANOS_PER_SEC};
+use crate::support::digits::digits;
 use crate::support::few::Few;
+use crate::support::now::{now, LocalVars};
+use crate::support::vars::Vars;
 use crate::support::key::{KeySource, KeyType};
 use crate::support::keyed::{export_key_count, lock, KeyedStore};
 use crate::support::reject::{self, HeaderConf};
@@ -154,6 +157,8 @@ struct Limit {
     /// Seconds.
     window: Amount,
     headers: [Text; 3],
+    /// A fixed `count` as its header value, written once rather than per request.
+    count_text: Option<(u64, Text)>,
     counters: Arc<Counters>,
     /// The quota's position in the conf (its Redis key).
     index: usize,
@@ -460,6 +465,7 @@ impl Plugin for LimitCount {
             .map(|(index, (s, counters))| Limit {
                 key: s.key,
                 fallback: s.fallback,
+                count_text: s.count.fixed().map(|n| (n, Text::from(n.to_string()))),
                 count: s.count,
                 window: s.window,
                 headers: s.headers.map(Text::from),
@@ -493,54 +499,39 @@ impl Plugin for LimitCount {
         })
     }
 
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
-        // As APISIX: every applicable quota is resolved before any is counted, so an unusable
-        // value counts nothing.
-        let mut plan = Few::None;
-        for limit in &self.limits {
-            let key = if limit.fallback {
-                limit.key.resolve_or_client(call).await?
-            } else {
-                limit.key.resolve(call).await?
-            };
-            let Some(key) = key else {
-                if limit.fallback {
-                    return Ok(reject::undecided(self.allow_degradation, "no key, no client address"));
-                }
-                continue;
-            };
-            // (ext) A pattern may let the key pass, or count it under the shared key; a
-            // specific item sets its count.
-            let (key, item) = match (&self.per_key, limit.fallback) {
-                (Some(per_key), true) => match per_key.select(key) {
-                    Selected::Pass => continue,
-                    Selected::Limit(k, item) => (k, item.copied()),
-                },
-                _ => (key, None),
-            };
-            let count = match item {
-                Some(count) => Ok(count),
-                None => limit.count.resolve(call, 1).await?,
-            };
-            let window = limit.window.resolve(call, 1).await?;
-            let (count, window) = match (count, window) {
-                (Ok(c), Ok(w)) => (c, w),
-                (Err(why), _) | (_, Err(why)) => {
-                    return Ok(reject::undecided(self.allow_degradation, &why));
-                }
-            };
-            let quota = Quota {
-                count,
-                window: window.saturating_mul(NANOS_PER_SEC),
-            };
-            plan.push(Planned { limit, key, quota });
+    /// Counted locally, a request never waits for anything but a variable the gateway must be
+    /// asked for: decided here, without a future, whenever its variables are at hand.
+    fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
+        if self.redis.is_some() {
+            return None;
         }
-        if plan.is_empty() && self.rules {
-            return Ok(reject::undecided(self.allow_degradation, "no rule applies"));
+        let mut vars = LocalVars::new(call);
+        let plan = now(self.plan(&mut vars))?;
+        if vars.declined() {
+            return None;
         }
+        let plan = match plan {
+            Ok(Ok(plan)) => plan,
+            Ok(Err(undecided)) => return Some(Ok(undecided)),
+            Err(e) => return Some(Err(e)),
+        };
         for Planned { limit, key, quota } in plan {
-            let now = self.clock.nanos();
+            let (v, quota) = self.acquire_local(limit, &key, quota);
+            if let Some(stop) = self.settle(call, limit, quota, &v) {
+                return Some(Ok(stop));
+            }
+        }
+        Some(Ok(Flow::Continue))
+    }
+
+    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+        let plan = match self.plan(call).await? {
+            Ok(plan) => plan,
+            Err(undecided) => return Ok(undecided),
+        };
+        for Planned { limit, key, quota } in plan {
             let (v, quota) = if let Some(r) = &self.redis {
+                let now = self.clock.nanos();
                 // Warm-up is refused with Redis at prepare.
                 let v = match r.acquire_cached(limit.index, &key, quota, now, limit.fixed()).await {
                     Ok(v) => v,
@@ -555,42 +546,107 @@ impl Plugin for LimitCount {
                 };
                 (v, quota)
             } else {
-            // (ext) A warming key gets a share of its count (warm-up is for the main key only).
-            let rate = quota.count as f64 * NANOS_PER_SEC as f64 / quota.window as f64;
-                WarmUp::check(self.warm_up.as_deref(), &key, now, rate, |share| {
-                let quota = Quota {
-                    count: ((quota.count as f64 * share) as u64).max(1),
-                    ..quota
-                };
-                let v = limit.counters.acquire(&key, quota, now);
-                (v.admitted, (v, quota))
-            })
+                self.acquire_local(limit, &key, quota)
             };
-            if v.admitted || self.dry_run {
-                if !v.admitted {
-                    reject::dry_run_reject(call, Self::NAME);
-                }
-                if self.show_headers {
-                    for (name, value) in limit.header_values(call, quota, &v) {
-                        call.set_response_header(name, value);
-                    }
-                }
-                continue;
+            if let Some(stop) = self.settle(call, limit, quota, &v) {
+                return Ok(stop);
             }
-            let mut stop = Stop::new(self.reject.status).with_body(self.reject.body.clone());
-            if self.show_headers {
-                for (name, value) in limit.header_values(call, quota, &v) {
-                    stop = stop.with_header(name, value);
-                }
-            }
-            stop.headers.extend(self.reject.headers.iter().cloned());
-            if self.retry_after {
-                let secs = secs_until(0, v.reset_in).max(1);
-                stop = stop.with_header("Retry-After", secs.to_string());
-            }
-            return Ok(Flow::Stop(stop));
         }
         Ok(Flow::Continue)
+    }
+}
+
+impl LimitCount {
+    /// Every applicable quota of the request, resolved before any is counted (as APISIX: an
+    /// unusable value counts nothing); `Ok(Err(flow))` answers the request undecided. Changes
+    /// nothing, so a synchronous hook may plan and then decline.
+    async fn plan(&self, vars: &mut impl Vars) -> Result<Result<Few<Planned<'_>>, Flow>, PluginError> {
+        let mut plan = Few::None;
+        for limit in &self.limits {
+            let key = if limit.fallback {
+                limit.key.resolve_or_client(vars).await?
+            } else {
+                limit.key.resolve(vars).await?
+            };
+            let Some(key) = key else {
+                if limit.fallback {
+                    return Ok(Err(reject::undecided(self.allow_degradation, "no key, no client address")));
+                }
+                continue;
+            };
+            // (ext) A pattern may let the key pass, or count it under the shared key; a
+            // specific item sets its count.
+            let (key, item) = match (&self.per_key, limit.fallback) {
+                (Some(per_key), true) => match per_key.select(key) {
+                    Selected::Pass => continue,
+                    Selected::Limit(k, item) => (k, item.copied()),
+                },
+                _ => (key, None),
+            };
+            let count = match item {
+                Some(count) => Ok(count),
+                None => limit.count.resolve(vars, 1).await?,
+            };
+            let window = limit.window.resolve(vars, 1).await?;
+            let (count, window) = match (count, window) {
+                (Ok(c), Ok(w)) => (c, w),
+                (Err(why), _) | (_, Err(why)) => {
+                    return Ok(Err(reject::undecided(self.allow_degradation, &why)));
+                }
+            };
+            let quota = Quota {
+                count,
+                window: window.saturating_mul(NANOS_PER_SEC),
+            };
+            plan.push(Planned { limit, key, quota });
+        }
+        if plan.is_empty() && self.rules {
+            return Ok(Err(reject::undecided(self.allow_degradation, "no rule applies")));
+        }
+        Ok(Ok(plan))
+    }
+
+    /// Counts one planned quota in this runner's memory, now.
+    fn acquire_local(&self, limit: &Limit, key: &Text, quota: Quota) -> (Verdict, Quota) {
+        let now = self.clock.nanos();
+        // (ext) A warming key gets a share of its count (warm-up is for the main key only).
+        let rate = quota.count as f64 * NANOS_PER_SEC as f64 / quota.window as f64;
+        WarmUp::check(self.warm_up.as_deref(), key, now, rate, |share| {
+            let quota = Quota {
+                count: ((quota.count as f64 * share) as u64).max(1),
+                ..quota
+            };
+            let v = limit.counters.acquire(key, quota, now);
+            (v.admitted, (v, quota))
+        })
+    }
+
+    /// What a counted quota means for the request: `Some(stop)` rejects it; an admitted (or
+    /// dry-run) request gets the quota headers and goes on to the next quota.
+    fn settle(&self, call: &mut RequestCall<'_>, limit: &Limit, quota: Quota, v: &Verdict) -> Option<Flow> {
+        if v.admitted || self.dry_run {
+            if !v.admitted {
+                reject::dry_run_reject(call, Self::NAME);
+            }
+            if self.show_headers {
+                for (name, value) in limit.header_values(call, quota, v) {
+                    call.set_response_header(name, value);
+                }
+            }
+            return None;
+        }
+        let mut stop = Stop::new(self.reject.status).with_body(self.reject.body.clone());
+        if self.show_headers {
+            for (name, value) in limit.header_values(call, quota, v) {
+                stop = stop.with_header(name, value);
+            }
+        }
+        stop.headers.extend(self.reject.headers.iter().cloned());
+        if self.retry_after {
+            let secs = secs_until(0, v.reset_in).max(1);
+            stop = stop.with_header("Retry-After", secs.to_string());
+        }
+        Some(Flow::Stop(stop))
     }
 }
 
@@ -600,13 +656,19 @@ impl Limit {
         self.count.fixed().is_some() && self.window.fixed().is_some()
     }
 
-    /// The three quota headers; the numbers are formatted into the call's reused buffer.
+    /// The three quota headers; the numbers are copied into the call's reused buffer.
     fn header_values(&self, call: &mut RequestCall<'_>, q: Quota, v: &Verdict) -> [(Text, Text); 3] {
         let [limit, remaining, reset] = self.headers.clone();
+        let mut number = |n: u64| call.copy_text(digits(n, &mut [0; 20]));
+        let count = match &self.count_text {
+            // A specific item's count differs from the conf's.
+            Some((fixed, text)) if *fixed == q.count => text.clone(),
+            _ => number(q.count),
+        };
         [
-            (limit, call.format_text(format_args!("{}", q.count))),
-            (remaining, call.format_text(format_args!("{}", v.remaining))),
-            (reset, call.format_text(format_args!("{}", secs_until(0, v.reset_in)))),
+            (limit, count),
+            (remaining, number(v.remaining)),
+            (reset, number(secs_until(0, v.reset_in))),
         ]
     }
 }
@@ -701,7 +763,12 @@ mod tests {
 
     async fn run(p: &LimitCount, req: ext_plugin_sdk::model::HttpReqCallReq) -> (Flow, Vec<(String, String)>) {
         let mut c = TestCall::new(req);
-        let flow = p.request_filter(&mut c.call()).await.unwrap();
+        // As a chain runs it: the synchronous hook, and the future only when that declines.
+        let flow = match p.request_filter_sync(&mut c.call()) {
+            Some(decided) => decided,
+            None => p.request_filter(&mut c.call()).await,
+        };
+        let flow = flow.unwrap();
         let headers = c
             .resp_headers()
             .iter()
@@ -725,6 +792,30 @@ mod tests {
         let (flow, headers) = run(&p, request(Method::Get, "/")).await;
         assert_eq!(flow, Flow::Continue, "no x-user: the first rule does not apply");
         assert_eq!(headers.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_sync_hook_decides_local_keys_and_declines_gateway_ones_untouched() {
+        let conf = r#"{"count": 2, "time_window": 60, "rejected_code": 429}"#;
+        let (sync_env, async_env) = (TestEnv::default().with_clock(Clock::manual()), TestEnv::default().with_clock(Clock::manual()));
+        let (now, later) = (plugin(conf, &sync_env).await.unwrap(), plugin(conf, &async_env).await.unwrap());
+        for expect in [200, 200, 429] {
+            let mut a = TestCall::new(request(Method::Get, "/").with_src_ip("10.0.0.1"));
+            let decided = now.request_filter_sync(&mut a.call()).expect("the client address is at hand").unwrap();
+            let mut b = TestCall::new(request(Method::Get, "/").with_src_ip("10.0.0.1"));
+            let awaited = later.request_filter(&mut b.call()).await.unwrap();
+            assert_eq!(status(&decided), expect);
+            assert_eq!(decided, awaited, "both ways count alike");
+            assert_eq!(a.resp_headers(), b.resp_headers());
+        }
+        // A key only the gateway knows: declined before counting or asking, then awaited.
+        let p = plugin(r#"{"count": 1, "time_window": 60, "key": "request_time"}"#, &sync_env).await.unwrap();
+        let mut c = TestCall::new(request(Method::Get, "/")).with_gateway_var("request_time", "7");
+        assert!(p.request_filter_sync(&mut c.call()).is_none());
+        assert!(c.asked().is_empty() && c.resp_headers().is_empty(), "declining changed nothing");
+        assert_eq!(p.request_filter(&mut c.call()).await.unwrap(), Flow::Continue);
+        assert_eq!(c.asked(), ["request_time"]);
+        assert_eq!(run(&p, request(Method::Get, "/")).await.0, Flow::Continue, "no such var: the client counts");
     }
 
     #[tokio::test]

@@ -100,7 +100,13 @@ impl Algorithm {
     fn generate_into<'b>(&self, buf: &'b mut [u8; MAX_ID_LEN]) -> &'b str {
         use rand::Rng;
         let len = match self {
-            Algorithm::Uuid => uuid::Uuid::new_v4().hyphenated().encode_lower(buf).len(),
+            // From the thread's CSPRNG: `Uuid::new_v4` asks the OS for every id, a system call
+            // per request.
+            Algorithm::Uuid => uuid::Builder::from_random_bytes(rand::rng().random())
+                .into_uuid()
+                .hyphenated()
+                .encode_lower(buf)
+                .len(),
             Algorithm::Uuidv7 => uuid::Uuid::now_v7().hyphenated().encode_lower(buf).len(),
             Algorithm::Ksuid => {
                 buf[..27].copy_from_slice(&ksuid());
@@ -210,12 +216,12 @@ impl Plugin for RequestId {
         })
     }
 
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+    fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
         let id: Text = match call.header_text(&self.header) {
             Some(incoming) if !incoming.is_empty() => incoming,
             _ => {
                 let mut buf = [0; MAX_ID_LEN];
-                let id = call.format_text(format_args!("{}", self.algorithm.generate_into(&mut buf)));
+                let id = call.copy_text(self.algorithm.generate_into(&mut buf));
                 call.set_header(self.header.clone(), id.clone());
                 id
             }
@@ -223,7 +229,7 @@ impl Plugin for RequestId {
         if self.include_in_response {
             call.set_response_header(self.header.clone(), id);
         }
-        Ok(Flow::Continue)
+        Some(Ok(Flow::Continue))
     }
 
     async fn response_filter(&self, call: &mut ResponseCall<'_>) -> Result<(), PluginError> {

@@ -14,12 +14,18 @@ use crate::{Attachment, Flow, Plugin, PluginError, RequestCall, ResponseCall};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A prepared plugin behind a vtable, so chains can mix plugin types.
+/// A prepared plugin behind a vtable, so chains can mix plugin types. The synchronous hooks
+/// cost no allocation; an awaited filter's future is boxed, since its type (and size) is the
+/// plugin's and the SDK forbids the unsafe code that polling it in place behind `dyn` needs.
 pub(crate) trait DynPlugin: Send + Sync {
+    fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>>;
+
     fn request_filter<'a>(
         &'a self,
         call: &'a mut RequestCall<'_>,
     ) -> BoxFuture<'a, Result<Flow, PluginError>>;
+
+    fn response_filter_sync(&self, call: &mut ResponseCall<'_>) -> Option<Result<(), PluginError>>;
 
     fn response_filter<'a>(
         &'a self,
@@ -28,11 +34,19 @@ pub(crate) trait DynPlugin: Send + Sync {
 }
 
 impl<P: Plugin> DynPlugin for P {
+    fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
+        Plugin::request_filter_sync(self, call)
+    }
+
     fn request_filter<'a>(
         &'a self,
         call: &'a mut RequestCall<'_>,
     ) -> BoxFuture<'a, Result<Flow, PluginError>> {
         Box::pin(Plugin::request_filter(self, call))
+    }
+
+    fn response_filter_sync(&self, call: &mut ResponseCall<'_>) -> Option<Result<(), PluginError>> {
+        Plugin::response_filter_sync(self, call)
     }
 
     fn response_filter<'a>(
@@ -170,7 +184,10 @@ impl Chain {
         let mut call = RequestCall::new(req, state, gateway, self.attachment);
         for (index, link) in self.links.iter().enumerate() {
             let watch = self.watch(Phase::Request, index);
-            let result = link.plugin.request_filter(&mut call).await;
+            let result = match link.plugin.request_filter_sync(&mut call) {
+                Some(decided) => decided,
+                None => link.plugin.request_filter(&mut call).await,
+            };
             let delayed = call.take_delayed();
             watch.decided(match &result {
                 Ok(Flow::Continue) if delayed => Decision::Delay,
@@ -227,7 +244,10 @@ impl Chain {
         let mut call = ResponseCall::new(req, state, gateway);
         for (index, link) in self.links.iter().enumerate() {
             let watch = self.watch(Phase::Response, index);
-            let result = link.plugin.response_filter(&mut call).await;
+            let result = match link.plugin.response_filter_sync(&mut call) {
+                Some(decided) => decided,
+                None => link.plugin.response_filter(&mut call).await,
+            };
             watch.decided(match result {
                 Ok(()) => Decision::Pass,
                 Err(_) => Decision::Error,
@@ -311,6 +331,68 @@ mod tests {
         let resp = crate::model::HttpRespCallReq::default();
         assert!(block_on(gw.resp_call(&chain, &resp)).is_err());
         assert_eq!(take(&rec), [(Response, 0, Pass), (Response, 1, Error)]);
+    }
+
+    /// Decides in its synchronous hook when its conf is `true` (a 201 stop), declines it
+    /// otherwise, and its awaited filter answers 202: which status comes back says which ran.
+    struct Either(bool);
+
+    impl Plugin for Either {
+        const NAME: &'static str = "either";
+        type Conf = bool;
+
+        fn prepare(now: bool, _: &mut crate::PrepareEnv<'_>) -> Result<Self, crate::ConfError> {
+            Ok(Either(now))
+        }
+
+        fn request_filter_sync(
+            &self,
+            call: &mut RequestCall<'_>,
+        ) -> Option<Result<Flow, PluginError>> {
+            let _ = call;
+            self.0.then(|| Ok(Flow::Stop(crate::Stop::new(201))))
+        }
+
+        async fn request_filter(&self, _: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+            Ok(Flow::Stop(crate::Stop::new(202)))
+        }
+    }
+
+    struct OnlySync;
+
+    impl Plugin for OnlySync {
+        const NAME: &'static str = "only-sync";
+        type Conf = ();
+
+        fn prepare(_: (), _: &mut crate::PrepareEnv<'_>) -> Result<Self, crate::ConfError> {
+            Ok(OnlySync)
+        }
+
+        fn request_filter_sync(
+            &self,
+            _: &mut RequestCall<'_>,
+        ) -> Option<Result<Flow, PluginError>> {
+            Some(Ok(Flow::Stop(crate::Stop::new(203))))
+        }
+    }
+
+    #[test]
+    fn a_plugin_decides_in_its_sync_hook_or_declines_to_its_future() {
+        let harness = crate::harness::Harness::new(Registry::new().with::<Either>());
+        let mut gw = LocalGateway::new();
+        for (now, status) in [("true", 201), ("false", 202)] {
+            let chain = harness.prepare("k", &[("either", now)]).unwrap();
+            let action = block_on(gw.call(&chain, &request(Method::Get, "/"))).unwrap();
+            let ReqAction::Stop(stop) = action else {
+                panic!("{action:?}")
+            };
+            assert_eq!(stop.status, status, "sync hook deciding: {now}");
+        }
+        // A plugin with only the synchronous hook still answers through `request_filter`, as
+        // plugin unit tests call it.
+        let mut call = crate::harness::TestCall::new(request(Method::Get, "/"));
+        let flow = block_on(Plugin::request_filter(&OnlySync, &mut call.call()));
+        assert_eq!(flow.unwrap(), Flow::Stop(crate::Stop::new(203)));
     }
 
     #[test]

@@ -26,11 +26,12 @@
 //!         Ok(RequireHeader { name: conf.name.to_ascii_lowercase().into() })
 //!     }
 //!
-//!     async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+//!     // Nothing here waits: decided without a future (see "Synchronous and async hooks").
+//!     fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
 //!         if call.header(&self.name).is_some() {
-//!             return Ok(Flow::Continue);
+//!             return Some(Ok(Flow::Continue));
 //!         }
-//!         Ok(Flow::Stop(Stop::new(400).with_body("missing header\n")))
+//!         Some(Ok(Flow::Stop(Stop::new(400).with_body("missing header\n"))))
 //!     }
 //! }
 //! ```
@@ -50,6 +51,23 @@
 //! * **Failures**: a plugin that returns [`PluginError`] or panics fails the call with
 //!   SERVICE_UNAVAILABLE (the gateway answers 503, or skips the chain when the route sets
 //!   `allow_degradation`). The connection and the runner live on.
+//!
+//! # Synchronous and async hooks
+//!
+//! Each phase has two hooks. [`Plugin::request_filter_sync`] (and
+//! [`Plugin::response_filter_sync`]) decides without a future; [`Plugin::request_filter`] (and
+//! [`Plugin::response_filter`]) is async, for work that waits: a gateway round trip, the body,
+//! Redis, a timer. The chain calls the synchronous hook first and awaits the async one only when
+//! it returns `None`. A chain runs its plugins behind a vtable, so an awaited filter costs one
+//! heap allocation per call (its boxed future) and a synchronous decision none: implement the
+//! synchronous hook whenever the work never waits, and the async one alone otherwise.
+//!
+//! A plugin may do both: decide synchronously when it can (a local counter, a variable at hand
+//! through [`RequestCall::var_now`]) and decline otherwise, **before** changing anything on the
+//! call, so the async hook runs as if the synchronous one had not. The default async hooks run
+//! the synchronous ones, so a plugin that implements only those behaves the same when a test
+//! calls `request_filter` directly. Errors and panics fail the call the same way from either
+//! hook; the call's deadline can interrupt only an await.
 //!
 //! # Gateway round trips
 //!
@@ -154,24 +172,55 @@ pub trait Plugin: Sized + Send + Sync + 'static {
     fn prepare(conf: Self::Conf, env: &mut PrepareEnv<'_>) -> Result<Self, ConfError>;
 
     /// The request phase (`http_req_call`). Read the request from `call`, record rewrites on it,
-    /// and return [`Flow::Continue`] or [`Flow::Stop`]. The default continues.
+    /// and return [`Flow::Continue`] or [`Flow::Stop`]. The default runs
+    /// [`request_filter_sync`](Plugin::request_filter_sync) and continues when that declines.
     fn request_filter(
         &self,
         call: &mut RequestCall<'_>,
     ) -> impl Future<Output = Result<Flow, PluginError>> + Send {
+        async move { self.request_filter_sync(call).unwrap_or(Ok(Flow::Continue)) }
+    }
+
+    /// The request phase without a future: the fast path for work that never waits.
+    ///
+    /// The chain calls this first. `Some(result)` is the plugin's decision, and
+    /// [`request_filter`](Plugin::request_filter) is not called; `None` declines, and the chain
+    /// then awaits `request_filter` for this call. A chain runs its plugins' futures behind a
+    /// vtable, so every awaited `request_filter` costs one heap allocation per call; a plugin
+    /// that decides here costs none.
+    ///
+    /// Implement it when a decision needs nothing but the request, the plugin's own state and
+    /// [`RequestCall::var_now`] (no gateway round trip, no body, no sleep, no I/O). A plugin that
+    /// only sometimes waits (a Redis-backed limiter, a variable the gateway must be asked for)
+    /// decides here when it can and returns `None` otherwise, **before** changing anything on
+    /// `call`: `request_filter` then runs on the same call as if this had not been called.
+    /// Only this method may be implemented: the default `request_filter` runs it too.
+    ///
+    /// Panics, errors and the call's deadline behave as in `request_filter`: a panic or an
+    /// `Err` fails the call; the deadline cannot interrupt synchronous code in either.
+    fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
         let _ = call;
-        async { Ok(Flow::Continue) }
+        None
     }
 
     /// The response phase (`http_resp_call`, when the route also attaches the chain as
     /// `ext-plugin-post-resp`). Read the upstream's status, headers and body from `call` and
-    /// change them there. The default changes nothing.
+    /// change them there. The default runs [`response_filter_sync`](Plugin::response_filter_sync)
+    /// and changes nothing when that declines.
     fn response_filter(
         &self,
         call: &mut ResponseCall<'_>,
     ) -> impl Future<Output = Result<(), PluginError>> + Send {
+        async move { self.response_filter_sync(call).unwrap_or(Ok(())) }
+    }
+
+    /// The response phase without a future, as
+    /// [`request_filter_sync`](Plugin::request_filter_sync) is for the request phase: `Some`
+    /// decides (and [`response_filter`](Plugin::response_filter) is not called), `None`
+    /// declines before changing anything, and the chain awaits `response_filter`.
+    fn response_filter_sync(&self, call: &mut ResponseCall<'_>) -> Option<Result<(), PluginError>> {
         let _ = call;
-        async { Ok(()) }
+        None
     }
 }
 

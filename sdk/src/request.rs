@@ -2,7 +2,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use bytes::{Bytes, BytesMut};
 
@@ -43,6 +43,14 @@ impl CallState {
         self.consumer = None;
         self.extensions.clear();
         self.delayed = false;
+        // The last call's texts are gone with its rewrite: take the buffer's used room back now,
+        // while nothing shares it, rather than mid-call, when this call's texts would (and
+        // reserving would allocate). Never allocates, so an idle connection keeps what it had.
+        // When a plugin kept a text beyond its call, nothing is reclaimed: `make_room` then
+        // reserves (allocates) as before.
+        if self.scratch.capacity() < SCRATCH_CALL_ROOM {
+            let _reclaimed = self.scratch.try_reclaim(SCRATCH_CHUNK);
+        }
     }
 
     /// Takes back a rewrite the chain returned once its reply is encoded, so that its vectors
@@ -53,24 +61,77 @@ impl CallState {
     }
 
     fn format_text(&mut self, args: fmt::Arguments<'_>) -> Text {
-        // Room for a typical value without growing mid-write; when every text of the last
-        // calls is gone this reclaims the buffer instead of allocating.
-        if self.scratch.capacity() < SCRATCH_MIN_ROOM {
-            self.scratch.reserve(SCRATCH_CHUNK);
-        }
+        self.make_room();
         // As `ToString`: only a `Display` impl that returns an error (a bug in it) fails here;
         // the buffer itself always takes more bytes.
         fmt::Write::write_fmt(&mut self.scratch, args)
             .expect("a Display implementation returned an error unexpectedly");
-        let written = self.scratch.split().freeze();
-        Text::from_utf8(written).expect("`fmt::Write` writes only `&str`s")
+        self.take_text()
     }
+
+    /// [`CallState::format_text`] of a plain string, without the formatting machinery (which
+    /// costs a few hundred instructions per value on the hot path).
+    fn copy_text(&mut self, s: &str) -> Text {
+        self.make_room();
+        self.scratch.extend_from_slice(s.as_bytes());
+        self.take_text()
+    }
+
+    /// An address as text: IPv4 (nearly every client) written digit by digit, IPv6 formatted
+    /// by the standard library (its zero-run compression is not worth repeating here).
+    fn ip_text(&mut self, ip: IpAddr) -> Text {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut buf = [0; 15];
+                self.copy_text(ipv4_str(v4, &mut buf))
+            }
+            IpAddr::V6(_) => self.format_text(format_args!("{ip}")),
+        }
+    }
+
+    /// Room for a typical value without growing mid-write; when every text of the last calls is
+    /// gone this reclaims the buffer instead of allocating.
+    fn make_room(&mut self) {
+        if self.scratch.capacity() < SCRATCH_MIN_ROOM {
+            self.scratch.reserve(SCRATCH_CHUNK);
+        }
+    }
+
+    /// What was written since the last text, as a text.
+    fn take_text(&mut self) -> Text {
+        let written = self.scratch.split().freeze();
+        Text::from_utf8(written).expect("only `&str`s are written")
+    }
+}
+
+/// `ip` in dotted decimal, as its `Display` writes it, into `buf`.
+fn ipv4_str(ip: Ipv4Addr, buf: &mut [u8; 15]) -> &str {
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            buf[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            buf[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        buf[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    std::str::from_utf8(&buf[..len]).expect("digits and dots are ASCII")
 }
 
 /// [`CallState::format_text`] makes room for at least this much before formatting ...
 const SCRATCH_MIN_ROOM: usize = 64;
 /// ... by reserving this much (one allocation serves many calls' texts).
 const SCRATCH_CHUNK: usize = 1024;
+/// [`CallState::reset`] takes the buffer's room back when less than this is left.
+const SCRATCH_CALL_ROOM: usize = 512;
 
 /// One request, seen by one plugin of the chain.
 ///
@@ -115,6 +176,13 @@ impl<'c> RequestCall<'c> {
     /// the call holds a chunk of that buffer, so copy one you keep for long.
     pub fn format_text(&mut self, args: fmt::Arguments<'_>) -> Text {
         self.state.format_text(args)
+    }
+
+    /// `s` copied into the call's reusable buffer, as [`RequestCall::format_text`] would write
+    /// it but without the formatting machinery: for a value built on the stack (a number's
+    /// digits, an id) that a plugin sets as a header.
+    pub fn copy_text(&mut self, s: &str) -> Text {
+        self.state.copy_text(s)
     }
 
     /// The client's address; `None` when the gateway sent none.
@@ -169,7 +237,7 @@ impl<'c> RequestCall<'c> {
             .iter()
             .find(|h| h.name_eq_ignore_case(name))
             .and_then(|h| h.value())?;
-        Some(self.state.format_text(format_args!("{value}")))
+        Some(self.state.copy_text(value))
     }
 
     /// Every value of header `name` (any case), as rewritten so far.
@@ -302,6 +370,24 @@ impl<'c> RequestCall<'c> {
         self.gateway_var(name).await
     }
 
+    /// A variable when it can be had without waiting, for
+    /// [`Plugin::request_filter_sync`](crate::Plugin::request_filter_sync): `Some(value)` when
+    /// [`RequestCall::var`] would answer without a round trip (request data, a variable the
+    /// gateway pushed, one already fetched in this call), `None` when only the gateway can
+    /// answer it (decline the synchronous hook then, and ask with `var`).
+    pub fn var_now(&mut self, name: &str) -> Option<Option<Text>> {
+        if let Some(local) = self.local_var(name) {
+            return Some(local);
+        }
+        if let Some(pushed) = self.req.extra_info.iter().find(|p| p.name == *name) {
+            return Some(pushed.value.clone().map(bytes_to_text));
+        }
+        self.state
+            .vars
+            .get(name)
+            .map(|fetched| fetched.clone().map(bytes_to_text))
+    }
+
     /// A variable as the gateway holds it: like [`RequestCall::var`], but asked of the gateway
     /// (one round trip, cached for the call) even when `var` would answer it from the request.
     /// For values whose exact bytes matter: `request_uri` here is the path and query exactly as
@@ -323,10 +409,7 @@ impl<'c> RequestCall<'c> {
     /// `Some(value)` for variables answered without the gateway, `None` for the others.
     fn local_var(&mut self, name: &str) -> Option<Option<Text>> {
         Some(match name {
-            "remote_addr" => self
-                .req
-                .src_ip
-                .map(|ip| self.state.format_text(format_args!("{ip}"))),
+            "remote_addr" => self.req.src_ip.map(|ip| self.state.ip_text(ip)),
             "request_method" => Some(Text::from_static(self.req.method.as_str())),
             "uri" => Some(
                 self.state
@@ -561,5 +644,26 @@ mod tests {
         call.remove_header("x-id");
         assert_eq!(call.header_text("x-id"), None);
         assert_eq!(call.format_text(format_args!("{}-{}", 1, "a")), "1-a");
+        assert_eq!(call.copy_text("copied"), "copied");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut state = CallState::default();
+        for octet in 0..=255u8 {
+            for ip in [
+                [octet, 0, 9, 10],
+                [1, octet, 99, 100],
+                [255, 200, octet, 1],
+                [0, 0, 0, octet],
+            ] {
+                let ip = IpAddr::from(ip);
+                assert_eq!(state.ip_text(ip), ip.to_string().as_str());
+            }
+        }
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(state.ip_text(v6), "2001:db8::1");
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(state.ip_text(mapped), mapped.to_string().as_str());
     }
 }

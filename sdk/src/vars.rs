@@ -39,7 +39,7 @@ impl VarCache {
         self.entries.clear();
     }
 
-    fn get(&self, name: &str) -> Option<&Option<Bytes>> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Option<Bytes>> {
         self.entries
             .iter()
             .find(|(n, _)| n.as_str() == name)

@@ -9,7 +9,9 @@
 //! it reads the pair.
 //! Replies are built in a per-thread scratch segment, so small replies do not allocate, and a
 //! connection's codec holds no storage of its own (thousands of idle connections would each
-//! hold its scratch).
+//! hold its scratch). The commonest reply (an `http_req_call` continue) is copied from a
+//! template, and a stop or rewrite is written by hand (`capnp/reply.rs`), as capnp-rust's
+//! builder allocates per message.
 
 use std::cell::RefCell;
 use std::sync::LazyLock;
@@ -19,6 +21,7 @@ use capnp::message::{self, ReaderOptions, ScratchSpaceHeapAllocator};
 use capnp::serialize::{self, NoAllocSliceSegments};
 use capnp::{data, struct_list, text};
 
+use super::reply_template::ReplyTemplate;
 use super::{too_many, DecodeError, GatewayCodec, Protocol, RunnerCodec, MAX_ENTRIES};
 use crate::model::{
     ip_from_bytes, ip_to_bytes, DataPair, Entries, ErrorCode, ExtraInfoReq, ExtraInfoResp,
@@ -30,6 +33,8 @@ use ext_plugin_sdk::Text;
 use words::{Struct, StructList, Unusual};
 
 mod words;
+
+mod reply;
 
 /// Bytes of scratch space for building replies; larger replies spill to the heap.
 const SCRATCH_BYTES: usize = 2048;
@@ -68,52 +73,25 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
 }
 
-/// The continue reply, the most common one, built once for the process.
-static CONTINUE_REPLY: LazyLock<ContinueReply> = LazyLock::new(ContinueReply::new);
+/// The continue reply, the most common one, built once for the process: capnp-rust's message
+/// builder allocates its segment table for every message, and this crate forbids the `unsafe` a
+/// custom allocator needs, so the reply most calls get is copied and its id patched in.
+static CONTINUE_REPLY: LazyLock<ReplyTemplate> = LazyLock::new(|| {
+    ReplyTemplate::new(|id| {
+        let mut out = Vec::new();
+        CapnpCodec.encode_http_req_call_resp_built(
+            &HttpReqCallResp {
+                id,
+                action: ReqAction::Continue,
+            },
+            &mut out,
+        );
+        out
+    })
+});
 
 /// One connection's Cap'n Proto codec: stateless, so boxing it allocates nothing.
 pub struct CapnpCodec;
-
-/// A serialized continue reply with id 0, and where its id lies. capnp-rust's message builder
-/// allocates its segment table for every message, and this crate forbids the `unsafe` a custom
-/// allocator needs, so the reply most calls get is copied from here and its id patched in:
-/// no allocation, and fewer instructions than building it.
-struct ContinueReply {
-    bytes: Vec<u8>,
-    id_at: usize,
-}
-
-impl ContinueReply {
-    /// Built with the codec's own builder, the id found by building with two ids and comparing
-    /// (so nothing here assumes the schema's layout).
-    fn new() -> ContinueReply {
-        let build = |id: u32| {
-            let mut out = Vec::new();
-            CapnpCodec.encode_http_req_call_resp_built(
-                &HttpReqCallResp {
-                    id,
-                    action: ReqAction::Continue,
-                },
-                &mut out,
-            );
-            out
-        };
-        let (zero, ones) = (build(0), build(u32::MAX));
-        let id_at = zero
-            .iter()
-            .zip(&ones)
-            .position(|(a, b)| a != b)
-            .expect("the id is in the message");
-        debug_assert_eq!(ones[id_at..id_at + 4], [0xFF; 4]);
-        ContinueReply { bytes: zero, id_at }
-    }
-
-    fn write(&self, id: u32, out: &mut Vec<u8>) {
-        let at = out.len() + self.id_at;
-        out.extend_from_slice(&self.bytes);
-        out[at..at + 4].copy_from_slice(&id.to_le_bytes());
-    }
-}
 
 impl CapnpCodec {
     pub fn new() -> CapnpCodec {
@@ -570,7 +548,8 @@ impl RunnerCodec for CapnpCodec {
     fn encode_http_req_call_resp(&mut self, msg: &HttpReqCallResp, out: &mut Vec<u8>) {
         match msg.action {
             ReqAction::Continue => CONTINUE_REPLY.write(msg.id, out),
-            _ => self.encode_http_req_call_resp_built(msg, out),
+            // Written by hand: the builder would allocate its segment table per reply.
+            _ => reply::write_http_req_call_resp(msg, out),
         }
     }
 

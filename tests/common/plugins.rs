@@ -17,6 +17,7 @@ pub fn registry() -> Registry {
         .with::<Rewriter>()
         .with::<RespHeader>()
         .with::<Panicker>()
+        .with::<SyncPanicker>()
         .with::<Hang>()
         .with::<Spinner>()
         .with::<AskVar>()
@@ -120,6 +121,26 @@ impl Plugin for Panicker {
 
     async fn response_filter(&self, _: &mut ResponseCall<'_>) -> Result<(), PluginError> {
         panic!("test plugin panics on purpose")
+    }
+}
+
+/// Panics in both phases' synchronous hooks (the chain's future-free path).
+pub struct SyncPanicker;
+
+impl Plugin for SyncPanicker {
+    const NAME: &'static str = "test-panic-sync";
+    type Conf = Value;
+
+    fn prepare(_: Value, _: &mut PrepareEnv<'_>) -> Result<Self, ConfError> {
+        Ok(SyncPanicker)
+    }
+
+    fn request_filter_sync(&self, _: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
+        panic!("test plugin panics on purpose, without a future")
+    }
+
+    fn response_filter_sync(&self, _: &mut ResponseCall<'_>) -> Option<Result<(), PluginError>> {
+        panic!("test plugin panics on purpose, without a future")
     }
 }
 

@@ -9,7 +9,8 @@
 use serde::Deserialize;
 
 use super::template::Template;
-use ext_plugin_sdk::{ConfError, PluginError, RequestCall};
+use super::vars::Vars;
+use ext_plugin_sdk::{ConfError, PluginError};
 
 /// The largest integer APISIX accepts from a variable (a double's exact range).
 pub const MAX_SAFE: u64 = (1 << 53) - 1;
@@ -90,7 +91,7 @@ impl Amount {
     /// The number for this request: `Ok(Err(why))` when the request's value is unusable.
     pub async fn resolve(
         &self,
-        call: &mut RequestCall<'_>,
+        call: &mut impl Vars,
         min: u64,
     ) -> Result<Result<u64, String>, PluginError> {
         match self {

@@ -4,14 +4,18 @@
 //! * `"var_combination"`: a template such as `"$remote_addr $http_x_user"`;
 //! * `"constant"`: the same key for every request (one limit for the whole route or group).
 //!
-//! Variables resolve through [`RequestCall::var`]: request data and a consumer set by a runner
-//! auth plugin are free, anything else is one cached `extra_info` round trip.
+//! Variables resolve through [`Vars`]: in the request phase [`RequestCall::var`], where request
+//! data and a consumer set by a runner auth plugin are free and anything else is one cached
+//! `extra_info` round trip.
+//!
+//! [`RequestCall::var`]: ext_plugin_sdk::RequestCall::var
 
 use serde::Deserialize;
 
 use super::template::Template;
+use super::vars::Vars;
 use crate::consumers::resolve_secret;
-use ext_plugin_sdk::{ConfError, PluginError, RequestCall, Text};
+use ext_plugin_sdk::{ConfError, PluginError, Text};
 
 #[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -56,7 +60,7 @@ impl KeySource {
     }
 
     /// The key for this request; `None` when it resolves to nothing (nil variables).
-    pub async fn resolve(&self, call: &mut RequestCall<'_>) -> Result<Option<Text>, PluginError> {
+    pub async fn resolve(&self, call: &mut impl Vars) -> Result<Option<Text>, PluginError> {
         match self {
             KeySource::Constant(k) => Ok(Some(k.clone())),
             KeySource::Var(name) => Ok(call.var(name).await?.filter(|v| !v.is_empty())),
@@ -72,7 +76,7 @@ impl KeySource {
     /// main key of the limit plugins); `None` only when the gateway sent no address either.
     pub async fn resolve_or_client(
         &self,
-        call: &mut RequestCall<'_>,
+        call: &mut impl Vars,
     ) -> Result<Option<Text>, PluginError> {
         match self.resolve(call).await? {
             Some(k) => Ok(Some(k)),

@@ -12,6 +12,8 @@
 //! * [`reject`]: rejection answers and the conf fields all limiters share.
 //! * [`lease`]: request ↔ response correlation with expiring leases.
 //! * [`vars`]: variables in either phase, for the engines above.
+//! * [`now`]: deciding without a future, for plugins' synchronous hooks.
+//! * [`digits`]: a number's digits on the stack, for per-request header values.
 //! * [`specific_items`]: per-key thresholds and key patterns for the limiters.
 //! * [`patterns`]: every regex a conf brings, compiled once under size and count bounds.
 //! * [`warm_up`]: Sentinel's warm-up curve for the limiters.
@@ -19,11 +21,13 @@
 
 pub mod amount;
 pub mod clock;
+pub mod digits;
 pub mod expr;
 pub mod few;
 pub mod key;
 pub mod keyed;
 pub mod lease;
+pub mod now;
 pub mod patterns;
 pub mod reject;
 pub mod specific_items;

@@ -44,22 +44,33 @@ impl Plugin for Scripted {
         Ok(Scripted(script))
     }
 
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
-        match self.0 {
-            Script::Pass => {}
-            Script::Delay => call.mark_delayed(),
-            Script::Reject => return Ok(Flow::Stop(Stop::new(403))),
-            Script::Error => return Err(PluginError::new("scripted failure")),
+    /// Decides every script but `"pending"` without a future, so hosts' tests cover both ways
+    /// a chain runs a plugin.
+    fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
+        Some(match self.0 {
+            Script::Pending => return None,
+            Script::Pass => Ok(Flow::Continue),
+            Script::Delay => {
+                call.mark_delayed();
+                Ok(Flow::Continue)
+            }
+            Script::Reject => Ok(Flow::Stop(Stop::new(403))),
+            Script::Error => Err(PluginError::new("scripted failure")),
             Script::Panic => panic!("scripted panic"),
-            Script::Pending => std::future::pending::<()>().await,
-        }
-        Ok(Flow::Continue)
+        })
     }
 
-    async fn response_filter(&self, _: &mut ResponseCall<'_>) -> Result<(), PluginError> {
-        match self.0 {
+    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+        match self.request_filter_sync(call) {
+            Some(decided) => decided,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn response_filter_sync(&self, _: &mut ResponseCall<'_>) -> Option<Result<(), PluginError>> {
+        Some(match self.0 {
             Script::Error => Err(PluginError::new("scripted failure")),
             _ => Ok(()),
-        }
+        })
     }
 }
