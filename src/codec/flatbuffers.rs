@@ -5,9 +5,11 @@
 //! The runner reads incoming buffers with its own bounds-checked reader (`table`), field by
 //! field as it needs them, without an upfront verification of the whole buffer; a call's
 //! headers and arguments are only located ([`Entries`]), their text read when a plugin asks.
-//! Strings come out as [`Text`] slices of the payload, so decoding copies nothing. Replies are
-//! built with the crate's `FlatBufferBuilder`, one per thread so its buffer is reused from reply
-//! to reply; the continue reply is copied from a template with its id patched in.
+//! Strings come out as [`Text`] slices of the payload, so decoding copies nothing. The replies of
+//! a call are written by hand straight into the output (`reply`: stop, rewrite, the response
+//! phase's), and the continue reply is copied from a template with its id patched in; the rest
+//! (prepare_conf, extra_info, errors: rare) is built with the crate's `FlatBufferBuilder`, one
+//! per thread so its buffer is reused from reply to reply.
 //!
 //! Wire quirks kept here: an absent `TextEntry.value` is `None` (a bare flag / a deletion); an
 //! absent `ExtraInfo.Resp.result` is `None`, an empty one `Some("")`; `Rewrite.body` and
@@ -16,6 +18,7 @@
 //! variables pushed with a request, so `HttpReqCallReq::extra_info` stays empty.
 
 mod gateway;
+mod reply;
 mod schema;
 mod table;
 
@@ -124,7 +127,8 @@ impl FlatBuffersCodec {
         }
     }
 
-    /// Builds an `http_req_call` reply with the builder.
+    /// Builds an `http_req_call` reply with the builder: the continue reply's template (and its
+    /// id-0 form); what the hand-written stop and rewrite (`reply`) are checked against.
     fn encode_http_req_call_resp_built(&mut self, msg: &HttpReqCallResp, out: &mut Vec<u8>) {
         use schema::HttpReqCallResp as S;
         self.encode(out, |c| {
@@ -139,6 +143,27 @@ impl FlatBuffersCodec {
                 c.fbb.push_slot_always(S::ACTION, action);
             }
             c.fbb.push_slot(S::ACTION_TYPE, tag, 0);
+            c.fbb.end_table(t)
+        });
+    }
+
+    /// Builds an `http_resp_call` reply with the builder: what the hand-written one
+    /// (`reply`) is checked against.
+    #[cfg(test)]
+    fn encode_http_resp_call_resp_built(&mut self, msg: &HttpRespCallResp, out: &mut Vec<u8>) {
+        use schema::HttpRespCallResp as S;
+        self.encode(out, |c| {
+            let headers = c.non_empty_entries(&msg.headers);
+            let body = msg.body.as_ref().map(|b| c.bytes(b));
+            let t = c.fbb.start_table();
+            c.fbb.push_slot(S::ID, msg.id, 0);
+            c.fbb.push_slot(S::STATUS, msg.status, 0);
+            if let Some(headers) = headers {
+                c.fbb.push_slot_always(S::HEADERS, headers);
+            }
+            if let Some(body) = body {
+                c.fbb.push_slot_always(S::BODY, body);
+            }
             c.fbb.end_table(t)
         });
     }
@@ -385,26 +410,13 @@ impl RunnerCodec for FlatBuffersCodec {
         match msg.action {
             // Id 0 is left out of the table by the builder: another layout (`reply_template`).
             ReqAction::Continue if msg.id != 0 => CONTINUE_REPLY.write(msg.id, out),
-            _ => self.encode_http_req_call_resp_built(msg, out),
+            ReqAction::Continue => self.encode_http_req_call_resp_built(msg, out),
+            ReqAction::Stop(_) | ReqAction::Rewrite(_) => reply::write_http_req_call_resp(msg, out),
         }
     }
 
     fn encode_http_resp_call_resp(&mut self, msg: &HttpRespCallResp, out: &mut Vec<u8>) {
-        use schema::HttpRespCallResp as S;
-        self.encode(out, |c| {
-            let headers = c.non_empty_entries(&msg.headers);
-            let body = msg.body.as_ref().map(|b| c.bytes(b));
-            let t = c.fbb.start_table();
-            c.fbb.push_slot(S::ID, msg.id, 0);
-            c.fbb.push_slot(S::STATUS, msg.status, 0);
-            if let Some(headers) = headers {
-                c.fbb.push_slot_always(S::HEADERS, headers);
-            }
-            if let Some(body) = body {
-                c.fbb.push_slot_always(S::BODY, body);
-            }
-            c.fbb.end_table(t)
-        });
+        reply::write_http_resp_call_resp(msg, out);
     }
 
     fn encode_extra_info_req(&mut self, msg: &ExtraInfoReq, out: &mut Vec<u8>) {
