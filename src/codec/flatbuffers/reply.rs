@@ -128,7 +128,8 @@ fn present(is: bool, at: u16) -> u16 {
 }
 
 /// One FlatBuffers buffer being appended to `out`, addressed in bytes from its start (where
-/// alignment is counted from).
+/// alignment is counted from). Every object is padded to a multiple of 4 bytes, so the next
+/// one starts aligned without a check.
 struct Buffer<'a> {
     out: &'a mut Vec<u8>,
     /// Where byte 0 of the buffer lies in `out`.
@@ -147,21 +148,15 @@ impl<'a> Buffer<'a> {
         self.out.len() - self.base
     }
 
-    /// Pads with zeros to a multiple of 4 bytes.
-    fn align(&mut self) {
-        let padded = self.len().next_multiple_of(4);
-        self.out.resize(self.base + padded, 0);
-    }
-
     /// Writes `bytes` at buffer position `at`.
     fn put(&mut self, at: usize, bytes: &[u8]) {
         let at = self.base + at;
         self.out[at..at + bytes.len()].copy_from_slice(bytes);
     }
 
-    /// Aims the offset stored at `from` at the buffer's current end, where its target goes.
-    fn link(&mut self, from: usize) {
-        let offset = u32::try_from(self.len() - from).expect("a reply fits a frame");
+    /// Aims the offset stored at `from` at `target`.
+    fn aim(&mut self, from: usize, target: usize) {
+        let offset = u32::try_from(target - from).expect("a reply fits a frame");
         self.put(from, &offset.to_le_bytes());
     }
 
@@ -171,7 +166,6 @@ impl<'a> Buffer<'a> {
     fn table(&mut self, from: usize, fields: &[u16], size: u16) -> usize {
         let vtable_size = 4 + 2 * fields.len();
         // The table after the vtable must start 4-byte aligned.
-        self.align();
         if vtable_size % 4 != 0 {
             self.out.extend_from_slice(&[0; 2]);
         }
@@ -183,9 +177,9 @@ impl<'a> Buffer<'a> {
             self.out.extend_from_slice(&field.to_le_bytes());
         }
         let table = self.len();
-        self.link(from);
-        let start = self.out.len();
-        self.out.resize(start + usize::from(size), 0);
+        self.aim(from, table);
+        let end = self.out.len() + usize::from(size).next_multiple_of(4);
+        self.out.resize(end, 0);
         // The vtable lies at `table - locator`.
         let locator = i32::try_from(table - vtable).expect("a vtable is small");
         self.put(table, &locator.to_le_bytes());
@@ -195,37 +189,66 @@ impl<'a> Buffer<'a> {
     /// A string (`nul`: with its terminating NUL) or a byte vector, aimed at by the offset at
     /// `from`.
     fn bytes(&mut self, from: usize, bytes: &[u8], nul: bool) {
-        self.align();
-        self.link(from);
+        self.aim(from, self.len());
+        self.append(bytes, nul);
+    }
+
+    /// A string or byte vector at the end of the buffer: length, bytes, the NUL if `nul`, and
+    /// zeros to the next multiple of 4.
+    fn append(&mut self, bytes: &[u8], nul: bool) {
         let len = u32::try_from(bytes.len()).expect("a reply fits a frame");
         self.out.extend_from_slice(&len.to_le_bytes());
         self.out.extend_from_slice(bytes);
-        if nul {
-            self.out.push(0);
-        }
+        let padding = (bytes.len() + usize::from(nul)).next_multiple_of(4) - bytes.len();
+        self.out.extend_from_slice(&[0; 4][..padding]);
     }
 
-    /// A `[TextEntry]` vector, aimed at by the offset at `from`; each entry's table (name at id
-    /// 0, value at id 1, an absent value left absent) follows the vector, then its strings.
+    /// A `[TextEntry]` vector, aimed at by the offset at `from`; each entry (its vtable, its
+    /// table, then its name and value) follows the vector.
     fn entries(&mut self, from: usize, pairs: &[Pair]) {
-        // Entry table: vtable locator, name, value.
-        const NAME: u16 = 4;
-        const VALUE: u16 = 8;
-        self.align();
-        self.link(from);
+        self.aim(from, self.len());
         let count = u32::try_from(pairs.len()).expect("a reply fits a frame");
         self.out.extend_from_slice(&count.to_le_bytes());
         let first = self.len();
         self.out.resize(self.out.len() + 4 * pairs.len(), 0);
         for (i, pair) in pairs.iter().enumerate() {
-            let value = present(pair.value.is_some(), VALUE);
-            let t = self.table(first + 4 * i, &[NAME, value], VALUE + 4);
-            self.bytes(t + usize::from(NAME), pair.name.as_bytes(), true);
-            if let Some(v) = &pair.value {
-                self.bytes(t + usize::from(VALUE), v.as_bytes(), true);
+            let table = self.len() + ENTRY_VTABLE;
+            self.aim(first + 4 * i, table);
+            let name_size = 4 + (pair.name.len() + 1).next_multiple_of(4);
+            self.out
+                .extend_from_slice(&entry_head(pair.value.is_some(), name_size));
+            self.append(pair.name.as_bytes(), true);
+            if let Some(value) = &pair.value {
+                self.append(value.as_bytes(), true);
             }
         }
     }
+}
+
+/// Bytes of a `TextEntry`'s vtable (its own size, the table's, name's and value's places).
+const ENTRY_VTABLE: usize = 8;
+
+/// A `TextEntry`'s vtable and table in one piece (an entry is written per header, so this is
+/// the hot part): name (id 0) at table byte 4, pointing just past the table; value (id 1) at
+/// byte 8, pointing past the name's `name_size` bytes, or absent.
+fn entry_head(has_value: bool, name_size: usize) -> [u8; ENTRY_VTABLE + 12] {
+    const NAME: u16 = 4;
+    const VALUE: u16 = 8;
+    const TABLE: u16 = 12;
+    let mut head = [0; ENTRY_VTABLE + 12];
+    head[0..2].copy_from_slice(&(ENTRY_VTABLE as u16).to_le_bytes());
+    head[2..4].copy_from_slice(&TABLE.to_le_bytes());
+    head[4..6].copy_from_slice(&NAME.to_le_bytes());
+    // The table: its vtable locator, then the two offsets, each counted from where it lies.
+    head[8..12].copy_from_slice(&(ENTRY_VTABLE as i32).to_le_bytes());
+    head[12..16].copy_from_slice(&u32::from(TABLE - NAME).to_le_bytes());
+    if has_value {
+        head[6..8].copy_from_slice(&VALUE.to_le_bytes());
+        let value = usize::from(TABLE - VALUE) + name_size;
+        let value = u32::try_from(value).expect("a reply fits a frame");
+        head[16..20].copy_from_slice(&value.to_le_bytes());
+    }
+    head
 }
 
 #[cfg(test)]
