@@ -109,7 +109,8 @@ pub fn codec(protocol: Protocol, data: &[u8]) {
     // The gateway side: decoding must not panic; Debug reads every field it produced.
     let _ = format!("{:?}", gateway.decode_prepare_conf_resp(&payload));
     let _ = format!("{:?}", gateway.decode_http_req_call_resp(&payload));
-    // What the runner writes (Cap'n Proto stops and rewrites by hand) reads back as written.
+    // What the runner writes (stops, rewrites and, in FlatBuffers, http_resp_call replies are
+    // written by hand) reads back as written.
     if let Ok(reply) = gateway.decode_http_req_call_resp(&payload) {
         protocol
             .runner_codec()
@@ -120,6 +121,15 @@ pub fn codec(protocol: Protocol, data: &[u8]) {
         assert_eq!(again, reply);
     }
     let _ = format!("{:?}", gateway.decode_http_resp_call_resp(&payload));
+    if let Ok(reply) = gateway.decode_http_resp_call_resp(&payload) {
+        protocol
+            .runner_codec()
+            .encode_http_resp_call_resp(&reply, &mut out);
+        let again = gateway
+            .decode_http_resp_call_resp(&Bytes::from(std::mem::take(&mut out)))
+            .expect("a re-encoded http_resp_call reply decodes");
+        assert_eq!(again, reply);
+    }
     let _ = format!("{:?}", gateway.decode_extra_info_req(&payload));
     let _ = format!("{:?}", gateway.decode_error_resp(&payload));
 }
