@@ -166,7 +166,7 @@ impl<'a> Buffer<'a> {
     fn table(&mut self, from: usize, fields: &[u16], size: u16) -> usize {
         let vtable_size = 4 + 2 * fields.len();
         // The table after the vtable must start 4-byte aligned.
-        if vtable_size % 4 != 0 {
+        if !vtable_size.is_multiple_of(4) {
             self.out.extend_from_slice(&[0; 2]);
         }
         let vtable = self.len();
