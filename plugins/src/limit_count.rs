@@ -221,9 +221,14 @@ impl Counters {
                 WindowType::Sliding => Cell::Sliding(LeapArray::new(q.window, self.buckets)),
             })
         };
-        let cell = self.keys.get_or_insert(&self.cell_key(key, q), now, init);
-        let mut cell = lock(&cell);
-        match &mut *cell {
+        // Counted under the key's shard lock: no reference to the cell is taken or dropped.
+        self.keys
+            .with(&self.cell_key(key, q), now, init, |cell| Self::count(&mut lock(cell), q, now))
+    }
+
+    /// One request against a key's cell.
+    fn count(cell: &mut Cell, q: Quota, now: u64) -> Verdict {
+        match cell {
             Cell::Fixed {
                 start,
                 window,

@@ -102,7 +102,7 @@ impl Algorithm {
         let len = match self {
             // From the thread's CSPRNG: `Uuid::new_v4` asks the OS for every id, a system call
             // per request.
-            Algorithm::Uuid => uuid::Builder::from_random_bytes(rand::rng().random())
+            Algorithm::Uuid => uuid::Builder::from_random_bytes(random_16())
                 .into_uuid()
                 .hyphenated()
                 .encode_lower(buf)
@@ -130,6 +130,15 @@ impl Algorithm {
     }
 }
 
+/// 16 bytes from the thread's CSPRNG in one fill (`random::<[u8; 16]>()` draws a 32-bit word
+/// per byte).
+fn random_16() -> [u8; 16] {
+    use rand::RngCore;
+    let mut bytes = [0; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
 /// KSUID's epoch (2014-05-13T16:53:20Z) in Unix seconds.
 const KSUID_EPOCH: u64 = 1_400_000_000;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -142,7 +151,7 @@ fn ksuid() -> [u8; 27] {
         .saturating_sub(KSUID_EPOCH);
     let mut bytes = [0u8; 20];
     bytes[..4].copy_from_slice(&u32::try_from(secs).unwrap_or(u32::MAX).to_be_bytes());
-    bytes[4..].copy_from_slice(&rand::random::<[u8; 16]>());
+    bytes[4..].copy_from_slice(&random_16());
     base62_27(bytes)
 }
 
