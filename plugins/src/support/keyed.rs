@@ -5,7 +5,9 @@
 //!   never across an `.await`; the cell itself is returned as an `Arc` (or used in place, under
 //!   the shard's lock, by [`KeyedStore::with`]).
 //! * Hashed once: the key's hash picks the shard and is stored in front of the key, where the
-//!   shard's map reads it back instead of hashing the key again (SipHash is most of a lookup).
+//!   shard's map reads it back instead of hashing the key again. The hash is the one the
+//!   shards' maps always used (hashbrown's default, randomly seeded per store); picking the
+//!   shard with SipHash besides cost ten times the map's own hash.
 //! * Bounded: each shard holds at most its share of `max_keys`, evicting the least recently used.
 //! * Swept: every lookup drops up to two least-recently-used entries idle for longer than `idle`
 //!   that nobody else holds (a cell an in-flight request still holds, e.g. a limit-conn slot,
@@ -14,11 +16,11 @@
 //!   value, say) is stored as its 128-bit SHA-256 prefix, so memory grows with the number of
 //!   keys, not their length. Short keys stay as they are (no SHA-256 on the common path).
 
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ext_plugin_sdk::PrepareEnv;
-use lru::LruCache;
+use lru::{DefaultHasher, LruCache};
 use sha2::{Digest, Sha256};
 
 const SHARDS: usize = 16;
@@ -41,8 +43,8 @@ pub struct KeyedStore<V> {
     /// `None` until the shard's first key: a route's limiter that sees few keys (or none yet)
     /// stays small, which matters with thousands of routes prepared.
     shards: Box<[Mutex<Option<Shard<V>>>]>,
-    /// Keyed per store: clients cannot choose keys that collide.
-    hasher: RandomState,
+    /// Seeded per store: clients cannot tell which keys collide.
+    hasher: DefaultHasher,
     per_shard: usize,
     idle: u64,
 }
@@ -60,7 +62,7 @@ impl<V> KeyedStore<V> {
     pub fn new(max_keys: usize, idle: u64) -> KeyedStore<V> {
         KeyedStore {
             shards: (0..SHARDS).map(|_| Mutex::new(None)).collect(),
-            hasher: RandomState::new(),
+            hasher: DefaultHasher::default(),
             per_shard: max_keys.div_ceil(SHARDS).max(1),
             idle,
         }
