@@ -101,13 +101,14 @@ impl Algorithm {
         use rand::Rng;
         let len = match self {
             // From the thread's CSPRNG: `Uuid::new_v4` asks the OS for every id, a system call
-            // per request.
-            Algorithm::Uuid => uuid::Builder::from_random_bytes(random_16())
-                .into_uuid()
-                .hyphenated()
-                .encode_lower(buf)
-                .len(),
-            Algorithm::Uuidv7 => uuid::Uuid::now_v7().hyphenated().encode_lower(buf).len(),
+            // per request. The encoder's text needs no second UTF-8 check.
+            Algorithm::Uuid => {
+                return uuid::Builder::from_random_bytes(random_16())
+                    .into_uuid()
+                    .hyphenated()
+                    .encode_lower(buf)
+            }
+            Algorithm::Uuidv7 => return uuid::Uuid::now_v7().hyphenated().encode_lower(buf),
             Algorithm::Ksuid => {
                 buf[..27].copy_from_slice(&ksuid());
                 27
