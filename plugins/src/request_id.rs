@@ -101,13 +101,14 @@ impl Algorithm {
         use rand::Rng;
         let len = match self {
             // From the thread's CSPRNG: `Uuid::new_v4` asks the OS for every id, a system call
-            // per request.
-            Algorithm::Uuid => uuid::Builder::from_random_bytes(rand::rng().random())
-                .into_uuid()
-                .hyphenated()
-                .encode_lower(buf)
-                .len(),
-            Algorithm::Uuidv7 => uuid::Uuid::now_v7().hyphenated().encode_lower(buf).len(),
+            // per request. The encoder's text needs no second UTF-8 check.
+            Algorithm::Uuid => {
+                return uuid::Builder::from_random_bytes(random_16())
+                    .into_uuid()
+                    .hyphenated()
+                    .encode_lower(buf)
+            }
+            Algorithm::Uuidv7 => return uuid::Uuid::now_v7().hyphenated().encode_lower(buf),
             Algorithm::Ksuid => {
                 buf[..27].copy_from_slice(&ksuid());
                 27
@@ -130,6 +131,15 @@ impl Algorithm {
     }
 }
 
+/// 16 bytes from the thread's CSPRNG in one fill (`random::<[u8; 16]>()` draws a 32-bit word
+/// per byte).
+fn random_16() -> [u8; 16] {
+    use rand::RngCore;
+    let mut bytes = [0; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
 /// KSUID's epoch (2014-05-13T16:53:20Z) in Unix seconds.
 const KSUID_EPOCH: u64 = 1_400_000_000;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -142,7 +152,7 @@ fn ksuid() -> [u8; 27] {
         .saturating_sub(KSUID_EPOCH);
     let mut bytes = [0u8; 20];
     bytes[..4].copy_from_slice(&u32::try_from(secs).unwrap_or(u32::MAX).to_be_bytes());
-    bytes[4..].copy_from_slice(&rand::random::<[u8; 16]>());
+    bytes[4..].copy_from_slice(&random_16());
     base62_27(bytes)
 }
 

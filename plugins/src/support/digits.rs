@@ -15,7 +15,12 @@ const PAIRS: [u8; 200] = {
 };
 
 /// The digits of `n`, as `Display` writes them, in `buf`.
-pub fn digits(mut n: u64, buf: &mut [u8; 20]) -> &str {
+pub fn digits(n: u64, buf: &mut [u8; 20]) -> &str {
+    std::str::from_utf8(digit_bytes(n, buf)).expect("digits are ASCII")
+}
+
+/// [`digits`] as bytes: for a caller that joins several numbers and checks the whole once.
+pub fn digit_bytes(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut at = buf.len();
     while n >= 100 {
         let pair = (n % 100) as usize * 2;
@@ -31,7 +36,7 @@ pub fn digits(mut n: u64, buf: &mut [u8; 20]) -> &str {
         at -= 1;
         buf[at] = b'0' + n as u8;
     }
-    std::str::from_utf8(&buf[at..]).expect("digits are ASCII")
+    &buf[at..]
 }
 
 #[cfg(test)]

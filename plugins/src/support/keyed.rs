@@ -2,21 +2,25 @@
 //! cell, shared by every connection.
 //!
 //! * Sharded: a key's shard is picked by hash, and a shard's lock is held only for the lookup,
-//!   never across an `.await`; the cell itself is returned as an `Arc`.
+//!   never across an `.await`; the cell itself is returned as an `Arc` (or used in place, under
+//!   the shard's lock, by [`KeyedStore::with`]).
+//! * Hashed once: the key's hash picks the shard and is stored in front of the key, where the
+//!   shard's map reads it back instead of hashing the key again. The hash is the one the
+//!   shards' maps always used (hashbrown's default, randomly seeded per store); picking the
+//!   shard with SipHash besides cost ten times the map's own hash.
 //! * Bounded: each shard holds at most its share of `max_keys`, evicting the least recently used.
 //! * Swept: every lookup drops up to two least-recently-used entries idle for longer than `idle`
 //!   that nobody else holds (a cell an in-flight request still holds, e.g. a limit-conn slot,
 //!   stays), so idle keys do not linger until the capacity is reached.
 //! * Bounded in bytes too: a key longer than [`MAX_KEY_LEN`] bytes (a client-chosen header
 //!   value, say) is stored as its 128-bit SHA-256 prefix, so memory grows with the number of
-//!   keys, not their length. Short keys stay as they are (no hashing on the common path).
+//!   keys, not their length. Short keys stay as they are (no SHA-256 on the common path).
 
-use std::hash::{BuildHasher, RandomState};
-use std::ops::Deref;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ext_plugin_sdk::PrepareEnv;
-use lru::LruCache;
+use lru::{DefaultHasher, LruCache};
 use sha2::{Digest, Sha256};
 
 const SHARDS: usize = 16;
@@ -32,17 +36,21 @@ pub const MAX_KEY_LEN: usize = 64;
 /// then 16 bytes of SHA-256: collisions are out of reach of any client (2^64 work).
 const HASHED_LEN: usize = 17;
 const HASHED_MARK: u8 = 0xff;
+/// The key's hash, little-endian, in front of its stored bytes.
+const HASH_LEN: usize = 8;
 
 pub struct KeyedStore<V> {
     /// `None` until the shard's first key: a route's limiter that sees few keys (or none yet)
     /// stays small, which matters with thousands of routes prepared.
     shards: Box<[Mutex<Option<Shard<V>>>]>,
-    hasher: RandomState,
+    /// Seeded per store: clients cannot tell which keys collide.
+    hasher: DefaultHasher,
     per_shard: usize,
     idle: u64,
 }
 
-type Shard<V> = LruCache<Box<[u8]>, Entry<V>>;
+/// Keys are stored as [`StoredKey`]s: their hash, then their bytes.
+type Shard<V> = LruCache<Box<[u8]>, Entry<V>, Prehashed>;
 
 struct Entry<V> {
     last_used: u64,
@@ -54,7 +62,7 @@ impl<V> KeyedStore<V> {
     pub fn new(max_keys: usize, idle: u64) -> KeyedStore<V> {
         KeyedStore {
             shards: (0..SHARDS).map(|_| Mutex::new(None)).collect(),
-            hasher: RandomState::new(),
+            hasher: DefaultHasher::default(),
             per_shard: max_keys.div_ceil(SHARDS).max(1),
             idle,
         }
@@ -62,35 +70,49 @@ impl<V> KeyedStore<V> {
 
     /// The cell for `key`, created by `init` when absent.
     pub fn get_or_insert(&self, key: &str, now: u64, init: impl FnOnce() -> V) -> Arc<V> {
-        let key = StoredKey::of(key);
+        self.with(key, now, init, Arc::clone)
+    }
+
+    /// `f` of the cell for `key` (created by `init` when absent), run under the shard's lock:
+    /// for a short update that needs no reference to the cell afterwards (no reference count
+    /// taken and dropped). `f` must not use this store.
+    pub fn with<R>(
+        &self,
+        key: &str,
+        now: u64,
+        init: impl FnOnce() -> V,
+        f: impl FnOnce(&Arc<V>) -> R,
+    ) -> R {
+        let key = self.stored(key);
         let mut guard = self.shard(&key);
         // Unbounded LRUs capped by hand: a bounded LruCache preallocates its full capacity.
-        let shard = guard.get_or_insert_with(LruCache::unbounded);
+        let shard = guard.get_or_insert_with(|| LruCache::unbounded_with_hasher(Prehashed));
         self.sweep(shard, now);
-        if let Some(e) = shard.get_mut(&*key) {
+        if let Some(e) = shard.get_mut(key.bytes()) {
             e.last_used = now;
-            return e.value.clone();
+            return f(&e.value);
         }
         let value = Arc::new(init());
+        let answer = f(&value);
         shard.push(
-            Box::from(&*key),
+            Box::from(key.bytes()),
             Entry {
                 last_used: now,
-                value: value.clone(),
+                value,
             },
         );
         while shard.len() > self.per_shard {
             shard.pop_lru();
         }
-        value
+        answer
     }
 
     /// The cell for `key` if it exists, without creating or touching it.
     pub fn get(&self, key: &str) -> Option<Arc<V>> {
-        let key = StoredKey::of(key);
+        let key = self.stored(key);
         self.shard(&key)
             .as_ref()?
-            .peek(&*key)
+            .peek(key.bytes())
             .map(|e| e.value.clone())
     }
 
@@ -106,20 +128,40 @@ impl<V> KeyedStore<V> {
         self.len() == 0
     }
 
-    /// Bytes the stored keys take (tests and diagnostics).
+    /// Bytes the keys take, as given or hashed (tests and diagnostics; the hash in front of
+    /// each is not counted).
     pub fn key_bytes(&self) -> usize {
         self.shards
             .iter()
             .map(|s| {
                 lock(s)
                     .as_ref()
-                    .map_or(0, |s| s.iter().map(|(k, _)| k.len()).sum())
+                    .map_or(0, |s| s.iter().map(|(k, _)| k.len() - HASH_LEN).sum())
             })
             .sum()
     }
 
-    fn shard(&self, key: &[u8]) -> MutexGuard<'_, Option<Shard<V>>> {
-        let i = self.hasher.hash_one(key) as usize % SHARDS;
+    fn stored(&self, key: &str) -> StoredKey {
+        let mut stored = StoredKey {
+            buf: [0; HASH_LEN + MAX_KEY_LEN],
+            len: HASH_LEN,
+        };
+        if key.len() <= MAX_KEY_LEN {
+            stored.push(key.as_bytes());
+        } else {
+            stored.push(&[HASHED_MARK]);
+            stored.push(&Sha256::digest(key.as_bytes())[..HASHED_LEN - 1]);
+        }
+        let hash = self.hasher.hash_one(&stored.buf[HASH_LEN..stored.len]);
+        stored.buf[..HASH_LEN].copy_from_slice(&hash.to_le_bytes());
+        stored
+    }
+
+    fn shard(&self, key: &StoredKey) -> MutexGuard<'_, Option<Shard<V>>> {
+        // Bits the shard's own table does not use: it takes its bucket from the low bits and
+        // its tag from the top seven, and every key of a shard sharing low bits would crowd
+        // a fraction of its buckets.
+        let i = (key.hash() >> 48) as usize % SHARDS;
         lock(&self.shards[i])
     }
 
@@ -142,31 +184,61 @@ impl<V> KeyedStore<V> {
     }
 }
 
-/// A key as the store keeps it: its bytes, or the hash of a long one, on the stack.
-enum StoredKey<'a> {
-    Short(&'a [u8]),
-    Hashed([u8; HASHED_LEN]),
+/// A key as the store keeps it, on the stack: its hash, then its bytes or the hash of a long
+/// one.
+struct StoredKey {
+    buf: [u8; HASH_LEN + MAX_KEY_LEN],
+    len: usize,
 }
 
-impl StoredKey<'_> {
-    fn of(key: &str) -> StoredKey<'_> {
-        if key.len() <= MAX_KEY_LEN {
-            return StoredKey::Short(key.as_bytes());
-        }
-        let mut hashed = [HASHED_MARK; HASHED_LEN];
-        hashed[1..].copy_from_slice(&Sha256::digest(key.as_bytes())[..HASHED_LEN - 1]);
-        StoredKey::Hashed(hashed)
+impl StoredKey {
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn hash(&self) -> u64 {
+        prefix(&self.buf)
     }
 }
 
-impl Deref for StoredKey<'_> {
-    type Target = [u8];
+/// The hash a [`StoredKey`] carries.
+fn prefix(bytes: &[u8]) -> u64 {
+    bytes
+        .first_chunk::<HASH_LEN>()
+        .map_or(0, |h| u64::from_le_bytes(*h))
+}
 
-    fn deref(&self) -> &[u8] {
-        match self {
-            StoredKey::Short(k) => k,
-            StoredKey::Hashed(h) => h,
-        }
+/// The shards' hasher: a stored key's hash is its first eight bytes. A byte slice hashes as its
+/// length (`write_usize`, ignored here) then all its bytes in one `write`
+/// (`stored_keys_hash_to_their_prefix` checks it holds).
+#[derive(Clone, Copy, Default)]
+struct Prehashed;
+
+#[derive(Default)]
+struct PrehashedHasher(u64);
+
+impl BuildHasher for Prehashed {
+    type Hasher = PrehashedHasher;
+
+    fn build_hasher(&self) -> PrehashedHasher {
+        PrehashedHasher(0)
+    }
+}
+
+impl Hasher for PrehashedHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = prefix(bytes);
+    }
+
+    fn write_usize(&mut self, _len: usize) {}
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -317,6 +389,50 @@ mod tests {
         let max_short = "k".repeat(MAX_KEY_LEN);
         assert_eq!(*store.get_or_insert(&max_short, 0, || 9), 9);
         assert!(store.get(&(max_short + "k")).is_none());
+    }
+
+    #[test]
+    fn stored_keys_hash_to_their_prefix() {
+        let store: KeyedStore<u32> = KeyedStore::new(32, 1_000);
+        for key in ["", "10.0.0.1", &"x".repeat(MAX_KEY_LEN), &"y".repeat(4096)] {
+            let stored = store.stored(key);
+            let prehashed = Prehashed.hash_one(stored.bytes());
+            assert_eq!(prehashed, stored.hash(), "{key:?}");
+            assert_eq!(
+                prehashed,
+                store.hasher.hash_one(&stored.bytes()[HASH_LEN..])
+            );
+            // As the map hashes a stored key it looks up (a boxed slice borrowed as a slice).
+            let boxed: Box<[u8]> = Box::from(stored.bytes());
+            assert_eq!(Prehashed.hash_one(&boxed), prehashed);
+        }
+    }
+
+    #[test]
+    fn keys_spread_over_shards_and_buckets() {
+        let store: KeyedStore<u32> = KeyedStore::new(100_000, 1_000);
+        let mut per_shard = [0usize; SHARDS];
+        let mut low_bits = std::collections::HashSet::new();
+        for i in 0..1000 {
+            let stored = store.stored(&format!("10.0.{}.{}", i / 256, i % 256));
+            per_shard[(stored.hash() >> 48) as usize % SHARDS] += 1;
+            low_bits.insert(stored.hash() & 0xff);
+        }
+        // 1000 keys over 16 shards: about 62 each; a broken hash puts them all in one.
+        assert!(per_shard.iter().all(|&n| n > 20), "{per_shard:?}");
+        assert!(low_bits.len() > 200, "{} of 256 low bytes", low_bits.len());
+    }
+
+    #[test]
+    fn with_updates_the_cell_in_place() {
+        let store: KeyedStore<std::sync::atomic::AtomicU32> = KeyedStore::new(32, 1_000);
+        let bump = |c: &Arc<std::sync::atomic::AtomicU32>| {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+        };
+        assert_eq!(store.with("a", 1, Default::default, bump), 1);
+        assert_eq!(store.with("a", 2, Default::default, bump), 2);
+        assert_eq!(store.with("b", 2, Default::default, bump), 1);
+        assert_eq!(store.len(), 2);
     }
 
     #[test]
