@@ -13,6 +13,7 @@ use super::vars::{
     bytes_to_text, cookie_value, encode_args, encode_path, header_matches_var, GatewayVars,
     VarCache,
 };
+use crate::entries::Entries;
 use crate::model::{ExtraInfoReq, HttpReqCallReq, Method, Pair, Rewrite};
 use crate::text::Text;
 
@@ -217,11 +218,7 @@ impl<'c> RequestCall<'c> {
         if let Some(set) = last_named(&self.state.rewrite.headers, name) {
             return set.value.as_deref();
         }
-        self.req
-            .headers
-            .iter()
-            .find(|h| h.name_eq_ignore_case(name))
-            .and_then(|h| h.value())
+        sent_header(&self.req.headers, name)
     }
 
     /// [`RequestCall::header`] as a [`Text`] to keep for the call (to set it as another
@@ -232,11 +229,7 @@ impl<'c> RequestCall<'c> {
             return set.value.clone();
         }
         let req = self.req;
-        let value = req
-            .headers
-            .iter()
-            .find(|h| h.name_eq_ignore_case(name))
-            .and_then(|h| h.value())?;
+        let value = sent_header(&req.headers, name)?;
         Some(self.state.copy_text(value))
     }
 
@@ -599,6 +592,14 @@ fn last_named<'p>(pairs: &'p [Pair], name: &str) -> Option<&'p Pair> {
         .iter()
         .rev()
         .find(|p| p.name.eq_ignore_ascii_case(name))
+}
+
+/// The first value of header `name` (any case) as the gateway sent it.
+fn sent_header<'e>(headers: &'e Entries, name: &str) -> Option<&'e str> {
+    headers
+        .iter()
+        .find(|h| h.name_eq_ignore_case(name))
+        .and_then(|h| h.value())
 }
 
 /// Records a set/delete, dropping earlier entries of the same name so the rewrite stays small.
