@@ -234,16 +234,35 @@ impl Framed<tokio::net::UnixStream> {
     /// block lends the read buffer's storage to the thread's pool ([`FrameBuffer::park`]) and
     /// waits for the socket to be readable without it, so an idle connection holds no read
     /// buffer. The storage must be free: no frame split off it alive. Cancel safe.
+    ///
+    /// The read goes through tokio's `poll_read`, not `try_read`, on purpose: a read that
+    /// comes back short (the socket drained) clears the socket's readiness there, so the next
+    /// fill waits for a new readiness event and the task yields to the worker's other
+    /// connections. With `try_read` a gateway quick enough to answer before the runner read
+    /// again kept one connection served in a loop that never yielded, and the worker's other
+    /// connections waited for milliseconds (BENCHMARKS.md, the two-CPU p99).
     pub async fn fill_or_park(&mut self) -> Result<usize, FramedError> {
-        loop {
-            if self.read.capacity() == 0 {
-                std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
+        let Framed { stream, read, .. } = self;
+        std::future::poll_fn(|cx| {
+            if read.capacity() == 0 {
+                if let Err(e) = std::task::ready!(stream.poll_read_ready(cx)) {
+                    return Poll::Ready(Err(e.into()));
+                }
             }
-            match self.stream.try_read_buf(self.read.room()?) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.read.park(),
-                n => return Ok(n?),
+            let room = match read.room() {
+                Ok(room) => room,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            match pin!(tokio::io::AsyncReadExt::read_buf(stream, room)).poll(cx) {
+                Poll::Pending => {
+                    // Readiness is cleared and the waker registered: wait without the storage.
+                    read.park();
+                    Poll::Pending
+                }
+                Poll::Ready(n) => Poll::Ready(Ok(n?)),
             }
-        }
+        })
+        .await
     }
 }
 
@@ -397,6 +416,25 @@ mod tests {
             frame,
             "the frame arrives whole, once"
         );
+    }
+
+    /// A fill that drained the socket leaves the next one to wait for a new readiness event,
+    /// even when more bytes have arrived since: the task yields to the worker's other
+    /// connections instead of serving one quick gateway in a loop (see `fill_or_park`).
+    #[tokio::test]
+    async fn a_fill_that_drained_the_socket_yields_before_reading_again() {
+        let (mut framed, mut peer) = pair(None);
+        peer.write_all(&[1, 0, 0, 1, 7]).await.unwrap();
+        assert_eq!(framed.fill_or_park().await.unwrap(), 5);
+        peer.write_all(&[1, 0, 0, 1, 8]).await.unwrap();
+        let once = std::future::poll_fn(|cx| Poll::Ready(pin!(framed.fill_or_park()).poll(cx)));
+        assert!(
+            once.await.is_pending(),
+            "the second fill read at once, without yielding"
+        );
+        assert_eq!(framed.fill_or_park().await.unwrap(), 5);
+        assert_eq!(framed.read_frame().await.unwrap().unwrap().payload[..], [7]);
+        assert_eq!(framed.read_frame().await.unwrap().unwrap().payload[..], [8]);
     }
 
     #[tokio::test]
