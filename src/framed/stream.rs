@@ -34,6 +34,8 @@ pub struct Framed<S> {
     frame_started: Option<Instant>,
     /// Writes that sent bytes, for tests of the batching and for diagnostics.
     writes: u64,
+    /// Fills in a row that found bytes without waiting ([`Framed::fill_or_park`]).
+    unwaited_fills: u32,
 }
 
 impl<S> Framed<S> {
@@ -51,6 +53,7 @@ impl<S> Framed<S> {
             frame_timeout: None,
             frame_started: None,
             writes: 0,
+            unwaited_fills: 0,
         }
     }
 
@@ -229,40 +232,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     }
 }
 
+/// How many fills in a row may find their bytes already there before the task yields
+/// ([`Framed::fill_or_park`]).
+const FILLS_BEFORE_YIELD: u32 = 2;
+
 impl Framed<tokio::net::UnixStream> {
     /// [`Framed::fill`] for a connection that waits for its next frame: a read that would
     /// block lends the read buffer's storage to the thread's pool ([`FrameBuffer::park`]) and
     /// waits for the socket to be readable without it, so an idle connection holds no read
     /// buffer. The storage must be free: no frame split off it alive. Cancel safe.
     ///
-    /// The read goes through tokio's `poll_read`, not `try_read`, on purpose: a read that
-    /// comes back short (the socket drained) clears the socket's readiness there, so the next
-    /// fill waits for a new readiness event and the task yields to the worker's other
-    /// connections. With `try_read` a gateway quick enough to answer before the runner read
-    /// again kept one connection served in a loop that never yielded, and the worker's other
-    /// connections waited for milliseconds (BENCHMARKS.md, the two-CPU p99).
+    /// A gateway quick enough to send its next call before the runner reads again would keep
+    /// its connection served in a loop that never yields (a read that finds bytes does not
+    /// return to the scheduler), and the worker's other connections would wait for
+    /// milliseconds (BENCHMARKS.md, the two-CPU p99). So after [`FILLS_BEFORE_YIELD`] fills
+    /// in a row that did not wait, the task yields once: the worker polls its sockets and
+    /// serves what became ready meanwhile. A yield costs about 3.4k instructions (the worker
+    /// parks and wakes the task again); every second fill keeps the tail as short as yielding
+    /// at every one did, at half the cost.
     pub async fn fill_or_park(&mut self) -> Result<usize, FramedError> {
-        let Framed { stream, read, .. } = self;
-        std::future::poll_fn(|cx| {
-            if read.capacity() == 0 {
-                if let Err(e) = std::task::ready!(stream.poll_read_ready(cx)) {
-                    return Poll::Ready(Err(e.into()));
+        if self.unwaited_fills >= FILLS_BEFORE_YIELD {
+            self.unwaited_fills = 0;
+            tokio::task::yield_now().await;
+        }
+        let mut waited = false;
+        loop {
+            if self.read.capacity() == 0 {
+                // Parked: the last fill found the socket empty, so this one counts as waited.
+                waited = true;
+                std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
+            }
+            match self.stream.try_read_buf(self.read.room()?) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.read.park();
+                    waited = true;
+                }
+                n => {
+                    self.unwaited_fills = if waited { 0 } else { self.unwaited_fills + 1 };
+                    return Ok(n?);
                 }
             }
-            let room = match read.room() {
-                Ok(room) => room,
-                Err(e) => return Poll::Ready(Err(e)),
-            };
-            match pin!(tokio::io::AsyncReadExt::read_buf(stream, room)).poll(cx) {
-                Poll::Pending => {
-                    // Readiness is cleared and the waker registered: wait without the storage.
-                    read.park();
-                    Poll::Pending
-                }
-                Poll::Ready(n) => Poll::Ready(Ok(n?)),
-            }
-        })
-        .await
+        }
     }
 }
 
@@ -418,23 +428,45 @@ mod tests {
         );
     }
 
-    /// A fill that drained the socket leaves the next one to wait for a new readiness event,
-    /// even when more bytes have arrived since: the task yields to the worker's other
-    /// connections instead of serving one quick gateway in a loop (see `fill_or_park`).
+    /// Fills that find their bytes already there read at once, but only so many in a row:
+    /// then the task yields once, so one quick gateway cannot keep the worker from its other
+    /// connections (see `fill_or_park`).
     #[tokio::test]
-    async fn a_fill_that_drained_the_socket_yields_before_reading_again() {
+    async fn fills_that_never_wait_yield_every_so_often() {
         let (mut framed, mut peer) = pair(None);
-        peer.write_all(&[1, 0, 0, 1, 7]).await.unwrap();
-        assert_eq!(framed.fill_or_park().await.unwrap(), 5);
-        peer.write_all(&[1, 0, 0, 1, 8]).await.unwrap();
-        let once = std::future::poll_fn(|cx| Poll::Ready(pin!(framed.fill_or_park()).poll(cx)));
+        async fn polled_once(framed: &mut Framed<UnixStream>) -> Poll<usize> {
+            let mut fill = pin!(framed.fill_or_park());
+            let once = std::future::poll_fn(|cx| Poll::Ready(fill.as_mut().poll(cx))).await;
+            once.map(|n| n.unwrap())
+        }
+        peer.write_all(&[1, 0, 0, 1, 0]).await.unwrap();
+        assert_eq!(
+            framed.fill_or_park().await.unwrap(),
+            5,
+            "the first fill waits"
+        );
+        for i in 1..=FILLS_BEFORE_YIELD {
+            peer.write_all(&[1, 0, 0, 1, i as u8]).await.unwrap();
+            assert_eq!(
+                polled_once(&mut framed).await,
+                Poll::Ready(5),
+                "fill {i} in a row did not read what was there"
+            );
+        }
+        peer.write_all(&[1, 0, 0, 1, 9]).await.unwrap();
         assert!(
-            once.await.is_pending(),
-            "the second fill read at once, without yielding"
+            polled_once(&mut framed).await.is_pending(),
+            "fill {} in a row read without yielding",
+            FILLS_BEFORE_YIELD + 1
         );
         assert_eq!(framed.fill_or_park().await.unwrap(), 5);
-        assert_eq!(framed.read_frame().await.unwrap().unwrap().payload[..], [7]);
-        assert_eq!(framed.read_frame().await.unwrap().unwrap().payload[..], [8]);
+        let mut seen = Vec::new();
+        while let Some(frame) = framed.read.next_frame().unwrap() {
+            seen.push(frame.payload[0]);
+        }
+        let mut want: Vec<u8> = (0..=FILLS_BEFORE_YIELD as u8).collect();
+        want.push(9);
+        assert_eq!(seen, want, "every byte read once, in order");
     }
 
     #[tokio::test]
