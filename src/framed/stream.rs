@@ -245,7 +245,7 @@ impl Framed<tokio::net::UnixStream> {
     /// A gateway quick enough to send its next call before the runner reads again would keep
     /// its connection served in a loop that never yields (a read that finds bytes does not
     /// return to the scheduler), and the worker's other connections would wait for
-    /// milliseconds (BENCHMARKS.md, the two-CPU p99). So after [`FILLS_BEFORE_YIELD`] fills
+    /// milliseconds (BENCHMARKS.md, the two-CPU p99). So after `FILLS_BEFORE_YIELD` fills
     /// in a row that did not wait, the task yields once: the worker polls its sockets and
     /// serves what became ready meanwhile. A yield costs about 3.4k instructions (the worker
     /// parks and wakes the task again); every second fill keeps the tail as short as yielding
