@@ -916,9 +916,11 @@ mod tests {
                 cache.prepare(&Text::from(KEY), 0, build).await
             }));
         }
-        until("every other prepare waits for the first build", || {
-            waiting(&cache, KEY) == N - 1
-        })
+        // The build runs on a blocking thread, which may start after the waiters are in.
+        until(
+            "every other prepare waits for the first build, which runs",
+            || waiting(&cache, KEY) == N - 1 && builds.load(Ordering::SeqCst) > 0,
+        )
         .await;
         assert_eq!(builds.load(Ordering::SeqCst), 1);
 
