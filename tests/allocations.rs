@@ -119,6 +119,13 @@ fn dispatching_a_chain_of_synchronous_plugins_does_not_allocate() {
             vec![("ip-restriction", r#"{"whitelist": ["10.0.0.0/8"]}"#)],
             0.0,
         ),
+        (
+            vec![
+                ("ua-restriction", r#"{"denylist": ["curl.*"]}"#),
+                ("referer-restriction", r#"{"whitelist": ["*.example.com"]}"#),
+            ],
+            0.0,
+        ),
     ] {
         let chain_len = chain.len();
         let prepared = harness

@@ -429,14 +429,14 @@ impl Plugin for AdaptiveLimit {
         })
     }
 
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+    fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
         let now = self.clock.nanos();
         let state = &self.state;
         state.leases.sweep(now, |_| state.release());
         match state.admit(now, self.dry_run) {
             Admission::Rejected(limit) if !self.dry_run => {
                 tracing::debug!(limit, inflight = state.inflight(), "adaptive-limit: rejected");
-                return Ok(Flow::Stop(self.reject.clone()));
+                return Some(Ok(Flow::Stop(self.reject.clone())));
             }
             Admission::Rejected(_) => reject::dry_run_reject(call, Self::NAME),
             Admission::Admitted => {}
@@ -446,9 +446,9 @@ impl Plugin for AdaptiveLimit {
             // Admitted but untracked, it could never be released: give it back and refuse.
             state.release();
             tracing::debug!("adaptive-limit: lease table full");
-            return Ok(Flow::Stop(self.reject.clone()));
+            return Some(Ok(Flow::Stop(self.reject.clone())));
         }
-        Ok(Flow::Continue)
+        Some(Ok(Flow::Continue))
     }
 
     async fn response_filter(&self, call: &mut ResponseCall<'_>) -> Result<(), PluginError> {

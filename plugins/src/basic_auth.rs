@@ -115,7 +115,7 @@ impl Plugin for BasicAuth {
         })
     }
 
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+    fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
         let verdict = match call.header("authorization") {
             None => Verdict::Reject(&self.missing),
             Some(h) => match parse_basic(h) {
@@ -141,7 +141,7 @@ impl Plugin for BasicAuth {
         if self.hide_credentials && proceeds && call.header("authorization").is_some() {
             call.remove_header("authorization");
         }
-        Ok(consumers::finish(verdict, self.anonymous.as_ref(), call))
+        Some(Ok(consumers::finish(verdict, self.anonymous.as_ref(), call)))
     }
 }
 

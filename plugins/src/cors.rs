@@ -209,19 +209,19 @@ impl Plugin for Cors {
         })
     }
 
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+    fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
         let headers = self.headers_for(call);
         if call.method() == Method::Options {
             let mut stop = Stop::new(200);
             stop.headers = headers;
-            return Ok(Flow::Stop(stop));
+            return Some(Ok(Flow::Stop(stop)));
         }
         for h in headers {
             if let Some(v) = h.value {
                 call.set_response_header(h.name, v);
             }
         }
-        Ok(Flow::Continue)
+        Some(Ok(Flow::Continue))
     }
 }
 

@@ -105,14 +105,14 @@ impl Plugin for KeyAuth {
         })
     }
 
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+    fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
         let (found, source) = match call.header(&self.header) {
             Some(key) => (self.index.find(key.as_bytes()), Source::Header),
             None => match call.arg(&self.query) {
                 Some(key) => (self.index.find(key.as_bytes()), Source::Query),
                 None => {
                     let v = Verdict::Reject(&self.missing);
-                    return Ok(consumers::finish(v, self.anonymous.as_ref(), call));
+                    return Some(Ok(consumers::finish(v, self.anonymous.as_ref(), call)));
                 }
             },
         };
@@ -140,7 +140,7 @@ impl Plugin for KeyAuth {
                 Verdict::Reject(&self.invalid)
             }
         };
-        Ok(consumers::finish(verdict, self.anonymous.as_ref(), call))
+        Some(Ok(consumers::finish(verdict, self.anonymous.as_ref(), call)))
     }
 }
 

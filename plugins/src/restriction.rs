@@ -168,14 +168,14 @@ impl Plugin for UaRestriction {
             .map(UaRestriction)
     }
 
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+    fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
         let mut values = call.header_values("user-agent").peekable();
         let matched = values
             .peek()
             .is_some()
             // As APISIX, surrounding whitespace is not part of the agent.
             .then(|| values.any(|ua| self.0.matcher.is_match(ua.trim_ascii())));
-        Ok(self.0.decide(matched))
+        Some(Ok(self.0.decide(matched)))
     }
 }
 
@@ -271,9 +271,9 @@ impl Plugin for RefererRestriction {
             .map(RefererRestriction)
     }
 
-    async fn request_filter(&self, call: &mut RequestCall<'_>) -> Result<Flow, PluginError> {
+    fn request_filter_sync(&self, call: &mut RequestCall<'_>) -> Option<Result<Flow, PluginError>> {
         let host = call.header("referer").and_then(referer_host);
-        Ok(self.0.decide(host.map(|h| self.0.matcher.contains(h))))
+        Some(Ok(self.0.decide(host.map(|h| self.0.matcher.contains(h)))))
     }
 }
 
