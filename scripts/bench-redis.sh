@@ -7,11 +7,14 @@
 # Needs redis-server, redis-cli and jq. Not part of CI.
 #
 # Usage: scripts/bench-redis.sh [duration per run, default 3s] [repeats, default 3]
+#   RUNTIME=work-stealing|per-core  the runner's --runtime (default: the runner's default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-3s}
 repeats=${2:-3}
 modes=(local exact leasing)
+runtime_args=()
+[ -n "${RUNTIME:-}" ] && runtime_args=(--runtime "$RUNTIME")
 for tool in redis-server redis-cli jq; do
     command -v "$tool" >/dev/null || { echo "bench-redis: $tool is not installed" >&2; exit 2; }
 done
@@ -53,7 +56,7 @@ round_trips() {
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg), $(redis-server --version | cut -d' ' -f3)"
-echo "# $repeats repeats x C = 1, 16 x (local, exact, leasing), $duration each after 1s warm-up, depth 1, capnp"
+echo "# $repeats repeats x C = 1, 16 x (local, exact, leasing), $duration each after 1s warm-up, depth 1, capnp, runtime ${RUNTIME:-default}"
 failures=0
 for rep in $(seq "$repeats"); do
     for c in 1 16; do
@@ -61,6 +64,7 @@ for rep in $(seq "$repeats"); do
             before=$(round_trips)
             "$bin/ext-plugin-replay" compare --scenario "benches/scenarios/redis-$mode.json" \
                 --runner "$bin/ext-plugin-runner" --connections "$c" --depth 1 \
+                ${RUNTIME:+--runner-arg=--runtime=$RUNTIME} \
                 --duration "$duration" --warmup 1s --json >"$dir/$mode-$c-$rep.json" \
                 || failures=$((failures + 1))
             after=$(round_trips)
@@ -95,7 +99,7 @@ done
 echo
 echo "Round trips, counted: INFO commandstats before and after a fixed number of calls on one"
 echo "runner (a first short replay connects, loads the scripts and takes each key's first grant)."
-"$bin/ext-plugin-runner" --listen "unix:$dir/runner.sock" --log warn &
+"$bin/ext-plugin-runner" --listen "unix:$dir/runner.sock" --log warn "${runtime_args[@]}" &
 runner_pid=$!
 for _ in $(seq 100); do [ -S "$dir/runner.sock" ] && break; sleep 0.05; done
 replay() { "$bin/ext-plugin-replay" replay --socket "$dir/runner.sock" --warmup 0s "$@" >/dev/null; }

@@ -99,10 +99,11 @@ pub struct Cli {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
 
-    /// How the worker threads share connections: `work-stealing` (one runtime; an idle thread
-    /// takes ready connections from a busy one) or `per-core` (one single-threaded runtime per
-    /// worker; a connection stays on the thread that accepted it). BENCHMARKS.md compares them.
-    #[arg(long, value_enum, default_value_t = ThreadModel::WorkStealing)]
+    /// How the worker threads share connections: `per-core` (one single-threaded runtime per
+    /// worker; a connection stays on the thread that accepted it) or `work-stealing` (one
+    /// runtime; an idle thread takes ready connections from a busy one). BENCHMARKS.md compares
+    /// them: per-core has the shorter tail on two CPUs and is never behind, so it is the default.
+    #[arg(long, value_enum, default_value_t = ThreadModel::PerCore)]
     pub runtime: ThreadModel,
 
     /// Prepared chains kept at most.
@@ -607,6 +608,16 @@ mod tests {
             c.protocol,
             ProtocolSetting::Fixed(crate::codec::Protocol::Capnp)
         );
+    }
+
+    /// Per-core measured the shorter tail and never behind (BENCHMARKS.md): it is the default.
+    #[test]
+    fn the_thread_model_is_per_core_unless_asked() {
+        let plain = Cli::try_parse_from(["ext-plugin-runner"]).unwrap();
+        assert_eq!(plain.runtime, ThreadModel::PerCore);
+        let asked =
+            Cli::try_parse_from(["ext-plugin-runner", "--runtime", "work-stealing"]).unwrap();
+        assert_eq!(asked.runtime, ThreadModel::WorkStealing);
     }
 
     #[test]
