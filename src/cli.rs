@@ -102,7 +102,7 @@ pub struct Cli {
     /// How the worker threads share connections: `per-core` (one single-threaded runtime per
     /// worker; a connection stays on the thread that accepted it) or `work-stealing` (one
     /// runtime; an idle thread takes ready connections from a busy one). BENCHMARKS.md compares
-    /// them: per-core has the shorter tail on two CPUs and is never behind, so it is the default.
+    /// them: per-core has the shorter tail on two CPUs and is level elsewhere: the default.
     #[arg(long, value_enum, default_value_t = ThreadModel::PerCore)]
     pub runtime: ThreadModel,
 
@@ -610,7 +610,7 @@ mod tests {
         );
     }
 
-    /// Per-core measured the shorter tail and never behind (BENCHMARKS.md): it is the default.
+    /// Per-core measured the shorter two-CPU tail, level elsewhere (BENCHMARKS.md): the default.
     #[test]
     fn the_thread_model_is_per_core_unless_asked() {
         let plain = Cli::try_parse_from(["ext-plugin-runner"]).unwrap();
