@@ -217,7 +217,7 @@ impl FrameBuffer {
     fn room(&mut self) -> Result<&mut BytesMut, FramedError> {
         if self.buf.capacity() == 0 {
             // Parked, or new: storage a waiting connection gave back serves this read.
-            if let Some(storage) = READ_BUFFERS.try_with(Pool::take).ok().flatten() {
+            if let Some(storage) = Pool::take_from(&READ_BUFFERS) {
                 self.buf = storage;
             }
         }
@@ -292,8 +292,7 @@ impl FrameBuffer {
         let storage = std::mem::take(&mut self.buf);
         self.uncover();
         if storage.capacity() <= FREE_ALLOWANCE {
-            // A thread tearing down its pools just drops it.
-            let _ = READ_BUFFERS.try_with(|pool| pool.give(storage));
+            Pool::give_to(&READ_BUFFERS, storage);
         }
     }
 }
@@ -338,7 +337,7 @@ impl FrameQueue {
     /// The queue's storage, taken from the thread's pool when it was parked (or is new).
     fn storage(&mut self) -> &mut Vec<u8> {
         if self.buf.capacity() == 0 {
-            if let Some(storage) = WRITE_QUEUES.try_with(Pool::take).ok().flatten() {
+            if let Some(storage) = Pool::take_from(&WRITE_QUEUES) {
                 self.buf = storage;
             }
         }
@@ -354,8 +353,7 @@ impl FrameQueue {
         }
         let storage = std::mem::take(&mut self.buf);
         if storage.capacity() <= PARKED_QUEUE_BYTES {
-            // A thread tearing down its pools just drops it.
-            let _ = WRITE_QUEUES.try_with(|pool| pool.give(storage));
+            Pool::give_to(&WRITE_QUEUES, storage);
         }
     }
 

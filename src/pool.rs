@@ -13,6 +13,7 @@
 //! drops the rest, so it never holds more than a burst of calls needed.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 /// Items lent out and given back on one thread (a `thread_local!`).
 pub(crate) struct Pool<T> {
@@ -44,6 +45,18 @@ impl<T> Pool<T> {
         // Dropped after the borrow ends: an item's destructor may use another pool.
         drop(items);
         drop(item);
+    }
+
+    /// [`Pool::take`] from the thread's pool `key`; `None` also while the thread tears down its
+    /// thread-locals (the caller then makes new storage).
+    pub(crate) fn take_from(key: &'static LocalKey<Pool<T>>) -> Option<T> {
+        key.try_with(Pool::take).ok().flatten()
+    }
+
+    /// [`Pool::give`] to the thread's pool `key`; while the thread tears down its thread-locals
+    /// the item is just dropped.
+    pub(crate) fn give_to(key: &'static LocalKey<Pool<T>>, item: T) {
+        let _ = key.try_with(|pool| pool.give(item));
     }
 
     /// Items kept, for tests.

@@ -19,17 +19,15 @@ impl<T: Default> Lent<T> {
     /// The storage, taken from the pool (or made) if it was lent out.
     pub(super) fn get(&mut self) -> &mut T {
         let pool = self.pool;
-        self.item.get_or_insert_with(|| {
-            // A thread tearing down its pools makes new storage.
-            pool.try_with(Pool::take).ok().flatten().unwrap_or_default()
-        })
+        self.item
+            .get_or_insert_with(|| Pool::take_from(pool).unwrap_or_default())
     }
 
     /// Lends the storage to the pool. It must be as the next call expects to find it (what a
     /// call left in it cleared): another connection of the thread may take it.
     pub(super) fn park(&mut self) {
         if let Some(item) = self.item.take() {
-            let _ = self.pool.try_with(|pool| pool.give(item));
+            Pool::give_to(self.pool, item);
         }
     }
 
