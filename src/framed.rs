@@ -22,7 +22,10 @@ mod budget;
 mod gateway;
 mod stream;
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 
 use bytes::BytesMut;
 
@@ -51,6 +54,13 @@ const PARKED_QUEUE_BYTES: usize = 16 * 1024;
 thread_local! {
     static READ_BUFFERS: Pool<BytesMut> = const { Pool::new(PARKED_BUFFERS) };
     static WRITE_QUEUES: Pool<Vec<u8>> = const { Pool::new(PARKED_BUFFERS) };
+}
+
+/// Polls `future` once: its output if it finished then, `Pending` if it has to wait (it stays
+/// pinned where it is, to be awaited on). For steps that nearly always finish at once and cost
+/// something more (a timer, a clock read) only when they wait.
+pub(crate) async fn poll_once<F: Future + ?Sized>(mut future: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
 }
 
 /// Why a framed connection cannot go on.

@@ -1,7 +1,7 @@
 //! A connection's socket in frames ([`crate::framed`]): reading calls with the idle timeout,
 //! queueing and sending replies, and the runner's side of an `extra_info` exchange.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
 use std::sync::LazyLock;
@@ -16,7 +16,7 @@ use tracing::warn;
 use crate::codec::RunnerCodec;
 use crate::config::Config;
 use crate::frame::{Frame, FrameType, FrameWriteError, MAX_PAYLOAD};
-use crate::framed::{ByteBudget, Framed, FramedError};
+use crate::framed::{poll_once, ByteBudget, Framed, FramedError};
 use crate::limits::LimitLog;
 use crate::model::{ErrorCode, ExtraInfoReq};
 use ext_plugin_sdk::host::GatewayVars;
@@ -243,8 +243,7 @@ impl Io {
         let mut flush = pin!(framed.flush());
         // Nearly always the socket has room and the flush is done in its first poll; one that
         // had to wait makes the clock stale.
-        let first = poll_fn(|cx| Poll::Ready(flush.as_mut().poll(cx))).await;
-        let flushed = match first {
+        let flushed = match poll_once(flush.as_mut()).await {
             Poll::Ready(flushed) => flushed,
             Poll::Pending => {
                 *woke = None;

@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout, Instant};
 
 use super::gateway::{step, AnswerTable, Step};
-use super::{ByteBudget, FrameBuffer, FrameQueue, FramedError};
+use super::{poll_once, ByteBudget, FrameBuffer, FrameQueue, FramedError};
 use crate::codec::GatewayCodec;
 use crate::frame::{Frame, MAX_PAYLOAD};
 
@@ -305,8 +305,7 @@ async fn within<F: Future>(
     limit: impl FnOnce() -> Option<Duration>,
 ) -> Result<F::Output, ()> {
     let mut step = pin!(step);
-    let first = std::future::poll_fn(|cx| Poll::Ready(step.as_mut().poll(cx))).await;
-    if let Poll::Ready(done) = first {
+    if let Poll::Ready(done) = poll_once(step.as_mut()).await {
         return Ok(done);
     }
     match limit() {
@@ -435,8 +434,7 @@ mod tests {
     async fn fills_that_never_wait_yield_every_so_often() {
         let (mut framed, mut peer) = pair(None);
         async fn polled_once(framed: &mut Framed<UnixStream>) -> Poll<usize> {
-            let mut fill = pin!(framed.fill_or_park());
-            let once = std::future::poll_fn(|cx| Poll::Ready(fill.as_mut().poll(cx))).await;
+            let once = poll_once(pin!(framed.fill_or_park())).await;
             once.map(|n| n.unwrap())
         }
         peer.write_all(&[1, 0, 0, 1, 0]).await.unwrap();
