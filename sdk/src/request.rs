@@ -372,8 +372,8 @@ impl<'c> RequestCall<'c> {
         if let Some(local) = self.local_var(name) {
             return Some(local);
         }
-        if let Some(pushed) = self.req.extra_info.iter().find(|p| p.name == *name) {
-            return Some(pushed.value.clone().map(bytes_to_text));
+        if let Some(pushed) = self.pushed_var(name) {
+            return Some(pushed);
         }
         self.state
             .vars
@@ -392,11 +392,17 @@ impl<'c> RequestCall<'c> {
     /// As [`RequestCall::var`]: `Err` when the round trip fails (a gateway failure fails the call
     /// whatever the plugin returns); dropping the future is safe.
     pub async fn gateway_var(&mut self, name: &str) -> Result<Option<Text>, PluginError> {
-        if let Some(pushed) = self.req.extra_info.iter().find(|p| p.name == *name) {
-            return Ok(pushed.value.clone().map(bytes_to_text));
+        if let Some(pushed) = self.pushed_var(name) {
+            return Ok(pushed);
         }
         let fetched = self.state.vars.get_or_fetch(self.gateway, name).await?;
         Ok(fetched.map(bytes_to_text))
+    }
+
+    /// `Some(value)` for a variable the gateway sent with the call, `None` for the others.
+    fn pushed_var(&self, name: &str) -> Option<Option<Text>> {
+        let pushed = self.req.extra_info.iter().find(|p| p.name == *name)?;
+        Some(pushed.value.clone().map(bytes_to_text))
     }
 
     /// `Some(value)` for variables answered without the gateway, `None` for the others.
